@@ -1,0 +1,49 @@
+# a3s-gateway — developer entry points. `make run` and `make test` work on a fresh Debian + Python 3.11 machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.dev-installed
+SRC    := $(shell find src csrc -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
+
+.PHONY: run test test-pure build lint bench clean
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 required"'
+	@$(PYTHON) -m venv $(VENV) || { echo "python venv failed: apt-get install -y python3-venv"; exit 1; }
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+# Build the compiled extensions (C head scanner, Cython modules, mypyc group) into the editable install.
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(SRC)
+	$(PIP) install -q "Cython>=3.0" "mypy>=1.10" setuptools wheel
+	$(PIP) install -q --no-build-isolation -e .
+	@touch $@
+
+build: $(STAMP)
+
+$(DEVSTAMP): $(STAMP)
+	$(PIP) install -q -e ".[dev]" --no-build-isolation
+	@touch $@
+
+run: $(STAMP)
+	$(PY) examples/run_demo.py examples/quickstart.hcl
+
+test: $(DEVSTAMP)
+	$(PY) -m pytest -q tests
+
+# The whole suite again against the pure-Python twins of the Cython modules.
+test-pure: $(DEVSTAMP)
+	A3S_GATEWAY_NO_EXTENSIONS=1 $(PY) -m pytest -q tests
+
+lint: $(DEVSTAMP)
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy --strict src/a3s_gateway
+
+bench: $(DEVSTAMP)
+	$(PY) -m pytest bench --benchmark-only -s
+
+clean:
+	rm -rf build dist *.egg-info src/*.egg-info .pytest_cache .mypy_cache
+	find src -name '*.so' -delete
+	find src -name '*.c' -delete

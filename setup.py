@@ -1,0 +1,51 @@
+"""Build script: the C head scanner + Cython modules + one mypyc group.
+
+``A3S_GATEWAY_NO_EXTENSIONS=1`` builds a pure-Python wheel (every module then runs interpreted).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+NO_EXTENSIONS = os.environ.get("A3S_GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
+
+# Modules compiled by mypyc (same .py runs interpreted in a pure build).
+MYPYC_MODULES = [
+    "src/a3s_gateway/routing/matchers.py",
+    "src/a3s_gateway/routing/router.py",
+    "src/a3s_gateway/service/balancer.py",
+]
+
+
+def extensions() -> list[Extension]:
+    if NO_EXTENSIONS:
+        return []
+    from Cython.Build import cythonize
+    from mypyc.build import mypycify
+
+    cflags = ["-O3"] if sys.platform != "win32" else []
+    cython_exts = [
+        Extension(
+            "a3s_gateway.http._parser",
+            ["src/a3s_gateway/http/_parser.pyx", "csrc/http1.c"],
+            include_dirs=["csrc"],
+            extra_compile_args=cflags,
+        ),
+        # Cython pure mode: `_headers_c.py` / `_relay_c.py` are links to the interpreted twins; the `.pxd`
+        # beside them gives the compiled types.
+        Extension("a3s_gateway.http._headers_c", ["src/a3s_gateway/http/_headers_c.py"], extra_compile_args=cflags),
+        Extension("a3s_gateway.proxy._relay_c", ["src/a3s_gateway/proxy/_relay_c.py"], extra_compile_args=cflags),
+    ]
+    compiled = cythonize(
+        cython_exts,
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+        quiet=True,
+    )
+    compiled += mypycify(MYPYC_MODULES, opt_level="3", group_name="a3s_gateway_hot")
+    return compiled
+
+
+setup(ext_modules=extensions())

@@ -1,0 +1,232 @@
+"""The ``a3s-gateway`` command (SPEC §13.1): run · validate · routes · version [-v]."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .errors import ConfigError, StartupError
+
+if TYPE_CHECKING:
+    from .config.model import GatewayConfig
+
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
+DEFAULT_PATHS = ("./gateway.hcl", "/etc/a3s-gateway/gateway.hcl")
+
+USAGE = """\
+a3s-gateway [-c FILE] [--listen ADDR] [--admin ADDR] [--log-level LEVEL] [--log-format FMT] [--workers N|auto]
+                                        run the gateway
+a3s-gateway validate [-c FILE] [--strict]  check a configuration
+a3s-gateway routes [-c FILE]               print the route table in matching order
+a3s-gateway version [-v]                   print the version (-v: compiled modules too)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # usage errors exit 2 (SPEC §13.1)
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="main configuration file")
+    p = _Parser(prog="a3s-gateway", usage=USAGE, parents=[common],
+                description="a3s-gateway: the traffic layer for AI-native services.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("--listen", metavar="ADDR", help="serve a plain HTTP entrypoint 'web' on ADDR")
+    p.add_argument("--admin", metavar="ADDR", help="admin listener address, or 'off'")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.add_argument("--workers", metavar="N|auto", help="worker processes")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    v = sub.add_parser("validate", parents=[common], help="check a configuration")
+    v.add_argument("--strict", action="store_true", help="warnings are errors")
+    sub.add_parser("routes", parents=[common], help="print the route table")
+    ver = sub.add_parser("version", help="print the version")
+    ver.add_argument("-v", "--verbose", action="store_true", help="also list compiled modules")
+    return p
+
+
+def find_config(explicit: str | None) -> tuple[str | None, list[str]]:
+    """The configuration file to use (SPEC §13.1 search order) and the paths tried."""
+    if explicit:
+        return explicit, [explicit]
+    tried: list[str] = []
+    env = os.environ.get("A3S_GATEWAY_CONFIG")
+    candidates = ([env] if env else []) + list(DEFAULT_PATHS)
+    for path in candidates:
+        tried.append(path)
+        if Path(path).is_file():
+            return path, tried
+    return None, tried
+
+
+def version_text(verbose: bool) -> str:
+    lines = [f"a3s-gateway {__version__}"]
+    if verbose:
+        from ._compat import NO_EXTENSIONS, implementations
+
+        lines.append(f"python {platform.python_version()} ({platform.python_implementation()})")
+        lines.append(f"platform {platform.platform()}")
+        if NO_EXTENSIONS:
+            lines.append("A3S_GATEWAY_NO_EXTENSIONS=1: Cython modules disabled")
+        for role, module, compiled in implementations():
+            lines.append(f"  {role:<14} {module:<36} {'compiled' if compiled else 'pure-python'}")
+    return "\n".join(lines)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps({"ts": time.time(), "level": record.levelname.lower(), "logger": record.name,
+                                   "msg": record.getMessage()})
+
+        handler.setFormatter(_Json())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("a3s_gateway")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _cmd_validate(path: str, strict: bool) -> int:
+    from .config import format_validate_report
+    from .config.model import GatewayConfig
+
+    try:
+        result: GatewayConfig | ConfigError = GatewayConfig.from_file(path)
+    except ConfigError as e:
+        result = e
+    text, code = format_validate_report(path, result, strict=strict)
+    print(text)
+    return int(code)
+
+
+def _cmd_routes(path: str) -> int:
+    from .config.model import GatewayConfig
+
+    try:
+        config = GatewayConfig.from_file(path)
+    except ConfigError as e:
+        print(str(e))
+        return EXIT_CONFIG
+    rows = [("PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES")]
+    ordered = sorted(config.routers.values(), key=lambda r: (-r.effective_priority, r.name.encode()))
+    for r in ordered:
+        rows.append((str(r.effective_priority), r.name, ",".join(r.entrypoints) or "-", r.rule, r.service,
+                     ",".join(r.middlewares) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return EXIT_OK
+
+
+def _demo_config(listen: str) -> GatewayConfig:
+    from .config.model import GatewayConfig
+
+    return GatewayConfig.from_hcl(f'entrypoints "web" {{ address = "{listen}" }}\n', filename="<--listen>")
+
+
+async def _serve(config: GatewayConfig) -> int:
+    from .gateway import Gateway
+
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    for name, (host, port) in gateway.bound_addresses().items():
+        print(f"a3s-gateway {__version__}: entrypoint {name} on {host or '*'}:{port}", file=sys.stderr, flush=True)
+    await gateway.wait_for_shutdown()
+    return EXIT_OK
+
+
+def _tune_malloc() -> None:
+    """Keep glibc from trimming the heap around every read buffer (TOOLCHAIN.md: ~3x MB/s on large bodies)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl or an unusual libc: nothing to tune
+        return
+    m_trim_threshold, m_top_pad = -1, -2
+    libc.mallopt(m_trim_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_top_pad, 32 * 1024 * 1024)
+
+
+def _run_loop(config: GatewayConfig) -> int:
+    _tune_malloc()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.run(_serve(config))
+    return uvloop.run(_serve(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``a3s-gateway`` console script."""
+    args = _parser().parse_args(argv)
+    command = args.command
+    if args.version and command is None:
+        command = "version"
+    if command == "version":
+        print(version_text(getattr(args, "verbose", False)))
+        return EXIT_OK
+    explicit = getattr(args, "config", None)
+    path, tried = find_config(explicit)
+    if command in ("validate", "routes"):
+        if path is None:
+            print(f"error: no configuration file found (tried: {', '.join(tried)})")
+            return EXIT_CONFIG
+        if not Path(path).is_file():
+            print(f"error: cannot read configuration file {path!r}: no such file")
+            return EXIT_CONFIG
+        return _cmd_validate(path, args.strict) if command == "validate" else _cmd_routes(path)
+
+    _setup_logging(args.log_level, args.log_format)
+    if args.admin not in (None, "off"):
+        print("error: not supported yet: admin listener (--admin)", file=sys.stderr)
+        return EXIT_STARTUP
+    if args.workers not in (None, "1"):
+        print("error: not supported yet: workers", file=sys.stderr)
+        return EXIT_STARTUP
+    if path is None or (explicit and not Path(path).is_file()):
+        if args.listen and not explicit:
+            config = _demo_config(args.listen)
+        else:
+            what = f"cannot read configuration file {path!r}: no such file" if explicit else (
+                f"no configuration file found (tried: {', '.join(tried)})")
+            print(f"error: {what}", file=sys.stderr)
+            return EXIT_CONFIG
+    else:
+        try:
+            from .config.model import GatewayConfig
+
+            config = GatewayConfig.from_file(path)
+        except ConfigError as e:
+            print(str(e), file=sys.stderr)
+            return EXIT_CONFIG
+        if args.listen:
+            print("error: not supported yet: --listen together with a configuration file", file=sys.stderr)
+            return EXIT_STARTUP
+    try:
+        return _run_loop(config)
+    except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during start-up
+        return EXIT_OK

@@ -1,0 +1,119 @@
+"""Configuration model -> Runtime (ARCHITECTURE §1): routers compiled per entrypoint, balancers, pools.
+
+The only module of ``config/`` that imports data-plane modules. State (upstream pools) is taken over from the
+previous Runtime for unchanged (service, backend URL) pairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ..errors import StartupError
+from ..proxy.upstream import Pool
+from ..routing import rules
+from ..routing.router import Route, Router
+from ..runtime import EntrypointRuntime, Limits, RouteTarget, Runtime, ServiceRuntime, Transport
+from ..service.balancer import Backend, make_balancer
+
+if TYPE_CHECKING:
+    from .model import EntrypointConfig, GatewayConfig, ServiceConfig
+
+#: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
+#: with "not supported yet" (SPEC §13.3) until its issue lands.
+SUPPORTED_FEATURES: frozenset[str] = frozenset({"max_connections"})
+
+
+def unsupported_features(config: GatewayConfig) -> list[str]:
+    """The explicitly used features this build cannot run, in a stable order."""
+    return sorted(f for f in config.explicit if f not in SUPPORTED_FEATURES)
+
+
+def check_supported(config: GatewayConfig) -> None:
+    """Raise StartupError naming every explicitly used feature this build does not run."""
+    missing = unsupported_features(config)
+    if missing:
+        raise StartupError("not supported yet: " + ", ".join(missing))
+
+
+def entrypoint_limits(ep: EntrypointConfig) -> Limits:
+    return Limits(
+        max_request_line_bytes=ep.max_request_line_bytes,
+        max_header_bytes=ep.max_header_bytes,
+        max_headers=ep.max_headers,
+        header_read_timeout=ep.header_read_timeout,
+        idle_timeout=ep.idle_timeout,
+        max_connections=ep.max_connections,
+    )
+
+
+def _transport(svc: ServiceConfig) -> Transport:
+    t = svc.transport
+    return Transport(
+        connect_timeout=t.connect_timeout,
+        response_header_timeout=t.response_header_timeout,
+        stream_idle_timeout=t.stream_idle_timeout,
+        request_timeout=t.request_timeout,
+        max_idle_connections_per_backend=t.max_idle_connections_per_backend,
+        idle_connection_timeout=t.idle_connection_timeout,
+    )
+
+
+def build_runtime(
+    config: GatewayConfig, loop: asyncio.AbstractEventLoop, previous: Runtime | None = None, generation: int = 1
+) -> Runtime:
+    """Compile ``config`` into a complete Runtime (pools of unchanged backends are carried over)."""
+    services: dict[str, ServiceRuntime] = {}
+    for name, svc in config.services.items():
+        transport = _transport(svc)
+        old = previous.services.get(name) if previous is not None else None
+        backends: list[Backend] = []
+        pools: dict[str, Pool] = {}
+        for server in svc.load_balancer.servers:
+            backend = Backend(server.url, server.weight)
+            old_pool = old.pools.get(server.url) if old is not None and old.transport == transport else None
+            if old_pool is not None:
+                backend = old_pool.backend
+                backend.weight = server.weight
+                pool = old_pool
+            else:
+                pool = Pool(backend, loop, transport)
+            backends.append(backend)
+            pools[server.url] = pool
+        services[name] = ServiceRuntime(
+            name=name,
+            balancer=make_balancer(svc.load_balancer.strategy, backends),
+            pools=pools,
+            transport=transport,
+            pass_host_header=svc.load_balancer.pass_host_header,
+        )
+
+    entrypoints: dict[str, EntrypointRuntime] = {}
+    for ep_name, ep in config.entrypoints.items():
+        if ep.protocol != "http":
+            continue
+        routes: list[Route] = []
+        for r_name, router in config.routers.items():
+            if router.entrypoints and ep_name not in router.entrypoints:
+                continue
+            node = rules.check_rule(router.rule, "http")
+            routes.append(
+                Route(r_name, router.rule, router.effective_priority, rules.compile_rule(node),
+                      RouteTarget(r_name, services[router.service]))
+            )
+        entrypoints[ep_name] = EntrypointRuntime(
+            name=ep_name,
+            router=Router(routes),
+            limits=entrypoint_limits(ep),
+            proto=b"https" if ep.tls is not None else b"http",
+        )
+    return Runtime(entrypoints=entrypoints, services=services, generation=generation)
+
+
+def retire(old: Runtime, new: Runtime) -> None:
+    """Close the pools of backends that the new Runtime no longer uses."""
+    kept = {id(p) for s in new.services.values() for p in s.pools.values()}
+    for svc in old.services.values():
+        for pool in svc.pools.values():
+            if id(pool) not in kept:
+                pool.close()

@@ -1,0 +1,190 @@
+# cython: annotation_typing=False
+"""Header filtering and one-buffer head serialisation (SPEC §5.2, §5.3, §5.4).
+
+Cython pure mode: this file runs interpreted as ``a3s_gateway.http._headers`` and is compiled as
+``a3s_gateway.http._headers_c`` (``_headers_c.py`` links here; ``_headers_c.pxd`` gives the C types).
+Header names are never lower-cased here: the parser classified every line into a ``hdrs`` id.
+"""
+
+from __future__ import annotations
+
+import os
+
+# ids from a3s_gateway.http.hdrs, repeated as literals so the compiled module needs no import at call time.
+_OTHER = 0
+_HOST = 1
+_CONTENT_LENGTH = 2
+_TRANSFER_ENCODING = 3
+_CONNECTION = 4
+_KEEP_ALIVE = 5
+_PROXY_CONNECTION = 6
+_PROXY_AUTHENTICATE = 7
+_PROXY_AUTHORIZATION = 8
+_TE = 9
+_TRAILER = 10
+_UPGRADE = 11
+_EXPECT = 12
+_X_FORWARDED_FOR = 13
+_X_FORWARDED_PROTO = 14
+_X_FORWARDED_HOST = 15
+_X_FORWARDED_PORT = 16
+_X_REAL_IP = 17
+_X_REQUEST_ID = 18
+_CONTENT_TYPE = 19
+
+_CRLF = b"\r\n"
+_COLON = b": "
+
+
+def _listed(name: bytes, tokens: tuple[bytes, ...]) -> bool:
+    """True when ``name`` (any case) is one of the lower-case Connection ``tokens``."""
+    return name.lower() in tokens
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    header_ids: bytes,
+    connection_tokens: tuple[bytes, ...],
+    host_value: bytes | None,
+    client_ip: bytes,
+    proto: bytes,
+    port: bytes,
+    trusted: bool,
+    framing: bytes,
+) -> tuple[bytes, bytes]:
+    """Build the upstream request head in one buffer.
+
+    Returns ``(head, request_id)``. ``host_value`` replaces the Host value (``pass_host_header = false``) or is
+    ``None`` to pass the client's through. ``framing`` is the body framing line(s) to add (``Content-Length: n\\r\\n``,
+    ``Transfer-Encoding: chunked\\r\\n`` or empty). Hop-by-hop headers, ``Expect`` and names listed in
+    ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2.
+    """
+    parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
+    xff: bytes = b""
+    orig_host: bytes = b""
+    request_id: bytes = b""
+    seen_proto = False
+    seen_fhost = False
+    seen_port = False
+    n = len(headers)
+    i = 0
+    while i < n:
+        hid = header_ids[i]
+        name, value = headers[i]
+        i += 1
+        if hid == _OTHER or hid == _CONTENT_TYPE:
+            if connection_tokens and _listed(name, connection_tokens):
+                continue
+            parts.append(name)
+            parts.append(_COLON)
+            parts.append(value)
+            parts.append(_CRLF)
+        elif hid == _HOST:
+            orig_host = value
+            parts.append(name)
+            parts.append(_COLON)
+            parts.append(value if host_value is None else host_value)
+            parts.append(_CRLF)
+        elif hid == _X_FORWARDED_FOR:
+            xff = value if not xff else xff + b", " + value
+        elif hid == _X_REQUEST_ID:
+            if request_id or not (0 < len(value) <= 200) or not _visible(value):
+                continue
+            request_id = value
+            parts.append(name)
+            parts.append(_COLON)
+            parts.append(value)
+            parts.append(_CRLF)
+        elif hid == _X_FORWARDED_PROTO or hid == _X_FORWARDED_HOST or hid == _X_FORWARDED_PORT:
+            if trusted:
+                if hid == _X_FORWARDED_PROTO:
+                    seen_proto = True
+                elif hid == _X_FORWARDED_HOST:
+                    seen_fhost = True
+                else:
+                    seen_port = True
+                parts.append(name)
+                parts.append(_COLON)
+                parts.append(value)
+                parts.append(_CRLF)
+        # everything else (hop-by-hop, Content-Length, Expect, X-Real-IP) is dropped or re-added below
+    parts.append(b"X-Forwarded-For: ")
+    if xff:
+        parts.append(xff)
+        parts.append(b", ")
+    parts.append(client_ip)
+    parts.append(_CRLF)
+    if not seen_proto:
+        parts.append(b"X-Forwarded-Proto: ")
+        parts.append(proto)
+        parts.append(_CRLF)
+    if not seen_fhost and orig_host:
+        parts.append(b"X-Forwarded-Host: ")
+        parts.append(orig_host)
+        parts.append(_CRLF)
+    if not seen_port:
+        parts.append(b"X-Forwarded-Port: ")
+        parts.append(port)
+        parts.append(_CRLF)
+    parts.append(b"X-Real-IP: ")
+    parts.append(client_ip)
+    parts.append(_CRLF)
+    if not request_id:
+        request_id = os.urandom(16).hex().encode()
+        parts.append(b"X-Request-Id: ")
+        parts.append(request_id)
+        parts.append(_CRLF)
+    parts.append(framing)
+    parts.append(_CRLF)
+    return b"".join(parts), request_id
+
+
+def _visible(value: bytes) -> bool:
+    """Visible ASCII only (0x21-0x7e)."""
+    for c in value:
+        if c < 0x21 or c > 0x7E:
+            return False
+    return True
+
+
+def response_head(
+    status_line: bytes,
+    headers: list[tuple[bytes, bytes]],
+    header_ids: bytes,
+    connection_tokens: tuple[bytes, ...],
+    framing: bytes,
+    extra: bytes,
+) -> bytes:
+    """Build the client response head in one buffer.
+
+    ``status_line`` ends with CRLF. Hop-by-hop headers, Content-Length and names listed in ``Connection`` are
+    dropped; ``framing`` (Content-Length / Transfer-Encoding / Connection lines) and ``extra`` (header lines added
+    by the gateway) are appended before the final CRLF.
+    """
+    parts: list[bytes] = [status_line]
+    n = len(headers)
+    i = 0
+    while i < n:
+        hid = header_ids[i]
+        if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _X_FORWARDED_FOR or hid == _HOST or hid == _EXPECT:
+            name, value = headers[i]
+            i += 1
+            if connection_tokens and _listed(name, connection_tokens):
+                continue
+            parts.append(name)
+            parts.append(_COLON)
+            parts.append(value)
+            parts.append(_CRLF)
+        else:
+            i += 1
+    parts.append(framing)
+    parts.append(extra)
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def interim_head(status_line: bytes, headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bytes:
+    """A 1xx head (e.g. 103 Early Hints) relayed as received minus hop-by-hop headers."""
+    return response_head(status_line, headers, header_ids, (), b"", b"")

@@ -1,0 +1,20 @@
+# Compiled signatures of a3s_gateway/http/_headers.py (Cython pure mode).
+cimport cython
+
+cdef bytes _CRLF, _COLON
+cdef int _OTHER, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _KEEP_ALIVE, _PROXY_CONNECTION, _PROXY_AUTHENTICATE, _PROXY_AUTHORIZATION, _TE, _TRAILER, _UPGRADE, _EXPECT, _X_FORWARDED_FOR, _X_FORWARDED_PROTO, _X_FORWARDED_HOST, _X_FORWARDED_PORT, _X_REAL_IP, _X_REQUEST_ID, _CONTENT_TYPE
+
+@cython.locals(i=Py_ssize_t, n=Py_ssize_t, hid=cython.int, seen_proto=bint, seen_fhost=bint, seen_port=bint)
+cpdef tuple request_head(bytes method, bytes target, list headers, bytes header_ids, tuple connection_tokens,
+                         object host_value, bytes client_ip, bytes proto, bytes port, bint trusted, bytes framing)
+
+@cython.locals(c=cython.uchar)
+cdef bint _visible(bytes value)
+
+cdef bint _listed(bytes name, tuple tokens)
+
+@cython.locals(i=Py_ssize_t, n=Py_ssize_t, hid=cython.int)
+cpdef bytes response_head(bytes status_line, list headers, bytes header_ids, tuple connection_tokens,
+                          bytes framing, bytes extra)
+
+cpdef bytes interim_head(bytes status_line, list headers, bytes header_ids)

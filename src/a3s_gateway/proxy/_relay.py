@@ -1,0 +1,95 @@
+# cython: annotation_typing=False
+"""Body framing for the relay: read a message body in any framing, re-frame it for the other side.
+
+Cython pure mode: runs interpreted as ``a3s_gateway.proxy._relay`` and compiled as ``a3s_gateway.proxy._relay_c``
+(``_relay_c.py`` links here; ``_relay_c.pxd`` gives the C types). Nothing is buffered: every call returns the
+payload pieces found in the bytes it was given, as slices of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NONE = 0  # no body
+LENGTH = 1  # Content-Length
+CHUNKED = 2  # chunked transfer coding
+UNTIL_CLOSE = 3  # close-delimited (responses only)
+
+# private copies typed as C ints in the compiled module (the public names above stay Python-visible)
+_NONE = 0
+_LENGTH = 1
+_CHUNKED = 2
+_UNTIL_CLOSE = 3
+
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class BodyReader:
+    """Tracks where a body ends. ``feed`` returns ``(pieces, consumed)``; ``done`` once the body is complete.
+
+    For ``CHUNKED`` the ``decoder`` (a parser ``ChunkedDecoder``) validates and strips the framing.
+    """
+
+    def __init__(self, mode: int, length: int, decoder: Any) -> None:
+        self.mode = mode
+        self.remaining = length
+        self.decoder = decoder
+        self.done = mode == _NONE or (mode == _LENGTH and length == 0)
+        self.received = 0
+
+    def feed(self, data: bytes) -> tuple[list[bytes], int]:
+        n = len(data)
+        mode = self.mode
+        if mode == _LENGTH:
+            rem = self.remaining
+            if n < rem:
+                self.remaining = rem - n
+                self.received += n
+                return [data], n
+            self.remaining = 0
+            self.done = True
+            self.received += rem
+            if n == rem:
+                return [data], n
+            return [data[:rem]], rem
+        if mode == _CHUNKED:
+            pieces, consumed = self.decoder.feed(data)
+            for p in pieces:
+                self.received += len(p)
+            if self.decoder.done:
+                self.done = True
+            return pieces, consumed
+        if mode == _UNTIL_CLOSE:
+            self.received += n
+            return [data], n
+        return [], 0
+
+    def trailers(self) -> list[tuple[bytes, bytes]]:
+        """Trailer fields of a finished chunked body (empty for other framings)."""
+        if self.mode == _CHUNKED and self.decoder is not None:
+            result: list[tuple[bytes, bytes]] = self.decoder.trailers
+            return result
+        return []
+
+
+def chunk_frames(pieces: list[bytes]) -> list[bytes]:
+    """Frame payload pieces as chunks: ``[size CRLF, piece, CRLF, ...]`` (empty pieces are skipped)."""
+    out: list[bytes] = []
+    for p in pieces:
+        if p:
+            out.append(b"%x\r\n" % len(p))
+            out.append(p)
+            out.append(_CRLF)
+    return out
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
+    """The terminating chunk, with ``trailers`` when given."""
+    if not trailers:
+        return _LAST_CHUNK
+    parts: list[bytes] = [b"0\r\n"]
+    for name, value in trailers:
+        parts.append(name + b": " + value + _CRLF)
+    parts.append(_CRLF)
+    return b"".join(parts)

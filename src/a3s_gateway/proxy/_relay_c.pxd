@@ -1,0 +1,19 @@
+# Compiled types of a3s_gateway/proxy/_relay.py (Cython pure mode).
+cimport cython
+
+cdef int _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE
+cdef bytes _CRLF, _LAST_CHUNK
+
+cdef class BodyReader:
+    cdef public int mode
+    cdef public long long remaining
+    cdef public object decoder
+    cdef public bint done
+    cdef public long long received
+
+    @cython.locals(n=Py_ssize_t, rem=cython.longlong, mode=cython.int)
+    cpdef tuple feed(self, bytes data)
+    cpdef list trailers(self)
+
+cpdef list chunk_frames(list pieces)
+cpdef bytes last_chunk(list trailers)

@@ -1,0 +1,73 @@
+"""Gateway-generated responses (SPEC §1.4, §5.7): JSON error bodies with Date, built once per status/message."""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+import orjson
+
+_REASONS = {
+    100: b"Continue",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_date_second = -1
+_date_line = b""
+
+
+def date_line() -> bytes:
+    """``Date: ...\\r\\n`` for the current second (formatted at most once a second)."""
+    global _date_second, _date_line
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date_line
+
+
+def reason(status: int) -> bytes:
+    """Reason phrase for a status the gateway generates."""
+    return _REASONS.get(status, b"Unknown")
+
+
+_prefix_cache: dict[tuple[int, str, bytes, bool], tuple[bytes, bytes]] = {}
+
+
+def error_response(
+    status: int, message: str, *, extra: bytes = b"", close: bool = False, head_only: bool = False
+) -> bytes:
+    """The complete bytes of a gateway error response ``{"error": message}``.
+
+    ``extra`` holds additional header lines (each ending CRLF). ``close`` adds ``Connection: close``.
+    """
+    key = (status, message, extra, close)
+    cached = _prefix_cache.get(key)
+    if cached is None:
+        body = orjson.dumps({"error": message})
+        prefix = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            % (status, reason(status), len(body))
+            + extra
+            + (b"Connection: close\r\n" if close else b"")
+        )
+        cached = (prefix, body)
+        if len(_prefix_cache) < 256:
+            _prefix_cache[key] = cached
+    prefix, body = cached
+    return prefix + date_line() + b"\r\n" + (b"" if head_only else body)

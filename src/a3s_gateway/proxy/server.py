@@ -1,0 +1,67 @@
+"""HTTP listeners: bind (``SO_REUSEPORT``), track connections, drain on stop (SPEC §13.5)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+from .http1 import HttpConnection
+
+if TYPE_CHECKING:
+    from ..runtime import EntrypointRuntime
+
+
+class HttpServer:
+    """One HTTP entrypoint's listening sockets and live connections.
+
+    ``entry`` is swapped by a reload; a connection reads it when a request starts, so every request routed after
+    the swap uses the new generation while requests in progress finish on the old one.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, entry: EntrypointRuntime, host: str, port: int) -> None:
+        self.loop = loop
+        self.entry = entry
+        self.host = host
+        self.port = port
+        self.port_b = str(port).encode()
+        self.connections: set[HttpConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        """Bind the listener (raises OSError)."""
+        reuse_port = hasattr(socket, "SO_REUSEPORT")
+        self._server = await self.loop.create_server(
+            lambda: HttpConnection(self),
+            self.host or None,
+            self.port,
+            reuse_port=reuse_port,
+            backlog=2048,
+        )
+        bound = self.bound_address()
+        self.port_b = str(bound[1]).encode()
+
+    def bound_address(self) -> tuple[str, int]:
+        """The actual (host, port) of the first listening socket."""
+        assert self._server is not None
+        sock = self._server.sockets[0]
+        addr = sock.getsockname()
+        return (self.host or str(addr[0]), int(addr[1]))
+
+    def close_listener(self) -> None:
+        """Stop accepting; existing connections are untouched."""
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Close idle connections now, let busy ones finish within ``timeout``, then close the rest."""
+        self.close_listener()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.connections.clear()

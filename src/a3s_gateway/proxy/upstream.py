@@ -1,0 +1,380 @@
+"""Upstream HTTP/1.1 connections: keep-alive pool per backend and the response relay (SPEC §5.4, §7.8).
+
+An ``UpstreamConnection`` serves one client exchange at a time. It parses the response head with the same
+parser as requests, builds the client head in one buffer and relays body pieces to the client transport as they
+arrive: nothing is buffered, whatever the content type. Backpressure: the client connection pauses this
+transport's reading while its own write buffer is above the high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from .. import _compat
+from ..errors import ProtocolError
+from . import responses
+
+if TYPE_CHECKING:
+    from ..runtime import Transport
+    from ..service.balancer import Backend
+    from .http1 import HttpConnection
+
+_parser: Any = _compat.load("http parser")
+_headers: Any = _compat.load("header filter")
+_relay: Any = _compat.load("body relay")
+
+parse_response = _parser.parse_response
+ChunkedDecoder = _parser.ChunkedDecoder
+response_head = _headers.response_head
+interim_head = _headers.interim_head
+BodyReader = _relay.BodyReader
+chunk_frames = _relay.chunk_frames
+last_chunk = _relay.last_chunk
+
+LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+HIGH_WATER = 65536
+
+# connection states
+_IDLE = 0  # in the pool, or freshly connected
+_HEAD = 1  # request sent (or being sent), waiting for the response head
+_BODY = 2  # relaying the response body
+_CLOSED = 3
+
+# timer kinds
+_T_NONE = 0
+_T_HEAD = 1  # response_header_timeout
+_T_STREAM = 2  # stream_idle_timeout
+_T_POOL = 3  # idle_connection_timeout
+
+SSE_ERROR = b'\n\nevent: error\ndata: {"error":"Upstream stream failed"}\n\n'
+_SSE_ERROR_CHUNK = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SSE_ERROR), SSE_ERROR)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a backend."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: Any = None
+        self.client: HttpConnection | None = None
+        self.state = _IDLE
+        self.buf = b""
+        self.reader: Any = None
+        self.client_chunked = False
+        self.keep_alive = False
+        self.reused = False
+        self.got_bytes = False
+        self.sse = False
+        self.te_trailers = False
+        self._tkind = _T_NONE
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state = self.state
+        self.state = _CLOSED
+        self.transport = None
+        self._tkind = _T_NONE
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.pool.forget(self)
+        client = self.client
+        if client is None:
+            return
+        self.client = None
+        if state == _HEAD:
+            if self.reused and not self.got_bytes and client.retry_on_fresh_connection():
+                return
+            client.upstream_failed(502, "Upstream closed connection")
+        elif state == _BODY:
+            if self.reader.mode == UNTIL_CLOSE:
+                if self.client_chunked:
+                    client.transport.write(last_chunk([]))
+                    client.response_done(True)
+                else:
+                    client.response_done(False)
+            else:
+                self._truncate(client)
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.pause_reading_for(2)
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.resume_reading_for(2)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            # bytes on an idle pooled connection: the peer is not speaking HTTP/1.1 keep-alive correctly
+            self.transport.close()
+            return
+        self.got_bytes = True
+        if self.state == _BODY:
+            self._relay(client, data)
+            return
+        if self.state != _HEAD:
+            return
+        buf = self.buf + data if self.buf else data
+        head = client.head
+        while True:
+            try:
+                resp = parse_response(buf)
+            except ProtocolError:
+                self.abort()
+                client.upstream_failed(502, "Upstream protocol error")
+                return
+            if resp is None:
+                self.buf = buf
+                return
+            buf = buf[resp.head_len :]
+            status = resp.status
+            if status >= 200:
+                break
+            if status != 100 and status != 101 and head.version == 1:
+                client.transport.write(
+                    interim_head(b"HTTP/1.1 %d %s\r\n" % (status, resp.reason), resp.headers, resp.header_ids)
+                )
+        self.buf = b""
+        self._start_body(client, head, resp, buf)
+
+    # -- response ---------------------------------------------------------------------------------------
+    def _start_body(self, client: HttpConnection, head: Any, resp: Any, rest: bytes) -> None:
+        status = resp.status
+        keep_alive = resp.keep_alive
+        client_keep_alive = head.keep_alive and not client.closing
+        if head.method == b"HEAD" or status == 204 or status == 304:
+            reader = BodyReader(0, 0, None)
+            framing = b"Content-Length: %d\r\n" % resp.content_length if resp.content_length >= 0 else b""
+            chunked_out = False
+        elif resp.chunked:
+            reader = BodyReader(CHUNKED, 0, ChunkedDecoder())
+            chunked_out = head.version == 1
+            framing = b"Transfer-Encoding: chunked\r\n" if chunked_out else b""
+            client_keep_alive = client_keep_alive and chunked_out
+        elif resp.content_length >= 0:
+            reader = BodyReader(LENGTH, resp.content_length, None)
+            framing = b"Content-Length: %d\r\n" % resp.content_length
+            chunked_out = False
+        else:
+            reader = BodyReader(UNTIL_CLOSE, 0, None)
+            keep_alive = False
+            chunked_out = head.version == 1
+            framing = b"Transfer-Encoding: chunked\r\n" if chunked_out else b""
+            client_keep_alive = client_keep_alive and chunked_out
+        if not client_keep_alive:
+            framing += b"Connection: close\r\n"
+        elif head.version == 0:
+            framing += b"Connection: keep-alive\r\n"
+        self.reader = reader
+        self.keep_alive = keep_alive
+        self.client_chunked = chunked_out
+        self.sse = chunked_out and resp.event_stream
+        self.te_trailers = head.te_trailers
+        self.state = _BODY
+        out = response_head(
+            b"HTTP/1.1 %d %s\r\n" % (status, resp.reason),
+            resp.headers,
+            resp.header_ids,
+            resp.connection_tokens,
+            framing,
+            client.response_extra,
+        )
+        client.start_response(status, client_keep_alive)
+        if reader.done:
+            client.transport.write(out)
+            if rest:
+                self.keep_alive = False
+            self._finish(client)
+            return
+        self._tkind = _T_STREAM
+        self._deadline = self.loop.time() + self.pool.transport_cfg.stream_idle_timeout
+        self._arm()
+        if rest:
+            self._relay(client, rest, out)
+        else:
+            client.transport.write(out)
+
+    def _relay(self, client: HttpConnection, data: bytes, head: bytes = b"") -> None:
+        reader = self.reader
+        try:
+            pieces, consumed = reader.feed(data)
+        except ProtocolError:
+            if head:
+                client.transport.write(head)
+            self.abort()
+            self.client = None
+            self._truncate(client)
+            return
+        if self.client_chunked:
+            pieces = chunk_frames(pieces)
+        if head:
+            # the response head and the first body bytes leave in one write
+            pieces.insert(0, head)
+        if len(pieces) == 1:
+            client.transport.write(pieces[0])
+        elif pieces:
+            client.transport.writelines(pieces)
+        if reader.done:
+            if consumed < len(data):
+                self.keep_alive = False
+            self._finish(client)
+        else:
+            self._deadline = self.loop.time() + self.pool.transport_cfg.stream_idle_timeout
+            self._arm()
+
+    def _finish(self, client: HttpConnection) -> None:
+        if self.client_chunked:
+            client.transport.write(last_chunk(self.reader.trailers() if self.te_trailers else []))
+        self.client = None
+        self._tkind = _T_NONE
+        self.state = _IDLE
+        self.reader = None
+        reusable = self.keep_alive and client.body_done
+        self.pool.release(self, reusable)
+        client.response_done(True)
+
+    def _truncate(self, client: HttpConnection) -> None:
+        """The backend failed after the response head went out (SPEC §5.4)."""
+        client.stream_failed()
+        if self.sse:
+            client.transport.write(_SSE_ERROR_CHUNK)
+            client.response_done(True)
+        else:
+            client.response_done(False)
+
+    # -- used by the client connection --------------------------------------------------------------------
+    def begin(self, client: HttpConnection, data: list[bytes]) -> None:
+        """Start an exchange: send the request head (and any body bytes already read) in one write."""
+        self.client = client
+        self.state = _HEAD
+        self.got_bytes = False
+        self.buf = b""
+        if len(data) == 1:
+            self.transport.write(data[0])
+        else:
+            self.transport.writelines(data)
+        self._tkind = _T_HEAD
+        self._deadline = self.loop.time() + self.pool.transport_cfg.response_header_timeout
+        self._arm()
+
+    def abort(self) -> None:
+        """Close without pooling (client gone, protocol error, timeout)."""
+        self.client = None
+        self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- one lazily re-armed timer -------------------------------------------------------------------------
+    def _arm(self) -> None:
+        deadline = self._deadline
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def idle_in_pool(self) -> None:
+        self._tkind = _T_POOL
+        self._deadline = self.loop.time() + self.pool.transport_cfg.idle_connection_timeout
+        self._arm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._tkind
+        if kind == _T_NONE or self.transport is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._arm()
+            return
+        client = self.client
+        if kind == _T_POOL:
+            self.pool.forget(self)
+            self.transport.close()
+        elif kind == _T_HEAD and client is not None:
+            self.abort()
+            client.upstream_failed(504, "Upstream response timeout")
+        elif kind == _T_STREAM and client is not None:
+            self.abort()
+            self._truncate(client)
+
+
+class Pool:
+    """Keep-alive connections to one backend (LIFO: the most recently used connection is the warmest)."""
+
+    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop, transport_cfg: Transport) -> None:
+        self.backend = backend
+        self.loop = loop
+        self.transport_cfg = transport_cfg
+        self.idle: list[UpstreamConnection] = []
+        self.closed = False
+        self.host_header = backend.host_header.encode("idna") if backend.host_header else b""
+        self.base_path = backend.base_path.encode()
+        self.connections = 0
+
+    def take(self) -> UpstreamConnection | None:
+        """An idle live connection, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            tr = conn.transport
+            if tr is not None and not tr.is_closing():
+                conn.reused = True
+                conn._tkind = _T_NONE
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """Return ``conn`` after a complete exchange; pooled when reusable and there is room."""
+        if (
+            reusable
+            and not self.closed
+            and conn.transport is not None
+            and len(self.idle) < self.transport_cfg.max_idle_connections_per_backend
+        ):
+            self.idle.append(conn)
+            conn.idle_in_pool()
+        elif conn.transport is not None:
+            conn.state = _CLOSED
+            conn.transport.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    async def connect(self) -> UpstreamConnection:
+        """Open a new connection (raises OSError / TimeoutError)."""
+        b = self.backend
+        async with asyncio.timeout(self.transport_cfg.connect_timeout):
+            _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), b.host, b.port)
+        self.connections += 1
+        return conn
+
+    def close(self) -> None:
+        """Close idle connections; busy ones close when their exchange ends."""
+        self.closed = True
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            if conn.transport is not None:
+                conn.transport.close()

@@ -1,0 +1,226 @@
+"""Backends and load-balancing strategies (SPEC §3.3 servers, §7.2).
+
+Compiled by mypyc (the same source runs interpreted): native classes with one ``pick`` method, no closures,
+``Final`` constants. Randomness is injected (``rng``) so tests are exact. Only eligible backends take part, in
+configuration order; a pick allocates nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Final
+from urllib.parse import urlsplit
+
+DEFAULT_PORTS: Final[dict[str, int]] = {"http": 80, "https": 443, "h2c": 80}
+SCHEMES: Final = ("http", "https", "h2c", "tcp", "udp")
+STRATEGIES: Final = ("round-robin", "weighted", "least-connections", "random", "p2c")
+
+
+class Backend:
+    """One upstream server: parsed URL, weight, and the mutable ``eligible`` / ``in_flight`` state."""
+
+    def __init__(self, url: str, weight: int = 1) -> None:
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            raise ValueError(f"unsupported scheme {parts.scheme!r} in {url!r} (use http, https, h2c, tcp or udp)")
+        if parts.query or parts.fragment or "?" in url or "#" in url:
+            raise ValueError(f"backend URL {url!r} must not have a query or fragment")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"backend URL {url!r} must not carry credentials")
+        host = parts.hostname
+        if not host:
+            raise ValueError(f"backend URL {url!r} has no host")
+        try:
+            explicit_port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"backend URL {url!r} has an invalid port") from exc
+        if explicit_port is None:
+            default = DEFAULT_PORTS.get(scheme)
+            if default is None:
+                raise ValueError(f"backend URL {url!r} needs a port ({scheme}://host:port)")
+            port = default
+        else:
+            port = explicit_port
+        if port == 0:
+            raise ValueError(f"backend URL {url!r} has an invalid port")
+        path = parts.path
+        if scheme in ("tcp", "udp") and path not in ("", "/"):
+            raise ValueError(f"backend URL {url!r}: a {scheme} backend has no path")
+        self.url = url
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.base_path = path.rstrip("/")
+        self.weight = weight
+        bracketed = f"[{host}]" if ":" in host else host
+        default_port = explicit_port is None or port == DEFAULT_PORTS.get(scheme)
+        self.host_header = bracketed if default_port else f"{bracketed}:{port}"
+        self.eligible = True
+        self.in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"Backend({self.url!r}, weight={self.weight})"
+
+
+class Balancer:
+    """Picks one eligible backend per call; cursors are per balancer (pool)."""
+
+    def __init__(self, backends: list[Backend]) -> None:
+        self.backends = backends
+
+    def pick(self) -> Backend | None:
+        """An eligible backend, in the strategy's order, or None when none is eligible."""
+        raise NotImplementedError
+
+    def eligible_count(self) -> int:
+        """Number of eligible backends."""
+        count = 0
+        for backend in self.backends:
+            if backend.eligible:
+                count += 1
+        return count
+
+    def nth_eligible(self, index: int) -> Backend:
+        """The ``index``-th eligible backend in configuration order (0 <= index < eligible_count())."""
+        for backend in self.backends:
+            if backend.eligible:
+                if index == 0:
+                    return backend
+                index -= 1
+        raise IndexError(index)
+
+
+class RoundRobinBalancer(Balancer):
+    """``eligible[i mod n]``, then ``i += 1``; weights ignored."""
+
+    def __init__(self, backends: list[Backend]) -> None:
+        super().__init__(backends)
+        self.counter = 0
+
+    def pick(self) -> Backend | None:
+        n = self.eligible_count()
+        if n == 0:
+            return None
+        i = self.counter
+        self.counter = i + 1
+        if n == len(self.backends):
+            return self.backends[i % n]
+        return self.nth_eligible(i % n)
+
+
+class WeightedBalancer(Balancer):
+    """Smooth weighted round-robin: ``cw += weight`` for all, pick the largest (first on ties), subtract the total."""
+
+    def __init__(self, backends: list[Backend]) -> None:
+        super().__init__(backends)
+        self.current: list[int] = [0] * len(backends)
+
+    def pick(self) -> Backend | None:
+        backends = self.backends
+        current = self.current
+        if len(current) != len(backends):  # the pool was resized in place: restart the schedule
+            current = [0] * len(backends)
+            self.current = current
+        total = 0
+        best = -1
+        best_cw = 0
+        for idx in range(len(backends)):
+            backend = backends[idx]
+            weight = backend.weight
+            if not backend.eligible or weight <= 0:
+                continue  # weight 0 never takes part, so it is never picked
+            cw = current[idx] + weight
+            current[idx] = cw
+            total += weight
+            if best < 0 or cw > best_cw:
+                best = idx
+                best_cw = cw
+        if best < 0:
+            return None
+        current[best] = best_cw - total
+        return backends[best]
+
+
+class LeastConnectionsBalancer(Balancer):
+    """Fewest ``in_flight``; ties broken round-robin: the first tied backend after the last pick, cyclically."""
+
+    def __init__(self, backends: list[Backend]) -> None:
+        super().__init__(backends)
+        self.last = -1  # position of the previous pick in ``backends``
+
+    def pick(self) -> Backend | None:
+        backends = self.backends
+        last = self.last
+        lowest = -1
+        first = -1  # first backend with the lowest load
+        after = -1  # first backend with the lowest load positioned after ``last``
+        for idx in range(len(backends)):
+            backend = backends[idx]
+            if not backend.eligible:
+                continue
+            load = backend.in_flight
+            if lowest < 0 or load < lowest:
+                lowest = load
+                first = idx
+                after = idx if idx > last else -1
+            elif load == lowest and after < 0 and idx > last:
+                after = idx
+        if first < 0:
+            return None
+        chosen = after if after >= 0 else first
+        self.last = chosen
+        return backends[chosen]
+
+
+class RandomBalancer(Balancer):
+    """Uniformly random eligible backend."""
+
+    def __init__(self, backends: list[Backend], rng: random.Random) -> None:
+        super().__init__(backends)
+        self.rng = rng
+
+    def pick(self) -> Backend | None:
+        n = self.eligible_count()
+        if n == 0:
+            return None
+        return self.nth_eligible(self.rng.randrange(n))
+
+
+class P2CBalancer(Balancer):
+    """Power of two choices: two distinct random eligible backends, the one with fewer in-flight (tie: first drawn)."""
+
+    def __init__(self, backends: list[Backend], rng: random.Random) -> None:
+        super().__init__(backends)
+        self.rng = rng
+
+    def pick(self) -> Backend | None:
+        n = self.eligible_count()
+        if n == 0:
+            return None
+        if n == 1:
+            return self.nth_eligible(0)
+        i = self.rng.randrange(n)
+        j = self.rng.randrange(n - 1)
+        if j >= i:
+            j += 1
+        first = self.nth_eligible(i)
+        second = self.nth_eligible(j)
+        return second if second.in_flight < first.in_flight else first
+
+
+def make_balancer(strategy: str, backends: list[Backend], rng: random.Random | None = None) -> Balancer:
+    """The balancer for a canonical ``strategy`` name (SPEC §7.2); ``rng`` defaults to a fresh ``random.Random``."""
+    if strategy == "round-robin":
+        return RoundRobinBalancer(backends)
+    if strategy == "weighted":
+        return WeightedBalancer(backends)
+    if strategy == "least-connections":
+        return LeastConnectionsBalancer(backends)
+    if strategy == "random":
+        return RandomBalancer(backends, rng if rng is not None else random.Random())
+    if strategy == "p2c":
+        return P2CBalancer(backends, rng if rng is not None else random.Random())
+    raise ValueError(f"unknown load-balancing strategy {strategy!r} (expected one of: {', '.join(STRATEGIES)})")

@@ -1,0 +1,154 @@
+"""The ``a3s-gateway`` command as a user runs it: subprocesses on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README_QUICKSTART = ROOT / "tests" / "fixtures" / "readme_quickstart.hcl"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "a3s_gateway", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_version() -> None:
+    out = cli("version")
+    assert out.returncode == 0 and out.stdout.startswith("a3s-gateway ")
+    assert cli("--version").stdout == out.stdout
+    verbose = cli("version", "-v").stdout
+    assert "http parser" in verbose and "router" in verbose
+
+
+def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
+    out = cli("-c", str(tmp_path / "nope.hcl"))
+    assert out.returncode == 1 and "nope.hcl" in out.stderr
+    out = cli("validate", "-c", str(tmp_path / "nope.hcl"))
+    assert out.returncode == 1 and "nope.hcl" in out.stdout
+
+
+def test_no_config_found(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "a3s_gateway"], capture_output=True, text=True, cwd=tmp_path,
+                         env={k: v for k, v in os.environ.items() if k != "A3S_GATEWAY_CONFIG"}, timeout=60)
+    assert out.returncode == 1 and "no configuration file found (tried: ./gateway.hcl" in out.stderr
+
+
+def test_usage_error_exit_2() -> None:
+    assert cli("--no-such-flag").returncode == 2
+    assert cli("frobnicate").returncode == 2
+
+
+def test_validate_readme_quickstart() -> None:
+    ok = cli("validate", "-c", str(README_QUICKSTART), env={"JWT_SECRET": "s3cret"})
+    assert ok.returncode == 0, ok.stdout
+    assert ok.stdout.strip().endswith(
+        "configuration is valid (1 entrypoint, 1 router, 1 service, 2 middlewares)")
+    env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+    bad = subprocess.run([sys.executable, "-m", "a3s_gateway", "validate", "-c", str(README_QUICKSTART)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 1
+    assert ':33:42: error: middlewares.auth-jwt.value: environment variable "JWT_SECRET" is not set' in bad.stdout
+
+
+def test_readme_quickstart_refuses_unfinished_features() -> None:
+    out = cli("-c", str(README_QUICKSTART), env={"JWT_SECRET": "s3cret"})
+    assert out.returncode == 3
+    assert "not supported yet:" in out.stderr and "middleware jwt" in out.stderr and "scaling" in out.stderr
+
+
+def test_routes_table(tmp_path: Path) -> None:
+    cfg = tmp_path / "g.hcl"
+    cfg.write_text('entrypoints "web" { address = "127.0.0.1:0" }\n'
+                   'routers "a" { rule = "PathPrefix(`/v1`)"; service = "s" }\n'
+                   'routers "b" { rule = "Host(`x.example`) && PathPrefix(`/`)"; service = "s"; priority = 5 }\n'
+                   'services "s" { load_balancer { servers = [{ url = "http://127.0.0.1:9" }] } }\n')
+    out = cli("routes", "-c", str(cfg))
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES"]
+    assert lines[1].split()[:2] == ["17", "a"] and lines[2].split()[:2] == ["5", "b"]
+
+
+def _get(url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_run_serves_quickly_streams_and_stops_on_sigterm(tmp_path: Path) -> None:
+    b1, gw_port = free_port(), free_port()
+    backend = subprocess.Popen([sys.executable, str(ROOT / "examples" / "demo_backend.py"), "--port", str(b1),
+                                "--token-delay", "0.01"])
+    cfg = tmp_path / "gateway.hcl"
+    cfg.write_text(f'entrypoints "web" {{ address = "127.0.0.1:{gw_port}" }}\n'
+                   'routers "llm" { rule = "PathPrefix(`/v1`)"; service = "llm" }\n'
+                   f'services "llm" {{ load_balancer {{ servers = [{{ url = "http://127.0.0.1:{b1}" }}] }} }}\n')
+    started = time.monotonic()
+    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
+    try:
+        first = None
+        while time.monotonic() - started < 20:
+            try:
+                status, _ = _get(f"http://127.0.0.1:{gw_port}/v1/models")
+                first = time.monotonic() - started
+                assert status == 200
+                break
+            except (ConnectionError, urllib.error.URLError):
+                time.sleep(0.02)
+        assert first is not None, "gateway never answered"
+        # SPEC §13.3 asks for < 1 s; CI machines are shared and noisy, so the bound here is generous.
+        assert first < 5, f"first response after {first:.2f}s"
+        status, body = _get(f"http://127.0.0.1:{gw_port}/v1/chat/completions", b'{"stream": true}')
+        assert status == 200
+        events = [line for line in body.split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]" and len(events) > 5
+        assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+        assert _get(f"http://127.0.0.1:{gw_port}/nothing")[0] == 404
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(timeout=15) == 0
+    finally:
+        for p in (gw, backend):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_exit_code_zero(tmp_path: Path, sig: signal.Signals) -> None:
+    port = free_port()
+    cfg = tmp_path / "g.hcl"
+    cfg.write_text(f'entrypoints "web" {{ address = "127.0.0.1:{port}" }}\n')
+    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        gw.send_signal(sig)
+        assert gw.wait(timeout=15) == 0
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait()

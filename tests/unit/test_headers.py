@@ -1,0 +1,143 @@
+"""Header filtering and head serialisation, compiled and pure (SPEC §5.2, §5.3)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from impls import load, twins  # noqa: E402
+
+from a3s_gateway.http import hdrs  # noqa: E402
+
+
+def ids(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return bytes(hdrs.NAMES.get(n.lower(), 0) for n, _ in headers)
+
+
+@pytest.fixture(params=twins("header filter"))
+def mod(request: pytest.FixtureRequest) -> ModuleType:
+    return load(request.param)
+
+
+def head_lines(head: bytes) -> list[bytes]:
+    assert head.endswith(b"\r\n\r\n")
+    return head[:-4].split(b"\r\n")
+
+
+def test_request_head_filters_and_adds(mod: ModuleType) -> None:
+    headers = [
+        (b"Host", b"api.example.com:8080"),
+        (b"Connection", b"keep-alive, X-Secret"),
+        (b"X-Secret", b"s"),
+        (b"Keep-Alive", b"5"),
+        (b"TE", b"trailers"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Upgrade", b"h2c"),
+        (b"Proxy-Authorization", b"x"),
+        (b"Proxy-Connection", b"x"),
+        (b"Trailer", b"X"),
+        (b"Expect", b"100-continue"),
+        (b"X-Forwarded-For", b"1.1.1.1"),
+        (b"X-Forwarded-For", b"2.2.2.2"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Real-IP", b"9.9.9.9"),
+        (b"Content-Length", b"5"),
+        (b"accept", b"*/*"),
+        (b"Content-Type", b"a/b"),
+    ]
+    head, rid = mod.request_head(
+        b"POST",
+        b"/v1?x",
+        headers,
+        ids(headers),
+        (b"x-secret",),
+        None,
+        b"127.0.0.1",
+        b"http",
+        b"8080",
+        False,
+        b"Transfer-Encoding: chunked\r\n",
+    )
+    lines = head_lines(head)
+    assert lines[0] == b"POST /v1?x HTTP/1.1"
+    assert lines[1:] == [
+        b"Host: api.example.com:8080",
+        b"accept: */*",
+        b"Content-Type: a/b",
+        b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 127.0.0.1",
+        b"X-Forwarded-Proto: http",
+        b"X-Forwarded-Host: api.example.com:8080",
+        b"X-Forwarded-Port: 8080",
+        b"X-Real-IP: 127.0.0.1",
+        b"X-Request-Id: " + rid,
+        b"Transfer-Encoding: chunked",
+    ]
+    assert len(rid) == 32 and int(rid, 16) >= 0
+
+
+def test_request_head_host_override_and_request_id_kept(mod: ModuleType) -> None:
+    headers = [(b"host", b"client"), (b"X-Request-Id", b"abc-123")]
+    head, rid = mod.request_head(
+        b"GET", b"/", headers, ids(headers), (), b"backend:81", b"::1", b"http", b"80", False, b""
+    )
+    lines = head_lines(head)
+    assert b"host: backend:81" in lines and b"X-Forwarded-Host: client" in lines
+    assert rid == b"abc-123" and lines.count(b"X-Request-Id: abc-123") == 1
+
+
+@pytest.mark.parametrize("bad", [b"", b"has space", b"x" * 201])
+def test_invalid_request_id_replaced(mod: ModuleType, bad: bytes) -> None:
+    headers = [(b"Host", b"h"), (b"X-Request-Id", bad)]
+    head, rid = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"1.2.3.4", b"http", b"80", False, b"")
+    assert rid != bad and len(rid) == 32 and head.count(b"X-Request-Id") == 1
+
+
+def test_trusted_peer_keeps_forwarded_headers(mod: ModuleType) -> None:
+    headers = [
+        (b"Host", b"h"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"orig"),
+        (b"X-Forwarded-Port", b"443"),
+    ]
+    head, _ = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"10.0.0.1", b"http", b"80", True, b"")
+    lines = head_lines(head)
+    assert b"X-Forwarded-Proto: https" in lines and b"X-Forwarded-Proto: http" not in lines
+    assert b"X-Forwarded-Host: orig" in lines and b"X-Forwarded-Port: 443" in lines
+
+
+def test_response_head(mod: ModuleType) -> None:
+    headers = [
+        (b"Content-Type", b"text/plain"),
+        (b"Connection", b"close, X-Internal"),
+        (b"X-Internal", b"1"),
+        (b"Keep-Alive", b"x"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Content-Length", b"3"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Proxy-Authenticate", b"x"),
+        (b"X-Request-Id", b"r"),
+    ]
+    head = mod.response_head(
+        b"HTTP/1.1 200 OK\r\n", headers, ids(headers), (b"x-internal",), b"Content-Length: 3\r\n", b"X-Extra: 1\r\n"
+    )
+    assert head_lines(head) == [
+        b"HTTP/1.1 200 OK",
+        b"Content-Type: text/plain",
+        b"Set-Cookie: a=1",
+        b"Set-Cookie: b=2",
+        b"X-Request-Id: r",
+        b"Content-Length: 3",
+        b"X-Extra: 1",
+    ]
+
+
+def test_interim_head(mod: ModuleType) -> None:
+    headers = [(b"Link", b"</a>; rel=preload"), (b"Connection", b"keep-alive")]
+    assert mod.interim_head(b"HTTP/1.1 103 Early Hints\r\n", headers, ids(headers)) == (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+    )
