@@ -94,11 +94,12 @@ def build_runtime(
             continue
         routes: list[Route] = []
         for r_name, router in config.routers.items():
-            if router.entrypoints and ep_name not in router.entrypoints:
+            if router.protocol != "http" or (router.entrypoints and ep_name not in router.entrypoints):
                 continue
-            node = rules.check_rule(router.rule, "http")
+            rule = router.rule or ""  # validation guarantees a rule on HTTP routers
+            node = rules.check_rule(rule, "http")
             routes.append(
-                Route(r_name, router.rule, router.effective_priority, rules.compile_rule(node),
+                Route(r_name, rule, router.effective_priority, rules.compile_rule(node),
                       RouteTarget(r_name, services[router.service]))
             )
         entrypoints[ep_name] = EntrypointRuntime(

@@ -226,7 +226,7 @@ def _did_you_mean(name: str) -> str:
         if distance < best_distance:
             best, best_distance = known, distance
     if best:
-        return f"did you mean `{best}`?"
+        return f'did you mean "{best}"?'
     return "known matchers: " + ", ".join(MATCHERS)
 
 
@@ -320,7 +320,7 @@ class _Parser:
     def matcher(self, name: _Token) -> Call:
         spec = MATCHERS.get(name.value)
         if spec is None:
-            raise RuleError(f"unknown matcher {name.value!r}", name.offset, _did_you_mean(name.value))
+            raise RuleError(f'unknown matcher "{name.value}"', name.offset, _did_you_mean(name.value))
         opening = self.advance()
         if opening.kind != _LPAREN:
             raise RuleError(
