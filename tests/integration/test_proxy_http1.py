@@ -514,3 +514,26 @@ async def test_many_concurrent_clients(start_gateway) -> None:
     results = await asyncio.gather(*(one() for _ in range(50)))
     assert sum(results) == 250
     assert backend.connections < 150  # reused (at most 32 idle per backend are kept)
+
+
+async def test_request_timeout_total_per_attempt(start_gateway) -> None:
+    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if req.target == "/slow-head":
+            return await _never(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(100):  # keeps sending, never idle: only the total timeout can end it
+            w.write(b"x")
+            await w.drain()
+            await asyncio.sleep(0.05)
+        return True
+
+    backend = await start_backend(handler)
+    gw = await start_gateway(config([backend.url], 'transport { request_timeout = "400ms" }'))
+    c = await Client.connect(gateway_port(gw))
+    r = await c.request(b"GET /slow-head HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert r.status == 504 and json.loads(r.body) == {"error": "Upstream response timeout"}
+    c2 = await Client.connect(gateway_port(gw))
+    c2.send(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
+    await c2.reader.readuntil(b"\r\n\r\n")
+    body = await asyncio.wait_for(c2.reader.read(), 5)
+    assert 0 < len(body) < 1000  # truncated: connection closed short of Content-Length

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import _compat
 from ..errors import ProtocolError
@@ -54,6 +54,14 @@ _DRAIN_LIMIT = 65536
 
 class HttpConnection(asyncio.Protocol):
     """One client connection on an HTTP entrypoint."""
+
+    # slots keep an idle keep-alive connection small (SPEC target: a few KiB per idle connection)
+    __slots__ = (
+        "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "backend", "body", "body_done", "buf", "client_ip",
+        "client_ip_b", "closing", "connect_task", "draining", "entry", "eof", "head", "keep_alive", "loop", "pending",
+        "pending_bytes", "pool", "port_b", "resp_started", "response_extra", "retried", "server", "state",
+        "transport", "up_head", "upstream",
+    )
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
@@ -201,8 +209,7 @@ class HttpConnection(asyncio.Protocol):
         if route is None:
             self._local(404, "No route matched")
             return
-        target: RouteTarget = route.target
-        svc = target.service
+        svc = cast("RouteTarget", route.target).service
         backend = svc.balancer.pick()
         if backend is None:
             self._local(503, "No healthy backends", b"Retry-After: 1\r\n")

@@ -49,6 +49,7 @@ _T_NONE = 0
 _T_HEAD = 1  # response_header_timeout
 _T_STREAM = 2  # stream_idle_timeout
 _T_POOL = 3  # idle_connection_timeout
+_NEVER = float("inf")
 
 SSE_ERROR = b'\n\nevent: error\ndata: {"error":"Upstream stream failed"}\n\n'
 _SSE_ERROR_CHUNK = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SSE_ERROR), SSE_ERROR)
@@ -56,6 +57,11 @@ _SSE_ERROR_CHUNK = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SSE_ERROR), SSE_ERROR)
 
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a backend."""
+
+    __slots__ = (
+        "_deadline", "_end", "_timer", "_timer_at", "_tkind", "buf", "client", "client_chunked", "got_bytes",
+        "keep_alive", "loop", "pool", "reader", "reused", "sse", "state", "te_trailers", "transport",
+    )
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -73,6 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.te_trailers = False
         self._tkind = _T_NONE
         self._deadline = 0.0
+        self._end = _NEVER  # request_timeout deadline of the current attempt
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
@@ -272,8 +279,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data[0])
         else:
             self.transport.writelines(data)
+        now = self.loop.time()
+        cfg = self.pool.transport_cfg
         self._tkind = _T_HEAD
-        self._deadline = self.loop.time() + self.pool.transport_cfg.response_header_timeout
+        self._deadline = now + cfg.response_header_timeout
+        self._end = now + cfg.request_timeout if cfg.request_timeout > 0 else _NEVER
         self._arm()
 
     def abort(self) -> None:
@@ -285,7 +295,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- one lazily re-armed timer -------------------------------------------------------------------------
     def _arm(self) -> None:
-        deadline = self._deadline
+        deadline = self._deadline if self._deadline < self._end else self._end
         if self._timer is not None:
             if self._timer_at <= deadline:
                 return
@@ -295,6 +305,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def idle_in_pool(self) -> None:
         self._tkind = _T_POOL
+        self._end = _NEVER
         self._deadline = self.loop.time() + self.pool.transport_cfg.idle_connection_timeout
         self._arm()
 
@@ -303,10 +314,13 @@ class UpstreamConnection(asyncio.Protocol):
         kind = self._tkind
         if kind == _T_NONE or self.transport is None:
             return
-        if self.loop.time() < self._deadline:
+        now = self.loop.time()
+        if now < self._deadline and now < self._end:
             self._arm()
             return
         client = self.client
+        if kind != _T_POOL and now >= self._end:
+            kind = _T_HEAD if self.state == _HEAD else _T_STREAM  # request_timeout: 504 before the head, else truncate
         if kind == _T_POOL:
             self.pool.forget(self)
             self.transport.close()
