@@ -33,6 +33,7 @@ class DemoBackend(asyncio.Protocol):
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.busy = False
+        self.task: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -59,7 +60,7 @@ class DemoBackend(asyncio.Protocol):
         self.buf = self.buf[end + 4 + length :]
         keep_alive = headers.get("connection", "").lower() != "close"
         self.busy = True
-        asyncio.ensure_future(self._handle(method, target, headers, body, keep_alive))
+        self.task = asyncio.ensure_future(self._handle(method, target, headers, body, keep_alive))
 
     async def _handle(self, method: str, target: str, headers: dict[str, str], body: bytes, keep_alive: bool) -> None:
         tr = self.transport

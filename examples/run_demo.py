@@ -7,7 +7,6 @@ Backends run as child processes and are stopped when the gateway exits (Ctrl-C).
 
 from __future__ import annotations
 
-
 import re
 import signal
 import subprocess

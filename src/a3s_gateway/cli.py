@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="main configuration file")
     p = _Parser(prog="a3s-gateway", usage=USAGE, parents=[common],
                 description="a3s-gateway: the traffic layer for AI-native services.")
@@ -127,7 +127,7 @@ def _cmd_routes(path: str) -> int:
     rows = [("PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES")]
     ordered = sorted(config.routers.values(), key=lambda r: (-r.effective_priority, r.name.encode()))
     for r in ordered:
-        rows.append((str(r.effective_priority), r.name, ",".join(r.entrypoints) or "-", r.rule, r.service,
+        rows.append((str(r.effective_priority), r.name, ",".join(r.entrypoints) or "-", r.rule or "-", r.service,
                      ",".join(r.middlewares) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

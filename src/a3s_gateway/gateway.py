@@ -134,15 +134,17 @@ class Gateway:
         """Install SIGTERM/SIGINT handlers (a second signal stops at once) and wait until stopped."""
         loop = asyncio.get_running_loop()
         signals = 0
+        tasks: list[asyncio.Future[None]] = []
 
         def on_signal() -> None:
             nonlocal signals
             signals += 1
             if signals == 1:
                 log.info("shutting down (draining for up to %.0fs)", self._config.shutdown_timeout)
-                asyncio.ensure_future(self.shutdown())
+                tasks.append(asyncio.ensure_future(self.shutdown()))
             else:
-                asyncio.ensure_future(self.shutdown(0))
+                # a second signal: stop now (the drain deadline becomes zero)
+                tasks.append(asyncio.ensure_future(self._shutdown(0)))
 
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):

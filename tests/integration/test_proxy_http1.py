@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from support import Backend, Client, Request, config, gateway_port, ok, read_request, start_backend
+from support import Client, Request, config, gateway_port, ok, start_backend
 
 
 async def test_get_forwarded_with_proxy_headers(start_gateway) -> None:

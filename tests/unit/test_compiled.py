@@ -33,7 +33,7 @@ def test_no_extensions_flag_selects_pure_twins() -> None:
         text=True,
         check=True,
     ).stdout
-    rows = eval(out)  # noqa: S307 - our own repr
+    rows = eval(out)
     assert rows and all(not compiled for _, _, compiled in rows)
     assert all(m.endswith(("_py", "_headers", "_relay")) for _, m, _ in rows)
 

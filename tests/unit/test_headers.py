@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from impls import load, twins  # noqa: E402
-
-from a3s_gateway.http import hdrs  # noqa: E402
+from a3s_gateway.http import hdrs
+from impls import load, twins
 
 
 def ids(headers: list[tuple[bytes, bytes]]) -> bytes:

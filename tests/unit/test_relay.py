@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from impls import load, twins  # noqa: E402
-
-from a3s_gateway.errors import ProtocolError  # noqa: E402
-from a3s_gateway.http import _parser_py  # noqa: E402
+from a3s_gateway.errors import ProtocolError
+from a3s_gateway.http import _parser_py
+from impls import load, twins
 
 
 @pytest.fixture(params=twins("body relay"))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import _compat
 from ..errors import ProtocolError
 from . import responses
-from .upstream import CHUNKED, LENGTH, HIGH_WATER, BodyReader, ChunkedDecoder, Pool, UpstreamConnection
+from .upstream import CHUNKED, HIGH_WATER, LENGTH, BodyReader, ChunkedDecoder, Pool, UpstreamConnection
 
 if TYPE_CHECKING:
     from ..runtime import EntrypointRuntime, RouteTarget

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _compat
 from ..errors import ProtocolError
-from . import responses
 
 if TYPE_CHECKING:
     from ..runtime import Transport
