@@ -29,8 +29,11 @@ $(DEVSTAMP): $(STAMP)
 run: $(STAMP)
 	$(PY) examples/run_demo.py examples/quickstart.hcl
 
+# The whole suite on the compiled build (unit tests also run every pure twin), then the end-to-end tests again
+# with the pure-Python twins of the Cython modules selected at run time.
 test: $(DEVSTAMP)
 	$(PY) -m pytest -q tests
+	A3S_GATEWAY_NO_EXTENSIONS=1 $(PY) -m pytest -q tests/integration
 
 # The whole suite again against the pure-Python twins of the Cython modules.
 test-pure: $(DEVSTAMP)
