@@ -537,3 +537,25 @@ async def test_request_timeout_total_per_attempt(start_gateway) -> None:
     await c2.reader.readuntil(b"\r\n\r\n")
     body = await asyncio.wait_for(c2.reader.read(), 5)
     assert 0 < len(body) < 1000  # truncated: connection closed short of Content-Length
+
+
+async def test_connection_reused_after_backpressure(start_gateway) -> None:
+    """A response that ended while the client was not reading leaves neither side paused."""
+    size = 8 * 1024 * 1024
+
+    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"y" * size)
+        await w.drain()
+        return True
+
+    backend = await start_backend(handler)
+    gw = await start_gateway(config([backend.url]))
+    c = await Client.connect(gateway_port(gw))
+    for _ in range(3):
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.writer.transport.pause_reading()
+        await asyncio.sleep(0.3)  # the gateway's write buffer fills and the backend gets paused
+        c.writer.transport.resume_reading()
+        r = await c.response()
+        assert len(r.body) == size
+    assert backend.connections == 1

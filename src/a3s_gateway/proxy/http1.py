@@ -60,7 +60,7 @@ class HttpConnection(asyncio.Protocol):
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "backend", "body", "body_done", "buf", "client_ip",
         "client_ip_b", "closing", "connect_task", "draining", "entry", "eof", "head", "keep_alive", "loop", "pending",
         "pending_bytes", "pool", "port_b", "resp_started", "response_extra", "retried", "server", "state",
-        "transport", "up_head", "upstream",
+        "transport", "up_head", "upstream", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -84,6 +84,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.draining = False
         self.eof = False
+        self.write_paused = False
         self.response_extra = b""
         self.client_ip = ""
         self.client_ip_b = b""
@@ -156,14 +157,16 @@ class HttpConnection(asyncio.Protocol):
         return True  # half-close: finish the response in progress, then close
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+        if up is not None:
+            up.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
+        if up is not None:
+            up.resume_reading()
 
     # -- requests -----------------------------------------------------------------------------------------
     def _next_request(self) -> None:
@@ -272,6 +275,8 @@ class HttpConnection(asyncio.Protocol):
             self.pending = []
             self.pending_bytes = 0
         conn.begin(self, data)
+        if self.write_paused:
+            conn.pause_reading()
         if self.head.expect_continue and not self.body_done:
             self.transport.write(responses.CONTINUE)
         if self._paused & _P_PENDING:
@@ -335,8 +340,8 @@ class HttpConnection(asyncio.Protocol):
         self.state = _IDLE
         self.head = None
         self.body = None
-        if self._paused & _P_PIPELINE:
-            self.resume_reading_for(_P_PIPELINE)
+        if self._paused & (_P_PIPELINE | _P_UPSTREAM | _P_PENDING):
+            self.resume_reading_for(_P_PIPELINE | _P_UPSTREAM | _P_PENDING)
         if self.buf:
             self._next_request()
         else:

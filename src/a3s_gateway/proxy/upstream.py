@@ -59,7 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_deadline", "_end", "_timer", "_timer_at", "_tkind", "buf", "client", "client_chunked", "got_bytes",
-        "keep_alive", "loop", "pool", "reader", "reused", "sse", "state", "te_trailers", "transport",
+        "keep_alive", "loop", "pool", "read_paused", "reader", "reused", "sse", "state", "te_trailers", "transport",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -73,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.client_chunked = False
         self.keep_alive = False
         self.reused = False
+        self.read_paused = False
         self.got_bytes = False
         self.sse = False
         self.te_trailers = False
@@ -285,6 +286,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._end = now + cfg.request_timeout if cfg.request_timeout > 0 else _NEVER
         self._arm()
 
+    def pause_reading(self) -> None:
+        """The client cannot take more bytes now (its write buffer is above the high-water mark)."""
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
     def abort(self) -> None:
         """Close without pooling (client gone, protocol error, timeout)."""
         self.client = None
@@ -358,12 +370,16 @@ class Pool:
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         """Return ``conn`` after a complete exchange; pooled when reusable and there is room."""
+        tr = conn.transport
         if (
             reusable
             and not self.closed
-            and conn.transport is not None
+            and tr is not None
             and len(self.idle) < self.transport_cfg.max_idle_connections_per_backend
+            and tr.get_write_buffer_size() == 0  # the whole request reached the backend
         ):
+            # an exchange can end right after the client's backpressure paused this connection
+            conn.resume_reading()
             self.idle.append(conn)
             conn.idle_in_pool()
         elif conn.transport is not None:
