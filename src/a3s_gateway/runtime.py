@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .proxy.upstream import Pool
+    from .routing.matchers import ClientIPMatcher
     from .routing.router import Router
     from .service.balancer import Backend, Balancer
 
@@ -71,6 +72,7 @@ class EntrypointRuntime:
     router: Router
     limits: Limits
     proto: bytes = b"http"
+    trusted: ClientIPMatcher | None = None  # trusted_ips (SPEC §5.2)
 
 
 @dataclass(slots=True)

@@ -559,3 +559,19 @@ async def test_connection_reused_after_backpressure(start_gateway) -> None:
         r = await c.response()
         assert len(r.body) == size
     assert backend.connections == 1
+
+
+async def test_trusted_proxy_forwarded_headers(start_gateway) -> None:
+    backend = await start_backend()
+    gw = await start_gateway(config([backend.url], rule="ClientIP(`10.1.1.0/24`)",
+                                    entry='trusted_ips = ["127.0.0.0/8", "192.168.0.0/16"]'))
+    c = await Client.connect(gateway_port(gw))
+    r = await c.request(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, 10.1.1.7\r\n"
+                        b"X-Forwarded-For: 192.168.1.1\r\nX-Forwarded-Proto: https\r\n\r\n")
+    assert r.status == 200
+    req = backend.requests[0]
+    assert req.header("x-real-ip") == "10.1.1.7"  # rightmost entry that is not a trusted proxy
+    assert req.header("x-forwarded-for") == "203.0.113.9, 10.1.1.7, 192.168.1.1, 127.0.0.1"
+    assert req.header("x-forwarded-proto") == "https"  # kept: the peer is trusted
+    # without the header the client is the peer itself, which the rule does not match
+    assert (await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).status == 404

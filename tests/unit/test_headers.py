@@ -52,7 +52,7 @@ def test_request_head_filters_and_adds(mod: ModuleType) -> None:
         ids(headers),
         (b"x-secret",),
         None,
-        b"127.0.0.1",
+        b"127.0.0.1", b"127.0.0.1",
         b"http",
         b"8080",
         False,
@@ -78,7 +78,7 @@ def test_request_head_filters_and_adds(mod: ModuleType) -> None:
 def test_request_head_host_override_and_request_id_kept(mod: ModuleType) -> None:
     headers = [(b"host", b"client"), (b"X-Request-Id", b"abc-123")]
     head, rid = mod.request_head(
-        b"GET", b"/", headers, ids(headers), (), b"backend:81", b"::1", b"http", b"80", False, b""
+        b"GET", b"/", headers, ids(headers), (), b"backend:81", b"::1", b"::1", b"http", b"80", False, b""
     )
     lines = head_lines(head)
     assert b"host: backend:81" in lines and b"X-Forwarded-Host: client" in lines
@@ -88,7 +88,9 @@ def test_request_head_host_override_and_request_id_kept(mod: ModuleType) -> None
 @pytest.mark.parametrize("bad", [b"", b"has space", b"x" * 201])
 def test_invalid_request_id_replaced(mod: ModuleType, bad: bytes) -> None:
     headers = [(b"Host", b"h"), (b"X-Request-Id", bad)]
-    head, rid = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"1.2.3.4", b"http", b"80", False, b"")
+    head, rid = mod.request_head(
+        b"GET", b"/", headers, ids(headers), (), None, b"1.2.3.4", b"1.2.3.4", b"http", b"80", False, b""
+    )
     assert rid != bad and len(rid) == 32 and head.count(b"X-Request-Id") == 1
 
 
@@ -99,8 +101,11 @@ def test_trusted_peer_keeps_forwarded_headers(mod: ModuleType) -> None:
         (b"X-Forwarded-Host", b"orig"),
         (b"X-Forwarded-Port", b"443"),
     ]
-    head, _ = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"10.0.0.1", b"http", b"80", True, b"")
+    head, _ = mod.request_head(
+        b"GET", b"/", headers, ids(headers), (), None, b"10.0.0.1", b"203.0.113.5", b"http", b"80", True, b""
+    )
     lines = head_lines(head)
+    assert b"X-Real-IP: 203.0.113.5" in lines and b"X-Forwarded-For: 10.0.0.1" in lines
     assert b"X-Forwarded-Proto: https" in lines and b"X-Forwarded-Proto: http" not in lines
     assert b"X-Forwarded-Host: orig" in lines and b"X-Forwarded-Port: 443" in lines
 

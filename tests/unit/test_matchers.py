@@ -322,3 +322,11 @@ def test_combinators() -> None:
     assert m.AndMatcher([yes, yes]).match(r) and not m.AndMatcher([yes, no]).match(r)
     assert m.OrMatcher([no, yes]).match(r) and not m.OrMatcher([no, no]).match(r)
     assert m.AndMatcher([]).match(r) and not m.OrMatcher([]).match(r)
+
+
+@pytest.mark.parametrize(
+    ("ip", "expected"),
+    [("10.1.2.3", True), ("::ffff:10.1.2.3", True), ("10.2.0.1", False), ("2001:db8::5", True), ("x", False)],
+)
+def test_client_ip_contains(ip: str, expected: bool) -> None:
+    assert m.ClientIPMatcher(["10.1.0.0/16", "2001:db8::/32"]).contains(ip) is expected

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import StartupError
 from ..proxy.upstream import Pool
 from ..routing import rules
+from ..routing.matchers import ClientIPMatcher
 from ..routing.router import Route, Router
 from ..runtime import EntrypointRuntime, Limits, RouteTarget, Runtime, ServiceRuntime, Transport
 from ..service.balancer import Backend, make_balancer
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
-SUPPORTED_FEATURES: frozenset[str] = frozenset({"max_connections"})
+SUPPORTED_FEATURES: frozenset[str] = frozenset({"max_connections", "trusted_ips"})
 
 
 def unsupported_features(config: GatewayConfig) -> list[str]:
@@ -107,6 +108,7 @@ def build_runtime(
             router=Router(routes),
             limits=entrypoint_limits(ep),
             proto=b"https" if ep.tls is not None else b"http",
+            trusted=ClientIPMatcher(list(ep.trusted_ips)) if ep.trusted_ips else None,
         )
     return Runtime(entrypoints=entrypoints, services=services, generation=generation)
 

@@ -48,7 +48,8 @@ def request_head(
     header_ids: bytes,
     connection_tokens: tuple[bytes, ...],
     host_value: bytes | None,
-    client_ip: bytes,
+    peer_ip: bytes,
+    real_ip: bytes,
     proto: bytes,
     port: bytes,
     trusted: bool,
@@ -59,7 +60,8 @@ def request_head(
     Returns ``(head, request_id)``. ``host_value`` replaces the Host value (``pass_host_header = false``) or is
     ``None`` to pass the client's through. ``framing`` is the body framing line(s) to add (``Content-Length: n\\r\\n``,
     ``Transfer-Encoding: chunked\\r\\n`` or empty). Hop-by-hop headers, ``Expect`` and names listed in
-    ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2.
+    ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2: ``peer_ip`` is appended to
+    X-Forwarded-For, ``real_ip`` (the client IP, which differs for trusted peers) is X-Real-IP.
     """
     parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff: bytes = b""
@@ -114,7 +116,7 @@ def request_head(
     if xff:
         parts.append(xff)
         parts.append(b", ")
-    parts.append(client_ip)
+    parts.append(peer_ip)
     parts.append(_CRLF)
     if not seen_proto:
         parts.append(b"X-Forwarded-Proto: ")
@@ -129,7 +131,7 @@ def request_head(
         parts.append(port)
         parts.append(_CRLF)
     parts.append(b"X-Real-IP: ")
-    parts.append(client_ip)
+    parts.append(real_ip)
     parts.append(_CRLF)
     if not request_id:
         request_id = os.urandom(16).hex().encode()

@@ -6,7 +6,7 @@ cdef int _OTHER, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _KEEP_
 
 @cython.locals(i=Py_ssize_t, n=Py_ssize_t, hid=cython.int, seen_proto=bint, seen_fhost=bint, seen_port=bint)
 cpdef tuple request_head(bytes method, bytes target, list headers, bytes header_ids, tuple connection_tokens,
-                         object host_value, bytes client_ip, bytes proto, bytes port, bint trusted, bytes framing)
+                         object host_value, bytes peer_ip, bytes real_ip, bytes proto, bytes port, bint trusted, bytes framing)
 
 @cython.locals(c=cython.uchar)
 cdef bint _visible(bytes value)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import _compat
 from ..errors import ProtocolError
+from ..http import hdrs
+from ..routing.matchers import parse_ip
 from . import responses
 from .upstream import CHUNKED, HIGH_WATER, LENGTH, BodyReader, ChunkedDecoder, Pool, UpstreamConnection
 
@@ -52,6 +54,13 @@ _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _DRAIN_LIMIT = 65536
 
 
+def normalize_ip(text: str) -> str:
+    """An address as it is reported: IPv4-mapped IPv6 as IPv4."""
+    if text.startswith("::ffff:") and "." in text:
+        return text[7:]
+    return text
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection on an HTTP entrypoint."""
 
@@ -60,7 +69,7 @@ class HttpConnection(asyncio.Protocol):
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "backend", "body", "body_done", "buf", "client_ip",
         "client_ip_b", "closing", "connect_task", "draining", "entry", "eof", "head", "keep_alive", "loop", "pending",
         "pending_bytes", "pool", "port_b", "resp_started", "response_extra", "retried", "server", "state",
-        "transport", "up_head", "upstream", "write_paused",
+        "transport", "trusted", "up_head", "upstream", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -88,6 +97,7 @@ class HttpConnection(asyncio.Protocol):
         self.response_extra = b""
         self.client_ip = ""
         self.client_ip_b = b""
+        self.trusted = False
         self.port_b = b""
         self.connect_task: asyncio.Task[None] | None = None
         self._paused = 0
@@ -108,11 +118,11 @@ class HttpConnection(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else ""
-        if ip.startswith("::ffff:") and "." in ip:
-            ip = ip[7:]
+        ip = normalize_ip(peer[0]) if peer else ""
         self.client_ip = ip
         self.client_ip_b = ip.encode()
+        trusted = self.entry.trusted
+        self.trusted = trusted is not None and trusted.contains(ip)
         self.port_b = server.port_b
         self._set_timer(_T_HEAD, self.entry.limits.header_read_timeout)
 
@@ -208,7 +218,8 @@ class HttpConnection(asyncio.Protocol):
         self.state = _WAIT if self.body_done else _BODY
         self._tkind = _T_NONE
 
-        route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, self.client_ip)
+        client_ip = self.client_ip if not self.trusted else self._forwarded_client(head)
+        route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip)
         if route is None:
             self._local(404, "No route matched")
             return
@@ -231,9 +242,10 @@ class HttpConnection(asyncio.Protocol):
             head.connection_tokens,
             None if svc.pass_host_header else pool.host_header,
             self.client_ip_b,
+            self.client_ip_b if not self.trusted else client_ip.encode(),
             entry.proto,
             self.port_b,
-            False,
+            self.trusted,
             framing,
         )
         self.backend = backend
@@ -250,6 +262,23 @@ class HttpConnection(asyncio.Protocol):
             self._attach(conn)
         else:
             self.connect_task = self.loop.create_task(self._connect(pool))
+
+    def _forwarded_client(self, head: Any) -> str:
+        """Client IP behind a trusted peer: the rightmost X-Forwarded-For entry not in ``trusted_ips`` (SPEC §5.2)."""
+        entries: list[str] = []
+        ids = head.header_ids
+        for i, (_name, value) in enumerate(head.headers):
+            if ids[i] == hdrs.X_FORWARDED_FOR:
+                entries.extend(e.strip() for e in value.decode("latin-1").split(","))
+        trusted = self.entry.trusted
+        if not entries or trusted is None:
+            return self.client_ip
+        for entry in reversed(entries):
+            if parse_ip(entry)[0] == 0:
+                return self.client_ip  # unparsable header: the peer
+            if not trusted.contains(entry):
+                return normalize_ip(entry)
+        return normalize_ip(entries[0])
 
     async def _connect(self, pool: Pool) -> None:
         try:

@@ -432,6 +432,16 @@ class ClientIPMatcher(Matcher):
     def __init__(self, networks: list[str]) -> None:
         self.networks: list[tuple[int, int, int]] = [parse_network(n) for n in networks]
 
+    def contains(self, ip: str) -> bool:
+        """True when the address ``ip`` lies in one of the networks (also used for ``trusted_ips``)."""
+        version, value = parse_ip(ip)
+        if version == 0:
+            return False
+        for net_version, net_value, mask in self.networks:
+            if net_version == version and value & mask == net_value:
+                return True
+        return False
+
     def match(self, req: MatchRequest) -> bool:
         version, value = req.ip()
         if version == 0:
