@@ -100,6 +100,8 @@ class DemoBackend(asyncio.Protocol):
         tr.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n")
         for i, word in enumerate(WORDS):
+            if tr.is_closing():  # the client went away: stop generating
+                return
             chunk = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "backend": self.name,
                      "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
             event = f"data: {json.dumps(chunk)}\n\n".encode()
