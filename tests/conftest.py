@@ -17,7 +17,13 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MYPYC_MODULES = ("a3s_gateway.routing.matchers", "a3s_gateway.routing.router", "a3s_gateway.service.balancer")
+MYPYC_MODULES = (
+    "a3s_gateway.routing.matchers",
+    "a3s_gateway.routing.router",
+    "a3s_gateway.service.balancer",
+    "a3s_gateway.proxy.upstream",
+    "a3s_gateway.proxy.http1",
+)
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):

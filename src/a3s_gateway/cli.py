@@ -81,8 +81,10 @@ def version_text(verbose: bool) -> str:
         lines.append(f"platform {platform.platform()}")
         if NO_EXTENSIONS:
             lines.append("A3S_GATEWAY_NO_EXTENSIONS=1: Cython modules disabled")
-        for role, module, compiled in implementations():
-            lines.append(f"  {role:<14} {module:<36} {'compiled' if compiled else 'pure-python'}")
+        rows = implementations()
+        width = max(len(role) for role, _, _ in rows)
+        for role, module, compiled in rows:
+            lines.append(f"  {role:<{width}}  {module:<36} {'compiled' if compiled else 'pure-python'}")
     return "\n".join(lines)
 
 

@@ -61,8 +61,8 @@ def normalize_ip(text: str) -> str:
     return text
 
 
-class HttpConnection(asyncio.Protocol):
-    """One client connection on an HTTP entrypoint."""
+class HttpConnection:
+    """One client connection on an HTTP entrypoint (an asyncio protocol; compiled to a native class by mypyc)."""
 
     # slots keep an idle keep-alive connection small (SPEC target: a few KiB per idle connection)
     __slots__ = (

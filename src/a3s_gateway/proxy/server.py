@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from .http1 import HttpConnection
 
@@ -32,7 +32,7 @@ class HttpServer:
         """Bind the listener (raises OSError)."""
         reuse_port = hasattr(socket, "SO_REUSEPORT")
         self._server = await self.loop.create_server(
-            lambda: HttpConnection(self),
+            cast(Any, lambda: HttpConnection(self)),
             self.host or None,
             self.port,
             reuse_port=reuse_port,

@@ -9,7 +9,7 @@ transport's reading while its own write buffer is above the high-water mark.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import _compat
 from ..errors import ProtocolError
@@ -54,8 +54,8 @@ SSE_ERROR = b'\n\nevent: error\ndata: {"error":"Upstream stream failed"}\n\n'
 _SSE_ERROR_CHUNK = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SSE_ERROR), SSE_ERROR)
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to a backend."""
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a backend (an asyncio protocol; compiled to a native class by mypyc)."""
 
     __slots__ = (
         "_deadline", "_end", "_timer", "_timer_at", "_tkind", "buf", "client", "client_chunked", "got_bytes",
@@ -395,8 +395,9 @@ class Pool:
     async def connect(self) -> UpstreamConnection:
         """Open a new connection (raises OSError / TimeoutError)."""
         b = self.backend
+        conn = UpstreamConnection(self)
         async with asyncio.timeout(self.transport_cfg.connect_timeout):
-            _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), b.host, b.port)
+            await self.loop.create_connection(cast(Any, lambda: conn), b.host, b.port)
         self.connections += 1
         return conn
 
