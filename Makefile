@@ -16,8 +16,9 @@ $(VENV)/bin/python:
 
 # Build the compiled extensions (C head scanner, Cython modules, mypyc group) into the editable install.
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(SRC)
-	$(PIP) install -q "Cython>=3.0" "mypy>=1.10" setuptools wheel
+	$(PIP) install -q "Cython>=3.0" "mypy>=1.10" "python-hcl2>=7.0" setuptools wheel
 	$(PIP) install -q --no-build-isolation -e .
+	$(PY) -m a3s_gateway.config.grammar > /dev/null  # HCL grammar tables shipped in the package (fast first start)
 	@touch $@
 
 build: $(STAMP)

@@ -9,6 +9,7 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 NO_EXTENSIONS = os.environ.get("A3S_GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
 
@@ -52,4 +53,24 @@ def extensions() -> list[Extension]:
     return compiled
 
 
-setup(ext_modules=extensions())
+class BuildPyWithGrammar(build_py):
+    """Also ship the HCL grammar's LALR tables, so the first start after install stays under 1 s (SPEC §13.3)."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return  # `make build` writes them into src/ for editable installs
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.spec_from_file_location("_a3s_grammar", "src/a3s_gateway/config/grammar.py")
+        assert spec is not None and spec.loader is not None
+        grammar = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(grammar)
+            grammar.save(grammar.build_parser(), Path(self.build_lib) / "a3s_gateway" / "config")
+        except ImportError as e:  # python-hcl2 missing from the build environment: the first start builds them
+            print(f"warning: HCL grammar tables not pre-built ({e})", file=sys.stderr)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_py": BuildPyWithGrammar})

@@ -17,15 +17,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from a3s_gateway.errors import Issue
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock, lark still validates the file's hash
-    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from lark import Lark
@@ -41,7 +35,6 @@ __all__ = [
     "Pos",
     "Scalar",
     "Unsupported",
-    "cache_path",
     "from_python",
     "parse",
 ]
@@ -125,46 +118,13 @@ Node = Scalar | Unsupported | ListNode | Body
 _parser_instance: Lark | None = None
 
 
-def cache_path() -> Path:
-    """Where the LALR tables of the HCL grammar are cached: ``$XDG_CACHE_HOME/a3s-gateway/`` (or ~/.cache)."""
-    import hcl2.version
-    import lark
-
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    name = f"hcl2-{hcl2.version.version}-lark-{lark.__version__}.lark-cache"
-    return Path(base) / "a3s-gateway" / name
-
-
 def _parser() -> Lark:
-    """The python-hcl2 parser, with its grammar cache moved out of site-packages to a stable per-user path.
-
-    python-hcl2 keeps the cache next to its sources: read-only installs and PyInstaller's random extraction
-    directory then rebuild the grammar (4-15 s) on every start. lark keys the cache by a hash of the grammar,
-    its options (including the cache path itself, so the file cannot be written elsewhere and renamed) and the
-    versions, so a stale file is detected and rebuilt. A lock file serialises the one process that builds the
-    cache with those that read it, so nobody reads half a file.
-    """
+    """The python-hcl2 parser, loaded from pre-built tables (config/grammar.py) instead of rebuilt per start."""
     global _parser_instance
-    if _parser_instance is not None:
-        return _parser_instance
-    import hcl2.parser as hcl2_parser
+    if _parser_instance is None:
+        from .grammar import load_parser
 
-    target = cache_path()
-    lock = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(target.with_name(target.name + ".lock"), "a+b")  # closed in the finally below
-    except OSError:
-        pass  # unwritable cache directory: lark builds in memory (slow, but correct)
-    else:
-        hcl2_parser.PARSER_FILE = target  # read by hcl2.parser.parser() at its first call
-    try:
-        if lock is not None and fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_SH if target.exists() else fcntl.LOCK_EX)
-        _parser_instance = hcl2_parser.parser()
-    finally:
-        if lock is not None:
-            lock.close()  # releases the lock
+        _parser_instance = load_parser()
     return _parser_instance
 
 
