@@ -146,10 +146,13 @@ class Gateway:
                 # a second signal: stop now (the drain deadline becomes zero)
                 tasks.append(asyncio.ensure_future(self._shutdown(0)))
 
+        def on_hangup() -> None:
+            tasks.append(asyncio.ensure_future(self._reload_from_files()))
+
         installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, handler in ((signal.SIGTERM, on_signal), (signal.SIGINT, on_signal), (signal.SIGHUP, on_hangup)):
             try:
-                loop.add_signal_handler(sig, on_signal)
+                loop.add_signal_handler(sig, handler)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
@@ -158,6 +161,21 @@ class Gateway:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+
+    async def _reload_from_files(self) -> None:
+        """SIGHUP: reload the main file; any error keeps the running generation (SPEC §13.5, §13.6)."""
+        from .config.model import GatewayConfig
+
+        path = self._config.path
+        if not path:
+            log.warning("SIGHUP: the configuration was not loaded from a file; nothing to reload")
+            return
+        try:
+            await self.reload(GatewayConfig.from_file(path))
+        except (ConfigError, StartupError) as e:
+            log.error("reload of %s failed; still serving generation %d:\n%s", path, self._generation, e)
+            return
+        log.info("reloaded %s: generation %d", path, self._generation)
 
     def bound_addresses(self) -> dict[str, tuple[str, int]]:
         """Actual address per entrypoint (useful after binding port 0)."""

@@ -152,3 +152,41 @@ def test_signal_exit_code_zero(tmp_path: Path, sig: signal.Signals) -> None:
         if gw.poll() is None:
             gw.kill()
             gw.wait()
+
+
+def test_sighup_reloads_and_a_bad_file_keeps_serving(tmp_path: Path) -> None:
+    b, port = free_port(), free_port()
+    backend = subprocess.Popen([sys.executable, str(ROOT / "examples" / "demo_backend.py"), "--port", str(b)])
+    cfg = tmp_path / "gateway.hcl"
+    base = (f'entrypoints "web" {{ address = "127.0.0.1:{port}" }}\n'
+            f'services "s" {{ load_balancer {{ servers = [{{ url = "http://127.0.0.1:{b}" }}] }} }}\n')
+    cfg.write_text(base + 'routers "r" { rule = "PathPrefix(`/v1`)"; service = "s" }\n')
+    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                assert _get(f"http://127.0.0.1:{port}/v1/models")[0] == 200
+                break
+            except (ConnectionError, urllib.error.URLError):
+                time.sleep(0.02)
+        assert _get(f"http://127.0.0.1:{port}/v2/models")[0] == 404
+        cfg.write_text(base + 'routers "r" { rule = "PathPrefix(`/v2`)"; service = "s" }\n')
+        gw.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while _get(f"http://127.0.0.1:{port}/v2/models")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _get(f"http://127.0.0.1:{port}/v2/models")[0] == 200
+        assert _get(f"http://127.0.0.1:{port}/v1/models")[0] == 404
+        cfg.write_text(base + 'routers "r" { rule = "PathPrefx(`/v3`)"; service = "s" }\n')  # invalid rule
+        gw.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert gw.poll() is None and _get(f"http://127.0.0.1:{port}/v2/models")[0] == 200
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(timeout=15) == 0
+        assert 'unknown matcher "PathPrefx"' in (gw.stderr.read() if gw.stderr else "")
+    finally:
+        for p in (gw, backend):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
