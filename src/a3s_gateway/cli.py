@@ -148,9 +148,13 @@ async def _serve(config: GatewayConfig) -> int:
     from .gateway import Gateway
 
     gateway = Gateway(config)
+    # signal handlers first: a SIGTERM that arrives while the listeners are being bound still stops gracefully
+    waiter = asyncio.ensure_future(gateway.wait_for_shutdown())
+    await asyncio.sleep(0)
     try:
         await gateway.start()
     except StartupError as e:
+        waiter.cancel()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STARTUP
     for name, (host, port) in gateway.bound_addresses().items():
@@ -159,7 +163,7 @@ async def _serve(config: GatewayConfig) -> int:
     # the cyclic collector's scans, so collections during traffic stay short (tail latency of streams).
     gc.collect()
     gc.freeze()
-    await gateway.wait_for_shutdown()
+    await waiter
     return EXIT_OK
 
 

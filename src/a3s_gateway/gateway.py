@@ -45,6 +45,7 @@ class Gateway:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._generation = 0
         self._last_reload: dict[str, Any] | None = None
+        self._stop_requested = False
 
     @property
     def config(self) -> GatewayConfig:
@@ -80,6 +81,8 @@ class Gateway:
         for name, server in self._servers.items():
             host, port = server.bound_address()
             log.info("entrypoint %s listening on %s:%d", name, host, port)
+        if self._stop_requested:  # a signal arrived during start-up
+            self._shutdown_task = asyncio.ensure_future(self._shutdown(None))
 
     async def reload(self, new_config: GatewayConfig) -> None:
         """Swap in a new configuration; on any error the running generation keeps serving."""
@@ -138,6 +141,9 @@ class Gateway:
 
         def on_signal() -> None:
             nonlocal signals
+            if self.state in (GatewayState.CREATED, GatewayState.STARTING):
+                self._stop_requested = True  # start() stops right after binding
+                return
             signals += 1
             if signals == 1:
                 log.info("shutting down (draining for up to %.0fs)", self._config.shutdown_timeout)
