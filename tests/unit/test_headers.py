@@ -142,3 +142,10 @@ def test_interim_head(mod: ModuleType) -> None:
     assert mod.interim_head(b"HTTP/1.1 103 Early Hints\r\n", headers, ids(headers)) == (
         b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
     )
+
+
+def test_generated_request_ids_are_unique(mod: ModuleType) -> None:
+    headers = [(b"Host", b"h")]
+    seen = {mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"1.1.1.1", b"1.1.1.1", b"http",
+                             b"80", False, b"")[1] for _ in range(1000)}  # crosses several 4 KiB pools
+    assert len(seen) == 1000 and all(len(r) == 32 for r in seen)

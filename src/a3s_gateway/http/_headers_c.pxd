@@ -8,6 +8,12 @@ cdef int _OTHER, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _KEEP_
 cpdef tuple request_head(bytes method, bytes target, list headers, bytes header_ids, tuple connection_tokens,
                          object host_value, bytes peer_ip, bytes real_ip, bytes proto, bytes port, bint trusted, bytes framing)
 
+cdef bytes _id_pool
+cdef Py_ssize_t _id_pos, _ID_POOL_BYTES
+
+@cython.locals(start=Py_ssize_t)
+cdef bytes _new_request_id()
+
 @cython.locals(c=cython.uchar)
 cdef bint _visible(bytes value)
 

@@ -36,6 +36,7 @@ CHUNKED = 2
 UNTIL_CLOSE = 3
 
 HIGH_WATER = 65536
+_JOIN_LIMIT = 16384  # bytes of body copied to send a response head and its body in one buffer
 
 # connection states
 _IDLE = 0  # in the pool, or freshly connected
@@ -234,8 +235,12 @@ class UpstreamConnection:
         if self.client_chunked:
             pieces = chunk_frames(pieces)
         if head:
-            # the response head and the first body bytes leave in one write
-            pieces.insert(0, head)
+            # the response head and the first body bytes leave in one write: one buffer when small (a plain
+            # write() costs less than writev() of two buffers), else head + pieces as one writelines()
+            if len(pieces) == 1 and len(pieces[0]) <= _JOIN_LIMIT:
+                pieces[0] = head + pieces[0]
+            else:
+                pieces.insert(0, head)
         if len(pieces) == 1:
             client.transport.write(pieces[0])
         elif pieces:
