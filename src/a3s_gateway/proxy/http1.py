@@ -134,17 +134,7 @@ class HttpConnection:
             self._timer.cancel()
             self._timer = None
         self.server.connections.discard(self)
-        up = self.upstream
-        if up is not None:
-            # the client is gone: cancel the upstream request at once (never pooled)
-            self.upstream = None
-            up.abort()
-            self._release_backend()
-        task = self.connect_task
-        if task is not None:
-            task.cancel()
-            self.connect_task = None
-            self._release_backend()
+        self._cancel_upstream()  # the client is gone: cancel the upstream request at once
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -451,26 +441,27 @@ class HttpConnection:
         self._close()
 
     def _body_error(self, e: ProtocolError) -> None:
+        self._cancel_upstream()
+        if not self.resp_started and self.transport is not None:
+            self.transport.write(responses.error_response(e.status, e.message, close=True))
+        self._close()
+
+    def _abort_exchange(self) -> None:
+        self._cancel_upstream()
+        self._close()
+
+    def _cancel_upstream(self) -> None:
+        """Abort the upstream side of the exchange: its connection closes (never pooled), a connect in progress
+        stops, the backend's in-flight count is released."""
         up = self.upstream
         if up is not None:
             self.upstream = None
             up.abort()
         task = self.connect_task
         if task is not None:
-            task.cancel()
             self.connect_task = None
+            task.cancel()
         self._release_backend()
-        if not self.resp_started and self.transport is not None:
-            self.transport.write(responses.error_response(e.status, e.message, close=True))
-        self._close()
-
-    def _abort_exchange(self) -> None:
-        up = self.upstream
-        if up is not None:
-            self.upstream = None
-            up.abort()
-        self._release_backend()
-        self._close()
 
     def _release_backend(self) -> None:
         b = self.backend
@@ -522,9 +513,5 @@ class HttpConnection:
         elif kind == _T_BODY:
             if not self.resp_started:
                 self.transport.write(responses.error_response(408, "Request timeout", close=True))
-            up = self.upstream
-            if up is not None:
-                self.upstream = None
-                up.abort()
-            self._release_backend()
+            self._cancel_upstream()
             self._close()
