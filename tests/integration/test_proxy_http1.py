@@ -575,3 +575,15 @@ async def test_trusted_proxy_forwarded_headers(start_gateway) -> None:
     assert req.header("x-forwarded-proto") == "https"  # kept: the peer is trusted
     # without the header the client is the peer itself, which the rule does not match
     assert (await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).status == 404
+
+
+async def test_upstream_transfer_codings_before_chunked_502(start_gateway) -> None:
+    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        return True
+
+    backend = await start_backend(handler)
+    gw = await start_gateway(config([backend.url]))
+    c = await Client.connect(gateway_port(gw))
+    r = await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert r.status == 502 and json.loads(r.body) == {"error": "Upstream protocol error"}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import _compat
 from ..errors import ProtocolError
+from ..http import hdrs
 
 if TYPE_CHECKING:
     from ..runtime import Transport
@@ -53,6 +54,14 @@ _NEVER = float("inf")
 
 SSE_ERROR = b'\n\nevent: error\ndata: {"error":"Upstream stream failed"}\n\n'
 _SSE_ERROR_CHUNK = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SSE_ERROR), SSE_ERROR)
+
+
+def _only_chunked(headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bool:
+    """True when every Transfer-Encoding field of a response is exactly ``chunked``."""
+    for i in range(len(header_ids)):
+        if header_ids[i] == hdrs.TRANSFER_ENCODING and headers[i][1].strip().lower() != b"chunked":
+            return False
+    return True
 
 
 class UpstreamConnection:
@@ -162,6 +171,11 @@ class UpstreamConnection:
                     interim_head(b"HTTP/1.1 %d %s\r\n" % (status, resp.reason), resp.headers, resp.header_ids)
                 )
         self.buf = b""
+        if resp.chunked and not _only_chunked(resp.headers, resp.header_ids):
+            # codings before chunked (gzip, chunked): re-framing would hand the client gzip bytes unannounced
+            self.abort()
+            client.upstream_failed(502, "Upstream protocol error")
+            return
         self._start_body(client, head, resp, buf)
 
     # -- response ---------------------------------------------------------------------------------------
