@@ -82,3 +82,5 @@ class Runtime:
     entrypoints: dict[str, EntrypointRuntime] = field(default_factory=dict)
     services: dict[str, ServiceRuntime] = field(default_factory=dict)
     generation: int = 1
+    #: new weights for backends carried over from the previous generation, applied at the swap (compile.activate)
+    weights: tuple[tuple[Backend, int], ...] = ()

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
-SUPPORTED_FEATURES: frozenset[str] = frozenset({"max_connections", "trusted_ips"})
+SUPPORTED_FEATURES: frozenset[str] = frozenset(
+    {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory"}
+)
 
 
 def unsupported_features(config: GatewayConfig) -> list[str]:
@@ -63,8 +65,14 @@ def _transport(svc: ServiceConfig) -> Transport:
 def build_runtime(
     config: GatewayConfig, loop: asyncio.AbstractEventLoop, previous: Runtime | None = None, generation: int = 1
 ) -> Runtime:
-    """Compile ``config`` into a complete Runtime (pools of unchanged backends are carried over)."""
+    """Compile ``config`` into a complete Runtime (pools of unchanged backends are carried over).
+
+    Nothing shared with ``previous`` is changed here: a build that is never swapped in leaves the running generation
+    exactly as it was (SPEC §13.6 guarantee 1). New weights of carried-over backends wait in ``Runtime.weights``
+    until ``activate``.
+    """
     services: dict[str, ServiceRuntime] = {}
+    weights: list[tuple[Backend, int]] = []
     for name, svc in config.services.items():
         transport = _transport(svc)
         old = previous.services.get(name) if previous is not None else None
@@ -75,7 +83,8 @@ def build_runtime(
             old_pool = old.pools.get(server.url) if old is not None and old.transport == transport else None
             if old_pool is not None:
                 backend = old_pool.backend
-                backend.weight = server.weight
+                if backend.weight != server.weight:
+                    weights.append((backend, server.weight))
                 pool = old_pool
             else:
                 pool = Pool(backend, loop, transport)
@@ -110,7 +119,13 @@ def build_runtime(
             proto=b"https" if ep.tls is not None else b"http",
             trusted=ClientIPMatcher(list(ep.trusted_ips)) if ep.trusted_ips else None,
         )
-    return Runtime(entrypoints=entrypoints, services=services, generation=generation)
+    return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights))
+
+
+def activate(new: Runtime) -> None:
+    """Apply what a Runtime changes in carried-over State; called at the swap, never for a build that failed."""
+    for backend, weight in new.weights:
+        backend.weight = weight
 
 
 def retire(old: Runtime, new: Runtime) -> None:
