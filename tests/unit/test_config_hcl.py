@@ -377,3 +377,26 @@ def test_semicolon_separated_attributes_keep_their_columns(items: list[tuple[str
     ]
     values = [e.value.value for e in block.entries if isinstance(e.value, Scalar)]
     assert values == [raw for _, raw in items]
+
+
+def test_commas_separate_attributes_of_one_line_blocks_only(tmp_path: Path) -> None:
+    """`file { watch = true, directory = "d" }` as SPEC §3.5 and issue #3 write it; object and list commas stay."""
+    (tmp_path / "d").mkdir()
+    text = (
+        'entrypoints "web" { address = "127.0.0.1:0", max_headers = 50, }\n'
+        'routers "r" { rule = "PathPrefix(`/`)", service = "s" }\n'
+        'services "s" { load_balancer { servers = [{ url = "http://127.0.0.1:1", weight = 2 },\n'
+        '  { url = "http://127.0.0.1:2" }] } }\n'
+        f'providers {{ file {{ watch = true, directory = "{tmp_path / "d"}" }} }}\n'
+        'middlewares "m" { type = "headers", request_headers = { "X-A" = "1", "X-B" = "b,c" } }\n'
+    )
+    cfg = GatewayConfig.from_hcl(text, filename="g.hcl")
+    assert cfg.entrypoints["web"].max_headers == 50
+    assert cfg.routers["r"].service == "s"
+    assert [(s.url, s.weight) for s in cfg.services["s"].load_balancer.servers] == [
+        ("http://127.0.0.1:1", 2), ("http://127.0.0.1:2", 1)]
+    assert cfg.providers.file is not None and cfg.providers.file.watch is True
+    assert dict(cfg.middlewares["m"].params["request_headers"]) == {"X-A": "1", "X-B": "b,c"}
+    with pytest.raises(ConfigError) as e:
+        GatewayConfig.from_hcl('entrypoints "web" { address = "127.0.0.1:0", bogus = 1 }\n', filename="g.hcl")
+    assert "g.hcl:1:46:" in str(e.value)  # positions unchanged by the rewrite

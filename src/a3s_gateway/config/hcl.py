@@ -133,7 +133,8 @@ def _parser() -> Lark:
 # ---------------------------------------------------------------------------------------------------------------
 
 _VAR_REF: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\Z", re.S)
-_NORMAL_STOP: Final = re.compile(r'[#/"<;]')
+_NORMAL_STOP: Final = re.compile(r'[#/"<;{}\[\],]')
+_OBJECT_OPENERS: Final = frozenset("=:,[({")  # a "{" after one of these opens an object, otherwise a block body
 _STRING_STOP: Final = re.compile(r'[\\"$%\n]')
 _HEREDOC_STOP: Final = re.compile(r"[$%]")
 _HEREDOC_START: Final = re.compile(r"<<(-?)([A-Za-z][A-Za-z0-9._-]*)\r?\n")
@@ -208,6 +209,7 @@ class _Rewriter:
         text = self.text
         i = 0
         n = len(text)
+        nesting: list[str] = []  # "b" block body, "o" object, "l" list
         while i < n:
             m = _NORMAL_STOP.search(text, i)
             if m is None:
@@ -231,10 +233,21 @@ class _Rewriter:
                 i = self.string(j + 1)
             elif ch == "<" and (h := _HEREDOC_START.match(text, j)) is not None:
                 i = self.heredoc(j, h)
-            elif ch == ";":
+            elif ch == ";" or (ch == "," and (not nesting or nesting[-1] == "b")):
+                # `;`, and `,` between the attributes of a block body (`file { watch = true, directory = "d" }`,
+                # as SPEC and the issues write it), are newlines; commas of objects and lists stay
                 self.put("\n", j)
                 i = j + 1
             else:
+                if ch == "{":
+                    k = j - 1
+                    while k >= 0 and text[k] in " \t\r\n":
+                        k -= 1
+                    nesting.append("o" if k >= 0 and text[k] in _OBJECT_OPENERS else "b")
+                elif ch == "[":
+                    nesting.append("l")
+                elif ch in "}]" and nesting:
+                    nesting.pop()
                 self.copy(j, j + 1)
                 i = j + 1
 
