@@ -11,34 +11,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .config.model import EntrypointConfig, TransportConfig
     from .proxy.upstream import Pool
     from .routing.matchers import ClientIPMatcher
     from .routing.router import Router
     from .service.balancer import Backend, Balancer
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-entrypoint parsing limits and timeouts (SPEC §3.1)."""
-
-    max_request_line_bytes: int = 8192
-    max_header_bytes: int = 65536
-    max_headers: int = 100
-    header_read_timeout: float = 30.0
-    idle_timeout: float = 90.0
-    max_connections: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Transport:
-    """Upstream transport settings of a service (SPEC §3.3 transport)."""
-
-    connect_timeout: float = 5.0
-    response_header_timeout: float = 300.0
-    stream_idle_timeout: float = 300.0
-    request_timeout: float = 0.0
-    max_idle_connections_per_backend: int = 32
-    idle_connection_timeout: float = 90.0
 
 
 @dataclass(slots=True)
@@ -48,7 +25,7 @@ class ServiceRuntime:
     name: str
     balancer: Balancer
     pools: dict[str, Pool]
-    transport: Transport
+    transport: TransportConfig  # the service's transport block, read as is on the request path
     pass_host_header: bool = True
 
     @property
@@ -70,7 +47,7 @@ class EntrypointRuntime:
 
     name: str
     router: Router
-    limits: Limits
+    limits: EntrypointConfig  # parsing limits and timeouts (SPEC §3.1), read as is on the request path
     proto: bytes = b"http"
     trusted: ClientIPMatcher | None = None  # trusted_ips (SPEC §5.2)
 

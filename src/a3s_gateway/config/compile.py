@@ -14,11 +14,11 @@ from ..proxy.upstream import Pool
 from ..routing import rules
 from ..routing.matchers import ClientIPMatcher
 from ..routing.router import Route, Router
-from ..runtime import EntrypointRuntime, Limits, RouteTarget, Runtime, ServiceRuntime, Transport
+from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..service.balancer import Backend, make_balancer
 
 if TYPE_CHECKING:
-    from .model import EntrypointConfig, GatewayConfig, ServiceConfig
+    from .model import GatewayConfig
 
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
@@ -39,29 +39,6 @@ def check_supported(config: GatewayConfig) -> None:
         raise StartupError("not supported yet: " + ", ".join(missing))
 
 
-def entrypoint_limits(ep: EntrypointConfig) -> Limits:
-    return Limits(
-        max_request_line_bytes=ep.max_request_line_bytes,
-        max_header_bytes=ep.max_header_bytes,
-        max_headers=ep.max_headers,
-        header_read_timeout=ep.header_read_timeout,
-        idle_timeout=ep.idle_timeout,
-        max_connections=ep.max_connections,
-    )
-
-
-def _transport(svc: ServiceConfig) -> Transport:
-    t = svc.transport
-    return Transport(
-        connect_timeout=t.connect_timeout,
-        response_header_timeout=t.response_header_timeout,
-        stream_idle_timeout=t.stream_idle_timeout,
-        request_timeout=t.request_timeout,
-        max_idle_connections_per_backend=t.max_idle_connections_per_backend,
-        idle_connection_timeout=t.idle_connection_timeout,
-    )
-
-
 def build_runtime(
     config: GatewayConfig, loop: asyncio.AbstractEventLoop, previous: Runtime | None = None, generation: int = 1
 ) -> Runtime:
@@ -74,7 +51,7 @@ def build_runtime(
     services: dict[str, ServiceRuntime] = {}
     weights: list[tuple[Backend, int]] = []
     for name, svc in config.services.items():
-        transport = _transport(svc)
+        transport = svc.transport
         old = previous.services.get(name) if previous is not None else None
         backends: list[Backend] = []
         pools: dict[str, Pool] = {}
@@ -115,7 +92,7 @@ def build_runtime(
         entrypoints[ep_name] = EntrypointRuntime(
             name=ep_name,
             router=Router(routes),
-            limits=entrypoint_limits(ep),
+            limits=ep,
             proto=b"https" if ep.tls is not None else b"http",
             trusted=ClientIPMatcher(list(ep.trusted_ips)) if ep.trusted_ips else None,
         )

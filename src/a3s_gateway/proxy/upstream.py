@@ -16,7 +16,7 @@ from ..errors import ProtocolError
 from ..http import hdrs
 
 if TYPE_CHECKING:
-    from ..runtime import Transport
+    from ..config.model import TransportConfig
     from ..service.balancer import Backend
     from .http1 import HttpConnection
 
@@ -365,7 +365,7 @@ class UpstreamConnection:
 class Pool:
     """Keep-alive connections to one backend (LIFO: the most recently used connection is the warmest)."""
 
-    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop, transport_cfg: Transport) -> None:
+    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop, transport_cfg: TransportConfig) -> None:
         self.backend = backend
         self.loop = loop
         self.transport_cfg = transport_cfg
