@@ -317,9 +317,14 @@ async def test_response_header_timeout_504(start_gateway) -> None:
     await asyncio.wait_for(backend.closed.wait(), 2)  # upstream request abandoned
 
 
-async def test_upstream_garbage_502(start_gateway) -> None:
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    # codings before chunked: re-framing would hand the client gzip bytes unannounced
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+])
+async def test_upstream_protocol_error_502(start_gateway, head: bytes) -> None:
     async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        w.write(b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n")
+        w.write(head)
         return True
 
     backend = await start_backend(handler)
@@ -576,14 +581,3 @@ async def test_trusted_proxy_forwarded_headers(start_gateway) -> None:
     # without the header the client is the peer itself, which the rule does not match
     assert (await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).status == 404
 
-
-async def test_upstream_transfer_codings_before_chunked_502(start_gateway) -> None:
-    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-        return True
-
-    backend = await start_backend(handler)
-    gw = await start_gateway(config([backend.url]))
-    c = await Client.connect(gateway_port(gw))
-    r = await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert r.status == 502 and json.loads(r.body) == {"error": "Upstream protocol error"}

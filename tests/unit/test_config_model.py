@@ -34,6 +34,7 @@ from a3s_gateway.config.model import (
 )
 from a3s_gateway.config.validate import parse_address
 from a3s_gateway.errors import ConfigError
+from certs import make_cert
 
 MINIMAL = """
 entrypoints "web" { address = ":8080" }
@@ -195,31 +196,7 @@ services "q" {
 
 
 def test_tls_and_redirect_defaults(tmp_path: Path) -> None:
-    import subprocess
-
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=x",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = make_cert(tmp_path, cn="x")
     text = f"""
 entrypoints "s" {{
   address = ":8443"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from a3s_gateway.config import GatewayConfig, format_validate_report, validate_file
 from a3s_gateway.config.validate import format_rule_error, suggest
 from a3s_gateway.errors import ConfigError, Issue
+from certs import make_cert
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 QUICKSTART = (FIXTURES / "readme_quickstart.hcl").read_text()
@@ -40,33 +40,6 @@ def messages(text: str, env: dict[str, str] | None = None) -> list[str]:
     except ConfigError as exc:
         return [f"{i.path}: {i.message}" for i in exc.issues if i.severity == "error"]
     return []
-
-
-def make_cert(directory: Path, stem: str = "") -> tuple[Path, Path]:
-    cert, key = directory / f"{stem}cert.pem", directory / f"{stem}key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=api.example.com",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 # --- SPEC §15: the README configurations ----------------------------------------------------------------------------
