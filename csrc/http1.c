@@ -605,7 +605,10 @@ int h1_header_id(const char *name, size_t len)
 {
     u8 *s = (u8 *)name;
     switch (len) {
-    case 2: return IEQ(s, len, "te") ? H1_HDR_TE : H1_HDR_OTHER;
+    case 2:
+        if (IEQ(s, len, "te")) return H1_HDR_TE;
+        if (IEQ(s, len, "b3")) return H1_HDR_B3;
+        return H1_HDR_OTHER;
     case 4: return IEQ(s, len, "host") ? H1_HDR_HOST : H1_HDR_OTHER;
     case 6: return IEQ(s, len, "expect") ? H1_HDR_EXPECT : H1_HDR_OTHER;
     case 7:
@@ -616,10 +619,19 @@ int h1_header_id(const char *name, size_t len)
     case 10:
         if (IEQ(s, len, "connection")) return H1_HDR_CONNECTION;
         if (IEQ(s, len, "keep-alive")) return H1_HDR_KEEP_ALIVE;
+        if (IEQ(s, len, "user-agent")) return H1_HDR_USER_AGENT;
+        if (IEQ(s, len, "tracestate")) return H1_HDR_TRACESTATE;
+        if (IEQ(s, len, "x-b3-flags")) return H1_HDR_X_B3_FLAGS;
+        return H1_HDR_OTHER;
+    case 11:
+        if (IEQ(s, len, "traceparent")) return H1_HDR_TRACEPARENT;
+        if (IEQ(s, len, "x-b3-spanid")) return H1_HDR_X_B3_SPANID;
         return H1_HDR_OTHER;
     case 12:
         if (IEQ(s, len, "content-type")) return H1_HDR_CONTENT_TYPE;
         if (IEQ(s, len, "x-request-id")) return H1_HDR_X_REQUEST_ID;
+        if (IEQ(s, len, "x-b3-traceid")) return H1_HDR_X_B3_TRACEID;
+        if (IEQ(s, len, "x-b3-sampled")) return H1_HDR_X_B3_SAMPLED;
         return H1_HDR_OTHER;
     case 14: return IEQ(s, len, "content-length") ? H1_HDR_CONTENT_LENGTH : H1_HDR_OTHER;
     case 15: return IEQ(s, len, "x-forwarded-for") ? H1_HDR_X_FORWARDED_FOR : H1_HDR_OTHER;
@@ -631,6 +643,7 @@ int h1_header_id(const char *name, size_t len)
     case 17:
         if (IEQ(s, len, "transfer-encoding")) return H1_HDR_TRANSFER_ENCODING;
         if (IEQ(s, len, "x-forwarded-proto")) return H1_HDR_X_FORWARDED_PROTO;
+        if (IEQ(s, len, "x-b3-parentspanid")) return H1_HDR_X_B3_PARENTSPANID;
         return H1_HDR_OTHER;
     case 18: return IEQ(s, len, "proxy-authenticate") ? H1_HDR_PROXY_AUTHENTICATE : H1_HDR_OTHER;
     case 19: return IEQ(s, len, "proxy-authorization") ? H1_HDR_PROXY_AUTHORIZATION : H1_HDR_OTHER;

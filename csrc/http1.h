@@ -60,7 +60,16 @@ typedef enum {
     H1_HDR_X_FORWARDED_PORT = 16,
     H1_HDR_X_REAL_IP = 17,
     H1_HDR_X_REQUEST_ID = 18,
-    H1_HDR_CONTENT_TYPE = 19
+    H1_HDR_CONTENT_TYPE = 19,
+    H1_HDR_USER_AGENT = 20,
+    H1_HDR_TRACEPARENT = 21,
+    H1_HDR_TRACESTATE = 22,
+    H1_HDR_B3 = 23,
+    H1_HDR_X_B3_TRACEID = 24,
+    H1_HDR_X_B3_SPANID = 25,
+    H1_HDR_X_B3_PARENTSPANID = 26,
+    H1_HDR_X_B3_SAMPLED = 27,
+    H1_HDR_X_B3_FLAGS = 28
 } h1_hdr_id;
 
 /* Flags of h1_request.flags / h1_response.flags. */

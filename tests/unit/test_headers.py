@@ -149,3 +149,44 @@ def test_generated_request_ids_are_unique(mod: ModuleType) -> None:
     seen = {mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"1.1.1.1", b"1.1.1.1", b"http",
                              b"80", False, b"")[1] for _ in range(1000)}  # crosses several 4 KiB pools
     assert len(seen) == 1000 and all(len(r) == 32 for r in seen)
+
+
+TRACE_HEADERS = [
+    (b"Host", b"h"),
+    (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    (b"tracestate", b"vendor=x"),
+    (b"b3", b"0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1"),
+    (b"X-B3-TraceId", b"0af7651916cd43dd8448eb211c80319c"),
+    (b"X-B3-SpanId", b"b7ad6b7169203331"),
+    (b"X-B3-ParentSpanId", b"a7ad6b7169203331"),
+    (b"X-B3-Sampled", b"1"),
+    (b"X-B3-Flags", b"0"),
+    (b"User-Agent", b"curl/8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("drop", "gone"),
+    [
+        (0, set()),
+        (1, {b"traceparent"}),
+        (2, {b"b3"}),
+        (4, {b"X-B3-TraceId", b"X-B3-SpanId", b"X-B3-ParentSpanId", b"X-B3-Sampled", b"X-B3-Flags"}),
+        (7, {b"traceparent", b"b3", b"X-B3-TraceId", b"X-B3-SpanId", b"X-B3-ParentSpanId", b"X-B3-Sampled",
+             b"X-B3-Flags"}),
+    ],
+)
+def test_trace_headers_of_injected_formats_are_replaced(mod: ModuleType, drop: int, gone: set[bytes]) -> None:
+    """SPEC §11.4: incoming headers of every injected format are dropped; tracestate and the rest pass."""
+    inject = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01\r\n"
+    head, _ = mod.request_head(b"GET", b"/", TRACE_HEADERS, ids(TRACE_HEADERS), (), None, b"1.1.1.1", b"1.1.1.1",
+                               b"http", b"80", False, inject, drop)
+    lines = head_lines(head)
+    assert lines[-1] == inject[:-2]  # gateway lines come last
+    names = [line.split(b":")[0] for line in lines[1:-1]]
+    for name, _ in TRACE_HEADERS:
+        assert (name in names) == (name not in gone), name
+
+
+def test_trace_header_ids() -> None:
+    assert ids(TRACE_HEADERS) == bytes([1, 21, 22, 23, 24, 25, 26, 27, 28, 20])

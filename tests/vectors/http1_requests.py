@@ -53,7 +53,7 @@ VALID: list[Req] = [
         "connection_tokens": ()}),
     Req("browser get, raw case kept", BROWSER_GET, {
         "method": b"GET", "path": b"/v1/models", "query": b"limit=10&q=a%20b", "host": b"api.example.com:8443",
-        "header_ids": b"\x01\x00\x00\x00\x00\x04\x00\x00", "keep_alive": True,
+        "header_ids": b"\x01\x14\x00\x00\x00\x04\x00\x00", "keep_alive": True,
         "headers": [
             (b"Host", b"api.example.com:8443"),
             (b"User-Agent", b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),

@@ -31,6 +31,16 @@ _X_FORWARDED_PORT = 16
 _X_REAL_IP = 17
 _X_REQUEST_ID = 18
 _CONTENT_TYPE = 19
+_USER_AGENT = 20
+_TRACEPARENT = 21
+_TRACESTATE = 22
+_B3 = 23
+# 24-28: the X-B3-* set
+
+# bits of ``trace_drop`` (the formats the tracer injects; their incoming headers are replaced)
+_DROP_W3C = 1
+_DROP_B3 = 2
+_DROP_B3MULTI = 4
 
 _CRLF = b"\r\n"
 _COLON = b": "
@@ -54,12 +64,15 @@ def request_head(
     port: bytes,
     trusted: bool,
     framing: bytes,
+    trace_drop: int = 0,
 ) -> tuple[bytes, bytes]:
     """Build the upstream request head in one buffer.
 
     Returns ``(head, request_id)``. ``host_value`` replaces the Host value (``pass_host_header = false``) or is
     ``None`` to pass the client's through. ``framing`` is the body framing line(s) to add (``Content-Length: n\\r\\n``,
-    ``Transfer-Encoding: chunked\\r\\n`` or empty). Hop-by-hop headers, ``Expect`` and names listed in
+    ``Transfer-Encoding: chunked\\r\\n`` or empty) plus any gateway-added lines (trace context). ``trace_drop``
+    (bits 1 W3C, 2 B3, 4 B3 multi) drops the incoming headers of the trace formats the gateway injects; ``tracestate``
+    always passes. Hop-by-hop headers, ``Expect`` and names listed in
     ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2: ``peer_ip`` is appended to
     X-Forwarded-For, ``real_ip`` (the client IP, which differs for trusted peers) is X-Real-IP.
     """
@@ -76,7 +89,17 @@ def request_head(
         hid = header_ids[i]
         name, value = headers[i]
         i += 1
-        if hid == _OTHER or hid == _CONTENT_TYPE:
+        if hid >= _TRACEPARENT and hid != _TRACESTATE:
+            if hid == _TRACEPARENT:
+                if trace_drop & _DROP_W3C:
+                    continue
+            elif hid == _B3:
+                if trace_drop & _DROP_B3:
+                    continue
+            elif trace_drop & _DROP_B3MULTI:
+                continue
+            hid = _OTHER
+        if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _USER_AGENT:
             if connection_tokens and _listed(name, connection_tokens):
                 continue
             parts.append(name)

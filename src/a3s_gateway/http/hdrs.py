@@ -27,6 +27,16 @@ X_FORWARDED_PORT: Final = 16
 X_REAL_IP: Final = 17
 X_REQUEST_ID: Final = 18
 CONTENT_TYPE: Final = 19
+USER_AGENT: Final = 20
+# tracing context (SPEC §11.4): W3C trace context, B3 single header, B3 multi header
+TRACEPARENT: Final = 21
+TRACESTATE: Final = 22
+B3: Final = 23
+X_B3_TRACEID: Final = 24
+X_B3_SPANID: Final = 25
+X_B3_PARENTSPANID: Final = 26
+X_B3_SAMPLED: Final = 27
+X_B3_FLAGS: Final = 28
 
 #: lower-case name -> id, the single source of truth both parsers are tested against.
 NAMES: Final[dict[bytes, int]] = {
@@ -49,6 +59,15 @@ NAMES: Final[dict[bytes, int]] = {
     b"x-real-ip": X_REAL_IP,
     b"x-request-id": X_REQUEST_ID,
     b"content-type": CONTENT_TYPE,
+    b"user-agent": USER_AGENT,
+    b"traceparent": TRACEPARENT,
+    b"tracestate": TRACESTATE,
+    b"b3": B3,
+    b"x-b3-traceid": X_B3_TRACEID,
+    b"x-b3-spanid": X_B3_SPANID,
+    b"x-b3-parentspanid": X_B3_PARENTSPANID,
+    b"x-b3-sampled": X_B3_SAMPLED,
+    b"x-b3-flags": X_B3_FLAGS,
 }
 
 #: ids of hop-by-hop headers, removed in both directions (SPEC §5.3).
