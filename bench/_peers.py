@@ -746,7 +746,8 @@ class Lab:
         self.gateway_info = f"{how}; {malloc}\n{version}"
         conf = self.dir / "gateway.hcl"
         conf.write_text(gateway_conf(target.port, self.backend_port, self.sse_port))
-        cmd = [*argv, "-c", str(conf), "--log-level", "warning"]
+        # no admin listener: two variants of an A/B run would both want 127.0.0.1:9901
+        cmd = [*argv, "-c", str(conf), "--log-level", "warning", "--admin", "off"]
         target.proc = self._spawn("gateway", cmd, self.cpus.proxy, env)
         # Generous: a cold python-hcl2 grammar cache alone takes 6-15 s (TOOLCHAIN.md).
         wait_listening(target.proc, target.port, 45)

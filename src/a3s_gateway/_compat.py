@@ -23,6 +23,7 @@ MYPYC_MODULES: Final[dict[str, str]] = {
     "rule matchers": "a3s_gateway.routing.matchers",
     "router": "a3s_gateway.routing.router",
     "balancer": "a3s_gateway.service.balancer",
+    "request counters": "a3s_gateway.observability.stats",
     "upstream relay": "a3s_gateway.proxy.upstream",
     "client connection": "a3s_gateway.proxy.http1",
 }

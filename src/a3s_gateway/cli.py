@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import logging
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,20 +87,9 @@ def version_text(verbose: bool) -> str:
 
 
 def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
+    from .observability import process_log
 
-        class _Json(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                return json.dumps({"ts": time.time(), "level": record.levelname.lower(), "logger": record.name,
-                                   "msg": record.getMessage()})
-
-        handler.setFormatter(_Json())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("a3s_gateway")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    process_log.setup(level, fmt)
 
 
 def _cmd_validate(path: str, strict: bool) -> int:
@@ -144,10 +130,10 @@ def _demo_config(listen: str) -> GatewayConfig:
     return GatewayConfig.from_hcl(f'entrypoints "web" {{ address = "{listen}" }}\n', filename="<--listen>")
 
 
-async def _serve(config: GatewayConfig) -> int:
+async def _serve(config: GatewayConfig, admin: str | None) -> int:
     from .gateway import Gateway
 
-    gateway = Gateway(config)
+    gateway = Gateway(config, admin=admin)
     # signal handlers first: a SIGTERM that arrives while the listeners are being bound still stops gracefully
     waiter = asyncio.ensure_future(gateway.wait_for_shutdown())
     await asyncio.sleep(0)
@@ -159,6 +145,9 @@ async def _serve(config: GatewayConfig) -> int:
         return EXIT_STARTUP
     for name, (host, port) in gateway.bound_addresses().items():
         print(f"a3s-gateway {__version__}: entrypoint {name} on {host or '*'}:{port}", file=sys.stderr, flush=True)
+    admin_at = gateway.admin_address()
+    if admin_at is not None:
+        print(f"a3s-gateway {__version__}: admin API on {admin_at[0]}:{admin_at[1]}", file=sys.stderr, flush=True)
     # Everything loaded so far (configuration, parser tables, modules) lives as long as the process: keep it out of
     # the cyclic collector's scans, so collections during traffic stay short (tail latency of streams).
     gc.collect()
@@ -182,13 +171,13 @@ def _tune_malloc() -> None:
     libc.mallopt(m_top_pad, 32 * 1024 * 1024)
 
 
-def _run_loop(config: GatewayConfig) -> int:
+def _run_loop(config: GatewayConfig, admin: str | None) -> int:
     _tune_malloc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop
-        return asyncio.run(_serve(config))
-    return uvloop.run(_serve(config))
+        return asyncio.run(_serve(config, admin))
+    return uvloop.run(_serve(config, admin))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,8 +202,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _setup_logging(args.log_level, args.log_format)
     if args.admin not in (None, "off"):
-        print("error: not supported yet: admin listener (--admin)", file=sys.stderr)
-        return EXIT_STARTUP
+        from .config.validate import parse_address
+
+        if parse_address(args.admin) is None:
+            print(f"error: --admin {args.admin!r}: use host:port (e.g. 127.0.0.1:9901) or off", file=sys.stderr)
+            return EXIT_USAGE
     if args.workers not in (None, "1"):
         print("error: not supported yet: workers", file=sys.stderr)
         return EXIT_STARTUP
@@ -238,6 +230,6 @@ def main(argv: list[str] | None = None) -> int:
             print("error: not supported yet: --listen together with a configuration file", file=sys.stderr)
             return EXIT_STARTUP
     try:
-        return _run_loop(config)
+        return _run_loop(config, args.admin)
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during start-up
         return EXIT_OK

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import enum
 import logging
+import platform
 import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .config import compile as compile_config
+from .config.model import AdminConfig
 from .errors import ConfigError, StartupError
+from .observability import metrics as metrics_mod
+from .observability.access_log import AccessLog
+from .observability.admin import AdminServer
+from .observability.tracing import Tracer
 from .proxy.server import HttpServer
 from .runtime import EntrypointRuntime, Runtime
 
 if TYPE_CHECKING:
-    from .config.model import EntrypointConfig, GatewayConfig
+    from .config.model import AccessLogConfig, EntrypointConfig, GatewayConfig
     from .providers.file import FileWatcher
 
 log = logging.getLogger("a3s_gateway")
@@ -34,11 +42,33 @@ class GatewayState(str, enum.Enum):
     STOPPED = "stopped"
 
 
-class Gateway:
-    """One gateway in the caller's event loop."""
+def _override_admin(config: GatewayConfig, admin: str | None) -> GatewayConfig:
+    """``config`` with the admin listener replaced by ``admin`` (``"off"`` or an address; None = as configured)."""
+    if admin is None:
+        return config
+    if admin == "off":
+        return dataclasses.replace(config, admin=dataclasses.replace(config.admin, enabled=False))
+    from .config.validate import parse_address
 
-    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] | None = None) -> None:
-        self._config = config
+    parsed = parse_address(admin)
+    if parsed is None:
+        raise StartupError(f"invalid admin address {admin!r}: use host:port, e.g. 127.0.0.1:9901")
+    host, port = parsed
+    return dataclasses.replace(config, admin=AdminConfig(True, admin, host, port, config.admin.middlewares))
+
+
+class Gateway:
+    """One gateway in the caller's event loop.
+
+    ``admin`` overrides the configuration's admin listener for this gateway and every reload: an address, or
+    ``"off"`` (the CLI's ``--admin``).
+    """
+
+    def __init__(
+        self, config: GatewayConfig, *, clock: Callable[[], float] | None = None, admin: str | None = None
+    ) -> None:
+        self._admin_override = admin
+        self._config = _override_admin(config, admin)
         self.clock = clock or time.monotonic
         self.state = GatewayState.CREATED
         self.runtime: Runtime | None = None
@@ -46,6 +76,7 @@ class Gateway:
         # listeners of entrypoints removed or re-addressed by a reload, draining in the background (SPEC §13.6 #3)
         self._retiring: dict[HttpServer, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
+        self._closing: set[asyncio.Future[Any]] = set()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher: FileWatcher | None = None
@@ -56,6 +87,14 @@ class Gateway:
         #: completed reloads by result (the ``gateway_config_reloads_total`` metric reads these)
         self.reload_successes = 0
         self.reload_failures = 0
+        #: wall-clock time of the last successful start or reload
+        self.last_success_time = 0.0
+        self._started_at = 0.0
+        self._access_log: AccessLog | None = None
+        self._tracer: Tracer | None = None
+        self._admin: AdminServer | None = None
+        self._version: dict[str, Any] | None = None
+        self.registry = metrics_mod.make_registry(self)
 
     @property
     def config(self) -> GatewayConfig:
@@ -72,24 +111,40 @@ class Gateway:
             raise StartupError(f"cannot start a gateway in state {self.state.value}")
         self.state = GatewayState.STARTING
         loop = asyncio.get_running_loop()
+        config = self._config
         try:
-            compile_config.check_supported(self._config)
-            runtime = compile_config.build_runtime(self._config, loop, None, 1)
+            compile_config.check_supported(config)
+            self._access_log = self._open_access_log(config.access_log, None)
+            self._tracer = Tracer(config.tracing)
+            runtime = compile_config.build_runtime(
+                config, loop, None, 1, access_log=self._access_log, tracer=self._tracer
+            )
             for name, entry in runtime.entrypoints.items():
-                self._servers[name] = await self._bind(loop, self._config.entrypoints[name], entry)
+                self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
+            self._admin = await self._bind_admin(loop, config.admin)
         except BaseException:
             for server in self._servers.values():
                 server.close_listener()
             self._servers.clear()
+            if self._access_log is not None:
+                await self._access_log.close()
+                self._access_log = None
+            self._tracer = None
             self.state = GatewayState.STOPPED
             self._stopped.set()
             raise
+        self._tracer.start()
         self._generation = 1
         self.runtime = runtime
+        self._started_at = self.clock()
+        self.last_success_time = time.time()
         self.state = GatewayState.RUNNING
         for name, server in self._servers.items():
             host, port = server.bound_address()
             log.info("entrypoint %s listening on %s:%d", name, host, port)
+        if self._admin is not None:
+            host, port = self._admin.bound_address()
+            log.info("admin API listening on %s:%d", host, port)
         if self._stop_requested:  # a signal or shutdown() arrived during start-up
             self._shutdown_task = asyncio.ensure_future(self._shutdown(self._stop_timeout))
             return
@@ -105,6 +160,34 @@ class Gateway:
             raise StartupError(f"entrypoint {ep.name!r}: cannot listen on {ep.address}: {e.strerror or e}") from e
         return server
 
+    async def _bind_admin(self, loop: asyncio.AbstractEventLoop, admin: AdminConfig) -> AdminServer | None:
+        """A listening admin server, or None when disabled (StartupError when the address cannot be bound)."""
+        if not admin.enabled:
+            return None
+        server = AdminServer(loop, admin.host, admin.port, self)
+        try:
+            await server.start()
+        except OSError as e:
+            raise StartupError(
+                f"admin: cannot listen on {admin.address}: {e.strerror or e} "
+                '(move it with admin { address = "..." }, or --admin off)'
+            ) from e
+        return server
+
+    def _open_access_log(self, cfg: AccessLogConfig | None, current: AccessLog | None) -> AccessLog | None:
+        """The access log for ``cfg``: the current one when its path is unchanged, else a new started one."""
+        if cfg is None:
+            return None
+        if current is not None and current.path == cfg.path:
+            current.flush_interval = cfg.flush_interval
+            return current
+        log_ = AccessLog(cfg.path, cfg.flush_interval)
+        try:
+            log_.start()
+        except OSError as e:
+            raise StartupError(f"access_log: cannot open {cfg.path}: {e.strerror or e}") from e
+        return log_
+
     async def reload(self, new_config: GatewayConfig) -> None:
         """Swap in a new configuration (SPEC §13.6); on any error the running generation keeps serving.
 
@@ -112,6 +195,7 @@ class Gateway:
         then one reference is swapped. Unchanged entrypoints keep their sockets; removed ones stop accepting and
         drain in the background (bounded by ``shutdown_timeout``). Reloads are serialised.
         """
+        new_config = _override_admin(new_config, self._admin_override)
         async with self._reload_lock:
             if self.state != GatewayState.RUNNING:
                 raise StartupError(f"cannot reload in state {self.state.value}")
@@ -128,24 +212,40 @@ class Gateway:
         self._record_reload(None)
         await self._sync_watcher()
 
-    async def _prepare(self, new_config: GatewayConfig) -> tuple[GatewayConfig, Runtime, dict[str, HttpServer]]:
+    async def _prepare(self, new_config: GatewayConfig) -> tuple[GatewayConfig, Runtime, dict[str, HttpServer],
+                                                                 _Observers]:
         """Build the next generation and bind its new listeners; nothing running is touched."""
         loop = asyncio.get_running_loop()
         compile_config.check_supported(new_config)
-        runtime = compile_config.build_runtime(new_config, loop, self.runtime, self._generation + 1)
+        old = self._config
+        access_log = self._open_access_log(new_config.access_log, self._access_log)
+        tracer = self._tracer if self._tracer is not None and old.tracing == new_config.tracing else None
+        new_tracer = tracer or Tracer(new_config.tracing)
+        observers = _Observers(access_log, new_tracer, self._admin, False)
         added: dict[str, HttpServer] = {}
         try:
+            runtime = compile_config.build_runtime(
+                new_config, loop, self.runtime, self._generation + 1, access_log=access_log, tracer=new_tracer
+            )
             for name, entry in runtime.entrypoints.items():
                 ep = new_config.entrypoints[name]
                 if not self._keeps_listener(name, ep):
                     added[name] = await self._bind(loop, ep, entry)
+            a_old, a_new = old.admin, new_config.admin
+            if (a_old.enabled, a_old.host, a_old.port) != (a_new.enabled, a_new.host, a_new.port):
+                observers.admin = await self._bind_admin(loop, a_new)
+                observers.admin_changed = True
             if self.state != GatewayState.RELOADING:
                 raise StartupError(f"reload abandoned: the gateway is {self.state.value}")
         except BaseException:
             for server in added.values():
                 server.close_listener()
+            if access_log is not None and access_log is not self._access_log:
+                await access_log.close()
+            if observers.admin_changed and observers.admin is not None:
+                await observers.admin.close()
             raise
-        return new_config, runtime, added
+        return new_config, runtime, added, observers
 
     def _keeps_listener(self, name: str, ep: EntrypointConfig) -> bool:
         """Whether entrypoint ``name`` is unchanged (same name, same address): its socket is kept."""
@@ -154,9 +254,26 @@ class Gateway:
         old = self._config.entrypoints[name]
         return (old.host, old.port, old.protocol) == (ep.host, ep.port, ep.protocol)
 
-    def _swap(self, new_config: GatewayConfig, runtime: Runtime, added: dict[str, HttpServer]) -> None:
+    def _swap(
+        self, new_config: GatewayConfig, runtime: Runtime, added: dict[str, HttpServer], observers: _Observers
+    ) -> None:
         """Make ``runtime`` the running generation (no await: nothing runs in between)."""
         old = self.runtime
+        if observers.access_log is not self._access_log and self._access_log is not None:
+            self._background(self._access_log.close())
+        self._access_log = observers.access_log
+        if observers.tracer is not self._tracer:
+            if self._tracer is not None:
+                self._background(self._tracer.close())
+            observers.tracer.start()
+            self._tracer = observers.tracer
+        if observers.admin_changed:
+            if self._admin is not None:
+                self._background(self._admin.close())
+            self._admin = observers.admin
+            if self._admin is not None:
+                host, port = self._admin.bound_address()
+                log.info("admin API listening on %s:%d", host, port)
         servers: dict[str, HttpServer] = {}
         for name, entry in runtime.entrypoints.items():
             server = added.get(name) or self._servers[name]
@@ -191,8 +308,15 @@ class Gateway:
         self._retiring[server] = task
         task.add_done_callback(lambda _: self._retiring.pop(server, None))
 
+    def _background(self, coro: Any) -> None:
+        """Run a closing coroutine in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def _record_reload(self, error: str | None) -> None:
         if error is None:
+            self.last_success_time = time.time()
             self.reload_successes += 1
         else:
             self.reload_failures += 1
@@ -253,6 +377,14 @@ class Gateway:
             for svc in self.runtime.services.values():
                 for pool in svc.pools.values():
                     pool.close()
+        if self._admin is not None:
+            await self._admin.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._access_log is not None:
+            await self._access_log.close()  # everything logged so far is written
+        if self._tracer is not None:
+            await self._tracer.close()
         self.state = GatewayState.STOPPED
         self._stopped.set()
 
@@ -279,7 +411,8 @@ class Gateway:
             tasks.append(asyncio.ensure_future(self._reload_from_files()))
 
         installed = []
-        for sig, handler in ((signal.SIGTERM, on_signal), (signal.SIGINT, on_signal), (signal.SIGHUP, on_hangup)):
+        for sig, handler in ((signal.SIGTERM, on_signal), (signal.SIGINT, on_signal), (signal.SIGHUP, on_hangup),
+                             (signal.SIGUSR1, self.reopen_logs)):
             try:
                 loop.add_signal_handler(sig, handler)
                 installed.append(sig)
@@ -314,16 +447,130 @@ class Gateway:
             return
         log.info("reloaded %s: generation %d", path, self._generation)
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access-log file (log rotation)."""
+        if self._access_log is not None:
+            self._access_log.reopen()
+            log.info("access log reopened")
+
     def bound_addresses(self) -> dict[str, tuple[str, int]]:
         """Actual address per entrypoint (useful after binding port 0)."""
         return {name: server.bound_address() for name, server in self._servers.items()}
 
+    def admin_address(self) -> tuple[str, int] | None:
+        """The admin listener's actual address, or None when it is off."""
+        return self._admin.bound_address() if self._admin is not None else None
+
+    # -- what the admin API and the metrics collector read (SPEC §11) --------------------------------------------
+    def connection_counts(self) -> dict[str, int]:
+        """Open downstream connections per entrypoint (including listeners draining after a reload)."""
+        counts = {name: len(server.connections) for name, server in self._servers.items()}
+        for server in self._retiring:
+            name = server.entry.name
+            counts[name] = counts.get(name, 0) + len(server.connections)
+        return counts
+
+    @property
+    def access_log_dropped(self) -> int:
+        return self._access_log.dropped if self._access_log is not None else 0
+
     def health(self) -> dict[str, Any]:
-        """Body of ``/api/gateway/health`` (the admin listener itself comes with the observability issue)."""
+        """Body of ``GET /api/gateway/health`` (SPEC §11.1)."""
+        runtime = self.runtime
+        backends = [b for svc in runtime.services.values() for b in svc.backends] if runtime is not None else []
+        total = sum(st.total_requests() for st in runtime.route_stats.values()) if runtime is not None else 0
         return {
-            "status": "ok" if self.state in (GatewayState.RUNNING, GatewayState.RELOADING) else "unavailable",
             "state": self.state.value,
-            "active_connections": sum(len(s.connections) for s in [*self._servers.values(), *self._retiring]),
+            "uptime_secs": int(self.clock() - self._started_at) if self._started_at else 0,
+            "active_connections": sum(self.connection_counts().values()),
+            "total_requests": total,
+            "backends_total": len(backends),
+            "backends_healthy": sum(1 for b in backends if b.eligible),
             "config_generation": self._generation,
             "last_reload": self._last_reload,
         }
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition (what ``GET /metrics`` serves)."""
+        return self.metrics_text().decode()
+
+    def metrics_text(self) -> bytes:
+        return metrics_mod.exposition(self.registry)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The active effective configuration with secrets redacted (``GET /api/gateway/config``)."""
+        return self._config.to_dict(redact=True)
+
+    def routes(self) -> list[dict[str, Any]]:
+        """Routes in matching order (SPEC §4.3), as ``GET /api/gateway/routes`` shows them."""
+        config = self._config
+        ordered = sorted(config.routers.values(), key=lambda r: (-r.effective_priority, r.name.encode()))
+        out = []
+        for r in ordered:
+            entrypoints = list(r.entrypoints) or [
+                name for name, ep in config.entrypoints.items() if ep.protocol in _PROTOCOL_ENTRYPOINTS[r.protocol]
+            ]
+            out.append({
+                "name": r.name, "rule": r.rule, "service": r.service, "entrypoints": entrypoints,
+                "middlewares": list(r.middlewares), "priority": r.effective_priority, "protocol": r.protocol,
+                "provider": "file",
+            })
+        return out
+
+    def _backend_view(self, service: str, b: Any) -> dict[str, Any]:
+        return {"service": service, "url": b.url, "weight": b.weight, "healthy": bool(b.eligible),
+                "active_connections": b.in_flight, "revision": None}
+
+    def services(self) -> list[dict[str, Any]]:
+        """Services sorted by name (``GET /api/gateway/services``)."""
+        runtime = self.runtime
+        if runtime is None:
+            return []
+        out = []
+        for name in sorted(runtime.services):
+            svc = runtime.services[name]
+            backends = [self._backend_view(name, b) for b in svc.backends]
+            for b in backends:
+                del b["service"]
+            out.append({
+                "name": name,
+                "strategy": self._config.services[name].load_balancer.strategy,
+                "backends_total": len(backends),
+                "backends_healthy": sum(1 for b in backends if b["healthy"]),
+                "backends": backends,
+                "scaling": None,
+                "revisions": [],
+                "rollout": None,
+            })
+        return out
+
+    def backends(self) -> list[dict[str, Any]]:
+        """All backends sorted by service then URL (``GET /api/gateway/backends``)."""
+        runtime = self.runtime
+        if runtime is None:
+            return []
+        rows = [self._backend_view(name, b) for name, svc in runtime.services.items() for b in svc.backends]
+        return sorted(rows, key=lambda r: (r["service"], r["url"]))
+
+    def version(self) -> dict[str, Any]:
+        """``GET /api/gateway/version``: compiled is true when every accelerated module runs compiled."""
+        if self._version is None:
+            from ._compat import implementations
+
+            self._version = {"name": "a3s-gateway", "version": __version__, "python": platform.python_version(),
+                             "compiled": all(compiled for _, _, compiled in implementations())}
+        return self._version
+
+
+#: entrypoint protocols a router of each protocol attaches to when it names none
+_PROTOCOL_ENTRYPOINTS: dict[str, tuple[str, ...]] = {"http": ("http",), "tcp": ("tcp",), "udp": ("udp",)}
+
+
+@dataclasses.dataclass(slots=True)
+class _Observers:
+    """The access log, tracer and admin server a reload would run with."""
+
+    access_log: AccessLog | None
+    tracer: Tracer
+    admin: AdminServer | None
+    admin_changed: bool

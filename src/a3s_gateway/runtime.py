@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .config.model import EntrypointConfig, TransportConfig
+    from .observability.access_log import AccessLog
+    from .observability.stats import RouteStats
+    from .observability.tracing import Tracer
     from .proxy.upstream import Pool
     from .routing.matchers import ClientIPMatcher
     from .routing.router import Router
@@ -39,6 +42,7 @@ class RouteTarget:
 
     router: str
     service: ServiceRuntime
+    stats: RouteStats  # counters of (router, service), carried across reloads
 
 
 @dataclass(slots=True)
@@ -50,6 +54,11 @@ class EntrypointRuntime:
     limits: EntrypointConfig  # parsing limits and timeouts (SPEC §3.1), read as is on the request path
     proto: bytes = b"http"
     trusted: ClientIPMatcher | None = None  # trusted_ips (SPEC §5.2)
+    unmatched: RouteStats | None = None  # counters of requests no route matched (router="", service="")
+    access_log: AccessLog | None = None
+    tracer: Tracer | None = None
+    #: the request path needs the wall-clock start time (access log or span export)
+    need_wall: bool = False
 
 
 @dataclass(slots=True)
@@ -59,5 +68,7 @@ class Runtime:
     entrypoints: dict[str, EntrypointRuntime] = field(default_factory=dict)
     services: dict[str, ServiceRuntime] = field(default_factory=dict)
     generation: int = 1
+    #: counters per (router, service), including routers that are gone (Prometheus counters stay monotonic)
+    route_stats: dict[tuple[str, str], RouteStats] = field(default_factory=dict)
     #: new weights for backends carried over from the previous generation, applied at the swap (compile.activate)
     weights: tuple[tuple[Backend, int], ...] = ()

@@ -18,11 +18,15 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[
 
 @pytest.fixture
 async def start_gateway() -> AsyncIterator[Callable[[str], Awaitable[Gateway]]]:
-    """``await start_gateway(hcl_text)`` -> a running in-process Gateway; shut down after the test."""
+    """``await start_gateway(hcl_text)`` -> a running in-process Gateway; shut down after the test.
+
+    The admin listener is off unless the test passes ``admin=`` (an address such as ``127.0.0.1:0``, or None for
+    the configuration's own).
+    """
     started: list[Gateway] = []
 
-    async def start(hcl: str) -> Gateway:
-        gw = Gateway(GatewayConfig.from_hcl(hcl, filename="test.hcl"))
+    async def start(hcl: str, admin: str | None = "off") -> Gateway:
+        gw = Gateway(GatewayConfig.from_hcl(hcl, filename="test.hcl"), admin=admin)
         await gw.start()
         started.append(gw)
         return gw

@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 README_QUICKSTART = ROOT / "tests" / "fixtures" / "readme_quickstart.hcl"
 
 
+GATEWAY = [sys.executable, "-m", "a3s_gateway", "--admin", "off"]  # gateways of these tests run without admin API
+
+
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "a3s_gateway", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
@@ -103,7 +106,7 @@ def test_run_serves_quickly_streams_and_stops_on_sigterm(tmp_path: Path) -> None
                    'routers "llm" { rule = "PathPrefix(`/v1`)"; service = "llm" }\n'
                    f'services "llm" {{ load_balancer {{ servers = [{{ url = "http://127.0.0.1:{b1}" }}] }} }}\n')
     started = time.monotonic()
-    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
+    gw = subprocess.Popen([*GATEWAY, "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
     try:
         first = None
         while time.monotonic() - started < 20:
@@ -137,7 +140,7 @@ def test_signal_exit_code_zero(tmp_path: Path, sig: signal.Signals) -> None:
     port = free_port()
     cfg = tmp_path / "g.hcl"
     cfg.write_text(f'entrypoints "web" {{ address = "127.0.0.1:{port}" }}\n')
-    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg)], stderr=subprocess.PIPE)
+    gw = subprocess.Popen([*GATEWAY, "-c", str(cfg)], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -161,7 +164,7 @@ def test_sighup_reloads_and_a_bad_file_keeps_serving(tmp_path: Path) -> None:
     base = (f'entrypoints "web" {{ address = "127.0.0.1:{port}" }}\n'
             f'services "s" {{ load_balancer {{ servers = [{{ url = "http://127.0.0.1:{b}" }}] }} }}\n')
     cfg.write_text(base + 'routers "r" { rule = "PathPrefix(`/v1`)"; service = "s" }\n')
-    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
+    gw = subprocess.Popen([*GATEWAY, "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -157,7 +157,7 @@ async def gateways() -> AsyncIterator[list[Gateway]]:
 
 
 async def start_from_file(path: Path, started: list[Gateway]) -> Gateway:
-    gw = Gateway(GatewayConfig.from_file(str(path)))
+    gw = Gateway(GatewayConfig.from_file(str(path)), admin="off")
     started.append(gw)
     await gw.start()
     return gw
@@ -410,7 +410,7 @@ def status(port: int, path: str) -> int:
 
 def start_cli(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg)], stderr=out)
+        return subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg), "--admin", "off"], stderr=out)
 
 
 def test_cli_watch_edit_broken_save_and_directory(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ..errors import StartupError
+from ..observability.stats import RouteStats
 from ..proxy.upstream import Pool
 from ..routing import rules
 from ..routing.matchers import ClientIPMatcher
@@ -18,12 +19,15 @@ from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..service.balancer import Backend, make_balancer
 
 if TYPE_CHECKING:
+    from ..observability.access_log import AccessLog
+    from ..observability.tracing import Tracer
     from .model import GatewayConfig
 
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
-    {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory"}
+    {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
+     "tracing"}
 )
 
 
@@ -40,7 +44,13 @@ def check_supported(config: GatewayConfig) -> None:
 
 
 def build_runtime(
-    config: GatewayConfig, loop: asyncio.AbstractEventLoop, previous: Runtime | None = None, generation: int = 1
+    config: GatewayConfig,
+    loop: asyncio.AbstractEventLoop,
+    previous: Runtime | None = None,
+    generation: int = 1,
+    *,
+    access_log: AccessLog | None = None,
+    tracer: Tracer | None = None,
 ) -> Runtime:
     """Compile ``config`` into a complete Runtime (pools of unchanged backends are carried over).
 
@@ -48,6 +58,16 @@ def build_runtime(
     exactly as it was (SPEC §13.6 guarantee 1). New weights of carried-over backends wait in ``Runtime.weights``
     until ``activate``.
     """
+    stats = dict(previous.route_stats) if previous is not None else {}
+
+    def stats_of(router: str, service: str) -> RouteStats:
+        found = stats.get((router, service))
+        if found is None:
+            found = stats[(router, service)] = RouteStats(router, service)
+        return found
+
+    unmatched = stats_of("", "")
+    need_wall = access_log is not None or (tracer is not None and tracer.exporting)
     services: dict[str, ServiceRuntime] = {}
     weights: list[tuple[Backend, int]] = []
     for name, svc in config.services.items():
@@ -87,7 +107,7 @@ def build_runtime(
             node = rules.check_rule(rule, "http")
             routes.append(
                 Route(r_name, rule, router.effective_priority, rules.compile_rule(node),
-                      RouteTarget(r_name, services[router.service]))
+                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service)))
             )
         entrypoints[ep_name] = EntrypointRuntime(
             name=ep_name,
@@ -95,8 +115,13 @@ def build_runtime(
             limits=ep,
             proto=b"https" if ep.tls is not None else b"http",
             trusted=ClientIPMatcher(list(ep.trusted_ips)) if ep.trusted_ips else None,
+            unmatched=unmatched,
+            access_log=access_log,
+            tracer=tracer,
+            need_wall=need_wall,
         )
-    return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights))
+    return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights),
+                   route_stats=stats)
 
 
 def activate(new: Runtime) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _compat
@@ -20,6 +22,8 @@ from . import responses
 from .upstream import CHUNKED, HIGH_WATER, LENGTH, BodyReader, ChunkedDecoder, Pool, UpstreamConnection
 
 if TYPE_CHECKING:
+    from ..observability.stats import RouteStats
+    from ..observability.tracing import TraceContext
     from ..runtime import EntrypointRuntime, RouteTarget
     from ..service.balancer import Backend
     from .server import HttpServer
@@ -66,10 +70,11 @@ class HttpConnection:
 
     # slots keep an idle keep-alive connection small (SPEC target: a few KiB per idle connection)
     __slots__ = (
-        "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "backend", "body", "body_done", "buf", "client_ip",
-        "client_ip_b", "closing", "connect_task", "draining", "entry", "eof", "head", "keep_alive", "loop", "pending",
-        "pending_bytes", "pool", "port_b", "resp_started", "response_extra", "retried", "server", "state",
-        "transport", "trusted", "up_head", "upstream", "write_paused",
+        "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "backend", "backend_url", "body", "body_done", "buf",
+        "bytes_out", "client_ip", "client_ip_b", "closing", "connect_task", "draining", "entry", "head",
+        "keep_alive", "loop", "pending", "pending_bytes", "pool", "port_b", "resp_started", "response_extra",
+        "retried", "rid", "server", "state", "stats", "status", "t0", "trace", "transport", "trusted", "ttfb",
+        "up_head", "upstream", "wall0", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -92,7 +97,6 @@ class HttpConnection:
         self.keep_alive = True
         self.closing = False
         self.draining = False
-        self.eof = False
         self.write_paused = False
         self.response_extra = b""
         self.client_ip = ""
@@ -106,6 +110,16 @@ class HttpConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self.entry: EntrypointRuntime = server.entry
+        # the exchange in progress, for metrics / access log / tracing (``stats`` is None between exchanges)
+        self.stats: RouteStats | None = None
+        self.status = 0
+        self.t0 = 0.0
+        self.wall0 = 0.0
+        self.ttfb = -1.0
+        self.bytes_out = 0
+        self.backend_url: str | None = None
+        self.rid = b""
+        self.trace: TraceContext | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -128,6 +142,18 @@ class HttpConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        stats = self.stats
+        if stats is not None:  # the client left during an exchange
+            up = self.upstream
+            if up is not None and up.reader is not None:
+                self.bytes_out = up.reader.received
+            if self.resp_started:
+                stats.gone_streaming += 1
+                self._record(True)
+            else:
+                stats.gone_waiting_head += 1
+                self.status = 0
+                self._record(False)
         self.state = _CLOSED
         self._tkind = _T_NONE
         if self._timer is not None:
@@ -147,14 +173,10 @@ class HttpConnection:
             self.pause_reading_for(_P_PIPELINE)
 
     def eof_received(self) -> bool | None:
-        if self.state == _IDLE and not self.buf:
-            return None  # close
-        if self.state == _IDLE or self.state == _BODY:
-            # incomplete head or body: nothing more will come
-            self._abort_exchange()
-            return None
-        self.eof = True
-        return True  # half-close: finish the response in progress, then close
+        # A FIN from the client ends the connection, whatever the phase: an HTTP/1.1 client that shuts down its
+        # side during an exchange has gone away (SPEC §5.4: the upstream request is cancelled at once, as nginx's
+        # 499), and a partial head or body will never complete. connection_lost accounts the exchange.
+        return None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -193,6 +215,17 @@ class HttpConnection:
         self.response_extra = b""
         entry = self.server.entry
         self.entry = entry
+        self.t0 = self.loop.time()
+        if entry.need_wall:
+            self.wall0 = time.time()
+        self.status = 0
+        self.ttfb = -1.0
+        self.bytes_out = 0
+        self.backend_url = None
+        self.rid = b""
+        tracer = entry.tracer
+        trace = tracer.begin(head.headers, head.header_ids) if tracer is not None else None
+        self.trace = trace
         if head.chunked:
             self.body = BodyReader(CHUNKED, 0, ChunkedDecoder())
             framing = _TE_CHUNKED
@@ -211,9 +244,12 @@ class HttpConnection:
         client_ip = self.client_ip if not self.trusted else self._forwarded_client(head)
         route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip)
         if route is None:
+            self.stats = entry.unmatched
             self._local(404, "No route matched")
             return
-        svc = cast("RouteTarget", route.target).service
+        target = cast("RouteTarget", route.target)
+        self.stats = target.stats
+        svc = target.service
         backend = svc.balancer.pick()
         if backend is None:
             self._local(503, "No healthy backends", b"Retry-After: 1\r\n")
@@ -224,7 +260,12 @@ class HttpConnection:
             upath = path if head.query is None else path + b"?" + head.query
         else:
             upath = head.target
-        self.up_head, _rid = request_head(
+        if trace is not None:
+            framing += trace.inject
+            drop = cast("Any", tracer).mask
+        else:
+            drop = 0
+        self.up_head, self.rid = request_head(
             head.method,
             upath,
             head.headers,
@@ -237,8 +278,10 @@ class HttpConnection:
             self.port_b,
             self.trusted,
             framing,
+            drop,
         )
         self.backend = backend
+        self.backend_url = backend.url
         self.pool = pool
         backend.in_flight += 1
         self.pending = []
@@ -346,14 +389,20 @@ class HttpConnection:
     def start_response(self, status: int, keep_alive: bool) -> None:
         self.resp_started = True
         self.keep_alive = keep_alive
+        self.status = status
+        b = self.backend
+        if b is not None:
+            b.codes.add(status)
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""
         self.upstream = None
         self._release_backend()
+        if self.stats is not None:
+            self._record(True)
         if self.transport is None:
             return
-        if not reusable or not self.keep_alive or not self.body_done or self.closing or self.eof:
+        if not reusable or not self.keep_alive or not self.body_done or self.closing:
             self._close()
             return
         self.state = _IDLE
@@ -373,14 +422,24 @@ class HttpConnection:
             self._release_backend()
             return
         if self.resp_started:
-            self.stream_failed()
+            self.stream_failed(False)
             self.response_done(False)
             return
+        b = self.backend
+        if b is not None:
+            b.codes.add(status)
         self._release_backend()
         self._local(status, message)
 
-    def stream_failed(self) -> None:
-        log.warning("upstream stream failed (backend %s)", self.backend.url if self.backend else "-")
+    def stream_failed(self, sse: bool) -> None:
+        """The backend failed after the response head went out: the stream is cut (or ends with an SSE error)."""
+        stats = self.stats
+        if stats is not None:
+            if sse:
+                stats.sse_errors += 1
+            else:
+                stats.truncated += 1
+        log.warning("upstream stream failed (backend %s)", self.backend_url or "-")
 
     def retry_on_fresh_connection(self) -> bool:
         """A reused keep-alive connection died before answering: retry once on a new one (SPEC §7.8)."""
@@ -413,11 +472,12 @@ class HttpConnection:
         )
         close = self.closing or not head.keep_alive or not reusable
         self.resp_started = True
-        self.transport.write(
-            responses.error_response(
-                status, message, extra=extra, close=close, head_only=head.method == b"HEAD"
-            )
-        )
+        self.status = status
+        head_only = head.method == b"HEAD"
+        self.transport.write(responses.error_response(status, message, extra=extra, close=close, head_only=head_only))
+        if not head_only:
+            self.bytes_out = responses.error_body_length(message)
+        self._record(True)
         if close:
             self._close()
             return
@@ -438,13 +498,92 @@ class HttpConnection:
         extra = _ALLOW_405 if e.status == 405 else b""
         if self.transport is not None:
             self.transport.write(responses.error_response(e.status, e.message, extra=extra, close=True))
+        line, sep, _ = self.buf.partition(b"\r\n")
+        parts = line.split(b" ")
+        if sep and len(parts) == 3 and 0 < len(parts[0]) <= 32:
+            # the request line was read: the rejection is counted and logged like any other response (SPEC §11.3)
+            entry = self.server.entry
+            self.entry = entry
+            self.head = None
+            self.body = None
+            self.stats = entry.unmatched
+            self.status = e.status
+            self.t0 = self.loop.time()
+            self.wall0 = time.time()
+            self.ttfb = -1.0
+            self.bytes_out = responses.error_body_length(e.message)
+            self.backend_url = None
+            self.rid = b""
+            self.trace = None
+            self._record(True, parts[0])
         self._close()
 
     def _body_error(self, e: ProtocolError) -> None:
         self._cancel_upstream()
         if not self.resp_started and self.transport is not None:
+            self.status = e.status
             self.transport.write(responses.error_response(e.status, e.message, close=True))
+        self._record(self.status != 0)
         self._close()
+
+    # -- end of an exchange: counters, access log, span ---------------------------------------------------------
+    def _record(self, count: bool, method: bytes = b"") -> None:
+        """Account the exchange once (``count``: it got a response and counts in gateway_requests_total)."""
+        stats = self.stats
+        if stats is None:
+            return
+        self.stats = None
+        duration = self.loop.time() - self.t0
+        head = self.head
+        if head is not None:
+            method = head.method
+        if count:
+            stats.record(method, self.status, duration)
+        if self.ttfb >= 0.0:
+            stats.ttfb.observe(self.ttfb)
+        if self.entry.need_wall:
+            self._log_exchange(stats, method, duration)
+
+    def _log_exchange(self, stats: RouteStats, method: bytes, duration: float) -> None:
+        """The access-log entry and the exported span of the exchange (only when either is configured)."""
+        entry = self.entry
+        head = self.head
+        trace = self.trace
+        router = stats.router or None
+        service = stats.service or None
+        status = self.status
+        access_log = entry.access_log
+        if access_log is not None:
+            path: bytes | None = None
+            query: bytes | None = None
+            host: bytes | None = None
+            agent: bytes | None = None
+            rid = self.rid
+            if head is not None:
+                path = head.path
+                query = head.query
+                host = head.host or None
+                ids = head.header_ids
+                for i in range(len(ids)):
+                    hid = ids[i]
+                    if hid == hdrs.USER_AGENT and agent is None:
+                        agent = head.headers[i][1]
+                    elif hid == hdrs.X_REQUEST_ID and not rid:
+                        rid = head.headers[i][1]
+            access_log.record((
+                self.wall0, self.client_ip, method, path, query, host, status if status else None,
+                self.body.received if self.body is not None else 0, self.bytes_out, duration,
+                self.ttfb if self.ttfb >= 0.0 else None, router, service, self.backend_url, entry.name, agent,
+                rid or os.urandom(16).hex(), trace.trace_id if trace is not None else None, 0, False, None,
+            ))
+        tracer = entry.tracer
+        if trace is not None and trace.sampled and tracer is not None and tracer.exporting:
+            tracer.finish(
+                trace, start_wall=self.wall0, end_wall=self.wall0 + duration, method=method,
+                path=head.path if head is not None else None, host=head.host if head is not None else None,
+                status=status, client_ip=self.client_ip, router=stats.router, service=stats.service,
+                backend=self.backend_url, retries=0, cold_start=False,
+            )
 
     def _abort_exchange(self) -> None:
         self._cancel_upstream()
@@ -512,6 +651,8 @@ class HttpConnection:
             self._close()
         elif kind == _T_BODY:
             if not self.resp_started:
+                self.status = 408
                 self.transport.write(responses.error_response(408, "Request timeout", close=True))
             self._cancel_upstream()
+            self._record(self.status != 0)
             self._close()

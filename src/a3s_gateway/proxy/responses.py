@@ -46,6 +46,19 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
+_body_lengths: dict[str, int] = {}
+
+
+def error_body_length(message: str) -> int:
+    """Length of the JSON body of ``error_response(..., message)`` (bytes_out of a gateway answer)."""
+    n = _body_lengths.get(message)
+    if n is None:
+        n = len(orjson.dumps({"error": message}))
+        if len(_body_lengths) < 256:
+            _body_lengths[message] = n
+    return n
+
+
 _prefix_cache: dict[tuple[int, str, bytes, bool], tuple[bytes, bytes]] = {}
 
 

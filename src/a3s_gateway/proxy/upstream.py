@@ -69,7 +69,8 @@ class UpstreamConnection:
 
     __slots__ = (
         "_deadline", "_end", "_timer", "_timer_at", "_tkind", "buf", "client", "client_chunked", "got_bytes",
-        "keep_alive", "loop", "pool", "read_paused", "reader", "reused", "sse", "state", "te_trailers", "transport",
+        "keep_alive", "last_at", "loop", "pool", "read_paused", "reader", "reused", "sent_at", "sse", "state",
+        "te_trailers", "transport",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -92,6 +93,8 @@ class UpstreamConnection:
         self._end = _NEVER  # request_timeout deadline of the current attempt
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self.sent_at = 0.0  # loop time the request was sent (time to first byte)
+        self.last_at = 0.0  # loop time of the last body piece from the backend (0: none yet)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -116,6 +119,7 @@ class UpstreamConnection:
                 return
             client.upstream_failed(502, "Upstream closed connection")
         elif state == _BODY:
+            client.bytes_out = self.reader.received
             if self.reader.mode == UNTIL_CLOSE:
                 if self.client_chunked:
                     client.transport.write(last_chunk([]))
@@ -221,6 +225,12 @@ class UpstreamConnection:
             client.response_extra,
         )
         client.start_response(status, client_keep_alive)
+        now = self.loop.time()
+        if reader.done or rest:
+            client.ttfb = now - self.sent_at  # the head alone, or the head with the first body bytes
+            self.last_at = now
+        else:
+            self.last_at = 0.0
         if reader.done:
             client.transport.write(out)
             if rest:
@@ -228,7 +238,7 @@ class UpstreamConnection:
             self._finish(client)
             return
         self._tkind = _T_STREAM
-        self._deadline = self.loop.time() + self.pool.transport_cfg.stream_idle_timeout
+        self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
         self._arm()
         if rest:
             self._relay(client, rest, out)
@@ -259,15 +269,27 @@ class UpstreamConnection:
             client.transport.write(pieces[0])
         elif pieces:
             client.transport.writelines(pieces)
+        if not head:
+            # time to first body byte, then the gaps between body pieces (time between tokens for streams)
+            now = self.loop.time()
+            last = self.last_at
+            if last == 0.0:
+                client.ttfb = now - self.sent_at
+            else:
+                stats = client.stats
+                if stats is not None:
+                    stats.chunk_gap.observe(now - last)
+            self.last_at = now
+            if not reader.done:
+                self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
+                self._arm()
         if reader.done:
             if consumed < len(data):
                 self.keep_alive = False
             self._finish(client)
-        else:
-            self._deadline = self.loop.time() + self.pool.transport_cfg.stream_idle_timeout
-            self._arm()
 
     def _finish(self, client: HttpConnection) -> None:
+        client.bytes_out = self.reader.received
         if self.client_chunked:
             client.transport.write(last_chunk(self.reader.trailers() if self.te_trailers else []))
         self.client = None
@@ -280,7 +302,8 @@ class UpstreamConnection:
 
     def _truncate(self, client: HttpConnection) -> None:
         """The backend failed after the response head went out (SPEC §5.4)."""
-        client.stream_failed()
+        client.bytes_out = self.reader.received
+        client.stream_failed(self.sse)
         if self.sse:
             client.transport.write(_SSE_ERROR_CHUNK)
             client.response_done(True)
@@ -299,6 +322,7 @@ class UpstreamConnection:
         else:
             self.transport.writelines(data)
         now = self.loop.time()
+        self.sent_at = now
         cfg = self.pool.transport_cfg
         self._tkind = _T_HEAD
         self._deadline = now + cfg.response_header_timeout

@@ -11,6 +11,8 @@ import random
 from typing import Final
 from urllib.parse import urlsplit
 
+from ..observability.stats import CodeCounter
+
 DEFAULT_PORTS: Final[dict[str, int]] = {"http": 80, "https": 443, "h2c": 80}
 SCHEMES: Final = ("http", "https", "h2c", "tcp", "udp")
 STRATEGIES: Final = ("round-robin", "weighted", "least-connections", "random", "p2c")
@@ -60,6 +62,7 @@ class Backend:
         self.host_header = bracketed if default_port else f"{bracketed}:{port}"
         self.eligible = True
         self.in_flight = 0
+        self.codes = CodeCounter()  # attempts by status (gateway_backend_requests_total)
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, weight={self.weight})"

@@ -1,0 +1,141 @@
+"""Prometheus exposition (SPEC §11.2): a custom collector reads the hot-path counters at scrape time.
+
+The request path only adds to integers on native objects (``stats.py``, ``Backend``); nothing here runs per
+request. Each scrape walks the running generation's objects and yields metric families; prometheus-client's
+process and Python collectors are registered beside it. Every gateway has its own registry (several gateways in
+one process, as in tests, never share series).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from .stats import BUCKETS, Histogram
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LE = [repr(b) for b in BUCKETS] + ["+Inf"]  # "0.005" ... "600.0", as prometheus-client writes them
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    total = 0
+    for le, n in zip(_LE, h.counts, strict=True):
+        total += n
+        out.append((le, total))
+    return out
+
+
+class GatewayCollector:
+    """Yields the gateway_* families of SPEC §11.2 from one Gateway's live objects."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def describe(self) -> list[Metric]:
+        return []  # families are discovered at collect time (registered with auto_describe off)
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.gateway
+        runtime = gw.runtime
+        route_stats = list(runtime.route_stats.values()) if runtime is not None else []
+
+        requests = CounterMetricFamily(
+            "gateway_requests", "Completed HTTP requests, including gateway and middleware responses.",
+            labels=["router", "service", "method", "code"],
+        )
+        duration = HistogramMetricFamily(
+            "gateway_request_duration_seconds", "Request start to last response byte.", labels=["router", "service"]
+        )
+        ttfb = HistogramMetricFamily(
+            "gateway_upstream_ttfb_seconds",
+            "Upstream request sent to first response body byte (time to first token for streams).",
+            labels=["router", "service"],
+        )
+        gaps = HistogramMetricFamily(
+            "gateway_stream_chunk_gap_seconds", "Gap between consecutive response body chunks from the backend.",
+            labels=["router", "service", "revision"],
+        )
+        failures = CounterMetricFamily(
+            "gateway_stream_failures", "Backend failures after the response head.",
+            labels=["router", "service", "kind"],
+        )
+        gone = CounterMetricFamily(
+            "gateway_client_disconnects", "Client gone before the response ended.",
+            labels=["router", "service", "phase"],
+        )
+        for st in route_stats:
+            labels = [st.router, st.service]
+            for method, code, n in st.request_counts():
+                requests.add_metric([*labels, method, str(code)], n)
+            duration.add_metric(labels, _buckets(st.duration), st.duration.total)
+            ttfb.add_metric(labels, _buckets(st.ttfb), st.ttfb.total)
+            if st.chunk_gap.count():
+                gaps.add_metric([*labels, ""], _buckets(st.chunk_gap), st.chunk_gap.total)
+            if st.sse_errors:
+                failures.add_metric([*labels, "sse_error"], st.sse_errors)
+            if st.truncated:
+                failures.add_metric([*labels, "truncated"], st.truncated)
+            for phase, n in (("queued", st.gone_queued), ("waiting_head", st.gone_waiting_head),
+                             ("streaming", st.gone_streaming)):
+                if n:
+                    gone.add_metric([*labels, phase], n)
+        yield from (requests, duration, ttfb, gaps, failures, gone)
+
+        active = GaugeMetricFamily("gateway_active_connections", "Open downstream connections.",
+                                   labels=["entrypoint"])
+        for name, count in gw.connection_counts().items():
+            active.add_metric([name], count)
+        yield active
+
+        up = GaugeMetricFamily("gateway_backend_up", "1 eligible, 0 not.", labels=["service", "backend"])
+        in_flight = GaugeMetricFamily("gateway_backend_in_flight", "In-flight requests/tunnels.",
+                                      labels=["service", "backend"])
+        attempts = CounterMetricFamily("gateway_backend_requests", "Attempts per backend.",
+                                       labels=["service", "backend", "code"])
+        if runtime is not None:
+            for svc in runtime.services.values():
+                for b in svc.backends:
+                    up.add_metric([svc.name, b.url], 1 if b.eligible else 0)
+                    in_flight.add_metric([svc.name, b.url], b.in_flight)
+                    for code, n in b.codes.items():
+                        attempts.add_metric([svc.name, b.url, str(code)], n)
+        yield from (up, in_flight, attempts)
+
+        reloads = CounterMetricFamily("gateway_config_reloads", "Configuration reloads by result.",
+                                      labels=["result"])
+        reloads.add_metric(["success"], gw.reload_successes)
+        reloads.add_metric(["failure"], gw.reload_failures)
+        yield reloads
+        last = GaugeMetricFamily("gateway_config_last_reload_success_timestamp_seconds",
+                                 "Time of the last successful (re)load.")
+        last.add_metric([], gw.last_success_time)
+        yield last
+        generation = GaugeMetricFamily("gateway_config_generation", "Current generation number.")
+        generation.add_metric([], gw.generation)
+        yield generation
+        dropped = CounterMetricFamily("gateway_access_log_dropped",
+                                      "Entries dropped because the log queue was full.")
+        dropped.add_metric([], gw.access_log_dropped)
+        yield dropped
+
+
+def make_registry(gateway: Gateway) -> CollectorRegistry:
+    """A registry with the gateway collector and the standard process / platform / GC collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: Any) -> bytes:
+    """The Prometheus text exposition of ``registry``."""
+    return bytes(generate_latest(registry))
