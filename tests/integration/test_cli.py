@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 README_QUICKSTART = ROOT / "tests" / "fixtures" / "readme_quickstart.hcl"
@@ -188,6 +189,59 @@ def test_sighup_reloads_and_a_bad_file_keeps_serving(tmp_path: Path) -> None:
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(timeout=15) == 0
         assert 'unknown matcher "PathPrefx"' in (gw.stderr.read() if gw.stderr else "")
+    finally:
+        for p in (gw, backend):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_admin_access_log_rotation_and_json_process_log(tmp_path: Path) -> None:
+    """SPEC §11: the admin API on --admin, an access log reopened on SIGUSR1, JSON process log lines."""
+    b, port, admin = free_port(), free_port(), free_port()
+    backend = subprocess.Popen([sys.executable, str(ROOT / "examples" / "demo_backend.py"), "--port", str(b)])
+    log_path = tmp_path / "access.log"
+    cfg = tmp_path / "gateway.hcl"
+    cfg.write_text(f'entrypoints "web" {{ address = "127.0.0.1:{port}" }}\n'
+                   'routers "r" { rule = "PathPrefix(`/v1`)"; service = "s" }\n'
+                   f'services "s" {{ load_balancer {{ servers = [{{ url = "http://127.0.0.1:{b}" }}] }} }}\n'
+                   f'access_log {{ path = "{log_path}"; flush_interval = "50ms" }}\n')
+    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg), "--admin", f"127.0.0.1:{admin}",
+                           "--log-format", "json", "--log-level", "info"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                assert _get(f"http://127.0.0.1:{port}/v1/models")[0] == 200
+                break
+            except (ConnectionError, urllib.error.URLError):
+                time.sleep(0.02)
+        status, body = _get(f"http://127.0.0.1:{admin}/api/gateway/health")
+        assert status == 200 and json.loads(body)["state"] == "running"
+        status, body = _get(f"http://127.0.0.1:{admin}/metrics")
+        assert status == 200
+        samples = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples
+                   if s.name == "gateway_requests_total"]
+        assert [(s.labels, s.value) for s in samples] == [
+            ({"router": "r", "service": "s", "method": "GET", "code": "200"}, 1.0)]
+        time.sleep(0.3)
+        log_path.rename(tmp_path / "access.log.1")
+        gw.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        assert _get(f"http://127.0.0.1:{port}/v1/models?after=rotation")[0] == 200
+        deadline = time.monotonic() + 5
+        while not (log_path.exists() and log_path.read_bytes().endswith(b"\n")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        old = [json.loads(line) for line in (tmp_path / "access.log.1").read_text().splitlines()]
+        new = [json.loads(line) for line in log_path.read_text().splitlines()]
+        assert [e["path"] for e in old] == ["/v1/models"] and old[0]["status"] == 200
+        assert [e["query"] for e in new] == ["after=rotation"]
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(timeout=15) == 0
+        records = [json.loads(line) for line in (gw.stderr.read() if gw.stderr else "").splitlines()
+                   if line.startswith("{")]
+        assert records and all({"timestamp", "level", "logger", "message"} <= set(r) for r in records)
+        assert any(r["message"] == "access log reopened" for r in records)
     finally:
         for p in (gw, backend):
             if p.poll() is None:
