@@ -19,6 +19,7 @@ MYPYC_MODULES = [
     "src/a3s_gateway/routing/router.py",
     "src/a3s_gateway/service/balancer.py",
     "src/a3s_gateway/observability/stats.py",
+    "src/a3s_gateway/middleware/ratelimit.py",
     # the connection protocols: plain classes (no asyncio.Protocol base) so mypyc makes them native
     "src/a3s_gateway/proxy/upstream.py",
     "src/a3s_gateway/proxy/http1.py",

@@ -24,6 +24,7 @@ MYPYC_MODULES: Final[dict[str, str]] = {
     "router": "a3s_gateway.routing.router",
     "balancer": "a3s_gateway.service.balancer",
     "request counters": "a3s_gateway.observability.stats",
+    "token buckets": "a3s_gateway.middleware.ratelimit",
     "upstream relay": "a3s_gateway.proxy.upstream",
     "client connection": "a3s_gateway.proxy.http1",
 }

@@ -286,7 +286,8 @@ class Gateway:
         self._config = new_config
         compile_config.activate(runtime)
         if old is not None:
-            compile_config.retire(old, runtime)
+            for mw in compile_config.retire(old, runtime):
+                self._background(mw.close())
         for name, server in gone:
             server.close_listener()
             self._retire_listener(name, server)
@@ -379,6 +380,9 @@ class Gateway:
                     pool.close()
         if self._admin is not None:
             await self._admin.close()
+        if self.runtime is not None:
+            for _, mw in self.runtime.middlewares.values():
+                self._background(mw.close())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         if self._access_log is not None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config.model import EntrypointConfig, TransportConfig
+    from .config.model import EntrypointConfig, MiddlewareConfig, TransportConfig
+    from .middleware.chain import Chain, Middleware
     from .observability.access_log import AccessLog
     from .observability.stats import RouteStats
     from .observability.tracing import Tracer
@@ -43,6 +44,7 @@ class RouteTarget:
     router: str
     service: ServiceRuntime
     stats: RouteStats  # counters of (router, service), carried across reloads
+    chain: Chain | None = None  # the router's middlewares (None: none, the proxy's fast path)
 
 
 @dataclass(slots=True)
@@ -70,5 +72,7 @@ class Runtime:
     generation: int = 1
     #: counters per (router, service), including routers that are gone (Prometheus counters stay monotonic)
     route_stats: dict[tuple[str, str], RouteStats] = field(default_factory=dict)
+    #: middleware instances by (router, middleware name), carried across reloads while their configuration is equal
+    middlewares: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]] = field(default_factory=dict)
     #: new weights for backends carried over from the previous generation, applied at the swap (compile.activate)
     weights: tuple[tuple[Backend, int], ...] = ()

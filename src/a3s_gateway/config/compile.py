@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ..errors import StartupError
+from ..middleware import catalog
 from ..observability.stats import RouteStats
 from ..proxy.upstream import Pool
 from ..routing import rules
@@ -19,9 +20,10 @@ from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..service.balancer import Backend, make_balancer
 
 if TYPE_CHECKING:
+    from ..middleware.chain import Middleware
     from ..observability.access_log import AccessLog
     from ..observability.tracing import Tracer
-    from .model import GatewayConfig
+    from .model import GatewayConfig, MiddlewareConfig
 
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
@@ -31,9 +33,15 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
 )
 
 
+def supported_features() -> frozenset[str]:
+    """SUPPORTED_FEATURES plus ``middleware <type>`` for every middleware type this build implements."""
+    return SUPPORTED_FEATURES | {f"middleware {kind}" for kind in catalog.implemented()}
+
+
 def unsupported_features(config: GatewayConfig) -> list[str]:
     """The explicitly used features this build cannot run, in a stable order."""
-    return sorted(f for f in config.explicit if f not in SUPPORTED_FEATURES)
+    supported = supported_features()
+    return sorted(f for f in config.explicit if f not in supported)
 
 
 def check_supported(config: GatewayConfig) -> None:
@@ -59,6 +67,13 @@ def build_runtime(
     until ``activate``.
     """
     stats = dict(previous.route_stats) if previous is not None else {}
+    previous_mws = previous.middlewares if previous is not None else {}
+    middlewares: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]] = {}
+    chains = {
+        name: catalog.compile_chain(name, router.middlewares, config.middlewares, previous_mws, middlewares)
+        for name, router in config.routers.items()
+        if router.protocol == "http"
+    }
 
     def stats_of(router: str, service: str) -> RouteStats:
         found = stats.get((router, service))
@@ -107,7 +122,7 @@ def build_runtime(
             node = rules.check_rule(rule, "http")
             routes.append(
                 Route(r_name, rule, router.effective_priority, rules.compile_rule(node),
-                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service)))
+                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chains[r_name]))
             )
         entrypoints[ep_name] = EntrypointRuntime(
             name=ep_name,
@@ -121,7 +136,7 @@ def build_runtime(
             need_wall=need_wall,
         )
     return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights),
-                   route_stats=stats)
+                   route_stats=stats, middlewares=middlewares)
 
 
 def activate(new: Runtime) -> None:
@@ -130,10 +145,13 @@ def activate(new: Runtime) -> None:
         backend.weight = weight
 
 
-def retire(old: Runtime, new: Runtime) -> None:
-    """Close the pools of backends that the new Runtime no longer uses."""
+def retire(old: Runtime, new: Runtime) -> list[Middleware]:
+    """Close the pools of backends that the new Runtime no longer uses; return the middleware instances it no
+    longer uses (the caller closes them: closing may await)."""
     kept = {id(p) for s in new.services.values() for p in s.pools.values()}
     for svc in old.services.values():
         for pool in svc.pools.values():
             if id(pool) not in kept:
                 pool.close()
+    used = {id(mw) for _, mw in new.middlewares.values()}
+    return [mw for _, mw in old.middlewares.values() if id(mw) not in used]

@@ -8,12 +8,14 @@ one process, as in tests, never share series).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from ..middleware.breaker import CircuitBreaker
 from .stats import BUCKETS, Histogram
 
 if TYPE_CHECKING:
@@ -86,7 +88,28 @@ class GatewayCollector:
                              ("streaming", st.gone_streaming)):
                 if n:
                     gone.add_metric([*labels, phase], n)
-        yield from (requests, duration, ttfb, gaps, failures, gone)
+        retries = CounterMetricFamily("gateway_retries", "Retry attempts.", labels=["router", "service"])
+        for st in route_stats:
+            if st.retries:
+                retries.add_metric([st.router, st.service], st.retries)
+        yield from (requests, duration, ttfb, gaps, failures, gone, retries)
+
+        breaker = GaugeMetricFamily("gateway_circuit_breaker_state", "0 closed, 1 open, 2 half-open.",
+                                    labels=["router", "middleware"])
+        rejected = CounterMetricFamily("gateway_ratelimit_rejections", "Requests answered 429 by a rate limit.",
+                                       labels=["router", "middleware"])
+        redis_errors = CounterMetricFamily("gateway_ratelimit_redis_errors", "Redis failures of rate-limit-redis.",
+                                           labels=["router", "middleware"])
+        if runtime is not None:
+            for (router, name), (_, mw) in sorted(runtime.middlewares.items()):
+                if isinstance(mw, CircuitBreaker):
+                    mw.poll(time.monotonic())  # an elapsed cooldown shows as half-open without waiting for traffic
+                    breaker.add_metric([router, name], mw.state)
+                elif mw.kind in ("rate-limit", "rate-limit-redis"):
+                    rejected.add_metric([router, name], int(getattr(mw, "rejections", 0)))
+                    if mw.kind == "rate-limit-redis":
+                        redis_errors.add_metric([router, name], int(getattr(mw, "errors", 0)))
+        yield from (breaker, rejected, redis_errors)
 
         active = GaugeMetricFamily("gateway_active_connections", "Open downstream connections.",
                                    labels=["entrypoint"])

@@ -14,9 +14,12 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 from .. import _compat
 from ..errors import ProtocolError
 from ..http import hdrs
+from ..middleware.chain import JSON, Chain, Request, Response
 from ..routing.matchers import parse_ip
 from . import responses
 from .upstream import CHUNKED, HIGH_WATER, LENGTH, BodyReader, ChunkedDecoder, Pool, UpstreamConnection
@@ -40,6 +43,10 @@ _IDLE = 0  # waiting for (or parsing) a request head
 _BODY = 1  # reading the request body
 _WAIT = 2  # request fully read, response in progress
 _CLOSED = 3
+
+# how an attempt failed (middleware/retry.py)
+_CONNECT = 0
+_STATUS = 2
 
 # timer kinds
 _T_NONE = 0
@@ -70,11 +77,12 @@ class HttpConnection:
 
     # slots keep an idle keep-alive connection small (SPEC target: a few KiB per idle connection)
     __slots__ = (
-        "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "backend", "backend_url", "body", "body_done", "buf",
-        "bytes_out", "client_ip", "client_ip_b", "closing", "connect_task", "draining", "entry", "head",
-        "keep_alive", "loop", "pending", "pending_bytes", "pool", "port_b", "resp_started", "response_extra",
-        "retried", "rid", "server", "state", "stats", "status", "t0", "trace", "transport", "trusted", "ttfb",
-        "up_head", "upstream", "wall0", "write_paused",
+        "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
+        "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "connect_task",
+        "draining", "entry", "framing", "head", "keep_alive", "loop", "mreq", "pending", "pending_bytes", "pool",
+        "port_b", "replay", "replay_bytes", "resp_started", "response_extra", "retried", "rid", "server", "state",
+        "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head", "upstream",
+        "wall0", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -120,6 +128,16 @@ class HttpConnection:
         self.backend_url: str | None = None
         self.rid = b""
         self.trace: TraceContext | None = None
+        # routes with middlewares (SPEC §6): the chain, the request as middlewares changed it, the matched target
+        self.chain: Chain | None = None
+        self.mreq: Request | None = None
+        self.target: RouteTarget | None = None
+        self.framing = b""
+        self.body_limit = 0  # body-limit for bodies counted while streaming (0: none)
+        self.attempt = 1  # retry: attempt number of the exchange
+        self.tried: list[str] = []  # retry: backends already tried
+        self.replay: list[bytes] | None = None  # retry: request body kept for another attempt (None: not kept)
+        self.replay_bytes = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -144,6 +162,11 @@ class HttpConnection:
         self.transport = None
         stats = self.stats
         if stats is not None:  # the client left during an exchange
+            chain = self.chain
+            if chain is not None and not self.resp_started and self.mreq is not None:
+                now = self.loop.time()
+                for mw in chain.middlewares:
+                    mw.abandon(self.mreq, now)
             up = self.upstream
             if up is not None and up.reader is not None:
                 self.bytes_out = up.reader.received
@@ -223,6 +246,9 @@ class HttpConnection:
         self.bytes_out = 0
         self.backend_url = None
         self.rid = b""
+        self.chain = None
+        self.pending = []
+        self.pending_bytes = 0
         tracer = entry.tracer
         trace = tracer.begin(head.headers, head.header_ids) if tracer is not None else None
         self.trace = trace
@@ -249,6 +275,12 @@ class HttpConnection:
             return
         target = cast("RouteTarget", route.target)
         self.stats = target.stats
+        if trace is not None:
+            framing += trace.inject
+        chain = target.chain
+        if chain is not None:
+            self._start_chain(head, target, chain, framing, client_ip)
+            return
         svc = target.service
         backend = svc.balancer.pick()
         if backend is None:
@@ -260,11 +292,7 @@ class HttpConnection:
             upath = path if head.query is None else path + b"?" + head.query
         else:
             upath = head.target
-        if trace is not None:
-            framing += trace.inject
-            drop = cast("Any", tracer).mask
-        else:
-            drop = 0
+        drop = cast("Any", tracer).mask if trace is not None else 0
         self.up_head, self.rid = request_head(
             head.method,
             upath,
@@ -280,13 +308,15 @@ class HttpConnection:
             framing,
             drop,
         )
+        self._forward(backend, pool)
+
+    def _forward(self, backend: Backend, pool: Pool) -> None:
+        """Send the built upstream head (``up_head``) to ``backend``: a pooled connection, or a new one."""
         self.backend = backend
         self.backend_url = backend.url
         self.pool = pool
         backend.in_flight += 1
-        self.pending = []
-        self.pending_bytes = 0
-        if self.body is not None and self.buf and not head.expect_continue:
+        if self.body is not None and self.buf and not self.head.expect_continue:
             self._read_body()
             if self.state == _CLOSED:
                 return
@@ -295,6 +325,171 @@ class HttpConnection:
             self._attach(conn)
         else:
             self.connect_task = self.loop.create_task(self._connect(pool))
+
+    # -- routes with middlewares (SPEC §6) ------------------------------------------------------------------------
+    def _start_chain(self, head: Any, target: RouteTarget, chain: Chain, framing: bytes, client_ip: str) -> None:
+        """Run the request phase; the first middleware that awaits continues it in a task."""
+        body_length = -1 if head.chunked else (head.content_length if head.content_length > 0 else 0)
+        req = Request(head.method, head.path, head.query, head.host, list(head.headers), client_ip, target.router,
+                      self.entry.proto, body_length, len(chain.middlewares))
+        self.chain = chain
+        self.mreq = req
+        self.target = target
+        self.framing = framing
+        self.body_limit = chain.body_limit
+        self.attempt = 1
+        self.tried = []
+        self.replay = [] if chain.retry is not None else None
+        self.replay_bytes = 0
+        self._run_chain(0)
+
+    def _run_chain(self, i: int) -> None:
+        """The request phase from middleware ``i`` on, then dispatch."""
+        chain = cast("Chain", self.chain)
+        req = cast("Request", self.mreq)
+        now = self.loop.time()
+        mws = chain.middlewares
+        n = len(mws)
+        while i < n:
+            mw = mws[i]
+            if mw.is_async:
+                self.connect_task = self.loop.create_task(self._chain_async(i))
+                return
+            if mw.has_request:
+                reply = mw.request(req, now)
+                if reply is not None:
+                    self._reply(reply.status, reply.headers, reply.body, i)
+                    return
+            i += 1
+        self._chain_forward()
+
+    async def _chain_async(self, i: int) -> None:
+        chain = cast("Chain", self.chain)
+        req = cast("Request", self.mreq)
+        mws = chain.middlewares
+        try:
+            while i < len(mws):
+                mw = mws[i]
+                if mw.has_request:
+                    now = self.loop.time()
+                    reply = await mw.request_async(req, now) if mw.is_async else mw.request(req, now)
+                    if reply is not None:
+                        self.connect_task = None
+                        if self.transport is not None and self.state != _CLOSED:
+                            self._reply(reply.status, reply.headers, reply.body, i)
+                        return
+                i += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.connect_task = None
+            log.exception("middleware %s of router %s failed", mws[i].name, req.router)
+            if self.transport is not None and self.state != _CLOSED:
+                self._local(500, "Internal server error")
+            return
+        self.connect_task = None
+        if self.transport is not None and self.state != _CLOSED:
+            self._chain_forward()
+
+    def _chain_forward(self) -> None:
+        """The request phase passed: build the upstream head from the request as middlewares left it."""
+        head = self.head
+        req = cast("Request", self.mreq)
+        svc = cast("RouteTarget", self.target).service
+        backend = svc.balancer.pick()
+        if backend is None:
+            self._local(503, "No healthy backends", b"Retry-After: 1\r\n")
+            return
+        tried = self.tried
+        if tried:
+            # a retry prefers a backend not tried yet, when another eligible one exists (SPEC §6.11)
+            for _ in range(len(svc.backends)):
+                if backend.url not in tried:
+                    break
+                other = svc.balancer.pick()
+                if other is None:
+                    break
+                backend = other
+        pool = svc.pools[backend.url]
+        if req.changed:
+            headers = req.headers
+            ids = bytes([hdrs.NAMES.get(name.lower(), 0) for name, _ in headers])
+        else:
+            headers = head.headers
+            ids = head.header_ids
+        if pool.base_path or head.authority or req.changed:
+            upath = pool.base_path + req.target()
+        else:
+            upath = head.target
+        tracer = self.entry.tracer
+        client_ip = req.client_ip
+        self.up_head, self.rid = request_head(
+            head.method,
+            upath,
+            headers,
+            ids,
+            head.connection_tokens,
+            None if svc.pass_host_header else pool.host_header,
+            self.client_ip_b,
+            self.client_ip_b if not self.trusted else client_ip.encode(),
+            self.entry.proto,
+            self.port_b,
+            self.trusted,
+            self.framing,
+            tracer.mask if tracer is not None and self.trace is not None else 0,
+        )
+        self._forward(backend, pool)
+
+    def _reply(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, upto: int) -> None:
+        """Answer the request from the gateway (a middleware's reply, or a gateway error on a route with
+        middlewares) after the response phase of the middlewares before index ``upto``."""
+        head = self.head
+        chain = self.chain
+        if chain is not None and chain.has_response and self.mreq is not None:
+            resp = Response(status, headers, True)
+            chain.run_response(self.mreq, resp, upto, self.loop.time())
+            headers = resp.headers
+        reusable = self.body_done or (
+            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
+        )
+        close = self.closing or not head.keep_alive or not reusable
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, responses.reason(status))]
+        for name, value in headers:
+            low = name.lower()
+            if low == b"connection":
+                close = close or value.lower() == b"close"
+                continue
+            if low == b"content-length" or low == b"transfer-encoding":
+                continue
+            parts.append(name + b": " + value + b"\r\n")
+        head_only = head.method == b"HEAD"
+        if status == 204 or status == 304:
+            body = b""  # no content, and no Content-Length (RFC 9110 §8.6)
+        else:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(responses.date_line())
+        if close:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if not head_only:
+            parts.append(body)
+            self.bytes_out = len(body)
+        self.resp_started = True
+        self.status = status
+        self.transport.write(b"".join(parts))
+        self._record(True)
+        self._after_local(close)
+
+    def _body_too_large(self) -> None:
+        """A streamed request body passed the body-limit (SPEC §6.10): 413 and close, the upstream aborted."""
+        self._cancel_upstream()
+        if not self.resp_started and self.transport is not None:
+            limit = self.body_limit
+            self.body_done = True  # nothing more is read: the connection closes
+            self._reply(413, [(b"Content-Type", JSON), (b"Connection", b"close")],
+                        b'{"error":"Request body too large","max_bytes":%d}' % limit,
+                        len(cast("Chain", self.chain).middlewares))
+        self._close()
 
     def _forwarded_client(self, head: Any) -> str:
         """Client IP behind a trusted peer: the rightmost X-Forwarded-For entry not in ``trusted_ips`` (SPEC §5.2)."""
@@ -321,7 +516,7 @@ class HttpConnection:
         except (OSError, TimeoutError) as e:
             self.connect_task = None
             log.warning("upstream connect to %s failed: %s", pool.backend.url, e)
-            self.upstream_failed(502, "Upstream connection failed")
+            self.upstream_failed(502, "Upstream connection failed", _CONNECT)
             return
         self.connect_task = None
         if self.transport is None or self.state == _CLOSED:
@@ -354,12 +549,24 @@ class HttpConnection:
         except ProtocolError as e:
             self._body_error(e)
             return
+        if self.body_limit and body.received > self.body_limit:
+            self._body_too_large()
+            return
         if self.draining:
             pieces = []
         elif body.mode == CHUNKED:
             # forwarded verbatim: the decoder validated the framing
             pieces = [buf[:consumed]] if consumed else []
         self.buf = buf[consumed:] if consumed < len(buf) else b""
+        if pieces and self.replay is not None:
+            # kept for a retry while within max_replay_bytes; beyond that the request is no longer replayable
+            for p in pieces:
+                self.replay_bytes += len(p)
+            policy = cast("Chain", self.chain).retry
+            if self.replay_bytes > policy.max_replay_bytes:
+                self.replay = None
+            else:
+                self.replay.extend(pieces)
         if pieces:
             up = self.upstream
             if up is not None:
@@ -415,8 +622,9 @@ class HttpConnection:
         else:
             self._set_timer(_T_IDLE, self.entry.limits.idle_timeout)
 
-    def upstream_failed(self, status: int, message: str) -> None:
-        """The exchange failed before a response head reached the client (or after: truncate)."""
+    def upstream_failed(self, status: int, message: str, failure: int = 1) -> None:
+        """The exchange failed before a response head reached the client (or after: truncate). ``failure``:
+        0 the request never reached the backend (connect), 1 the connection failed after it was sent."""
         self.upstream = None
         if self.transport is None:
             self._release_backend()
@@ -429,7 +637,55 @@ class HttpConnection:
         if b is not None:
             b.codes.add(status)
         self._release_backend()
+        if self.chain is not None and self.chain.retry is not None and self._try_again(failure, status, None):
+            return
         self._local(status, message)
+
+    # -- retry (SPEC §6.11) -----------------------------------------------------------------------------------
+    def retry_status(self, status: int, retry_after: float | None) -> bool:
+        """The backend answered a status in ``retry_on_status``: True when the request is tried again (the
+        caller drops that response and its connection)."""
+        if not self._try_again(_STATUS, status, retry_after):
+            return False
+        return True
+
+    def _try_again(self, failure: int, status: int, retry_after: float | None) -> bool:
+        chain = cast("Chain", self.chain)
+        policy = chain.retry
+        req = self.mreq
+        if policy is None or req is None or self.resp_started or self.transport is None or self.draining:
+            return False
+        replayable = self.body_done and self.replay is not None
+        delay = policy.decide(self.attempt, self.head.method, failure, status, replayable, retry_after)
+        if delay is None:
+            return False
+        now = self.loop.time()
+        if failure != _CONNECT:
+            # the middlewares after retry saw this attempt fail (a circuit breaker counts it)
+            chain.run_response(req, Response(status, [], True), len(chain.middlewares), now, policy.slot + 1)
+        policy.retries += 1
+        stats = self.stats
+        if stats is not None:
+            stats.retries += 1
+        self.attempt += 1
+        if self.backend_url is not None:
+            self.tried.append(self.backend_url)
+        b = self.backend
+        if b is not None and failure == _STATUS:
+            b.codes.add(status)
+        self._release_backend()
+        self.upstream = None
+        self.connect_task = self.loop.create_task(self._retry_after(delay, policy.slot + 1))
+        return True
+
+    async def _retry_after(self, delay: float, start: int) -> None:
+        await asyncio.sleep(delay)
+        self.connect_task = None
+        if self.transport is None or self.state == _CLOSED:
+            return
+        self.pending = list(self.replay) if self.replay is not None else []
+        self.pending_bytes = 0
+        self._run_chain(start)
 
     def stream_failed(self, sse: bool) -> None:
         """The backend failed after the response head went out: the stream is cut (or ends with an SSE error)."""
@@ -466,6 +722,14 @@ class HttpConnection:
     # -- local answers ------------------------------------------------------------------------------------------
     def _local(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer a gateway error response for the current request, then continue or close."""
+        if self.chain is not None:
+            headers = [(b"Content-Type", JSON)]
+            for line in extra.split(b"\r\n"):
+                if line:
+                    name, _, value = line.partition(b": ")
+                    headers.append((name, value))
+            self._reply(status, headers, orjson.dumps({"error": message}), len(self.chain.middlewares))
+            return
         head = self.head
         reusable = self.body_done or (
             self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
@@ -478,6 +742,10 @@ class HttpConnection:
         if not head_only:
             self.bytes_out = responses.error_body_length(message)
         self._record(True)
+        self._after_local(close)
+
+    def _after_local(self, close: bool) -> None:
+        """After a gateway-generated response: close, drain the unread (small) body, or serve the next request."""
         if close:
             self._close()
             return

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import _compat
 from ..errors import ProtocolError
 from ..http import hdrs
+from ..middleware.chain import Response
+from ..middleware.retry import parse_retry_after
 
 if TYPE_CHECKING:
     from ..config.model import TransportConfig
@@ -68,9 +70,29 @@ class UpstreamConnection:
     """One HTTP/1.1 connection to a backend (an asyncio protocol; compiled to a native class by mypyc)."""
 
     __slots__ = (
-        "_deadline", "_end", "_timer", "_timer_at", "_tkind", "buf", "client", "client_chunked", "got_bytes",
-        "keep_alive", "last_at", "loop", "pool", "read_paused", "reader", "reused", "sent_at", "sse", "state",
-        "te_trailers", "transport",
+        "_deadline",
+        "_end",
+        "_timer",
+        "_timer_at",
+        "_tkind",
+        "buf",
+        "client",
+        "client_chunked",
+        "filter",
+        "filtered",
+        "got_bytes",
+        "keep_alive",
+        "last_at",
+        "loop",
+        "pool",
+        "read_paused",
+        "reader",
+        "reused",
+        "sent_at",
+        "sse",
+        "state",
+        "te_trailers",
+        "transport",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -95,6 +117,8 @@ class UpstreamConnection:
         self._timer_at = 0.0
         self.sent_at = 0.0  # loop time the request was sent (time to first byte)
         self.last_at = 0.0  # loop time of the last body piece from the backend (0: none yet)
+        self.filter: Any = None  # body filter set by the response phase (compress)
+        self.filtered = 0  # body bytes sent to the client after the filter
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -187,6 +211,28 @@ class UpstreamConnection:
         status = resp.status
         keep_alive = resp.keep_alive
         client_keep_alive = head.keep_alive and not client.closing
+        headers = resp.headers
+        header_ids = resp.header_ids
+        body_filter: Any = None
+        chain = client.chain
+        if chain is not None and chain.retry is not None and status in chain.retry.on_status:
+            retry_after: float | None = None
+            for name, value in headers:
+                if name.lower() == b"retry-after":
+                    retry_after = parse_retry_after(value)
+                    break
+            if client.retry_status(status, retry_after):
+                self.abort()  # this answer is dropped with its connection; the request goes out again
+                return
+        if chain is not None and chain.has_response and client.mreq is not None:
+            # the response phase of the router's middlewares, in reverse order (SPEC §6.0)
+            phase = Response(status, list(headers), False)
+            chain.run_response(client.mreq, phase, len(chain.middlewares), self.loop.time())
+            headers = phase.headers
+            header_ids = bytes([hdrs.NAMES.get(name.lower(), 0) for name, _ in headers])
+            body_filter = phase.body_filter
+        self.filter = None
+        self.filtered = 0
         if head.method == b"HEAD" or status == 204 or status == 304:
             reader = BodyReader(0, 0, None)
             framing = b"Content-Length: %d\r\n" % resp.content_length if resp.content_length >= 0 else b""
@@ -196,6 +242,17 @@ class UpstreamConnection:
             chunked_out = head.version == 1
             framing = b"Transfer-Encoding: chunked\r\n" if chunked_out else b""
             client_keep_alive = client_keep_alive and chunked_out
+            if chunked_out and body_filter is not None:
+                self.filter = body_filter
+        elif body_filter is not None and head.version == 1:
+            # a transformed body (compress) has a new length: re-framed as chunks, whatever the backend sent
+            reader = BodyReader(LENGTH, resp.content_length, None) if resp.content_length >= 0 else BodyReader(
+                UNTIL_CLOSE, 0, None)
+            if resp.content_length < 0:
+                keep_alive = False
+            chunked_out = True
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self.filter = body_filter
         elif resp.content_length >= 0:
             reader = BodyReader(LENGTH, resp.content_length, None)
             framing = b"Content-Length: %d\r\n" % resp.content_length
@@ -213,13 +270,13 @@ class UpstreamConnection:
         self.reader = reader
         self.keep_alive = keep_alive
         self.client_chunked = chunked_out
-        self.sse = chunked_out and resp.event_stream
+        self.sse = chunked_out and resp.event_stream and self.filter is None
         self.te_trailers = head.te_trailers
         self.state = _BODY
         out = response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, resp.reason),
-            resp.headers,
-            resp.header_ids,
+            headers,
+            header_ids,
             resp.connection_tokens,
             framing,
             client.response_extra,
@@ -256,6 +313,10 @@ class UpstreamConnection:
             self.client = None
             self._truncate(client)
             return
+        if self.filter is not None:
+            out = self.filter.feed(b"".join(pieces)) if pieces else b""
+            self.filtered += len(out)
+            pieces = [out] if out else []
         if self.client_chunked:
             pieces = chunk_frames(pieces)
         if head:
@@ -290,6 +351,13 @@ class UpstreamConnection:
 
     def _finish(self, client: HttpConnection) -> None:
         client.bytes_out = self.reader.received
+        if self.filter is not None:
+            tail = self.filter.finish()
+            self.filter = None
+            self.filtered += len(tail)
+            client.bytes_out = self.filtered
+            if tail:
+                client.transport.writelines(chunk_frames([tail]))
         if self.client_chunked:
             client.transport.write(last_chunk(self.reader.trailers() if self.te_trailers else []))
         self.client = None

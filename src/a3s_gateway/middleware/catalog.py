@@ -1,0 +1,75 @@
+"""Middleware types (SPEC §6) → their implementations, and the chain compiler used by config/compile.py."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .chain import Chain, Middleware
+
+if TYPE_CHECKING:
+    from ..config.model import MiddlewareConfig
+
+#: type → (module of a3s_gateway.middleware, class); types absent here are refused at start ("not supported yet")
+IMPLEMENTATIONS: Mapping[str, tuple[str, str]] = {
+    "api-key": ("auth", "ApiKey"),
+    "basic-auth": ("auth", "BasicAuth"),
+    "jwt": ("jwt", "Jwt"),
+    "forward-auth": ("forward_auth", "ForwardAuth"),
+    "rate-limit": ("ratelimit", "RateLimit"),
+    "rate-limit-redis": ("ratelimit_redis", "RateLimitRedis"),
+    "cors": ("cors", "Cors"),
+    "headers": ("headers", "Headers"),
+    "strip-prefix": ("rewrite", "StripPrefix"),
+    "body-limit": ("bodylimit", "BodyLimit"),
+    "retry": ("retry", "Retry"),
+    "circuit-breaker": ("breaker", "CircuitBreaker"),
+    "ip-allow": ("ipallow", "IpAllow"),
+    "compress": ("compress", "Compress"),
+}
+
+
+def implemented() -> frozenset[str]:
+    """The middleware types this build runs (their modules import)."""
+    found = set()
+    for kind, (module, cls) in IMPLEMENTATIONS.items():
+        try:
+            getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+        except (ImportError, AttributeError):
+            continue
+        found.add(kind)
+    return frozenset(found)
+
+
+def build(config: MiddlewareConfig, router: str) -> Middleware:
+    """A new instance of ``config`` for ``router``."""
+    module, cls = IMPLEMENTATIONS[config.type]
+    factory: Any = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    instance: Middleware = factory(config.name, router, config.params)
+    return instance
+
+
+def compile_chain(
+    router: str,
+    names: tuple[str, ...],
+    configs: Mapping[str, MiddlewareConfig],
+    previous: Mapping[tuple[str, str], tuple[MiddlewareConfig, Middleware]],
+    out: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]],
+) -> Chain | None:
+    """The chain of ``router`` (None without middlewares). Instances whose (router, name, configuration) are
+    unchanged are taken from ``previous`` (their state survives the reload); every instance used is put in ``out``.
+    """
+    if not names:
+        return None
+    mws: list[Middleware] = []
+    for i, name in enumerate(names):
+        cfg = configs[name]
+        old = previous.get((router, name))
+        if old is not None and old[0] == cfg and old[1].slot == i:
+            mw = old[1]
+        else:
+            mw = build(cfg, router)
+        out[(router, name)] = (cfg, mw)
+        mws.append(mw)
+    return Chain(mws)

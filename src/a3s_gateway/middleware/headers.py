@@ -1,0 +1,47 @@
+"""``headers`` (SPEC §6.8): set or delete request headers before forwarding and response headers on the way back.
+
+The response phase runs on every response of the request, including gateway errors and later middlewares' replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .chain import Middleware, Reply, Request, Response
+
+
+def header_edits(mapping: Mapping[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
+    """``{name: value}`` -> ``((name, value), ...)`` as bytes, in configuration order; an empty value deletes."""
+    return tuple((str(name).encode("ascii"), str(value).encode("utf-8")) for name, value in mapping.items())
+
+
+class Headers(Middleware):
+    """``headers``: ``request_headers`` in the request phase, ``response_headers`` in the response phase."""
+
+    kind = "headers"
+    has_request = True
+    has_response = True
+
+    def __init__(self, name: str, router: str, params: Mapping[str, Any]) -> None:
+        super().__init__(name, router)
+        self.request_edits = header_edits(params["request_headers"])
+        self.response_edits = header_edits(params["response_headers"])
+        # an instance that only edits one side stays out of the other phase
+        self.has_request = bool(self.request_edits)
+        self.has_response = bool(self.response_edits)
+
+    def request(self, req: Request, now: float) -> Reply | None:
+        for name, value in self.request_edits:
+            if value:
+                req.set(name, value)
+            else:
+                req.remove(name)
+        return None
+
+    def response(self, req: Request, resp: Response, now: float) -> None:
+        for name, value in self.response_edits:
+            if value:
+                resp.set(name, value)
+            else:
+                resp.remove(name)

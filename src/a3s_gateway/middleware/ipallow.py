@@ -1,0 +1,72 @@
+"""``ip-allow`` (SPEC §6.13): 403 unless the client address lies in ``allowed_ips``.
+
+Compiled by mypyc (the same source runs interpreted): the address choice is a plain function over ``str``/``bytes``
+and the network test is the compiled ``ClientIPMatcher``. ``IpAllow`` subclasses the interpreted
+``chain.Middleware``, so it stays a regular Python class under mypyc.
+
+The request's ``X-Forwarded-For`` is the one the client (peer) sent: the proxy appends the peer address only when it
+builds the upstream head, after the middlewares (as Traefik). So ``depth = 1`` is the rightmost received entry, and
+``trusted_proxies`` walks leftwards starting from the peer, taken as ``req.client_ip`` (the peer itself unless the
+entrypoint's ``trusted_ips`` already resolved the client, SPEC §5.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..routing.matchers import ClientIPMatcher
+from .chain import Middleware, Reply, Request, json_reply
+
+_XFF: Final = b"X-Forwarded-For"
+_FORBIDDEN: Final = {"error": "Forbidden"}
+
+
+def forwarded_entries(req: Request) -> list[str]:
+    """All ``X-Forwarded-For`` entries of the request, left to right, trimmed (several header lines joined)."""
+    out: list[str] = []
+    for value in req.get_all(_XFF):
+        for item in value.decode("latin-1").split(","):
+            item = item.strip(" \t")
+            if item:
+                out.append(item)
+    return out
+
+
+def pick_address(req: Request, trusted: ClientIPMatcher | None, depth: int) -> str:
+    """The address to check; ``""`` when there is none (``depth`` beyond the header), which is never allowed."""
+    if depth > 0:
+        entries = forwarded_entries(req)
+        n = len(entries)
+        return entries[n - depth] if depth <= n else ""
+    peer = req.client_ip
+    if trusted is None or not trusted.contains(peer):
+        return peer
+    entries = forwarded_entries(req)
+    i = len(entries) - 1
+    while i >= 0:
+        entry = entries[i]
+        # an unparsable entry is not trusted: it is picked and matches no network (denied, never the peer)
+        if not trusted.contains(entry):
+            return entry
+        i -= 1
+    return entries[0] if entries else peer  # every hop trusted: the leftmost, as SPEC §5.2
+
+
+class IpAllow(Middleware):
+    """``ip-allow``: 403 ``{"error":"Forbidden"}`` for addresses outside ``allowed_ips`` (IPv4-mapped IPv6 as IPv4)."""
+
+    kind = "ip-allow"
+    has_request = True
+
+    def __init__(self, name: str, router: str, params: Mapping[str, Any]) -> None:
+        super().__init__(name, router)
+        self.allowed = ClientIPMatcher([str(n) for n in params["allowed_ips"]])
+        proxies = [str(n) for n in params["trusted_proxies"]]
+        self.trusted: ClientIPMatcher | None = ClientIPMatcher(proxies) if proxies else None
+        self.depth = int(params["depth"])
+
+    def request(self, req: Request, now: float) -> Reply | None:
+        if self.allowed.contains(pick_address(req, self.trusted, self.depth)):
+            return None
+        return json_reply(403, _FORBIDDEN)
