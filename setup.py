@@ -19,6 +19,13 @@ MYPYC_MODULES = [
     "src/a3s_gateway/routing/router.py",
     "src/a3s_gateway/service/balancer.py",
     "src/a3s_gateway/observability/stats.py",
+    "src/a3s_gateway/middleware/chain.py",
+    "src/a3s_gateway/middleware/cors.py",
+    "src/a3s_gateway/middleware/headers.py",
+    "src/a3s_gateway/middleware/rewrite.py",
+    "src/a3s_gateway/middleware/bodylimit.py",
+    "src/a3s_gateway/middleware/ipallow.py",
+    "src/a3s_gateway/middleware/breaker.py",
     "src/a3s_gateway/middleware/ratelimit.py",
     # the connection protocols: plain classes (no asyncio.Protocol base) so mypyc makes them native
     "src/a3s_gateway/proxy/upstream.py",

@@ -497,9 +497,39 @@ backend sse
 """
 
 
-def gateway_conf(port: int, backend: int, sse: int) -> str:
-    """The gateway under test: one entrypoint, /sse* to the SSE backend, the rest to the nginx backend."""
-    return f"""entrypoints "web" {{
+#: middlewares of the benchmark chain (``BENCH_MIDDLEWARES=N`` uses the first N on the "backend" router); each does
+#: its full work per request but never rejects the benchmark's traffic
+BENCH_CHAIN = (
+    ("cors", 'type = "cors"\n  allowed_origins = ["https://app.example"]'),
+    ("allow", 'type = "ip-allow"\n  allowed_ips = ["127.0.0.0/8", "::1"]'),
+    ("limit", 'type = "rate-limit"\n  rate = 1000000000\n  burst = 1000000000'),
+    ("hdrs", 'type = "headers"\n  request_headers = { "X-Env" = "bench" }\n'
+             '  response_headers = { "X-Served-By" = "a3s" }'),
+    ("size", 'type = "body-limit"\n  max_body_bytes = 1048576'),
+)
+
+
+def bench_chain(spec: str) -> tuple[str, str]:
+    """(the router's ``middlewares = [...]`` line, the middleware blocks) for ``spec``: a count (the first N of
+    BENCH_CHAIN) or comma-separated names of BENCH_CHAIN entries."""
+    spec = spec.strip()
+    if not spec or spec.isdigit():
+        chosen = BENCH_CHAIN[: int(spec or 0)]
+    else:
+        known = dict(BENCH_CHAIN)
+        chosen = tuple((name, known[name]) for name in (n.strip() for n in spec.split(",")) if name)
+    if not chosen:
+        return "", ""
+    names = ", ".join(f'"{name}"' for name, _ in chosen)
+    blocks = "".join(f'middlewares "{name}" {{\n  {body}\n}}\n' for name, body in chosen)
+    return f"  middlewares = [{names}]\n", blocks
+
+
+def gateway_conf(port: int, backend: int, sse: int, middlewares: str = "") -> str:
+    """The gateway under test: one entrypoint, /sse* to the SSE backend, the rest to the nginx backend (through
+    ``middlewares`` middlewares of BENCH_CHAIN)."""
+    chain_line, chain_blocks = bench_chain(middlewares)
+    return chain_blocks + f"""entrypoints "web" {{
   address = "{HOST}:{port}"
 }}
 
@@ -511,7 +541,7 @@ routers "sse" {{
 routers "backend" {{
   rule    = "PathPrefix(`/`)"
   service = "backend"
-}}
+{chain_line}}}
 
 services "backend" {{
   load_balancer {{
@@ -745,7 +775,8 @@ class Lab:
             f"mallopt() by the gateway itself ({own})" if own else "glibc malloc defaults")
         self.gateway_info = f"{how}; {malloc}\n{version}"
         conf = self.dir / "gateway.hcl"
-        conf.write_text(gateway_conf(target.port, self.backend_port, self.sse_port))
+        conf.write_text(gateway_conf(target.port, self.backend_port, self.sse_port,
+                                     env.get("BENCH_MIDDLEWARES", "")))
         # no admin listener: two variants of an A/B run would both want 127.0.0.1:9901
         cmd = [*argv, "-c", str(conf), "--log-level", "warning", "--admin", "off"]
         target.proc = self._spawn("gateway", cmd, self.cpus.proxy, env)

@@ -11,7 +11,8 @@ from a3s_gateway import _compat
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ["tests/unit/test_rules.py", "tests/unit/test_matchers.py", "tests/unit/test_router.py",
-          "tests/unit/test_stats.py", "tests/unit/test_mw_ratelimit.py",
+          "tests/unit/test_stats.py", "tests/unit/test_mw_ratelimit.py", "tests/unit/test_mw_local.py",
+          "tests/unit/test_mw_cors.py", "tests/unit/test_mw_breaker.py", "tests/integration/test_middlewares.py",
           "tests/unit/test_balancer.py", "tests/integration/test_proxy_http1.py"]
 
 

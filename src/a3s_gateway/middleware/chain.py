@@ -14,6 +14,9 @@ The proxy drives a chain through three calls:
 - ``abandon(req, now)``: the client left before a response head (a breaker's probe slot is given back).
 
 Per-request scratch data of a middleware lives in ``req.notes[self.slot]`` (``slot`` = its index in the chain).
+
+Compiled by mypyc together with the middlewares that run on every request (cors, headers, strip-prefix,
+body-limit, ip-allow, circuit-breaker, rate-limit); the others (auth, compress, Redis) are interpreted subclasses.
 """
 
 from __future__ import annotations
@@ -22,15 +25,59 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 JSON = b"application/json"
 
 
-def _lower(name: bytes) -> bytes:
-    return name.lower()
+class _Fields:
+    """Header list with case-insensitive access; lower-case names are computed once, on first use."""
+
+    __slots__ = ("_lows", "headers")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self._lows: list[bytes] | None = None
+
+    def _names(self) -> list[bytes]:
+        lows = self._lows
+        if lows is None:
+            lows = self._lows = [n.lower() for n, _ in self.headers]
+        return lows
+
+    def lower_names(self) -> list[bytes]:
+        """The lower-case header names, in order (shared: do not modify)."""
+        return self._names()
+
+    def get(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (any case), or None."""
+        lows = self._names()
+        low = name.lower()
+        if low not in lows:
+            return None
+        return self.headers[lows.index(low)][1]
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        low = name.lower()
+        return [v for n, (_, v) in zip(self._names(), self.headers, strict=True) if n == low]
+
+    def _drop(self, low: bytes) -> bool:
+        lows = self._names()
+        if low not in lows:
+            return False
+        kept = [(n, h) for n, h in zip(lows, self.headers, strict=True) if n != low]
+        self._lows = [n for n, _ in kept]
+        self.headers = [h for _, h in kept]
+        return True
+
+    def add(self, name: bytes, value: bytes) -> None:
+        """Append ``name: value`` (other same-named headers stay)."""
+        self.headers.append((name, value))
+        if self._lows is not None:
+            self._lows.append(name.lower())
 
 
-class Request:
+class Request(_Fields):
     """The request as middlewares see and change it (built only for routes that have middlewares).
 
     ``headers`` keeps the client's raw-case names; ``set``/``remove`` are case-insensitive. ``path`` is the raw
@@ -38,17 +85,17 @@ class Request:
     from ``path`` and ``headers``.
     """
 
-    __slots__ = ("body_length", "changed", "client_ip", "headers", "host", "method", "notes", "path", "proto",
-                 "query", "router")
+    __slots__ = ("body_length", "changed", "client_ip", "host", "method", "notes", "path", "proto", "query",
+                 "router")
 
     def __init__(self, method: bytes, path: bytes, query: bytes | None, host: bytes,
                  headers: list[tuple[bytes, bytes]], client_ip: str, router: str, proto: bytes,
                  body_length: int, slots: int) -> None:
+        super().__init__(headers)
         self.method = method
         self.path = path
         self.query = query
         self.host = host
-        self.headers = headers
         self.client_ip = client_ip
         self.router = router
         self.proto = proto
@@ -56,29 +103,14 @@ class Request:
         self.changed = False
         self.notes: list[Any] = [None] * slots
 
-    def get(self, name: bytes) -> bytes | None:
-        """The first value of header ``name`` (any case), or None."""
-        low = _lower(name)
-        for n, v in self.headers:
-            if n.lower() == low:
-                return v
-        return None
-
-    def get_all(self, name: bytes) -> list[bytes]:
-        low = _lower(name)
-        return [v for n, v in self.headers if n.lower() == low]
-
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every ``name`` header with one ``name: value`` (appended at the end)."""
-        self.remove(name)
-        self.headers.append((name, value))
+        self._drop(name.lower())
+        self.add(name, value)
         self.changed = True
 
     def remove(self, name: bytes) -> None:
-        low = _lower(name)
-        kept = [(n, v) for n, v in self.headers if n.lower() != low]
-        if len(kept) != len(self.headers):
-            self.headers = kept
+        if self._drop(name.lower()):
             self.changed = True
 
     def target(self) -> bytes:
@@ -94,39 +126,33 @@ class BodyFilter(Protocol):
     def finish(self) -> bytes: ...
 
 
-class Response:
+class Response(_Fields):
     """A response head in the response phase: upstream, gateway-generated (``local``) or a middleware's reply."""
 
-    __slots__ = ("body_filter", "headers", "local", "status")
+    __slots__ = ("body_filter", "local", "status")
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], local: bool) -> None:
+        super().__init__(headers)
         self.status = status
-        self.headers = headers
         self.local = local
         self.body_filter: BodyFilter | None = None
 
-    def get(self, name: bytes) -> bytes | None:
-        low = _lower(name)
-        for n, v in self.headers:
-            if n.lower() == low:
-                return v
-        return None
-
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every ``name`` header with one ``name: value``."""
-        self.remove(name)
-        self.headers.append((name, value))
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self._drop(name.lower())
+        self.add(name, value)
 
     def remove(self, name: bytes) -> None:
-        low = _lower(name)
-        self.headers = [(n, v) for n, v in self.headers if n.lower() != low]
+        self._drop(name.lower())
 
     def remove_prefix(self, prefix: bytes) -> None:
         """Remove every header whose lower-case name starts with ``prefix`` (lower-case)."""
-        self.headers = [(n, v) for n, v in self.headers if not n.lower().startswith(prefix)]
+        lows = self._names()
+        if not any(n.startswith(prefix) for n in lows):
+            return
+        kept = [(n, h) for n, h in zip(lows, self.headers, strict=True) if not n.startswith(prefix)]
+        self._lows = [n for n, _ in kept]
+        self.headers = [h for _, h in kept]
 
 
 class Reply:
@@ -145,6 +171,7 @@ def json_reply(status: int, body: dict[str, Any], headers: Iterable[tuple[bytes,
     return Reply(status, [(b"Content-Type", JSON), *headers], orjson.dumps(body))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Middleware:
     """One (router, middleware) instance. Subclasses override what they use and set the flags."""
 
@@ -157,6 +184,21 @@ class Middleware:
         self.name = name
         self.router = router
         self.slot = 0  # index in the router's chain (req.notes)
+        # Compiled, the flags are instance fields: a class attribute of an interpreted subclass (``kind = "jwt"``,
+        # ``is_async = True``) is copied into them so the proxy's compiled code reads the subclass's values.
+        cls = type(self)
+        kind = getattr(cls, "kind", None)
+        if isinstance(kind, str):
+            self.kind = kind
+        flag = getattr(cls, "has_request", None)
+        if isinstance(flag, bool):
+            self.has_request = flag
+        flag = getattr(cls, "is_async", None)
+        if isinstance(flag, bool):
+            self.is_async = flag
+        flag = getattr(cls, "has_response", None)
+        if isinstance(flag, bool):
+            self.has_response = flag
 
     def request(self, req: Request, now: float) -> Reply | None:
         return None

@@ -193,7 +193,7 @@ def add_vary(resp: Response, token: bytes = b"Accept-Encoding") -> None:
             if first < 0:
                 first = i
     if first < 0:
-        headers.append((b"Vary", token))
+        resp.add(b"Vary", token)
         return
     name, value = headers[first]
     headers[first] = (name, value + b", " + token if value.strip() else token)

@@ -134,12 +134,12 @@ class Cors(Middleware):
         resp.remove_prefix(_AC_PREFIX)
         if origin == _DENIED:
             return
-        resp.headers.append((_ALLOW_ORIGIN, origin))
+        resp.add(_ALLOW_ORIGIN, origin)
         add_vary_origin(resp)
         if self.expose:
-            resp.headers.append((_EXPOSE_HEADERS, self.expose))
+            resp.add(_EXPOSE_HEADERS, self.expose)
         if self.credentials:
-            resp.headers.append((_ALLOW_CREDENTIALS, b"true"))
+            resp.add(_ALLOW_CREDENTIALS, b"true")
 
 
 def add_vary_origin(resp: Response) -> None:
@@ -154,7 +154,7 @@ def add_vary_origin(resp: Response) -> None:
                     return
             last = i
     if last < 0:
-        headers.append((_VARY, b"Origin"))
+        resp.add(_VARY, b"Origin")
     else:
         name, value = headers[last]
         value = value.rstrip(b" \t")

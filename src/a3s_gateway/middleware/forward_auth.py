@@ -106,8 +106,8 @@ class ForwardAuth(Middleware):
             for name, low in self._copied:
                 values = [v for n, v in res.headers if n.lower() == low]
                 req.remove(name)  # also drops a client-sent copy: clients cannot spoof these
-                if values:
-                    req.headers += [(name, v) for v in values]
+                for v in values:
+                    req.add(name, v)
                     req.changed = True
             return None
         dropped = _connection_tokens(res.headers)

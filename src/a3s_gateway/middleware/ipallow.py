@@ -53,6 +53,9 @@ def pick_address(req: Request, trusted: ClientIPMatcher | None, depth: int) -> s
     return entries[0] if entries else peer  # every hop trusted: the leftmost, as SPEC §5.2
 
 
+_SEEN_MAX = 4096
+
+
 class IpAllow(Middleware):
     """``ip-allow``: 403 ``{"error":"Forbidden"}`` for addresses outside ``allowed_ips`` (IPv4-mapped IPv6 as IPv4)."""
 
@@ -65,8 +68,17 @@ class IpAllow(Middleware):
         proxies = [str(n) for n in params["trusted_proxies"]]
         self.trusted: ClientIPMatcher | None = ClientIPMatcher(proxies) if proxies else None
         self.depth = int(params["depth"])
+        self._seen: dict[str, bool] = {}
 
     def request(self, req: Request, now: float) -> Reply | None:
-        if self.allowed.contains(pick_address(req, self.trusted, self.depth)):
+        address = pick_address(req, self.trusted, self.depth)
+        allowed = self._seen.get(address)
+        if allowed is None:
+            # parsing an address costs microseconds: decisions are remembered (a bounded table, cleared when full)
+            allowed = self.allowed.contains(address)
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            self._seen[address] = allowed
+        if allowed:
             return None
         return json_reply(403, _FORBIDDEN)

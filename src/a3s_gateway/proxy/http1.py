@@ -413,7 +413,8 @@ class HttpConnection:
         pool = svc.pools[backend.url]
         if req.changed:
             headers = req.headers
-            ids = bytes([hdrs.NAMES.get(name.lower(), 0) for name, _ in headers])
+            names = hdrs.NAMES
+            ids = bytes([names.get(low, 0) for low in req.lower_names()])
         else:
             headers = head.headers
             ids = head.header_ids

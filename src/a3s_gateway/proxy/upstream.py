@@ -229,7 +229,8 @@ class UpstreamConnection:
             phase = Response(status, list(headers), False)
             chain.run_response(client.mreq, phase, len(chain.middlewares), self.loop.time())
             headers = phase.headers
-            header_ids = bytes([hdrs.NAMES.get(name.lower(), 0) for name, _ in headers])
+            names = hdrs.NAMES
+            header_ids = bytes([names.get(low, 0) for low in phase.lower_names()])
             body_filter = phase.body_filter
         self.filter = None
         self.filtered = 0
