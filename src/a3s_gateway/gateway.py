@@ -17,6 +17,8 @@ from . import __version__
 from .config import compile as compile_config
 from .config.model import AdminConfig
 from .errors import ConfigError, StartupError
+from .middleware import catalog
+from .middleware.chain import Chain
 from .observability import metrics as metrics_mod
 from .observability.access_log import AccessLog
 from .observability.admin import AdminServer
@@ -93,6 +95,8 @@ class Gateway:
         self._access_log: AccessLog | None = None
         self._tracer: Tracer | None = None
         self._admin: AdminServer | None = None
+        # admin { middlewares } instances by ("@admin", name), carried across reloads like a router's
+        self._admin_mws: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._version: dict[str, Any] | None = None
         self.registry = metrics_mod.make_registry(self)
 
@@ -121,7 +125,10 @@ class Gateway:
             )
             for name, entry in runtime.entrypoints.items():
                 self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
+            admin_chain, self._admin_mws = self._build_admin_chain(config)
             self._admin = await self._bind_admin(loop, config.admin)
+            if self._admin is not None:
+                self._admin.chain = admin_chain
         except BaseException:
             for server in self._servers.values():
                 server.close_listener()
@@ -174,6 +181,12 @@ class Gateway:
             ) from e
         return server
 
+    def _build_admin_chain(self, config: GatewayConfig) -> tuple[Chain | None, dict[tuple[str, str], Any]]:
+        """The admin listener's middlewares (SPEC §3.6), instances reused while unchanged."""
+        out: dict[tuple[str, str], Any] = {}
+        chain = catalog.compile_chain("@admin", config.admin.middlewares, config.middlewares, self._admin_mws, out)
+        return chain, out
+
     def _open_access_log(self, cfg: AccessLogConfig | None, current: AccessLog | None) -> AccessLog | None:
         """The access log for ``cfg``: the current one when its path is unchanged, else a new started one."""
         if cfg is None:
@@ -221,7 +234,8 @@ class Gateway:
         access_log = self._open_access_log(new_config.access_log, self._access_log)
         tracer = self._tracer if self._tracer is not None and old.tracing == new_config.tracing else None
         new_tracer = tracer or Tracer(new_config.tracing)
-        observers = _Observers(access_log, new_tracer, self._admin, False)
+        admin_chain, admin_mws = self._build_admin_chain(new_config)
+        observers = _Observers(access_log, new_tracer, self._admin, False, admin_chain, admin_mws)
         added: dict[str, HttpServer] = {}
         try:
             runtime = compile_config.build_runtime(
@@ -274,6 +288,13 @@ class Gateway:
             if self._admin is not None:
                 host, port = self._admin.bound_address()
                 log.info("admin API listening on %s:%d", host, port)
+        if self._admin is not None:
+            self._admin.chain = observers.admin_chain
+        kept_admin = {id(mw) for _, mw in observers.admin_mws.values()}
+        for _, mw in self._admin_mws.values():
+            if id(mw) not in kept_admin:
+                self._background(mw.close())
+        self._admin_mws = observers.admin_mws
         servers: dict[str, HttpServer] = {}
         for name, entry in runtime.entrypoints.items():
             server = added.get(name) or self._servers[name]
@@ -383,6 +404,8 @@ class Gateway:
         if self.runtime is not None:
             for _, mw in self.runtime.middlewares.values():
                 self._background(mw.close())
+        for _, mw in self._admin_mws.values():
+            self._background(mw.close())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         if self._access_log is not None:
@@ -578,3 +601,5 @@ class _Observers:
     tracer: Tracer
     admin: AdminServer | None
     admin_changed: bool
+    admin_chain: Chain | None
+    admin_mws: dict[tuple[str, str], Any]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -86,7 +87,7 @@ def limits(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | No
 
 async def test_burst_then_429_with_headers(server: RedisServer, made: list[RateLimitRedis]) -> None:
     mw = limiter(made, server.url)  # 1 token per hour, burst 3
-    assert (mw.kind, mw.is_async, mw.has_response, mw.has_request) == ("rate-limit-redis", True, True, False)
+    assert (mw.kind, mw.is_async, mw.has_response, mw.has_request) == ("rate-limit-redis", True, True, True)
     for remaining, reset in ((b"2", b"3600"), (b"1", b"7200"), (b"0", b"10800")):
         resp = await allowed(mw)
         assert limits(resp.headers) == (b"3", remaining, reset)
@@ -309,3 +310,80 @@ async def test_close_releases_connections(
     assert inspect.info("clients")["connected_clients"] == before - 1
     await allowed(mw)  # a closed instance reconnects lazily (a reload may still hand it requests)
 
+
+
+def test_two_gateway_processes_share_one_redis_limit(server: RedisServer, tmp_path: Path) -> None:
+    """Two `a3s-gateway` processes with the same router/middleware names enforce one limit (SPEC §6.6)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    backend_port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    backend = subprocess.Popen([sys.executable, str(root / "examples" / "demo_backend.py"), "--port",
+                                str(backend_port)])
+    ports = [free_port(), free_port()]
+    gateways = []
+    try:
+        for port in ports:
+            cfg = tmp_path / f"g{port}.hcl"
+            cfg.write_text(f'''
+entrypoints "web" {{ address = "127.0.0.1:{port}" }}
+routers "api" {{
+  rule = "PathPrefix(`/`)"
+  service = "s"
+  middlewares = ["shared"]
+}}
+services "s" {{ load_balancer {{ servers = [{{ url = "http://127.0.0.1:{backend_port}" }}] }} }}
+middlewares "shared" {{
+  type = "rate-limit-redis"
+  redis_url = "{server.url}"
+  rate = 1
+  period = "1h"
+  burst = 4
+  key = "global"
+}}
+''')
+            gateways.append(subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg), "--admin", "off"],
+                                             stderr=subprocess.PIPE))
+
+        def status(port: int) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+
+        deadline = time.monotonic() + 20
+        for port in ports:  # wait until both listen (no request sent: the bucket stays full)
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        while time.monotonic() < deadline:  # and the backend answers
+            try:
+                socket.create_connection(("127.0.0.1", backend_port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        got = [status(ports[i % 2]) for i in range(6)]  # alternating between the two gateways
+        assert got == [200, 200, 200, 200, 429, 429]
+    finally:
+        for p in [*gateways, backend]:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,35 @@ async def test_admin_address_in_use_fails_start(start_gateway) -> None:
             await start_gateway(config([backend.url]), admin=f"127.0.0.1:{port}")
     finally:
         blocker.close()
+
+
+async def test_admin_middlewares_protect_the_dashboard(start_gateway) -> None:
+    """admin { middlewares } (SPEC §3.6): basic-auth in front of every admin endpoint, CORS on its answers."""
+    backend = await start_backend()
+    hcl = config([backend.url]) + '''
+admin { middlewares = ["cors", "ops"] }
+middlewares "ops" {
+  type     = "basic-auth"
+  username = "ops"
+  password = "s3cret"
+}
+middlewares "cors" {
+  type = "cors"
+  allowed_origins = ["https://dash.example"]
+}
+'''
+    gw = await start_gateway(hcl, admin=ADMIN)
+    _, port = gw.admin_address()
+    c = await Client.connect(port)
+    r = await c.request(b"GET /api/gateway/health HTTP/1.1\r\nHost: a\r\nOrigin: https://dash.example\r\n\r\n")
+    assert r.status == 401 and r.header("www-authenticate") is not None
+    assert r.header("access-control-allow-origin") == "https://dash.example"
+    token = base64.b64encode(b"ops:s3cret").decode()
+    # pipelined: the second request waits for the first one's (asynchronous) authentication, answers stay in order
+    c.send(f"GET /api/gateway/health HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {token}\r\n\r\n"
+           f"GET /api/gateway/version HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {token}\r\n\r\n".encode())
+    first = await c.response()
+    second = await c.response()
+    assert first.status == 200 and json.loads(first.body)["state"] == "running"
+    assert second.status == 200 and json.loads(second.body)["name"] == "a3s-gateway"
+    c.close()

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
-     "tracing"}
+     "tracing", "admin.middlewares"}
 )
 
 

@@ -80,6 +80,7 @@ class RateLimitRedis(Middleware):
     """
 
     kind = "rate-limit-redis"
+    has_request = True
     is_async = True
     has_response = True
 

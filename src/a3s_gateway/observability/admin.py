@@ -18,6 +18,7 @@ import orjson
 
 from .. import _compat
 from ..errors import ProtocolError
+from ..middleware.chain import Chain, Reply, Request, Response
 from ..proxy import responses
 
 __all__ = ["AdminServer", "AdminSource"]
@@ -185,6 +186,7 @@ def resolve(path: bytes) -> Handler | None:
 _READING: Final = 0  # parsing heads and answering them
 _LINGER: Final = 1  # last response written, write side shut: dropping input until the peer closes
 _CLOSED: Final = 2
+_BUSY: Final = 3  # a request is in the admin middlewares' async request phase: later ones wait (order kept)
 
 _T_NONE: Final = 0
 _T_HEAD: Final = 1
@@ -205,6 +207,7 @@ class _AdminConnection(asyncio.Protocol):
         self._eof = False
         self._timer: asyncio.TimerHandle | None = None
         self._tkind = _T_NONE
+        self._peer = ""
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -213,6 +216,10 @@ class _AdminConnection(asyncio.Protocol):
             self._transport.abort()
             return
         self._server.connections.add(self)
+        peer = self._transport.get_extra_info("peername")
+        if peer:
+            host = str(peer[0])
+            self._peer = host[7:] if host.startswith("::ffff:") and "." in host else host
         self._arm(_T_HEAD, self._server.head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -222,10 +229,11 @@ class _AdminConnection(asyncio.Protocol):
         self._server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._state != _READING:
+        if self._state != _READING and self._state != _BUSY:
             return  # lingering: input after the last response is dropped
         self._buf = self._buf + data if self._buf else data
-        self._process()
+        if self._state == _READING:
+            self._process()  # while _BUSY, later requests wait for the one in the middlewares
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -282,23 +290,90 @@ class _AdminConnection(asyncio.Protocol):
             self._arm(_T_IDLE, self._server.idle_timeout)
 
     def _answer(self, head: Any) -> None:
+        chain = self._server.chain
+        if chain is None:
+            self._answer_with(head, self._endpoint(head))
+            return
+        # admin { middlewares = [...] } (SPEC §3.6): the same request and response phases as a router's chain
+        req = Request(head.method, head.path, head.query, head.host, list(head.headers), self._peer, "@admin",
+                      b"http", -1 if head.chunked else max(head.content_length, 0), len(chain.middlewares))
+        if chain.has_async:
+            self._state = _BUSY
+            task = self._server.loop.create_task(self._answer_async(head, chain, req))
+            self._server.tasks.add(task)
+            task.add_done_callback(self._server.tasks.discard)
+            return
+        now = self._server.loop.time()
+        for i, mw in enumerate(chain.middlewares):
+            if mw.has_request:
+                reply = mw.request(req, now)
+                if reply is not None:
+                    self._answer_with(head, self._phase(chain, req, _from_reply(reply), i))
+                    return
+        self._answer_with(head, self._phase(chain, req, self._endpoint(head), len(chain.middlewares)))
+
+    async def _answer_async(self, head: Any, chain: Chain, req: Request) -> None:
+        result: Result | None = None
+        try:
+            for i, mw in enumerate(chain.middlewares):
+                if mw.has_request or mw.is_async:
+                    now = self._server.loop.time()
+                    reply = await mw.request_async(req, now) if mw.is_async else mw.request(req, now)
+                    if reply is not None:
+                        result = self._phase(chain, req, _from_reply(reply), i)
+                        break
+            if result is None:
+                result = self._phase(chain, req, self._endpoint(head), len(chain.middlewares))
+        except Exception:
+            log.exception("admin: middleware failed")
+            result = _INTERNAL_ERROR
+        if self._state != _BUSY or self._transport is None:
+            return
+        self._state = _READING
+        self._answer_with(head, result)
+        if self._state == _READING:
+            self._process()
+
+    def _phase(self, chain: Chain, req: Request, result: Result, upto: int) -> Result:
+        """``result`` after the response phase of the middlewares before ``upto``."""
+        status, ctype, body, extra = result
+        headers = [(b"Content-Type", ctype)]
+        for line in extra.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                headers.append((name, value))
+        resp = Response(status, headers, True)
+        chain.run_response(req, resp, upto, self._server.loop.time())
+        ctype = b""
+        lines = []
+        for name, value in resp.headers:
+            low = name.lower()
+            if low == b"content-type":
+                ctype = value
+            elif low not in (b"content-length", b"connection", b"date", b"cache-control"):
+                lines.append(name + b": " + value + b"\r\n")
+        return status, ctype or _JSON, body, b"".join(lines)
+
+    def _endpoint(self, head: Any) -> Result:
+        method = head.method
+        handler = resolve(head.path)
+        if handler is None:
+            return _NOT_FOUND
+        if method != b"GET" and method != b"HEAD":
+            return _METHOD_NOT_ALLOWED
+        try:
+            return handler(self._server.source)
+        except Exception:  # the source's failure is answered and logged here, once; the listener keeps serving
+            log.exception("admin: %s %s failed", method.decode("latin-1"), head.path.decode("latin-1"))
+            return _INTERNAL_ERROR
+
+    def _answer_with(self, head: Any, result: Result) -> None:
         # A body is dropped only when its end is known and near; with Expect: 100-continue the client may or may
         # not send it after a final answer, so the connection cannot be reused either.
         length = head.content_length
         reusable = not head.chunked and length <= MAX_DISCARD_BYTES and not (length > 0 and head.expect_continue)
         keep_alive = head.keep_alive and reusable
         method = head.method
-        handler = resolve(head.path)
-        if handler is None:
-            result = _NOT_FOUND
-        elif method != b"GET" and method != b"HEAD":
-            result = _METHOD_NOT_ALLOWED
-        else:
-            try:
-                result = handler(self._server.source)
-            except Exception:  # the source's failure is answered and logged here, once; the listener keeps serving
-                log.exception("admin: %s %s failed", method.decode("latin-1"), head.path.decode("latin-1"))
-                result = _INTERNAL_ERROR
         assert self._transport is not None
         self._transport.write(
             _serialize(result, head_only=method == b"HEAD", keep_alive=keep_alive, http10=head.version == 0)
@@ -370,6 +445,18 @@ class _AdminConnection(asyncio.Protocol):
             self._transport.abort()
 
 
+def _from_reply(reply: Reply) -> Result:
+    """A middleware's reply as an admin result (content type split out, other headers as lines)."""
+    ctype = b""
+    lines = []
+    for name, value in reply.headers:
+        if name.lower() == b"content-type":
+            ctype = value
+        else:
+            lines.append(name + b": " + value + b"\r\n")
+    return reply.status, ctype or _JSON, reply.body, b"".join(lines)
+
+
 # ---- listener ---------------------------------------------------------------------------------------------------
 
 
@@ -394,6 +481,9 @@ class AdminServer:
         self.idle_timeout = idle_timeout
         self.connections: set[_AdminConnection] = set()
         self.closed = False
+        #: admin { middlewares } compiled (None: none); the gateway replaces it on reload
+        self.chain: Chain | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:

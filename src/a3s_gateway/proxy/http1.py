@@ -370,7 +370,7 @@ class HttpConnection:
         try:
             while i < len(mws):
                 mw = mws[i]
-                if mw.has_request:
+                if mw.has_request or mw.is_async:
                     now = self.loop.time()
                     reply = await mw.request_async(req, now) if mw.is_async else mw.request(req, now)
                     if reply is not None:
