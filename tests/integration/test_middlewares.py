@@ -308,3 +308,19 @@ async def test_compress_gzip_and_streamed_sse(start_gateway) -> None:
     assert decoder.decompress(chunk[:-2]) == b"data: event0\n\n"
     release.set()
     c.close()
+
+
+async def test_middleware_state_survives_an_unrelated_reload(start_gateway) -> None:
+    """SPEC §6.0: a (router, middleware) whose configuration is unchanged keeps its state across a reload."""
+    from a3s_gateway import GatewayConfig
+
+    backend = await start_backend()
+    mws = 'middlewares "rl" {\n  type = "rate-limit"\n  rate = 1\n  period = "1h"\n  burst = 2\n}\n'
+    hcl = gateway_config([backend.url], mws, ["rl"])
+    gw = await start_gateway(hcl)
+    port = gateway_port(gw)
+    assert [(await get(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))[0] for _ in range(2)] == [200, 200]
+    await gw.reload(GatewayConfig.from_hcl(hcl + 'routers "other" {\n  rule = "Path(`/x`)"\n  service = "s"\n}\n'))
+    assert (await get(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))[0] == 429  # same bucket, still empty
+    await gw.reload(GatewayConfig.from_hcl(hcl.replace("burst = 2", "burst = 3")))
+    assert (await get(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))[0] == 200  # changed configuration: new state
