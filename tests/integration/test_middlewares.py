@@ -324,3 +324,21 @@ async def test_middleware_state_survives_an_unrelated_reload(start_gateway) -> N
     assert (await get(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))[0] == 429  # same bucket, still empty
     await gw.reload(GatewayConfig.from_hcl(hcl.replace("burst = 2", "burst = 3")))
     assert (await get(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))[0] == 200  # changed configuration: new state
+
+
+async def test_access_log_counts_retries(start_gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def busy(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    bad = await start_backend(busy)
+    good = await start_backend()
+    log_path = tmp_path / "access.log"
+    mws = 'middlewares "retry" {\n  type = "retry"\n  retry_interval_ms = 1\n}\n'
+    hcl = gateway_config([bad.url, good.url], mws, ["retry"]) + (
+        f'access_log {{\n  path = "{log_path}"\n  flush_interval = "50ms"\n}}\n')
+    gw = await start_gateway(hcl)
+    assert (await get(gateway_port(gw), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))[0] == 200
+    await asyncio.sleep(0.3)
+    entry = json.loads(log_path.read_text().splitlines()[0])
+    assert entry["retries"] == 1 and entry["backend"] == good.url and entry["status"] == 200

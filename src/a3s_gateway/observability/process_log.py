@@ -75,7 +75,8 @@ def _logfmt_value(value: object) -> str:
     else:
         text = str(value)
     if not text or _NEEDS_QUOTES.search(text):
-        return orjson.dumps(text).decode()
+        quoted: bytes = orjson.dumps(text)
+        return quoted.decode()
     return text
 
 
@@ -126,11 +127,12 @@ class JsonFormatter(_Formatter):
         if exception:
             entry["exception"] = exception
         try:
-            return orjson.dumps(entry, default=_json_default).decode()
+            line: bytes = orjson.dumps(entry, default=_json_default)
         except orjson.JSONEncodeError:
             # e.g. an integer beyond 64 bits, which orjson refuses without asking ``default``: keep the line, as text
             safe = {key: value if isinstance(value, str) else _json_default(value) for key, value in entry.items()}
-            return orjson.dumps(safe).decode()
+            line = orjson.dumps(safe)
+        return line.decode()
 
 
 def setup(level: str, fmt: str, stream: TextIO | None = None) -> None:

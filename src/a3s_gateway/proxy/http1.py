@@ -820,6 +820,7 @@ class HttpConnection:
         trace = self.trace
         router = stats.router or None
         service = stats.service or None
+        retries = self.attempt - 1 if self.chain is not None else 0
         status = self.status
         access_log = entry.access_log
         if access_log is not None:
@@ -843,7 +844,7 @@ class HttpConnection:
                 self.wall0, self.client_ip, method, path, query, host, status if status else None,
                 self.body.received if self.body is not None else 0, self.bytes_out, duration,
                 self.ttfb if self.ttfb >= 0.0 else None, router, service, self.backend_url, entry.name, agent,
-                rid or os.urandom(16).hex(), trace.trace_id if trace is not None else None, 0, False, None,
+                rid or os.urandom(16).hex(), trace.trace_id if trace is not None else None, retries, False, None,
             ))
         tracer = entry.tracer
         if trace is not None and trace.sampled and tracer is not None and tracer.exporting:
@@ -851,7 +852,7 @@ class HttpConnection:
                 trace, start_wall=self.wall0, end_wall=self.wall0 + duration, method=method,
                 path=head.path if head is not None else None, host=head.host if head is not None else None,
                 status=status, client_ip=self.client_ip, router=stats.router, service=stats.service,
-                backend=self.backend_url, retries=0, cold_start=False,
+                backend=self.backend_url, retries=retries, cold_start=False,
             )
 
     def _abort_exchange(self) -> None:
