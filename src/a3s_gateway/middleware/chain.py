@@ -27,17 +27,32 @@ from typing import Any, Protocol
 import orjson
 from mypy_extensions import mypyc_attr
 
+from ..http.hdrs import NAMES
+
 JSON = b"application/json"
 
 
 class _Fields:
-    """Header list with case-insensitive access; lower-case names are computed once, on first use."""
+    """Header list with case-insensitive access; lower-case names are computed once, when a removal needs them."""
 
-    __slots__ = ("_lows", "headers")
+    __slots__ = ("_base", "_lows", "headers")
 
     def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
         self._lows: list[bytes] | None = None
+        # headers[:_base] are the original ones, in order; -1 once one of them was removed
+        self._base = len(headers)
+
+    def header_ids(self, base_ids: bytes) -> bytes:
+        """The ``hdrs`` id of every header now in the list, given the ids of the original headers (only the
+        appended headers are classified when none of the original ones was removed)."""
+        names = NAMES
+        base = self._base
+        if base >= 0:
+            if base == len(self.headers):
+                return base_ids
+            return base_ids + bytes([names.get(n.lower(), 0) for n, _ in self.headers[base:]])
+        return bytes([names.get(low, 0) for low in self._names()])
 
     def _names(self) -> list[bytes]:
         lows = self._lows
@@ -49,25 +64,37 @@ class _Fields:
         """The lower-case header names, in order (shared: do not modify)."""
         return self._names()
 
+    def _find(self, low: bytes) -> int:
+        """Index of the first header named ``low`` (lower-case), or -1. Only names of the same length are
+        lower-cased: most lookups touch no name at all."""
+        lows = self._lows
+        if lows is not None:
+            return lows.index(low) if low in lows else -1
+        n = len(low)
+        i = 0
+        for name, _ in self.headers:
+            if len(name) == n and name.lower() == low:
+                return i
+            i += 1
+        return -1
+
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (any case), or None."""
-        lows = self._names()
-        low = name.lower()
-        if low not in lows:
-            return None
-        return self.headers[lows.index(low)][1]
+        i = self._find(name.lower())
+        return self.headers[i][1] if i >= 0 else None
 
     def get_all(self, name: bytes) -> list[bytes]:
         low = name.lower()
         return [v for n, (_, v) in zip(self._names(), self.headers, strict=True) if n == low]
 
     def _drop(self, low: bytes) -> bool:
-        lows = self._names()
-        if low not in lows:
+        if self._find(low) < 0:
             return False
+        lows = self._names()
         kept = [(n, h) for n, h in zip(lows, self.headers, strict=True) if n != low]
         self._lows = [n for n, _ in kept]
         self.headers = [h for _, h in kept]
+        self._base = -1
         return True
 
     def add(self, name: bytes, value: bytes) -> None:
@@ -153,6 +180,7 @@ class Response(_Fields):
         kept = [(n, h) for n, h in zip(lows, self.headers, strict=True) if not n.startswith(prefix)]
         self._lows = [n for n, _ in kept]
         self.headers = [h for _, h in kept]
+        self._base = -1
 
 
 class Reply:

@@ -413,8 +413,7 @@ class HttpConnection:
         pool = svc.pools[backend.url]
         if req.changed:
             headers = req.headers
-            names = hdrs.NAMES
-            ids = bytes([names.get(low, 0) for low in req.lower_names()])
+            ids = req.header_ids(head.header_ids)
         else:
             headers = head.headers
             ids = head.header_ids

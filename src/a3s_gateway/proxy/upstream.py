@@ -226,11 +226,10 @@ class UpstreamConnection:
                 return
         if chain is not None and chain.has_response and client.mreq is not None:
             # the response phase of the router's middlewares, in reverse order (SPEC §6.0)
-            phase = Response(status, list(headers), False)
+            phase = Response(status, headers, False)  # the parsed head is not used after this: no copy
             chain.run_response(client.mreq, phase, len(chain.middlewares), self.loop.time())
             headers = phase.headers
-            names = hdrs.NAMES
-            header_ids = bytes([names.get(low, 0) for low in phase.lower_names()])
+            header_ids = phase.header_ids(header_ids)
             body_filter = phase.body_filter
         self.filter = None
         self.filtered = 0
