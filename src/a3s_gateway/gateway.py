@@ -25,6 +25,7 @@ from .observability.admin import AdminServer
 from .observability.tracing import Tracer
 from .proxy.server import HttpServer
 from .runtime import EntrypointRuntime, Runtime
+from .service.health import HealthState
 
 if TYPE_CHECKING:
     from .config.model import AccessLogConfig, EntrypointConfig, GatewayConfig
@@ -98,6 +99,7 @@ class Gateway:
         # admin { middlewares } instances by ("@admin", name), carried across reloads like a router's
         self._admin_mws: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._version: dict[str, Any] | None = None
+        self._health = HealthState()  # backend health, carried across reloads by (service, URL)
         self.registry = metrics_mod.make_registry(self)
 
     @property
@@ -121,7 +123,7 @@ class Gateway:
             self._access_log = self._open_access_log(config.access_log, None)
             self._tracer = Tracer(config.tracing)
             runtime = compile_config.build_runtime(
-                config, loop, None, 1, access_log=self._access_log, tracer=self._tracer
+                config, loop, None, 1, access_log=self._access_log, tracer=self._tracer, health=self._health
             )
             for name, entry in runtime.entrypoints.items():
                 self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
@@ -143,6 +145,8 @@ class Gateway:
         self._tracer.start()
         self._generation = 1
         self.runtime = runtime
+        compile_config.activate(runtime)
+        self._start_health(runtime)
         self._started_at = self.clock()
         self.last_success_time = time.time()
         self.state = GatewayState.RUNNING
@@ -239,7 +243,8 @@ class Gateway:
         added: dict[str, HttpServer] = {}
         try:
             runtime = compile_config.build_runtime(
-                new_config, loop, self.runtime, self._generation + 1, access_log=access_log, tracer=new_tracer
+                new_config, loop, self.runtime, self._generation + 1, access_log=access_log, tracer=new_tracer,
+                health=self._health,
             )
             for name, entry in runtime.entrypoints.items():
                 ep = new_config.entrypoints[name]
@@ -309,6 +314,9 @@ class Gateway:
         if old is not None:
             for mw in compile_config.retire(old, runtime):
                 self._background(mw.close())
+            self._background(self._stop_health(old))
+        self._health.forget_except({(name, b.url) for name, svc in runtime.services.items() for b in svc.backends})
+        self._start_health(runtime)
         for name, server in gone:
             server.close_listener()
             self._retire_listener(name, server)
@@ -329,6 +337,23 @@ class Gateway:
         task = asyncio.ensure_future(drain())
         self._retiring[server] = task
         task.add_done_callback(lambda _: self._retiring.pop(server, None))
+
+    @staticmethod
+    def _start_health(runtime: Runtime) -> None:
+        """Start the active checkers and passive re-admission tasks of a generation that was swapped in."""
+        for svc in runtime.services.values():
+            if svc.checker is not None:
+                svc.checker.start()
+            if svc.passive is not None:
+                svc.passive.start()
+
+    @staticmethod
+    async def _stop_health(runtime: Runtime) -> None:
+        for svc in runtime.services.values():
+            if svc.checker is not None:
+                await svc.checker.close()
+            if svc.passive is not None:
+                await svc.passive.close()
 
     def _background(self, coro: Any) -> None:
         """Run a closing coroutine in the background, keeping a reference until it ends."""
@@ -402,6 +427,7 @@ class Gateway:
         if self._admin is not None:
             await self._admin.close()
         if self.runtime is not None:
+            await self._stop_health(self.runtime)
             for _, mw in self.runtime.middlewares.values():
                 self._background(mw.close())
         for _, mw in self._admin_mws.values():

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .routing.matchers import ClientIPMatcher
     from .routing.router import Router
     from .service.balancer import Backend, Balancer
+    from .service.health import ActiveChecker, PassiveHealth
 
 
 @dataclass(slots=True)
@@ -31,6 +32,8 @@ class ServiceRuntime:
     pools: dict[str, Pool]
     transport: TransportConfig  # the service's transport block, read as is on the request path
     pass_host_header: bool = True
+    checker: ActiveChecker | None = None  # active health checks (§7.3), started when the generation is swapped in
+    passive: PassiveHealth | None = None  # passive outlier ejection (§7.4)
 
     @property
     def backends(self) -> list[Backend]:

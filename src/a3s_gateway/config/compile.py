@@ -18,6 +18,7 @@ from ..routing.matchers import ClientIPMatcher
 from ..routing.router import Route, Router
 from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..service.balancer import Backend, make_balancer
+from ..service.health import ActiveChecker, HealthState, PassiveHealth
 
 if TYPE_CHECKING:
     from ..middleware.chain import Middleware
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
-     "tracing", "admin.middlewares"}
+     "tracing", "admin.middlewares", "health_check", "passive health"}
 )
 
 
@@ -59,6 +60,7 @@ def build_runtime(
     *,
     access_log: AccessLog | None = None,
     tracer: Tracer | None = None,
+    health: HealthState | None = None,
 ) -> Runtime:
     """Compile ``config`` into a complete Runtime (pools of unchanged backends are carried over).
 
@@ -102,12 +104,17 @@ def build_runtime(
                 pool = Pool(backend, loop, transport)
             backends.append(backend)
             pools[server.url] = pool
+        lb = svc.load_balancer
+        state = health if health is not None else HealthState()
+        state.attach(name, backends)  # backends carried over keep their health; new ones start healthy (§7.3)
         services[name] = ServiceRuntime(
             name=name,
-            balancer=make_balancer(svc.load_balancer.strategy, backends),
+            balancer=make_balancer(lb.strategy, backends),
             pools=pools,
             transport=transport,
-            pass_host_header=svc.load_balancer.pass_host_header,
+            pass_host_header=lb.pass_host_header,
+            checker=ActiveChecker(name, backends, lb.health_check, state) if lb.health_check is not None else None,
+            passive=PassiveHealth(name, lb.passive, state) if lb.passive.enabled else None,
         )
 
     entrypoints: dict[str, EntrypointRuntime] = {}
@@ -143,6 +150,9 @@ def activate(new: Runtime) -> None:
     """Apply what a Runtime changes in carried-over State; called at the swap, never for a build that failed."""
     for backend, weight in new.weights:
         backend.weight = weight
+    for svc in new.services.values():
+        for backend in svc.backends:
+            backend.passive = svc.passive  # the data plane reports each attempt's outcome to it
 
 
 def retire(old: Runtime, new: Runtime) -> list[Middleware]:

@@ -600,6 +600,9 @@ class HttpConnection:
         b = self.backend
         if b is not None:
             b.codes.add(status)
+            passive = b.passive
+            if passive is not None:
+                passive.record(b, status >= 500 and (status <= 504 and status != 501), self.loop.time())
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""
@@ -636,6 +639,9 @@ class HttpConnection:
         b = self.backend
         if b is not None:
             b.codes.add(status)
+            passive = b.passive
+            if passive is not None:  # a transport failure (connect, reset, response-head timeout)
+                passive.record(b, True, self.loop.time())
         self._release_backend()
         if self.chain is not None and self.chain.retry is not None and self._try_again(failure, status, None):
             return
@@ -673,6 +679,9 @@ class HttpConnection:
         b = self.backend
         if b is not None and failure == _STATUS:
             b.codes.add(status)
+            passive = b.passive
+            if passive is not None:
+                passive.record(b, status >= 500 and (status <= 504 and status != 501), now)
         self._release_backend()
         self.upstream = None
         self.connect_task = self.loop.create_task(self._retry_after(delay, policy.slot + 1))

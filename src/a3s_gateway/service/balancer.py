@@ -8,7 +8,7 @@ configuration order; a pick allocates nothing.
 from __future__ import annotations
 
 import random
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from ..observability.stats import CodeCounter
@@ -63,6 +63,7 @@ class Backend:
         self.eligible = True
         self.in_flight = 0
         self.codes = CodeCounter()  # attempts by status (gateway_backend_requests_total)
+        self.passive: Any = None  # the service's PassiveHealth (outcomes of attempts are reported to it)
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, weight={self.weight})"

@@ -1,0 +1,111 @@
+"""Active and passive health through a real gateway (SPEC §7.3, §7.4): backends stopped, failing, restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from support import Backend, Client, Request, gateway_port, ok, start_backend
+
+
+def two_backends(urls: list[str], lb_extra: str) -> str:
+    servers = ", ".join(f'{{ url = "{u}" }}' for u in urls)
+    return f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "s"
+}}
+services "s" {{
+  load_balancer {{
+    servers = [{servers}]
+    {lb_extra}
+  }}
+}}
+'''
+
+
+async def get(port: int) -> tuple[int, bytes]:
+    c = await Client.connect(port)
+    try:
+        r = await c.request(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    finally:
+        c.close()
+    return r.status, r.body
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+async def test_active_check_evicts_a_stopped_backend_and_readmits_it(start_gateway) -> None:
+    a = await start_backend()
+    b = await start_backend()
+    hc = 'health_check {\n  path = "/health"\n  interval = "100ms"\n  timeout = "100ms"\n  unhealthy_threshold = 2\n}'
+    gw = await start_gateway(two_backends([a.url, b.url], hc), admin="127.0.0.1:0")
+    port = gateway_port(gw)
+    assert await wait_for(lambda: any(r.target == "/health" for r in b.requests))
+    probe = next(r for r in b.requests if r.target == "/health")
+    assert (probe.header("user-agent") or "").startswith("a3s-gateway/")
+
+    b_port = b.port
+    await b.stop()
+    b.server = None
+    started = time.monotonic()
+    assert await wait_for(lambda: not gw.runtime.services["s"].backends[1].eligible, 3)
+    assert time.monotonic() - started < 2.0  # interval × threshold plus probe timeouts
+    for _ in range(6):
+        status, body = await get(port)
+        assert status == 200 and body == b"hello from backend"  # only the healthy backend is used
+    backends = {x["url"]: x for x in gw.backends()}
+    assert backends[b.url]["healthy"] is False and backends[a.url]["healthy"] is True
+    assert f'gateway_backend_up{{backend="{b.url}",service="s"}} 0.0' in gw.metrics()
+
+    revived = Backend()
+    revived.server = await asyncio.start_server(revived._serve, "127.0.0.1", b_port)
+    revived.port = b_port
+    assert await wait_for(lambda: gw.runtime.services["s"].backends[1].eligible, 3)
+
+    for _ in range(4):
+        await get(port)
+    seen = {len(a.requests) > 0, len(revived.requests) > 0}
+    assert seen == {True}
+
+
+async def test_all_backends_unhealthy_answers_503(start_gateway) -> None:
+    async def sick(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n" if req.target == "/health"
+                else ok())
+        return True
+
+    a = await start_backend(sick)
+    hc = 'health_check {\n  path = "/health"\n  interval = "50ms"\n  timeout = "50ms"\n  unhealthy_threshold = 1\n}'
+    gw = await start_gateway(two_backends([a.url], hc))
+    assert await wait_for(lambda: not gw.runtime.services["s"].backends[0].eligible, 3)
+    status, body = await get(gateway_port(gw))
+    assert status == 503 and json.loads(body) == {"error": "No healthy backends"}
+
+
+async def test_passive_ejection_and_readmission(start_gateway) -> None:
+    failing = True
+
+    async def flaky(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n" if failing else ok(b"fine"))
+        return True
+
+    a = await start_backend(flaky)
+    passive = 'passive {\n  max_failures = 3\n  window = "10s"\n  ejection = "300ms"\n}'
+    gw = await start_gateway(two_backends([a.url], passive))
+    port = gateway_port(gw)
+    assert [(await get(port))[0] for _ in range(3)] == [502, 502, 502]
+    status, body = await get(port)  # ejected: the only backend is out
+    assert status == 503 and json.loads(body) == {"error": "No healthy backends"}
+    failing = False
+    assert await wait_for(lambda: gw.runtime.services["s"].backends[0].eligible, 3)  # re-admission probe (TCP)
+    assert await get(port) == (200, b"fine")
