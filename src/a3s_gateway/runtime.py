@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .routing.router import Router
     from .service.balancer import Backend, Balancer
     from .service.health import ActiveChecker, PassiveHealth
+    from .service.sticky import Sticky
 
 
 @dataclass(slots=True)
@@ -34,6 +35,8 @@ class ServiceRuntime:
     pass_host_header: bool = True
     checker: ActiveChecker | None = None  # active health checks (§7.3), started when the generation is swapped in
     passive: PassiveHealth | None = None  # passive outlier ejection (§7.4)
+    sticky: Sticky | None = None  # cookie affinity (§7.5)
+    failover: ServiceRuntime | None = None  # used when no backend is eligible (§7.6)
 
     @property
     def backends(self) -> list[Backend]:

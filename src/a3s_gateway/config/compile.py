@@ -19,6 +19,7 @@ from ..routing.router import Route, Router
 from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..service.balancer import Backend, make_balancer
 from ..service.health import ActiveChecker, HealthState, PassiveHealth
+from ..service.sticky import Sticky
 
 if TYPE_CHECKING:
     from ..middleware.chain import Middleware
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
-     "tracing", "admin.middlewares", "health_check", "passive health"}
+     "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover"}
 )
 
 
@@ -115,7 +116,11 @@ def build_runtime(
             pass_host_header=lb.pass_host_header,
             checker=ActiveChecker(name, backends, lb.health_check, state) if lb.health_check is not None else None,
             passive=PassiveHealth(name, lb.passive, state) if lb.passive.enabled else None,
+            sticky=Sticky(name, lb.sticky, backends) if lb.sticky is not None else None,
         )
+    for name, svc in config.services.items():
+        if svc.failover is not None:  # validation rejected unknown targets and cycles
+            services[name].failover = services[svc.failover.service]
 
     entrypoints: dict[str, EntrypointRuntime] = {}
     for ep_name, ep in config.entrypoints.items():

@@ -27,7 +27,7 @@ from .upstream import CHUNKED, HIGH_WATER, LENGTH, BodyReader, ChunkedDecoder, P
 if TYPE_CHECKING:
     from ..observability.stats import RouteStats
     from ..observability.tracing import TraceContext
-    from ..runtime import EntrypointRuntime, RouteTarget
+    from ..runtime import EntrypointRuntime, RouteTarget, ServiceRuntime
     from ..service.balancer import Backend
     from .server import HttpServer
 
@@ -282,9 +282,12 @@ class HttpConnection:
             self._start_chain(head, target, chain, framing, client_ip)
             return
         svc = target.service
-        backend = svc.balancer.pick()
+        if svc.sticky is None and svc.failover is None:
+            backend = svc.balancer.pick()
+        else:
+            svc, backend = self._pick(svc, head.headers, 0)
         if backend is None:
-            self._local(503, "No healthy backends", b"Retry-After: 1\r\n")
+            self._no_backend(target.service)
             return
         pool = svc.pools[backend.url]
         if pool.base_path or head.authority:
@@ -309,6 +312,29 @@ class HttpConnection:
             drop,
         )
         self._forward(backend, pool)
+
+    def _pick(
+        self, svc: ServiceRuntime, headers: list[tuple[bytes, bytes]], depth: int
+    ) -> tuple[ServiceRuntime, Backend | None]:
+        """Dispatch beyond the plain balancer (SPEC §7.1): a sticky cookie naming an eligible backend, the
+        balancer, then the failover service's own dispatch when nothing is eligible (chains; validation rejects
+        cycles, ``depth`` bounds them anyway). Returns the service that serves and its backend (None: none)."""
+        sticky = svc.sticky
+        backend = sticky.pinned(headers) if sticky is not None else None
+        if backend is None:
+            backend = svc.balancer.pick()
+        if backend is not None:
+            if sticky is not None:
+                self.response_extra = sticky.lines[backend.url]  # re-issued on every response (ttl = inactivity)
+            return svc, backend
+        failover = svc.failover
+        if failover is not None and depth < 8:
+            return self._pick(failover, headers, depth + 1)
+        return svc, None
+
+    def _no_backend(self, primary: ServiceRuntime) -> None:
+        message = "No healthy backends (primary + failover)" if primary.failover is not None else "No healthy backends"
+        self._local(503, message, b"Retry-After: 1\r\n")
 
     def _forward(self, backend: Backend, pool: Pool) -> None:
         """Send the built upstream head (``up_head``) to ``backend``: a pooled connection, or a new one."""
@@ -395,10 +421,10 @@ class HttpConnection:
         """The request phase passed: build the upstream head from the request as middlewares left it."""
         head = self.head
         req = cast("Request", self.mreq)
-        svc = cast("RouteTarget", self.target).service
-        backend = svc.balancer.pick()
+        primary = cast("RouteTarget", self.target).service
+        svc, backend = self._pick(primary, req.headers, 0)
         if backend is None:
-            self._local(503, "No healthy backends", b"Retry-After: 1\r\n")
+            self._no_backend(primary)
             return
         tried = self.tried
         if tried:
