@@ -350,6 +350,8 @@ class Gateway:
     @staticmethod
     async def _stop_health(runtime: Runtime) -> None:
         for svc in runtime.services.values():
+            if svc.mirror is not None:
+                await svc.mirror.close()
             if svc.checker is not None:
                 await svc.checker.close()
             if svc.passive is not None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .routing.router import Router
     from .service.balancer import Backend, Balancer
     from .service.health import ActiveChecker, PassiveHealth
+    from .service.mirror import Mirror, MirrorCounts
     from .service.sticky import Sticky
 
 
@@ -37,6 +38,7 @@ class ServiceRuntime:
     passive: PassiveHealth | None = None  # passive outlier ejection (§7.4)
     sticky: Sticky | None = None  # cookie affinity (§7.5)
     failover: ServiceRuntime | None = None  # used when no backend is eligible (§7.6)
+    mirror: Mirror | None = None  # shadow copies (§7.7)
 
     @property
     def backends(self) -> list[Backend]:
@@ -78,6 +80,8 @@ class Runtime:
     generation: int = 1
     #: counters per (router, service), including routers that are gone (Prometheus counters stay monotonic)
     route_stats: dict[tuple[str, str], RouteStats] = field(default_factory=dict)
+    #: mirror counters by service, carried across reloads
+    mirror_counts: dict[str, MirrorCounts] = field(default_factory=dict)
     #: middleware instances by (router, middleware name), carried across reloads while their configuration is equal
     middlewares: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]] = field(default_factory=dict)
     #: new weights for backends carried over from the previous generation, applied at the swap (compile.activate)

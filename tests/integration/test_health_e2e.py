@@ -196,3 +196,57 @@ services "backup" {{
     status, body = await get(port)
     # back on the primary (an old pooled connection to its first instance may still answer)
     assert status == 200 and body in (b"primary", b"primary again")
+
+
+async def test_mirror_sends_the_sampled_share_and_the_client_sees_only_the_primary(start_gateway) -> None:
+    slow_shadow = asyncio.Event()
+
+    async def shadow_handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if req.target == "/slow":
+            await slow_shadow.wait()  # a stuck shadow never delays the client
+        w.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 6\r\n\r\nshadow")
+        return True
+
+    primary = await start_backend()
+    shadow = await start_backend(shadow_handler)
+    hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "main"
+}}
+services "main" {{
+  load_balancer {{ servers = [{{ url = "{primary.url}" }}] }}
+  mirror {{
+    service        = "shadow"
+    percentage     = 25
+    max_body_bytes = 8
+  }}
+}}
+services "shadow" {{
+  load_balancer {{ servers = [{{ url = "{shadow.url}" }}] }}
+}}
+'''
+    gw = await start_gateway(hcl, admin="127.0.0.1:0")
+    port = gateway_port(gw)
+    c = await Client.connect(port)
+    for i in range(200):
+        r = await c.request(b"GET /m?i=%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+        assert r.status == 200 and r.body == b"hello from backend"
+    assert await wait_for(lambda: len(shadow.requests) == 50)  # exactly every 4th request
+    assert [q.target for q in shadow.requests[:2]] == ["/m?i=3", "/m?i=7"]
+    # bodies: request 203 is sampled but over max_body_bytes (skipped); request 207 is copied whole once complete
+    for body in (b"a", b"b", b"c", b"0123456789abcdef", b"d", b"e", b"f", b"last"):
+        r = await c.request(b"POST /body HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert r.status == 200
+    assert await wait_for(lambda: any(q.target == "/body" for q in shadow.requests))
+    assert [q.body for q in shadow.requests if q.target == "/body"] == [b"last"]
+    assert 'gateway_mirror_requests_total{result="skipped",service="main"} 1.0' in gw.metrics()
+    for _ in range(4):
+        started = time.monotonic()
+        r = await c.request(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert r.status == 200 and time.monotonic() - started < 1.0
+    c.close()
+    slow_shadow.set()
+    text = gw.metrics()
+    assert 'gateway_mirror_requests_total{result="sent",service="main"}' in text

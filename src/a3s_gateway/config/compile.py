@@ -19,6 +19,7 @@ from ..routing.router import Route, Router
 from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..service.balancer import Backend, make_balancer
 from ..service.health import ActiveChecker, HealthState, PassiveHealth
+from ..service.mirror import Mirror, MirrorCounts
 from ..service.sticky import Sticky
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
-     "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover"}
+     "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror"}
 )
 
 
@@ -118,9 +119,15 @@ def build_runtime(
             passive=PassiveHealth(name, lb.passive, state) if lb.passive.enabled else None,
             sticky=Sticky(name, lb.sticky, backends) if lb.sticky is not None else None,
         )
+    mirror_counts = dict(previous.mirror_counts) if previous is not None else {}
     for name, svc in config.services.items():
         if svc.failover is not None:  # validation rejected unknown targets and cycles
             services[name].failover = services[svc.failover.service]
+        if svc.mirror is not None:
+            counts = mirror_counts.get(name)
+            if counts is None:
+                counts = mirror_counts[name] = MirrorCounts()
+            services[name].mirror = Mirror(name, svc.mirror, services[svc.mirror.service], counts, loop)
 
     entrypoints: dict[str, EntrypointRuntime] = {}
     for ep_name, ep in config.entrypoints.items():
@@ -148,7 +155,7 @@ def build_runtime(
             need_wall=need_wall,
         )
     return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights),
-                   route_stats=stats, middlewares=middlewares)
+                   route_stats=stats, middlewares=middlewares, mirror_counts=mirror_counts)
 
 
 def activate(new: Runtime) -> None:

@@ -130,6 +130,14 @@ class GatewayCollector:
                     for code, n in b.codes.items():
                         attempts.add_metric([svc.name, b.url, str(code)], n)
         yield from (up, in_flight, attempts)
+        mirrors = CounterMetricFamily("gateway_mirror_requests", "Mirrored copies by result.",
+                                      labels=["service", "result"])
+        if runtime is not None:
+            for name, counts in sorted(runtime.mirror_counts.items()):
+                mirrors.add_metric([name, "sent"], counts.sent)
+                mirrors.add_metric([name, "failed"], counts.failed)
+                mirrors.add_metric([name, "skipped"], counts.skipped)
+        yield mirrors
 
         reloads = CounterMetricFamily("gateway_config_reloads", "Configuration reloads by result.",
                                       labels=["result"])

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..observability.tracing import TraceContext
     from ..runtime import EntrypointRuntime, RouteTarget, ServiceRuntime
     from ..service.balancer import Backend
+    from ..service.mirror import Mirror
     from .server import HttpServer
 
 log = logging.getLogger("a3s_gateway.proxy")
@@ -79,10 +80,10 @@ class HttpConnection:
     __slots__ = (
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
         "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "connect_task",
-        "draining", "entry", "framing", "head", "keep_alive", "loop", "mreq", "pending", "pending_bytes", "pool",
-        "port_b", "replay", "replay_bytes", "resp_started", "response_extra", "retried", "rid", "server", "state",
-        "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head", "upstream",
-        "wall0", "write_paused",
+        "draining", "entry", "framing", "head", "keep_alive", "loop", "mirror", "mirror_body", "mirror_bytes",
+        "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay", "replay_bytes",
+        "resp_started", "response_extra", "retried", "rid", "server", "state", "stats", "status", "t0", "target",
+        "trace", "transport", "tried", "trusted", "ttfb", "up_head", "upstream", "wall0", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -138,6 +139,11 @@ class HttpConnection:
         self.tried: list[str] = []  # retry: backends already tried
         self.replay: list[bytes] | None = None  # retry: request body kept for another attempt (None: not kept)
         self.replay_bytes = 0
+        # mirroring (SPEC §7.7): decided once per client request; the body is kept while it streams
+        self.mirror: Mirror | None = None
+        self.mirror_body: list[bytes] = []
+        self.mirror_bytes = 0
+        self.mirror_decided = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -247,6 +253,8 @@ class HttpConnection:
         self.backend_url = None
         self.rid = b""
         self.chain = None
+        self.mirror = None
+        self.mirror_decided = False
         self.pending = []
         self.pending_bytes = 0
         tracer = entry.tracer
@@ -311,7 +319,19 @@ class HttpConnection:
             framing,
             drop,
         )
-        self._forward(backend, pool)
+        self._forward(backend, pool, svc)
+
+    def _start_mirror(self, mirror: Mirror) -> None:
+        """Once per client request: sampled → a copy now (no body) or once the body is complete."""
+        self.mirror_decided = True
+        if not mirror.sample():
+            return
+        if self.body is None:
+            mirror.send(self.up_head, [])
+            return
+        self.mirror = mirror
+        self.mirror_body = []
+        self.mirror_bytes = 0
 
     def _pick(
         self, svc: ServiceRuntime, headers: list[tuple[bytes, bytes]], depth: int
@@ -336,8 +356,11 @@ class HttpConnection:
         message = "No healthy backends (primary + failover)" if primary.failover is not None else "No healthy backends"
         self._local(503, message, b"Retry-After: 1\r\n")
 
-    def _forward(self, backend: Backend, pool: Pool) -> None:
+    def _forward(self, backend: Backend, pool: Pool, svc: ServiceRuntime) -> None:
         """Send the built upstream head (``up_head``) to ``backend``: a pooled connection, or a new one."""
+        mirror = svc.mirror
+        if mirror is not None and not self.mirror_decided:
+            self._start_mirror(mirror)
         self.backend = backend
         self.backend_url = backend.url
         self.pool = pool
@@ -464,7 +487,7 @@ class HttpConnection:
             self.framing,
             tracer.mask if tracer is not None and self.trace is not None else 0,
         )
-        self._forward(backend, pool)
+        self._forward(backend, pool, svc)
 
     def _reply(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, upto: int) -> None:
         """Answer the request from the gateway (a middleware's reply, or a gateway error on a route with
@@ -584,6 +607,19 @@ class HttpConnection:
             # forwarded verbatim: the decoder validated the framing
             pieces = [buf[:consumed]] if consumed else []
         self.buf = buf[consumed:] if consumed < len(buf) else b""
+        mirror = self.mirror
+        if mirror is not None:
+            for p in pieces:
+                self.mirror_bytes += len(p)
+            if self.mirror_bytes > mirror.max_body_bytes:
+                mirror.skip()  # too large to copy: this request is not mirrored
+                self.mirror = None
+            else:
+                self.mirror_body.extend(pieces)
+                if body.done:
+                    mirror.send(self.up_head, self.mirror_body)
+                    self.mirror = None
+                    self.mirror_body = []
         if pieces and self.replay is not None:
             # kept for a retry while within max_replay_bytes; beyond that the request is no longer replayable
             for p in pieces:
