@@ -574,7 +574,7 @@ class Gateway:
 
     def _backend_view(self, service: str, b: Any) -> dict[str, Any]:
         return {"service": service, "url": b.url, "weight": b.weight, "healthy": bool(b.eligible),
-                "active_connections": b.in_flight, "revision": None}
+                "active_connections": b.in_flight, "revision": b.revision or None}
 
     def services(self) -> list[dict[str, Any]]:
         """Services sorted by name (``GET /api/gateway/services``)."""
@@ -594,7 +594,11 @@ class Gateway:
                 "backends_healthy": sum(1 for b in backends if b["healthy"]),
                 "backends": backends,
                 "scaling": None,
-                "revisions": [],
+                "revisions": [
+                    {"name": r.name, "traffic_percent": r.percent, "backends_total": len(r.backends),
+                     "backends_healthy": sum(1 for b in r.backends if b.eligible), "scaling": None}
+                    for r in getattr(svc.balancer, "revisions", ())
+                ],
                 "rollout": None,
             })
         return out

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .service.balancer import Backend, Balancer
     from .service.health import ActiveChecker, PassiveHealth
     from .service.mirror import Mirror, MirrorCounts
+    from .service.revision import RevisionSplit
     from .service.sticky import Sticky
 
 
@@ -30,7 +31,7 @@ class ServiceRuntime:
     """One service: its balancer, its backends' pools and transport settings."""
 
     name: str
-    balancer: Balancer
+    balancer: Balancer | RevisionSplit
     pools: dict[str, Pool]
     transport: TransportConfig  # the service's transport block, read as is on the request path
     pass_host_header: bool = True

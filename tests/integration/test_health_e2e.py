@@ -250,3 +250,48 @@ services "shadow" {{
     slow_shadow.set()
     text = gw.metrics()
     assert 'gateway_mirror_requests_total{result="sent",service="main"}' in text
+
+
+async def test_revision_split_90_10(start_gateway) -> None:
+    async def named(name: bytes):  # type: ignore[no-untyped-def]
+        async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+            w.write(ok(name))
+            return True
+        return await start_backend(handler)
+
+    v1a, v1b, v2 = await named(b"v1"), await named(b"v1"), await named(b"v2")
+    hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "llm"
+}}
+services "llm" {{
+  revisions = [
+    {{ name = "v1", traffic_percent = 90, servers = [{{ url = "{v1a.url}" }}, {{ url = "{v1b.url}" }}] }},
+    {{ name = "v2", traffic_percent = 10, servers = [{{ url = "{v2.url}" }}], strategy = "least-connections" }},
+  ]
+}}
+'''
+    gw = await start_gateway(hcl, admin="127.0.0.1:0")
+    c = await Client.connect(gateway_port(gw))
+    counts = {b"v1": 0, b"v2": 0}
+    for _ in range(2000):
+        counts[(await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).body] += 1
+    c.close()
+    assert abs(counts[b"v2"] / 2000 - 0.10) <= 0.03 and len(v1a.requests) and len(v1b.requests)
+    svc = gw.services()[0]
+    assert [(r["name"], r["traffic_percent"], r["backends_total"]) for r in svc["revisions"]] == [
+        ("v1", 90, 2), ("v2", 10, 1)]
+    assert {b["revision"] for b in gw.backends()} == {"v1", "v2"}
+    text = gw.metrics()
+    assert f'gateway_revision_requests_total{{code="200",revision="v2",service="llm"}} {counts[b"v2"]}.0' in text
+    assert 'gateway_revision_ttfb_seconds_count{revision="v1",router="r",service="llm"}' in text
+    assert 'gateway_rollout_traffic_percent{revision="v2",service="llm"} 10.0' in text
+    # a revision without an eligible backend gives way to the other one
+    for b in gw.runtime.services["llm"].backends:
+        if b.revision == "v1":
+            b.eligible = False
+    c = await Client.connect(gateway_port(gw))
+    assert {(await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).body for _ in range(10)} == {b"v2"}
+    c.close()

@@ -20,6 +20,7 @@ from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..service.balancer import Backend, make_balancer
 from ..service.health import ActiveChecker, HealthState, PassiveHealth
 from ..service.mirror import Mirror, MirrorCounts
+from ..service.revision import Revision, RevisionSplit
 from ..service.sticky import Sticky
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
-     "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror"}
+     "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions"}
 )
 
 
@@ -94,24 +95,34 @@ def build_runtime(
         old = previous.services.get(name) if previous is not None else None
         backends: list[Backend] = []
         pools: dict[str, Pool] = {}
-        for server in svc.load_balancer.servers:
-            backend = Backend(server.url, server.weight)
-            old_pool = old.pools.get(server.url) if old is not None and old.transport == transport else None
-            if old_pool is not None:
-                backend = old_pool.backend
-                if backend.weight != server.weight:
-                    weights.append((backend, server.weight))
-                pool = old_pool
-            else:
-                pool = Pool(backend, loop, transport)
-            backends.append(backend)
-            pools[server.url] = pool
         lb = svc.load_balancer
+        # plain services have one group of servers; with revisions (§8.6) each revision is a group of its own
+        groups = [(r.name, r.servers, r.strategy) for r in svc.revisions] or [("", lb.servers, lb.strategy)]
+        revisions: list[Revision] = []
+        for revision_name, servers, strategy in groups:
+            group: list[Backend] = []
+            for server in servers:
+                backend = Backend(server.url, server.weight)
+                old_pool = old.pools.get(server.url) if old is not None and old.transport == transport else None
+                if old_pool is not None:
+                    backend = old_pool.backend
+                    if backend.weight != server.weight:
+                        weights.append((backend, server.weight))
+                    pool = old_pool
+                else:
+                    pool = Pool(backend, loop, transport)
+                    backend.revision = revision_name
+                group.append(backend)
+                pools[server.url] = pool
+            backends.extend(group)
+            if revision_name:
+                percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
+                revisions.append(Revision(revision_name, percent, make_balancer(strategy, group)))
         state = health if health is not None else HealthState()
         state.attach(name, backends)  # backends carried over keep their health; new ones start healthy (§7.3)
         services[name] = ServiceRuntime(
             name=name,
-            balancer=make_balancer(lb.strategy, backends),
+            balancer=RevisionSplit(revisions) if revisions else make_balancer(lb.strategy, backends),
             pools=pools,
             transport=transport,
             pass_host_header=lb.pass_host_header,

@@ -130,6 +130,27 @@ class GatewayCollector:
                     for code, n in b.codes.items():
                         attempts.add_metric([svc.name, b.url, str(code)], n)
         yield from (up, in_flight, attempts)
+        rev_requests = CounterMetricFamily("gateway_revision_requests", "Attempts per revision.",
+                                           labels=["service", "revision", "code"])
+        rev_ttfb = HistogramMetricFamily("gateway_revision_ttfb_seconds", "TTFB per router and revision.",
+                                         labels=["router", "service", "revision"])
+        split = GaugeMetricFamily("gateway_rollout_traffic_percent", "Current split.", labels=["service", "revision"])
+        if runtime is not None:
+            for svc in runtime.services.values():
+                by_revision: dict[tuple[str, int], int] = {}
+                for b in svc.backends:
+                    if b.revision:
+                        for code, n in b.codes.items():
+                            key = (b.revision, code)
+                            by_revision[key] = by_revision.get(key, 0) + n
+                for (revision, code), n in sorted(by_revision.items()):
+                    rev_requests.add_metric([svc.name, revision, str(code)], n)
+                for revision_pool in getattr(svc.balancer, "revisions", ()):
+                    split.add_metric([svc.name, revision_pool.name], revision_pool.percent)
+        for st in route_stats:
+            for revision, h in sorted(st.revision_ttfb.items()):
+                rev_ttfb.add_metric([st.router, st.service, revision], _buckets(h), h.total)
+        yield from (rev_requests, rev_ttfb, split)
         mirrors = CounterMetricFamily("gateway_mirror_requests", "Mirrored copies by result.",
                                       labels=["service", "result"])
         if runtime is not None:

@@ -111,6 +111,7 @@ class RouteStats:
         self.gone_waiting_head = 0
         self.gone_streaming = 0
         self.retries = 0
+        self.revision_ttfb: dict[str, Histogram] = {}  # per revision of the service (§8.6)
 
     def record(self, method: bytes, status: int, duration: float) -> None:
         """One completed request: its count by method and status, and its duration."""
@@ -120,6 +121,12 @@ class RouteStats:
             row.extend([0] * (slot + 1 - len(row)))
         row[slot] += 1
         self.duration.observe(duration)
+
+    def observe_revision_ttfb(self, revision: str, seconds: float) -> None:
+        h = self.revision_ttfb.get(revision)
+        if h is None:
+            h = self.revision_ttfb[revision] = Histogram()
+        h.observe(seconds)
 
     def request_counts(self) -> list[tuple[str, int, int]]:
         """(method label, status, count) for every non-zero counter."""

@@ -82,8 +82,8 @@ class HttpConnection:
         "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "connect_task",
         "draining", "entry", "framing", "head", "keep_alive", "loop", "mirror", "mirror_body", "mirror_bytes",
         "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay", "replay_bytes",
-        "resp_started", "response_extra", "retried", "rid", "server", "state", "stats", "status", "t0", "target",
-        "trace", "transport", "tried", "trusted", "ttfb", "up_head", "upstream", "wall0", "write_paused",
+        "resp_started", "response_extra", "retried", "revision", "rid", "server", "state", "stats", "status", "t0",
+        "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head", "upstream", "wall0", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -144,6 +144,7 @@ class HttpConnection:
         self.mirror_body: list[bytes] = []
         self.mirror_bytes = 0
         self.mirror_decided = False
+        self.revision = ""  # revision of the backend of the last attempt (§8.6)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -252,6 +253,7 @@ class HttpConnection:
         self.bytes_out = 0
         self.backend_url = None
         self.rid = b""
+        self.revision = ""
         self.chain = None
         self.mirror = None
         self.mirror_decided = False
@@ -363,6 +365,7 @@ class HttpConnection:
             self._start_mirror(mirror)
         self.backend = backend
         self.backend_url = backend.url
+        self.revision = backend.revision
         self.pool = pool
         backend.in_flight += 1
         if self.body is not None and self.buf and not self.head.expect_continue:
@@ -880,6 +883,8 @@ class HttpConnection:
             stats.record(method, self.status, duration)
         if self.ttfb >= 0.0:
             stats.ttfb.observe(self.ttfb)
+            if self.revision:
+                stats.observe_revision_ttfb(self.revision, self.ttfb)
         if self.entry.need_wall:
             self._log_exchange(stats, method, duration)
 

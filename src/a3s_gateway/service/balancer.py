@@ -64,6 +64,7 @@ class Backend:
         self.in_flight = 0
         self.codes = CodeCounter()  # attempts by status (gateway_backend_requests_total)
         self.passive: Any = None  # the service's PassiveHealth (outcomes of attempts are reported to it)
+        self.revision = ""  # the revision pool it belongs to (§8.6), "" without revisions
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, weight={self.weight})"

@@ -1,0 +1,66 @@
+"""Revisions (SPEC §8.6): a service split across revision pools by traffic percentage.
+
+Each revision is a pool with its own servers, strategy and health. ``RevisionSplit`` stands where a service's
+balancer stands: ``pick()`` chooses a revision by smooth weighted round-robin over ``traffic_percent`` (a rollout
+may change the weights, §8.7), then that revision's balancer picks a backend. A revision without an eligible
+backend gives way to the others in proportion to their weights; revisions at 0 % get no traffic.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .balancer import Backend, Balancer
+
+
+class Revision:
+    """One revision pool."""
+
+    def __init__(self, name: str, percent: int, balancer: Balancer) -> None:
+        self.name = name
+        self.percent = percent  # current traffic share (rollout changes it)
+        self.balancer = balancer
+        self.current = 0  # smooth weighted round-robin state
+
+    @property
+    def backends(self) -> list[Backend]:
+        return self.balancer.backends
+
+
+class RevisionSplit:
+    """The dispatcher of a service with revisions (duck-types ``Balancer``: ``pick`` and ``backends``)."""
+
+    def __init__(self, revisions: list[Revision]) -> None:
+        self.revisions = revisions
+        self.backends: list[Backend] = [b for r in revisions for b in r.backends]
+
+    def _choose(self, exclude: list[Revision]) -> Revision | None:
+        """Smooth weighted round-robin over the revisions not in ``exclude`` with a share above 0 %."""
+        total = 0
+        best: Revision | None = None
+        for r in self.revisions:
+            if r.percent <= 0 or r in exclude:
+                continue
+            r.current += r.percent
+            total += r.percent
+            if best is None or r.current > best.current:
+                best = r
+        if best is not None:
+            best.current -= total
+        return best
+
+    def pick(self) -> Backend | None:
+        tried: list[Revision] = []
+        while len(tried) < len(self.revisions):
+            revision = self._choose(tried)
+            if revision is None:
+                return None
+            backend = revision.balancer.pick()
+            if backend is not None:
+                return backend
+            tried.append(revision)  # no eligible backend: another revision, in proportion to its weight
+        return None
+
+    def eligible_count(self) -> int:
+        return sum(1 for b in self.backends if b.eligible)
