@@ -295,3 +295,19 @@ services "llm" {{
     c = await Client.connect(gateway_port(gw))
     assert {(await c.request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).body for _ in range(10)} == {b"v2"}
     c.close()
+
+
+async def test_health_state_survives_a_reload(start_gateway) -> None:
+    """SPEC §7.3/§13.6: the checkers are replaced on reload; an unhealthy unchanged backend stays unhealthy."""
+    from a3s_gateway import GatewayConfig
+
+    a = await start_backend()
+    dead = await start_backend()
+    await dead.stop()
+    hc = 'health_check {\n  path = "/h"\n  interval = "1s"\n  timeout = "200ms"\n  unhealthy_threshold = 1\n}'
+    hcl = two_backends([a.url, dead.url], hc)
+    gw = await start_gateway(hcl)
+    assert await wait_for(lambda: not gw.runtime.services["s"].backends[1].eligible, 3)
+    await gw.reload(GatewayConfig.from_hcl(hcl + 'routers "other" {\n  rule = "Path(`/o`)"\n  service = "s"\n}\n'))
+    assert gw.generation == 2 and not gw.runtime.services["s"].backends[1].eligible  # not reset to healthy
+    assert {(await get(gateway_port(gw)))[0] for _ in range(4)} == {200}
