@@ -99,6 +99,19 @@ def _get(url: str, data: bytes | None = None) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def wait_answering(url: str, timeout: float = 20) -> None:
+    """Wait until ``url`` answers 200 (the gateway started and its backend is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _get(url)[0] == 200:
+                return
+        except (ConnectionError, urllib.error.URLError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{url} did not answer 200 within {timeout}s")
+
+
 def test_run_serves_quickly_streams_and_stops_on_sigterm(tmp_path: Path) -> None:
     b1, gw_port = free_port(), free_port()
     backend = subprocess.Popen([sys.executable, str(ROOT / "examples" / "demo_backend.py"), "--port", str(b1),
@@ -168,13 +181,7 @@ def test_sighup_reloads_and_a_bad_file_keeps_serving(tmp_path: Path) -> None:
     cfg.write_text(base + 'routers "r" { rule = "PathPrefix(`/v1`)"; service = "s" }\n')
     gw = subprocess.Popen([*GATEWAY, "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                assert _get(f"http://127.0.0.1:{port}/v1/models")[0] == 200
-                break
-            except (ConnectionError, urllib.error.URLError):
-                time.sleep(0.02)
+        wait_answering(f"http://127.0.0.1:{port}/v1/models")
         assert _get(f"http://127.0.0.1:{port}/v2/models")[0] == 404
         cfg.write_text(base + 'routers "r" { rule = "PathPrefix(`/v2`)"; service = "s" }\n')
         gw.send_signal(signal.SIGHUP)
@@ -210,13 +217,7 @@ def test_admin_access_log_rotation_and_json_process_log(tmp_path: Path) -> None:
     gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg), "--admin", f"127.0.0.1:{admin}",
                            "--log-format", "json", "--log-level", "info"], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                assert _get(f"http://127.0.0.1:{port}/v1/models")[0] == 200
-                break
-            except (ConnectionError, urllib.error.URLError):
-                time.sleep(0.02)
+        wait_answering(f"http://127.0.0.1:{port}/v1/models")
         status, body = _get(f"http://127.0.0.1:{admin}/api/gateway/health")
         assert status == 200 and json.loads(body)["state"] == "running"
         status, body = _get(f"http://127.0.0.1:{admin}/metrics")

@@ -26,6 +26,16 @@ services "s" {{
 '''
 
 
+async def named_backend(name: bytes) -> Backend:
+    """A backend whose every answer is 200 with body ``name``."""
+
+    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(ok(name))
+        return True
+
+    return await start_backend(handler)
+
+
 async def get(port: int) -> tuple[int, bytes]:
     c = await Client.connect(port)
     try:
@@ -122,13 +132,7 @@ async def request_with_cookie(port: int, cookie: str | None) -> tuple[int, bytes
 
 
 async def test_sticky_clients_stay_and_move_when_their_backend_dies(start_gateway) -> None:
-    async def named(name: bytes):  # type: ignore[no-untyped-def]
-        async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(ok(name))
-            return True
-        return await start_backend(handler)
-
-    a, b = await named(b"a"), await named(b"b")
+    a, b = await named_backend(b"a"), await named_backend(b"b")
     lb = ('sticky {\n  cookie = "lb"\n  ttl = "10m"\n  secure = true\n  same_site = "strict"\n}\n'
           'health_check {\n  path = "/health"\n  interval = "100ms"\n  timeout = "100ms"\n  unhealthy_threshold = 1\n}')
     gw = await start_gateway(two_backends([a.url, b.url], lb))
@@ -149,13 +153,7 @@ async def test_sticky_clients_stay_and_move_when_their_backend_dies(start_gatewa
 
 
 async def test_failover_when_the_primary_dies_and_back(start_gateway) -> None:
-    async def named(name: bytes):  # type: ignore[no-untyped-def]
-        async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(ok(name))
-            return True
-        return await start_backend(handler)
-
-    primary, spare = await named(b"primary"), await named(b"spare")
+    primary, spare = await named_backend(b"primary"), await named_backend(b"spare")
     hc = 'health_check {\n  path = "/h"\n  interval = "100ms"\n  timeout = "100ms"\n  unhealthy_threshold = 1\n}'
     hcl = f'''
 entrypoints "web" {{ address = "127.0.0.1:0" }}
@@ -188,7 +186,7 @@ services "backup" {{
     assert await wait_for(lambda: not gw.runtime.services["backup"].backends[0].eligible, 3)
     status, body = await get(port)
     assert status == 503 and json.loads(body) == {"error": "No healthy backends (primary + failover)"}
-    revived = await named(b"primary again")
+    revived = await named_backend(b"primary again")
     await revived.stop()
     back = Backend(revived.handler)
     back.server = await asyncio.start_server(back._serve, "127.0.0.1", p_port)
@@ -253,13 +251,7 @@ services "shadow" {{
 
 
 async def test_revision_split_90_10(start_gateway) -> None:
-    async def named(name: bytes):  # type: ignore[no-untyped-def]
-        async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-            w.write(ok(name))
-            return True
-        return await start_backend(handler)
-
-    v1a, v1b, v2 = await named(b"v1"), await named(b"v1"), await named(b"v2")
+    v1a, v1b, v2 = await named_backend(b"v1"), await named_backend(b"v1"), await named_backend(b"v2")
     hcl = f'''
 entrypoints "web" {{ address = "127.0.0.1:0" }}
 routers "r" {{
