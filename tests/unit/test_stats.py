@@ -60,3 +60,11 @@ def test_code_counter() -> None:
     for code in (200, 200, 502, 504, 200):
         c.add(code)
     assert sorted(c.items()) == [(200, 3), (502, 1), (504, 1)]
+
+
+def test_chunk_gaps_by_revision() -> None:
+    st = RouteStats("r", "s")
+    st.observe_gap("", 0.02)
+    st.observe_gap("v2", 0.2)
+    st.observe_gap("v2", 0.3)
+    assert st.chunk_gap.count() == 1 and st.revision_gap["v2"].count() == 2

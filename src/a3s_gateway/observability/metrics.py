@@ -80,6 +80,8 @@ class GatewayCollector:
             ttfb.add_metric(labels, _buckets(st.ttfb), st.ttfb.total)
             if st.chunk_gap.count():
                 gaps.add_metric([*labels, ""], _buckets(st.chunk_gap), st.chunk_gap.total)
+            for revision, h in sorted(st.revision_gap.items()):
+                gaps.add_metric([*labels, revision], _buckets(h), h.total)
             if st.sse_errors:
                 failures.add_metric([*labels, "sse_error"], st.sse_errors)
             if st.truncated:

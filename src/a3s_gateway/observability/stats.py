@@ -112,6 +112,7 @@ class RouteStats:
         self.gone_streaming = 0
         self.retries = 0
         self.revision_ttfb: dict[str, Histogram] = {}  # per revision of the service (§8.6)
+        self.revision_gap: dict[str, Histogram] = {}  # chunk gaps of revision backends (``chunk_gap``: the others)
 
     def record(self, method: bytes, status: int, duration: float) -> None:
         """One completed request: its count by method and status, and its duration."""
@@ -126,6 +127,16 @@ class RouteStats:
         h = self.revision_ttfb.get(revision)
         if h is None:
             h = self.revision_ttfb[revision] = Histogram()
+        h.observe(seconds)
+
+    def observe_gap(self, revision: str, seconds: float) -> None:
+        """A gap between two body pieces from a backend (of ``revision``, "" without revisions)."""
+        if not revision:
+            self.chunk_gap.observe(seconds)
+            return
+        h = self.revision_gap.get(revision)
+        if h is None:
+            h = self.revision_gap[revision] = Histogram()
         h.observe(seconds)
 
     def request_counts(self) -> list[tuple[str, int, int]]:

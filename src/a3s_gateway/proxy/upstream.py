@@ -339,7 +339,7 @@ class UpstreamConnection:
             else:
                 stats = client.stats
                 if stats is not None:
-                    stats.chunk_gap.observe(now - last)
+                    stats.observe_gap(client.revision, now - last)
             self.last_at = now
             if not reader.done:
                 self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
