@@ -21,3 +21,6 @@ if os.environ.get("A3S_TEST_PURE_MYPYC") == "1":
 
     os.environ["BENCH_INTERPRET"] = ",".join(MYPYC_MODULES.values())
     runpy.run_path(str(TESTS.parent / "bench" / "_interpret" / "sitecustomize.py"))
+
+# ``run``: a fixture running a coroutine under both event loops (tests/loops.py), for any test module
+from loops import run  # noqa: E402,F401

@@ -9,12 +9,11 @@ import math
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from a3s_gateway.config.model import TracingConfig
 from a3s_gateway.http import _parser_py, hdrs
 from a3s_gateway.observability import tracing
 from a3s_gateway.observability.tracing import B3, B3MULTI, W3C, TraceContext, Tracer
+from loops import Run
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -331,22 +331,6 @@ def test_injected_headers_continue_the_trace_downstream(propagation: tuple[str, 
 
 # --- export: every test runs under the stdlib asyncio loop and under uvloop -------------------------------------
 
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-Run = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest) -> Run:
-    """Run a test coroutine in a fresh event loop of each kind."""
-
-    def runner(coro: Coroutine[Any, Any, None]) -> None:
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
-            r.run(coro)
-
-    return runner
 
 
 class Collector:
