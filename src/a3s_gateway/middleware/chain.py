@@ -60,10 +60,6 @@ class _Fields:
             lows = self._lows = [n.lower() for n, _ in self.headers]
         return lows
 
-    def lower_names(self) -> list[bytes]:
-        """The lower-case header names, in order (shared: do not modify)."""
-        return self._names()
-
     def _find(self, low: bytes) -> int:
         """Index of the first header named ``low`` (lower-case), or -1. Only names of the same length are
         lower-cased: most lookups touch no name at all."""

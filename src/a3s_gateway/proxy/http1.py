@@ -664,10 +664,16 @@ class HttpConnection:
         self.status = status
         b = self.backend
         if b is not None:
-            b.codes.add(status)
-            passive = b.passive
-            if passive is not None:
-                passive.record(b, status >= 500 and (status <= 504 and status != 501), self.loop.time())
+            self._account(b, status, False)
+
+    def _account(self, b: Backend, status: int, transport_failure: bool) -> None:
+        """One attempt's outcome on ``b``: its status count, and passive health (SPEC §7.4: transport failures
+        and 500/502/503/504 are failures)."""
+        b.codes.add(status)
+        passive = b.passive
+        if passive is not None:
+            failed = transport_failure or status == 500 or (502 <= status <= 504)
+            passive.record(b, failed, self.loop.time())
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""
@@ -702,11 +708,8 @@ class HttpConnection:
             self.response_done(False)
             return
         b = self.backend
-        if b is not None:
-            b.codes.add(status)
-            passive = b.passive
-            if passive is not None:  # a transport failure (connect, reset, response-head timeout)
-                passive.record(b, True, self.loop.time())
+        if b is not None:  # a transport failure (connect, reset, response-head timeout)
+            self._account(b, status, True)
         self._release_backend()
         if self.chain is not None and self.chain.retry is not None and self._try_again(failure, status, None):
             return
@@ -716,9 +719,7 @@ class HttpConnection:
     def retry_status(self, status: int, retry_after: float | None) -> bool:
         """The backend answered a status in ``retry_on_status``: True when the request is tried again (the
         caller drops that response and its connection)."""
-        if not self._try_again(_STATUS, status, retry_after):
-            return False
-        return True
+        return self._try_again(_STATUS, status, retry_after)
 
     def _try_again(self, failure: int, status: int, retry_after: float | None) -> bool:
         chain = cast("Chain", self.chain)
@@ -743,10 +744,7 @@ class HttpConnection:
             self.tried.append(self.backend_url)
         b = self.backend
         if b is not None and failure == _STATUS:
-            b.codes.add(status)
-            passive = b.passive
-            if passive is not None:
-                passive.record(b, status >= 500 and (status <= 504 and status != 501), now)
+            self._account(b, status, False)
         self._release_backend()
         self.upstream = None
         self.connect_task = self.loop.create_task(self._retry_after(delay, policy.slot + 1))
