@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from ._aio import cancel_and_wait
 from .config import compile as compile_config
 from .config.model import AdminConfig
 from .errors import ConfigError, StartupError
@@ -419,9 +420,7 @@ class Gateway:
         retiring = dict(self._retiring)
         # listeners already retired by a reload drain within the shutdown's limit too
         await asyncio.gather(*(s.drain(limit) for s in [*self._servers.values(), *retiring]))
-        for task in retiring.values():
-            task.cancel()
-        await asyncio.gather(*retiring.values(), return_exceptions=True)
+        await cancel_and_wait(retiring.values())
         if self.runtime is not None:
             for svc in self.runtime.services.values():
                 for pool in svc.pools.values():

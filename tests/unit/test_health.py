@@ -293,6 +293,32 @@ async def test_close_cancels_cleanly_even_mid_probe() -> None:
     await checker.close()  # idempotent
 
 
+async def test_close_ends_a_checker_whose_probe_lost_the_cancellation() -> None:
+    # Python 3.11's wait_for can return a result instead of raising CancelledError when the cancel lands as the
+    # inner call completes; the probe loop then carries on. close() must still end it (CI hung here once).
+    b = Backend("http://10.0.0.1:80")
+    started = asyncio.Event()
+    swallowed = 0
+
+    async def loses_one_cancel(backend: Backend, cfg: HealthCheckConfig) -> ProbeResult:
+        nonlocal swallowed
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed += 1
+        return True
+
+    checker = ActiveChecker("s", [b], FAST, HealthState(), probe=loses_one_cancel)
+    checker.start()
+    await started.wait()
+    tasks = list(checker._tasks)
+    await asyncio.wait_for(checker.close(), 5)
+    assert swallowed == 1 and all(t.done() for t in tasks)
+
+
 async def test_probe_exception_counts_as_failure() -> None:
     b = Backend("http://10.0.0.1:80")
 

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import get_default_algorithms
 
+from .._aio import cancel_and_wait
 from .chain import Middleware, Reply, Request, json_reply
 from .http_client import FetchError, Target, fetch
 
@@ -350,9 +351,5 @@ class Jwt(Middleware):
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        if task is not None:
+            await cancel_and_wait([task])

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from watchfiles import Change, awatch
 
+from .._aio import cancel_and_wait
+
 log = logging.getLogger("a3s_gateway.providers.file")
 
 DEBOUNCE: float = 0.2  # seconds after the last event (SPEC §13.6)
@@ -111,10 +113,8 @@ class FileWatcher:
             watchers.append(self._reloader)
         if not watchers:
             return
-        _, pending = await asyncio.wait(watchers, timeout=STOP_WAIT)
-        for task in pending:  # only if the watch thread did not answer the stop request in time
-            task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        await asyncio.wait(watchers, timeout=STOP_WAIT)
+        await cancel_and_wait(watchers)  # only if the watch thread did not answer the stop request in time
 
     def _describe(self) -> list[str]:
         return [self.main] + ([os.path.join(self.directory, "*.hcl")] if self.directory else [])

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from .. import __version__
+from .._aio import cancel_and_wait
 from ..config.model import HealthCheckConfig, PassiveConfig
 from ..middleware.http_client import FetchError, Target, fetch
 from .balancer import Backend
@@ -292,8 +293,6 @@ class ActiveChecker:
     async def close(self) -> None:
         """Cancel the probe tasks and wait for them to end."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
         await _reap(tasks)
 
 
@@ -405,8 +404,6 @@ class PassiveHealth:
         if self._task is not None:
             tasks.append(self._task)
             self._task = None
-        for task in tasks:
-            task.cancel()
         await _reap(tasks)
         self._probes.clear()
 
@@ -416,9 +413,7 @@ async def _default_readmit(backend: Backend) -> ProbeResult:
 
 
 async def _reap(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for cancelled tasks; report unexpected errors instead of raising them."""
-    if not tasks:
-        return
-    for result in await asyncio.gather(*tasks, return_exceptions=True):
-        if isinstance(result, Exception):
-            log.error("health task failed: %r", result)
+    """Cancel tasks and wait for them to end; report unexpected errors instead of raising them."""
+    for exc in await cancel_and_wait(tasks):
+        if isinstance(exc, Exception):
+            log.error("health task failed: %r", exc)

@@ -12,6 +12,8 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from .._aio import cancel_and_wait
+
 if TYPE_CHECKING:
     from ..config.model import MirrorConfig
     from ..runtime import ServiceRuntime
@@ -98,7 +100,4 @@ class Mirror:
 
     async def close(self) -> None:
         """Cancel copies still in flight (shutdown)."""
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(list(self.tasks))
