@@ -19,6 +19,7 @@ _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: [\t !-~\x80-
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+_BODY_METHODS: Final = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
 class FetchError(Exception):
@@ -73,9 +74,15 @@ class Result:
 
 
 async def fetch(
-    target: Target, method: bytes, headers: list[tuple[bytes, bytes]], max_body: int = MAX_BODY
+    target: Target, method: bytes, headers: list[tuple[bytes, bytes]], max_body: int = MAX_BODY, *,
+    body: bytes = b"",
 ) -> Result:
-    """Send one request without a body (``Host`` and ``Connection: close`` are added) and read the response."""
+    """Send one request (``Host`` and ``Connection: close`` are added) and read the response.
+
+    ``body`` is sent with a ``Content-Length`` (the caller supplies ``Content-Type``); POST, PUT and PATCH always
+    carry one, ``0`` when ``body`` is empty, so servers neither wait for a body nor answer 411. A ``Content-Length``
+    in ``headers`` is kept instead and must match ``body``.
+    """
     try:
         reader, writer = await asyncio.open_connection(
             target.host, target.port, ssl=target.ssl, server_hostname=target.host if target.ssl else None,
@@ -87,7 +94,10 @@ async def fetch(
         head = [method, b" ", target.target, b" HTTP/1.1\r\nHost: ", target.host_header, b"\r\n"]
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
-        head.append(b"Connection: close\r\n\r\n")
+        # a caller that frames its own (empty) body, like forward-auth's POST, keeps its header
+        if (body or method in _BODY_METHODS) and not any(n.lower() == b"content-length" for n, _ in headers):
+            head += (b"Content-Length: ", b"%d" % len(body), b"\r\n")
+        head += (b"Connection: close\r\n\r\n", body)
         writer.write(b"".join(head))
         await writer.drain()
         return await _read_response(reader, method == b"HEAD", max_body)
