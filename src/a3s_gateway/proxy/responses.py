@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 
 import orjson
 
-_REASONS = {
-    100: b"Continue",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
+# every registered status (a middleware may answer 401, 403, 409 …); RFC 9110 names 413 "Content Too Large"
+_REASONS = {int(st): st.phrase.encode("ascii") for st in HTTPStatus}
+_REASONS[413] = b"Content Too Large"
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
