@@ -27,6 +27,7 @@ from .observability.tracing import Tracer
 from .proxy.server import HttpServer
 from .runtime import EntrypointRuntime, Runtime
 from .service.health import HealthState
+from .service.revision import RevisionSplit
 
 if TYPE_CHECKING:
     from .config.model import AccessLogConfig, EntrypointConfig, GatewayConfig
@@ -81,6 +82,8 @@ class Gateway:
         self._retiring: dict[HttpServer, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: set[asyncio.Future[Any]] = set()
+        self._rollouts: dict[str, asyncio.Future[None]] = {}  # rollout evaluation tasks by service (§8.7)
+        self._rollout_objs: dict[str, Any] = {}
         self._shutdown_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher: FileWatcher | None = None
@@ -316,6 +319,8 @@ class Gateway:
             for mw in compile_config.retire(old, runtime):
                 self._background(mw.close())
             self._background(self._stop_health(old))
+            for target in compile_config.retired_targets(old, runtime):
+                self._background(target.close())  # its replicas stop (a new target of the same name starts its own)
         self._health.forget_except({(name, b.url) for name, svc in runtime.services.items() for b in svc.backends})
         self._start_health(runtime)
         for name, server in gone:
@@ -339,14 +344,37 @@ class Gateway:
         self._retiring[server] = task
         task.add_done_callback(lambda _: self._retiring.pop(server, None))
 
-    @staticmethod
-    def _start_health(runtime: Runtime) -> None:
+    def _start_health(self, runtime: Runtime) -> None:
         """Start the active checkers and passive re-admission tasks of a generation that was swapped in."""
         for svc in runtime.services.values():
+            if svc.rollout is not None and svc.rollout.state == "progressing":
+                task = self._rollouts.get(svc.name)
+                if task is None or task.done() or self._rollout_objs.get(svc.name) is not svc.rollout:
+                    if task is not None:
+                        task.cancel()
+                    self._rollout_objs[svc.name] = svc.rollout
+                    self._rollouts[svc.name] = asyncio.ensure_future(self._run_rollout(svc.name, svc.rollout))
+            for target in svc.targets:
+                target.start()
             if svc.checker is not None:
                 svc.checker.start()
             if svc.passive is not None:
                 svc.passive.start()
+        for name in list(self._rollouts):
+            found = runtime.services.get(name)
+            if found is None or found.rollout is not self._rollout_objs.get(name):
+                self._rollouts.pop(name).cancel()
+                self._rollout_objs.pop(name, None)
+
+    async def _run_rollout(self, name: str, rollout: Any) -> None:
+        """Evaluate a rollout at the end of each step interval until it completes or rolls back (§8.7)."""
+        while rollout.state == "progressing":
+            await asyncio.sleep(max(0.0, rollout.next_at - self.clock()))
+            rollout.tick(self.clock())
+            runtime = self.runtime
+            svc = runtime.services.get(name) if runtime is not None else None
+            if svc is not None and svc.rollout is rollout and isinstance(svc.balancer, RevisionSplit):
+                compile_config.watch_rollout(rollout, svc.balancer)
 
     @staticmethod
     async def _stop_health(runtime: Runtime) -> None:
@@ -427,8 +455,13 @@ class Gateway:
                     pool.close()
         if self._admin is not None:
             await self._admin.close()
+        rollouts = list(self._rollouts.values())
+        self._rollouts.clear()
+        self._rollout_objs.clear()
+        await cancel_and_wait(rollouts)
         if self.runtime is not None:
             await self._stop_health(self.runtime)
+            await asyncio.gather(*(t.close() for _, t in self.runtime.scale_targets.values()), return_exceptions=True)
             for _, mw in self.runtime.middlewares.values():
                 self._background(mw.close())
         for _, mw in self._admin_mws.values():
@@ -586,19 +619,21 @@ class Gateway:
             backends = [self._backend_view(name, b) for b in svc.backends]
             for b in backends:
                 del b["service"]
+            revisions = getattr(svc.balancer, "revisions", ())
             out.append({
                 "name": name,
                 "strategy": self._config.services[name].load_balancer.strategy,
                 "backends_total": len(backends),
                 "backends_healthy": sum(1 for b in backends if b["healthy"]),
                 "backends": backends,
-                "scaling": None,
+                "scaling": svc.targets[0].as_dict() if svc.targets and not revisions else None,
                 "revisions": [
                     {"name": r.name, "traffic_percent": r.percent, "backends_total": len(r.backends),
-                     "backends_healthy": sum(1 for b in r.backends if b.eligible), "scaling": None}
-                    for r in getattr(svc.balancer, "revisions", ())
+                     "backends_healthy": sum(1 for b in r.backends if b.eligible),
+                     "scaling": r.target.as_dict() if r.target is not None else None}
+                    for r in revisions
                 ],
-                "rollout": None,
+                "rollout": svc.rollout.as_dict(self.clock()) if svc.rollout is not None else None,
             })
         return out
 

@@ -8,7 +8,7 @@ one generation to the next when unchanged (ARCHITECTURE §1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config.model import EntrypointConfig, MiddlewareConfig, TransportConfig
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .proxy.upstream import Pool
     from .routing.matchers import ClientIPMatcher
     from .routing.router import Router
+    from .scaling.target import ScaleTarget
     from .service.balancer import Backend, Balancer
     from .service.health import ActiveChecker, PassiveHealth
     from .service.mirror import Mirror, MirrorCounts
@@ -40,6 +41,11 @@ class ServiceRuntime:
     sticky: Sticky | None = None  # cookie affinity (§7.5)
     failover: ServiceRuntime | None = None  # used when no backend is eligible (§7.6)
     mirror: Mirror | None = None  # shadow copies (§7.7)
+    targets: list[ScaleTarget] = field(default_factory=list)  # scale targets (§8.1): the service or its revisions
+    #: where a request that finds no backend waits (§8.4): the ScaleTarget (``hold_target()``), or the
+    #: RevisionSplit that names the revision's target; None when no target of the service buffers
+    scaling: Any = None
+    rollout: Any = None  # the Rollout of its revisions (§8.7), None without a rollout block
 
     @property
     def backends(self) -> list[Backend]:
@@ -87,3 +93,5 @@ class Runtime:
     middlewares: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]] = field(default_factory=dict)
     #: new weights for backends carried over from the previous generation, applied at the swap (compile.activate)
     weights: tuple[tuple[Backend, int], ...] = ()
+    #: scale targets by name with the key they were built from; carried over while the key is equal
+    scale_targets: dict[str, tuple[object, ScaleTarget]] = field(default_factory=dict)

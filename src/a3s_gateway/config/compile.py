@@ -17,7 +17,9 @@ from ..routing import rules
 from ..routing.matchers import ClientIPMatcher
 from ..routing.router import Route, Router
 from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
-from ..service.balancer import Backend, make_balancer
+from ..scaling.rollout import Rollout
+from ..scaling.target import ScaleTarget
+from ..service.balancer import Backend, Balancer, CappedBalancer, make_balancer
 from ..service.health import ActiveChecker, HealthState, PassiveHealth
 from ..service.mirror import Mirror, MirrorCounts
 from ..service.revision import Revision, RevisionSplit
@@ -27,13 +29,14 @@ if TYPE_CHECKING:
     from ..middleware.chain import Middleware
     from ..observability.access_log import AccessLog
     from ..observability.tracing import Tracer
-    from .model import GatewayConfig, MiddlewareConfig
+    from .model import GatewayConfig, MiddlewareConfig, ScalingConfig, ServiceConfig
 
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
-     "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions"}
+     "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
+     "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout"}
 )
 
 
@@ -90,6 +93,7 @@ def build_runtime(
     need_wall = access_log is not None or (tracer is not None and tracer.exporting)
     services: dict[str, ServiceRuntime] = {}
     weights: list[tuple[Backend, int]] = []
+    targets: dict[str, tuple[object, ScaleTarget]] = {}
     for name, svc in config.services.items():
         transport = svc.transport
         old = previous.services.get(name) if previous is not None else None
@@ -98,9 +102,39 @@ def build_runtime(
         lb = svc.load_balancer
         # plain services have one group of servers; with revisions (§8.6) each revision is a group of its own
         groups = [(r.name, r.servers, r.strategy) for r in svc.revisions] or [("", lb.servers, lb.strategy)]
+        state = health if health is not None else HealthState()
         revisions: list[Revision] = []
+        checked: list[Backend] = []  # backends the active checker starts with (replicas join it when ready)
+        group_balancers: list[Balancer] = []
         for revision_name, servers, strategy in groups:
             group: list[Backend] = []
+            if svc.scaling is not None:
+                tname = f"{name}-{revision_name}" if revision_name else name
+                key = _target_key(svc, svc.scaling, servers)
+                carried = previous.scale_targets.get(tname) if previous is not None else None
+                if carried is not None and carried[0] == key:
+                    target = carried[1]
+                    for backend in target.backends:
+                        pools[backend.url] = target.pools[backend.url]
+                    group = target.backends
+                else:
+                    urls = [s.url for s in servers] if svc.scaling.executor in ("box", "static") else []
+                    for url in urls:
+                        backend = Backend(url)
+                        backend.revision = revision_name
+                        group.append(backend)
+                        pools[url] = Pool(backend, loop, transport)
+                    target = _new_target(tname, name, svc, svc.scaling, group, pools, urls, loop, state)
+                targets[tname] = (key, target)
+                balancer: Balancer = make_balancer(strategy, group)
+                if svc.scaling.container_concurrency > 0:
+                    balancer = CappedBalancer(balancer, svc.scaling.container_concurrency)
+                group_balancers.append(balancer)
+                backends.extend(group)
+                if revision_name:
+                    percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
+                    revisions.append(Revision(revision_name, percent, balancer))
+                continue
             for server in servers:
                 backend = Backend(server.url, server.weight)
                 old_pool = old.pools.get(server.url) if old is not None and old.transport == transport else None
@@ -115,21 +149,35 @@ def build_runtime(
                 group.append(backend)
                 pools[server.url] = pool
             backends.extend(group)
+            checked.extend(group)
             if revision_name:
                 percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
                 revisions.append(Revision(revision_name, percent, make_balancer(strategy, group)))
-        state = health if health is not None else HealthState()
         state.attach(name, backends)  # backends carried over keep their health; new ones start healthy (§7.3)
+        if revisions:
+            dispatch: Balancer | RevisionSplit = RevisionSplit(revisions)
+        elif group_balancers:
+            dispatch = group_balancers[0]
+        else:
+            dispatch = make_balancer(lb.strategy, backends)
         services[name] = ServiceRuntime(
             name=name,
-            balancer=RevisionSplit(revisions) if revisions else make_balancer(lb.strategy, backends),
+            balancer=dispatch,
             pools=pools,
             transport=transport,
             pass_host_header=lb.pass_host_header,
-            checker=ActiveChecker(name, backends, lb.health_check, state) if lb.health_check is not None else None,
+            checker=ActiveChecker(name, checked, lb.health_check, state) if lb.health_check is not None else None,
             passive=PassiveHealth(name, lb.passive, state) if lb.passive.enabled else None,
             sticky=Sticky(name, lb.sticky, backends) if lb.sticky is not None else None,
         )
+    for name, svc in config.services.items():
+        split = services[name].balancer
+        if svc.rollout is not None and isinstance(split, RevisionSplit):
+            old = previous.services.get(name) if previous is not None else None
+            if old is not None and old.rollout is not None and old.rollout.cfg == svc.rollout:
+                services[name].rollout = old.rollout  # unchanged block: the rollout goes on (adopted at activate)
+            else:
+                services[name].rollout = Rollout(name, svc.rollout, split.revisions, loop.time())
     mirror_counts = dict(previous.mirror_counts) if previous is not None else {}
     for name, svc in config.services.items():
         if svc.failover is not None:  # validation rejected unknown targets and cycles
@@ -165,8 +213,13 @@ def build_runtime(
             tracer=tracer,
             need_wall=need_wall,
         )
+    for _, target in targets.values():
+        owner = services[target.service]
+        owner.targets.append(target)
+        if target.buffered:
+            owner.scaling = owner.balancer if isinstance(owner.balancer, RevisionSplit) else target
     return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights),
-                   route_stats=stats, middlewares=middlewares, mirror_counts=mirror_counts)
+                   route_stats=stats, middlewares=middlewares, mirror_counts=mirror_counts, scale_targets=targets)
 
 
 def activate(new: Runtime) -> None:
@@ -176,6 +229,77 @@ def activate(new: Runtime) -> None:
     for svc in new.services.values():
         for backend in svc.backends:
             backend.passive = svc.passive  # the data plane reports each attempt's outcome to it
+        rollout = svc.rollout
+        if rollout is not None and isinstance(svc.balancer, RevisionSplit):
+            rollout.adopt(svc.balancer.revisions)
+            watch_rollout(rollout, svc.balancer)
+        for target in svc.targets:
+            # a carried-over target serves the new generation: its pools, checkers and balancer are the new ones
+            target.pools = svc.pools
+            target.checker = svc.checker
+            target.passive = svc.passive
+            target.balancer = _balancer_of(svc, target)
+            if svc.checker is not None:
+                for backend in target.backends:
+                    if target.is_ready(backend):
+                        svc.checker.add(backend)
+
+
+def watch_rollout(rollout: Rollout, split: RevisionSplit) -> None:
+    """Point the data plane of the rollout's ``to`` revision at its window while it progresses (§8.7)."""
+    window = rollout.window if rollout.state == "progressing" else None
+    for revision in split.revisions:
+        for backend in revision.backends:
+            backend.window = window if revision.name == rollout.cfg.to else None
+
+
+def _balancer_of(svc: ServiceRuntime, target: ScaleTarget) -> object:
+    split = svc.balancer
+    if isinstance(split, RevisionSplit):
+        for revision in split.revisions:
+            if revision.balancer.backends is target.backends:
+                revision.target = target
+                return revision.balancer
+    return split
+
+
+def _target_key(svc: ServiceConfig, scaling: ScalingConfig, servers: object) -> object:
+    """What a scale target is built from: equal keys across a reload keep the target (and its replicas)."""
+    hc = svc.load_balancer.health_check
+    return (scaling, svc.transport, servers, hc.path if hc is not None else None)
+
+
+def _new_target(
+    tname: str, service: str, svc: ServiceConfig, scaling: ScalingConfig, group: list[Backend],
+    pools: dict[str, Pool], urls: list[str], loop: asyncio.AbstractEventLoop, health: HealthState,
+) -> ScaleTarget:
+    hc = svc.load_balancer.health_check
+    probe_path = hc.path if hc is not None else None
+    if scaling.process is not None and scaling.process.health_path:
+        probe_path = scaling.process.health_path
+    target = ScaleTarget(tname, service, scaling, group, pools, svc.transport, loop, health,
+                         probe_path=probe_path, probe_interval=hc.interval if hc is not None else 10.0)
+    kind = scaling.executor
+    if kind == "process":
+        from ..scaling.executors.process import ProcessExecutor
+
+        assert scaling.process is not None
+        target.executor = ProcessExecutor(tname, scaling.process, target)
+    elif kind == "box":
+        from ..scaling.executors.box import BoxExecutor
+
+        assert scaling.box is not None
+        target.executor = BoxExecutor(tname, scaling.box, target, urls)
+    elif kind == "kubernetes":
+        from ..scaling.executors.kubernetes import KubernetesExecutor
+
+        assert scaling.kubernetes is not None
+        target.executor = KubernetesExecutor(tname, scaling.kubernetes, target)
+    else:
+        from ..scaling.executors.static import StaticExecutor
+
+        target.executor = StaticExecutor(urls)
+    return target
 
 
 def retire(old: Runtime, new: Runtime) -> list[Middleware]:
@@ -188,3 +312,9 @@ def retire(old: Runtime, new: Runtime) -> list[Middleware]:
                 pool.close()
     used = {id(mw) for _, mw in new.middlewares.values()}
     return [mw for _, mw in old.middlewares.values() if id(mw) not in used]
+
+
+def retired_targets(old: Runtime, new: Runtime) -> list[ScaleTarget]:
+    """Scale targets of ``old`` that ``new`` does not carry over (the caller closes them: their replicas stop)."""
+    kept = {id(t) for _, t in new.scale_targets.values()}
+    return [t for _, t in old.scale_targets.values() if id(t) not in kept]

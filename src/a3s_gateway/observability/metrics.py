@@ -152,7 +152,39 @@ class GatewayCollector:
         for st in route_stats:
             for revision, h in sorted(st.revision_ttfb.items()):
                 rev_ttfb.add_metric([st.router, st.service, revision], _buckets(h), h.total)
-        yield from (rev_requests, rev_ttfb, split)
+        rollout_state = GaugeMetricFamily("gateway_rollout_state", "1 for the current state, 0 for the others.",
+                                          labels=["service", "state"])
+        if runtime is not None:
+            for svc in runtime.services.values():
+                rollout = svc.rollout
+                if rollout is not None:
+                    for state in ("progressing", "completed", "rolled_back"):
+                        rollout_state.add_metric([svc.name, state], 1 if rollout.state == state else 0)
+        yield from (rev_requests, rev_ttfb, split, rollout_state)
+        desired = GaugeMetricFamily("gateway_autoscaler_desired_replicas", "Desired replicas.", labels=["service"])
+        actual = GaugeMetricFamily("gateway_autoscaler_actual_replicas", "Replicas reported by the executor.",
+                                   labels=["service"])
+        ready = GaugeMetricFamily("gateway_autoscaler_ready_replicas", "Ready replicas.", labels=["service"])
+        panic = GaugeMetricFamily("gateway_autoscaler_panic", "1 in panic mode.", labels=["service"])
+        executor_errors = CounterMetricFamily("gateway_executor_errors", "Failed executor calls.",
+                                              labels=["service", "executor"])
+        depth = GaugeMetricFamily("gateway_buffer_queue_depth", "Queued requests.", labels=["service"])
+        waited = HistogramMetricFamily("gateway_buffer_wait_seconds", "Time spent queued (all outcomes).",
+                                       labels=["service"])
+        rejections = CounterMetricFamily("gateway_buffer_rejections", "Queued requests not dispatched, by reason.",
+                                         labels=["service", "reason"])
+        if runtime is not None:
+            for tname, (_, target) in sorted(runtime.scale_targets.items()):
+                desired.add_metric([tname], target.autoscaler.desired)
+                actual.add_metric([tname], target.actual)
+                ready.add_metric([tname], target.ready_count())
+                panic.add_metric([tname], 1 if target.autoscaler.panic else 0)
+                executor_errors.add_metric([tname, target.cfg.executor], target.executor_errors)
+                depth.add_metric([tname], len(target.queue))
+                waited.add_metric([tname], _buckets(target.wait), target.wait.total)
+                for reason, n in target.rejections.items():
+                    rejections.add_metric([tname, reason], n)
+        yield from (desired, actual, ready, panic, executor_errors, depth, waited, rejections)
         mirrors = CounterMetricFamily("gateway_mirror_requests", "Mirrored copies by result.",
                                       labels=["service", "result"])
         if runtime is not None:

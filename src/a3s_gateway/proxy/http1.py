@@ -63,6 +63,7 @@ _P_PENDING = 4  # body bytes held while the upstream connection is being opened
 _ALLOW_405 = b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE\r\n"
 _CONTENT_LENGTH_ZERO = b"Content-Length: 0\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_COLD = b"X-A3S-Cold-Start: 1\r\n"  # on every response to a request that waited in a cold-start queue
 _DRAIN_LIMIT = 65536
 
 
@@ -79,11 +80,12 @@ class HttpConnection:
     # slots keep an idle keep-alive connection small (SPEC target: a few KiB per idle connection)
     __slots__ = (
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
-        "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "connect_task",
-        "draining", "entry", "framing", "head", "keep_alive", "loop", "mirror", "mirror_body", "mirror_bytes",
-        "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay", "replay_bytes",
-        "resp_started", "response_extra", "retried", "revision", "rid", "server", "state", "stats", "status", "t0",
-        "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head", "upstream", "wall0", "write_paused",
+        "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "cold",
+        "connect_task", "draining", "entry", "framing", "head", "held", "keep_alive", "loop", "mirror", "mirror_body",
+        "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
+        "replay_bytes", "resp_started", "response_extra", "retried", "revision", "rid", "server", "skip_queue",
+        "state", "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head",
+        "upstream", "wall0", "window", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -145,6 +147,12 @@ class HttpConnection:
         self.mirror_bytes = 0
         self.mirror_decided = False
         self.revision = ""  # revision of the backend of the last attempt (§8.6)
+        # cold start (SPEC §8.4): the scale target the request waits on, whether it waited, whether the queue is
+        # bypassed (full or timed out: the failover service answers)
+        self.held: Any = None
+        self.cold = False
+        self.skip_queue = False
+        self.window: Any = None  # the rollout window of the attempt's backend (§8.7), None outside a rollout
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -167,6 +175,10 @@ class HttpConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        held = self.held
+        if held is not None:  # the client left while its request waited for a replica: out of the queue
+            self.held = None
+            held.unhold(self)
         stats = self.stats
         if stats is not None:  # the client left during an exchange
             chain = self.chain
@@ -180,6 +192,10 @@ class HttpConnection:
             if self.resp_started:
                 stats.gone_streaming += 1
                 self._record(True)
+            elif held is not None:
+                stats.gone_queued += 1
+                self.status = 0
+                self._record(False)
             else:
                 stats.gone_waiting_head += 1
                 self.status = 0
@@ -254,6 +270,9 @@ class HttpConnection:
         self.backend_url = None
         self.rid = b""
         self.revision = ""
+        self.cold = False
+        self.skip_queue = False
+        self.window = None
         self.chain = None
         self.mirror = None
         self.mirror_decided = False
@@ -291,21 +310,32 @@ class HttpConnection:
         if chain is not None:
             self._start_chain(head, target, chain, framing, client_ip)
             return
+        self.target = target
+        self.framing = framing
+        self._fast_forward(client_ip)
+
+    def _fast_forward(self, client_ip: str) -> None:
+        """Dispatch a request of a route without middlewares: pick, build the upstream head, forward."""
+        head = self.head
+        target = cast("RouteTarget", self.target)
         svc = target.service
-        if svc.sticky is None and svc.failover is None:
+        if svc.sticky is None and svc.failover is None and not self.cold:
             backend = svc.balancer.pick()
         else:
             svc, backend = self._pick(svc, head.headers, 0)
         if backend is None:
             self._no_backend(target.service)
             return
+        entry = self.entry
+        tracer = entry.tracer
+        framing = self.framing
         pool = svc.pools[backend.url]
         if pool.base_path or head.authority:
             path = pool.base_path + head.path
             upath = path if head.query is None else path + b"?" + head.query
         else:
             upath = head.target
-        drop = cast("Any", tracer).mask if trace is not None else 0
+        drop = cast("Any", tracer).mask if self.trace is not None else 0
         self.up_head, self.rid = request_head(
             head.method,
             upath,
@@ -346,17 +376,82 @@ class HttpConnection:
         if backend is None:
             backend = svc.balancer.pick()
         if backend is not None:
+            extra = _COLD if self.cold else b""
             if sticky is not None:
-                self.response_extra = sticky.lines[backend.url]  # re-issued on every response (ttl = inactivity)
+                extra += sticky.lines[backend.url]  # re-issued on every response (ttl = inactivity)
+            self.response_extra = extra
             return svc, backend
         failover = svc.failover
-        if failover is not None and depth < 8:
+        # a service with a cold-start buffer queues first; its failover answers when the queue cannot (§8.4)
+        if failover is not None and depth < 8 and (svc.scaling is None or self.skip_queue):
             return self._pick(failover, headers, depth + 1)
         return svc, None
 
     def _no_backend(self, primary: ServiceRuntime) -> None:
+        scaling = primary.scaling
+        if scaling is not None and not self.skip_queue:
+            target = scaling.hold_target()
+            if target is not None:
+                # reading goes on while the request waits, so a client that leaves is seen at once; body bytes
+                # that arrive are held like those of a connect in progress (paused beyond HIGH_WATER)
+                if target.hold(self, self.cold):
+                    self.held = target
+                    self.cold = True
+                    self._tkind = _T_NONE
+                    return
+                self._queue_failed(primary, 503, "Request buffer full", b"Retry-After: 5\r\n")
+                return
         message = "No healthy backends (primary + failover)" if primary.failover is not None else "No healthy backends"
-        self._local(503, message, b"Retry-After: 1\r\n")
+        self._local(503, message, (_COLD if self.cold else b"") + b"Retry-After: 1\r\n")
+
+    def _queue_failed(self, primary: ServiceRuntime, status: int, message: str, extra: bytes) -> None:
+        """The queue cannot take or keep the request: the failover service if any, else ``status``."""
+        if primary.failover is not None:
+            self.skip_queue = True
+            self._dispatch()
+            return
+        self._local(status, message, (_COLD if self.cold else b"") + extra)
+
+    def _dispatch(self) -> None:
+        if self.chain is not None:
+            self._chain_forward()
+        else:
+            self._fast_forward(self.client_ip if not self.trusted else self._forwarded_client(self.head))
+
+    # -- called by the scale target (control plane) -------------------------------------------------------------
+    def resume_held(self) -> None:
+        """A replica can take the queued request: dispatch it now."""
+        self.held = None
+        if self.transport is None or self.state == _CLOSED:
+            return
+        self._dispatch()
+
+    def held_timeout(self) -> None:
+        """Waited ``buffer_timeout_secs``: the failover service, else 504."""
+        held = self.held
+        self.held = None
+        if held is None or self.transport is None or self.state == _CLOSED:
+            return
+        target = cast("RouteTarget", self.target)
+        self._queue_failed(target.service, 504, "Backend scale-up timed out", b"")
+
+    def held_shutdown(self) -> None:
+        """The shutdown drain deadline came while the request waited: 503."""
+        self.held = None
+        if self.transport is None or self.state == _CLOSED:
+            return
+        self.closing = True
+        self._local(503, "Gateway shutting down", _COLD)
+
+    def drain_deadline(self) -> None:
+        """Shutdown drain deadline: a queued request is answered 503, anything else is cut."""
+        held = self.held
+        if held is not None and self.transport is not None:
+            held.unhold(self, "shutdown")
+            self.held_shutdown()
+            return
+        if self.transport is not None:
+            self.transport.abort()
 
     def _forward(self, backend: Backend, pool: Pool, svc: ServiceRuntime) -> None:
         """Send the built upstream head (``up_head``) to ``backend``: a pooled connection, or a new one."""
@@ -366,6 +461,7 @@ class HttpConnection:
         self.backend = backend
         self.backend_url = backend.url
         self.revision = backend.revision
+        self.window = backend.window
         self.pool = pool
         backend.in_flight += 1
         if self.body is not None and self.buf and not self.head.expect_continue:
@@ -568,6 +664,16 @@ class HttpConnection:
         except (OSError, TimeoutError) as e:
             self.connect_task = None
             log.warning("upstream connect to %s failed: %s", pool.backend.url, e)
+            target = pool.backend.target
+            if target is not None and self.transport is not None and not self.resp_started:
+                # a replica that refuses is not ready (§8.3); with a buffer the request waits again, first in line
+                target.mark_not_ready(pool.backend)
+                if target.buffered and self.state != _CLOSED:
+                    self._release_backend()
+                    self.cold = True
+                    if target.hold(self, True):
+                        self.held = target
+                        return
             self.upstream_failed(502, "Upstream connection failed", _CONNECT)
             return
         self.connect_task = None
@@ -670,6 +776,9 @@ class HttpConnection:
         """One attempt's outcome on ``b``: its status count, and passive health (SPEC §7.4: transport failures
         and 500/502/503/504 are failures)."""
         b.codes.add(status)
+        window = b.window
+        if window is not None:
+            window.attempt(status, transport_failure)
         passive = b.passive
         if passive is not None:
             failed = transport_failure or status == 500 or (502 <= status <= 504)
@@ -767,6 +876,9 @@ class HttpConnection:
                 stats.sse_errors += 1
             else:
                 stats.truncated += 1
+        window = self.window
+        if window is not None:
+            window.stream_failure()
         log.warning("upstream stream failed (backend %s)", self.backend_url or "-")
 
     def retry_on_fresh_connection(self) -> bool:
@@ -883,6 +995,9 @@ class HttpConnection:
             stats.ttfb.observe(self.ttfb)
             if self.revision:
                 stats.observe_revision_ttfb(self.revision, self.ttfb)
+            window = self.window
+            if window is not None:
+                window.ttfb(self.ttfb)
         if self.entry.need_wall:
             self._log_exchange(stats, method, duration)
 
@@ -917,7 +1032,7 @@ class HttpConnection:
                 self.wall0, self.client_ip, method, path, query, host, status if status else None,
                 self.body.received if self.body is not None else 0, self.bytes_out, duration,
                 self.ttfb if self.ttfb >= 0.0 else None, router, service, self.backend_url, entry.name, agent,
-                rid or os.urandom(16).hex(), trace.trace_id if trace is not None else None, retries, False, None,
+                rid or os.urandom(16).hex(), trace.trace_id if trace is not None else None, retries, self.cold, None,
             ))
         tracer = entry.tracer
         if trace is not None and trace.sampled and tracer is not None and tracer.exporting:
@@ -925,7 +1040,7 @@ class HttpConnection:
                 trace, start_wall=self.wall0, end_wall=self.wall0 + duration, method=method,
                 path=head.path if head is not None else None, host=head.host if head is not None else None,
                 status=status, client_ip=self.client_ip, router=stats.router, service=stats.service,
-                backend=self.backend_url, retries=retries, cold_start=False,
+                backend=self.backend_url, retries=retries, cold_start=self.cold,
             )
 
     def _abort_exchange(self) -> None:
@@ -950,6 +1065,9 @@ class HttpConnection:
         if b is not None:
             b.in_flight -= 1
             self.backend = None
+            target = b.target
+            if target is not None:
+                target.released()  # a queued request may take the freed slot (§8.4)
 
     def _close(self) -> None:
         self.state = _CLOSED

@@ -62,6 +62,5 @@ class HttpServer:
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.drain_deadline()  # a request still waiting for a replica gets 503, anything else is cut
         self.connections.clear()

@@ -65,6 +65,8 @@ class Backend:
         self.codes = CodeCounter()  # attempts by status (gateway_backend_requests_total)
         self.passive: Any = None  # the service's PassiveHealth (outcomes of attempts are reported to it)
         self.revision = ""  # the revision pool it belongs to (§8.6), "" without revisions
+        self.target: Any = None  # the scale target it is a replica of (§8), told when a request on it ends
+        self.window: Any = None  # the rollout window of its revision while it is a rollout's `to` (§8.7)
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, weight={self.weight})"
@@ -214,6 +216,34 @@ class P2CBalancer(Balancer):
         first = self.nth_eligible(i)
         second = self.nth_eligible(j)
         return second if second.in_flight < first.in_flight else first
+
+
+class CappedBalancer(Balancer):
+    """A per-replica hard limit (``container_concurrency``, SPEC §8.1) over another strategy: a backend with
+    ``limit`` requests in flight is skipped; None when every eligible backend is full."""
+
+    def __init__(self, inner: Balancer, limit: int) -> None:
+        super().__init__(inner.backends)
+        self.inner = inner
+        self.limit = limit
+
+    def pick(self) -> Backend | None:
+        limit = self.limit
+        for _ in range(len(self.backends)):
+            backend = self.inner.pick()
+            if backend is None:
+                return None
+            if backend.in_flight < limit:
+                return backend
+        return None
+
+    def free_slots(self) -> int:
+        """Requests the eligible backends can take now."""
+        free = 0
+        for backend in self.backends:
+            if backend.eligible and backend.in_flight < self.limit:
+                free += self.limit - backend.in_flight
+        return free
 
 
 def make_balancer(strategy: str, backends: list[Backend], rng: random.Random | None = None) -> Balancer:

@@ -45,6 +45,7 @@ class BackendHealth:
 
     __slots__ = (
         "backend",
+        "draining",
         "ejected",
         "ejected_until",
         "ejections",
@@ -52,6 +53,7 @@ class BackendHealth:
         "healthy",
         "last_readmitted",
         "passive_failures",
+        "ready",
         "service",
         "successes",
     )
@@ -67,14 +69,17 @@ class BackendHealth:
         self.ejections = 0  # n: consecutive ejections so far (the n-th lasts min(n, 10) × ejection)
         self.ejected_until = 0.0
         self.last_readmitted: float | None = None  # when the last ejection ended, until n is reset
+        # replicas of a scale target (§8.3): not ready until the readiness probe passes; draining before a stop
+        self.ready = True
+        self.draining = False
 
     @property
     def eligible(self) -> bool:
-        return self.healthy and not self.ejected
+        return self.healthy and not self.ejected and self.ready and not self.draining
 
     def apply(self) -> None:
         """Write the composed eligibility to the bound Backend object."""
-        self.backend.eligible = self.healthy and not self.ejected
+        self.backend.eligible = self.healthy and not self.ejected and self.ready and not self.draining
 
     def __repr__(self) -> str:
         return (
@@ -230,6 +235,8 @@ class ActiveChecker:
         self._rng = rng
         self._probe: Probe = probe if probe is not None else Prober()
         self._tasks: list[asyncio.Task[None]] = []
+        self._by_url: dict[str, asyncio.Task[None]] = {}
+        self._started = False
         state.attach(service, self.backends)
 
     async def probe_backend(self, backend: Backend) -> ProbeResult:
@@ -282,17 +289,41 @@ class ActiveChecker:
 
     def start(self) -> None:
         """Start one task per backend: first probe at once, then every ``interval`` (random first offset)."""
-        if self._tasks:
+        if self._tasks or self._started:
             return
+        self._started = True
         for backend in self.backends:
-            task = asyncio.get_running_loop().create_task(
-                self._run(backend), name=f"health-check {self.service} {backend.url}"
-            )
-            self._tasks.append(task)
+            self._spawn(backend)
+
+    def _spawn(self, backend: Backend) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._run(backend), name=f"health-check {self.service} {backend.url}"
+        )
+        self._tasks.append(task)
+        self._by_url[backend.url] = task
+
+    def add(self, backend: Backend) -> None:
+        """A replica joined the service (scale targets, §8.3): probe it from now on."""
+        if any(b.url == backend.url for b in self.backends):
+            return
+        self.backends.append(backend)
+        self.state.get(self.service, backend)
+        if self._started:
+            self._spawn(backend)
+
+    async def remove(self, backend: Backend) -> None:
+        """A replica left the service: stop probing it."""
+        self.backends = [b for b in self.backends if b.url != backend.url]
+        task = self._by_url.pop(backend.url, None)
+        if task is not None:
+            self._tasks.remove(task)
+            await _reap([task])
 
     async def close(self) -> None:
         """Cancel the probe tasks and wait for them to end."""
         tasks, self._tasks = self._tasks, []
+        self._by_url.clear()
+        self._started = False
         await _reap(tasks)
 
 

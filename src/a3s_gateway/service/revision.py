@@ -8,7 +8,7 @@ backend gives way to the others in proportion to their weights; revisions at 0 %
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .balancer import Backend, Balancer
@@ -22,6 +22,7 @@ class Revision:
         self.percent = percent  # current traffic share (rollout changes it)
         self.balancer = balancer
         self.current = 0  # smooth weighted round-robin state
+        self.target: Any = None  # its ScaleTarget when the service scales (§8.1: one target per revision)
 
     @property
     def backends(self) -> list[Backend]:
@@ -33,7 +34,7 @@ class RevisionSplit:
 
     def __init__(self, revisions: list[Revision]) -> None:
         self.revisions = revisions
-        self.backends: list[Backend] = [b for r in revisions for b in r.backends]
+        self.held: Any = None  # the scale target the last failed pick should queue on (§8.6), else None
 
     def _choose(self, exclude: list[Revision]) -> Revision | None:
         """Smooth weighted round-robin over the revisions not in ``exclude`` with a share above 0 %."""
@@ -50,7 +51,12 @@ class RevisionSplit:
             best.current -= total
         return best
 
+    @property
+    def backends(self) -> list[Backend]:
+        return [b for r in self.revisions for b in r.backends]
+
     def pick(self) -> Backend | None:
+        self.held = None
         tried: list[Revision] = []
         while len(tried) < len(self.revisions):
             revision = self._choose(tried)
@@ -59,8 +65,16 @@ class RevisionSplit:
             backend = revision.balancer.pick()
             if backend is not None:
                 return backend
+            target = revision.target
+            if target is not None and target.buffered:
+                self.held = target  # a scaled revision with a buffer: the request waits for it (§8.6)
+                return None
             tried.append(revision)  # no eligible backend: another revision, in proportion to its weight
         return None
+
+    def hold_target(self) -> Any:
+        """The scale target the request that just found no backend queues on (None: no buffered revision)."""
+        return self.held
 
     def eligible_count(self) -> int:
         return sum(1 for b in self.backends if b.eligible)

@@ -1,0 +1,433 @@
+"""One scale target (SPEC §8.1): its replicas, their readiness, the cold-start queue and the autoscaler loop.
+
+The pieces are kept apart as in Knative: *collect* (``record`` every second: in-flight on the replicas + queued),
+*decide* (:class:`~a3s_gateway.scaling.autoscaler.Autoscaler`, pure, every 2 s), *actuate* (the executor's
+``scale``). The request path touches this object only when a request finds no replica (``hold``), when a request on
+one of its replicas ends while requests are queued (``released``) and when a client leaves the queue (``unhold``).
+
+Replicas are ordinary :class:`Backend` objects in the service's live backend list (the balancer reads the same
+list), each with its upstream pool. They start not ready; the readiness probe (§8.3) makes them eligible, at which
+point queued requests are dispatched in FIFO order up to the free capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from .._aio import cancel_and_wait
+from ..config.model import HealthCheckConfig
+from ..observability.stats import Histogram
+from ..proxy.upstream import Pool
+from ..service.balancer import Backend
+from ..service.health import Prober
+from .autoscaler import Autoscaler
+
+if TYPE_CHECKING:
+    from ..config.model import ScalingConfig, TransportConfig
+    from ..service.health import ActiveChecker, HealthState, PassiveHealth
+
+log: Final = logging.getLogger("a3s_gateway.scaling")
+
+SAMPLE_PERIOD: Final = 1.0  # §8.2: one concurrency sample a second
+TICK_EVERY: Final = 2  # samples per autoscaler tick (2 s)
+RESEND_AFTER: Final = 30.0  # re-send the desired count while the executor reports another
+READY_TIMEOUT: Final = 1.0  # readiness probe timeout (§8.3)
+FAST_PROBE: Final = 0.1  # readiness probe period while requests wait or a scale-up is pending
+SLOW_PROBE: Final = 10.0  # otherwise, when the service has no health_check interval
+REJECT_REASONS: Final = ("full", "timeout", "client_gone", "shutdown")
+
+
+class ScaleTarget:
+    """Replicas + readiness + cold-start queue + autoscaler of one scaled service (or revision)."""
+
+    def __init__(
+        self,
+        name: str,
+        service: str,
+        cfg: ScalingConfig,
+        backends: list[Backend],
+        pools: dict[str, Pool],
+        transport: TransportConfig,
+        loop: asyncio.AbstractEventLoop,
+        health: HealthState,
+        *,
+        probe_path: str | None = None,
+        probe_interval: float = SLOW_PROBE,
+        clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name  # passed to executors (§8.1)
+        self.service = service  # health-state / metrics service name
+        self.cfg = cfg
+        self.backends = backends  # the live list the balancer reads (mutated in place)
+        self.pools = pools  # the service's pools (mutated in place)
+        self.transport = transport
+        self.loop = loop
+        self.health = health
+        self.clock: Callable[[], float] = clock if clock is not None else loop.time
+        self.wall = wall
+        self.checker: ActiveChecker | None = None
+        self.passive: PassiveHealth | None = None
+        self.executor: Any = None
+        self.balancer: Any = None  # CappedBalancer when container_concurrency > 0 (free_slots)
+        self.probe_cfg = HealthCheckConfig(path=probe_path or None, timeout=READY_TIMEOUT)
+        self.probe_interval = probe_interval
+        self.prober = Prober()
+        self.autoscaler = Autoscaler(cfg, self.clock())
+        # the cold-start queue: (connection, enqueue time), FIFO
+        self.queue: deque[tuple[Any, float]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        # executor bookkeeping
+        self.desired = cfg.min_replicas  # last count sent to the executor
+        self.actual = 0  # last count the executor reported
+        self.scale_pending = False  # a scale-up was asked for and no replica is ready yet
+        self._last_sent = -1e18
+        self._scaling: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self.running = False
+        # metrics (§11.2)
+        self.wait = Histogram()  # gateway_buffer_wait_seconds
+        self.rejections: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self.executor_errors = 0
+        self.cold_starts = 0  # requests that waited and were dispatched
+        self._known_urls: set[str] = set()  # endpoints adopted (made not ready once)
+        for backend in backends:
+            self._adopt(backend)
+
+    # -- replicas ----------------------------------------------------------------------------------------------
+    def _adopt(self, backend: Backend) -> None:
+        backend.target = self
+        health = self.health.get(self.service, backend)
+        if backend.url not in self._known_urls:
+            self._known_urls.add(backend.url)
+            health.ready = False  # every endpoint of a scale target starts not ready (§8.3)
+            health.apply()
+
+    def add_endpoint(self, url: str) -> Backend:
+        """A new replica endpoint (not ready until its readiness probe passes)."""
+        for backend in self.backends:
+            if backend.url == url:
+                return backend
+        backend = Backend(url)
+        backend.passive = self.passive
+        self.pools[url] = Pool(backend, self.loop, self.transport)
+        self._adopt(backend)
+        self.backends.append(backend)
+        self._wake.set()
+        log.info("service %s: replica %s added (not ready)", self.name, url)
+        return backend
+
+    def remove_endpoint(self, url: str) -> None:
+        """A replica is gone (process exit, endpoint removed): it leaves the pool at once (§8.3)."""
+        for i, backend in enumerate(self.backends):
+            if backend.url == url:
+                del self.backends[i]
+                break
+        else:
+            return
+        health = self.health.get(self.service, backend)
+        health.ready = False
+        health.apply()
+        self._known_urls.discard(url)
+        pool = self.pools.pop(url, None)
+        if pool is not None:
+            pool.close()
+        if self.checker is not None:
+            self.loop.create_task(self.checker.remove(backend))
+        log.info("service %s: replica %s removed", self.name, url)
+
+    def set_endpoints(self, urls: list[str]) -> None:
+        """The executor's full list of replica endpoints (box, kubernetes)."""
+        wanted = set(urls)
+        for backend in list(self.backends):
+            if backend.url not in wanted:
+                self.remove_endpoint(backend.url)
+        for url in urls:
+            self.add_endpoint(url)
+
+    def is_ready(self, backend: Backend) -> bool:
+        return self.health.get(self.service, backend).ready
+
+    def ready_count(self) -> int:
+        return sum(1 for b in self.backends if self.health.get(self.service, b).ready)
+
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.backends)
+
+    def mark_ready(self, backend: Backend) -> None:
+        health = self.health.get(self.service, backend)
+        if health.ready:
+            return
+        health.ready = True
+        health.apply()
+        self.scale_pending = False
+        log.info("service %s: replica %s is ready", self.name, backend.url)
+        ready = getattr(self.executor, "ready", None)
+        if ready is not None:
+            ready(backend.url)
+        if self.checker is not None:
+            self.checker.add(backend)  # normal health checks apply from now on (§8.3)
+        self.kick()
+
+    def mark_not_ready(self, backend: Backend) -> None:
+        """A connect failure to a replica (§8.3): not ready at once, probing resumes."""
+        health = self.health.get(self.service, backend)
+        if health.ready:
+            health.ready = False
+            health.apply()
+            log.info("service %s: replica %s is not ready (connect failed)", self.name, backend.url)
+        self._wake.set()
+
+    def set_draining(self, url: str, draining: bool = True) -> None:
+        for backend in self.backends:
+            if backend.url == url:
+                health = self.health.get(self.service, backend)
+                health.draining = draining
+                health.apply()
+
+    def choose_drain(self, urls: list[str], n: int) -> list[str]:
+        """The ``n`` replicas to drain: fewest in-flight requests, newest (last added) on ties (§8.3)."""
+        order = {b.url: (b.in_flight, -i) for i, b in enumerate(self.backends)}
+        ranked = sorted((u for u in urls if u in order), key=lambda u: order[u])
+        return ranked[:n]
+
+    def in_flight_of(self, url: str) -> int:
+        for backend in self.backends:
+            if backend.url == url:
+                return backend.in_flight
+        return 0
+
+    def all_not_ready(self) -> None:
+        """The executor accepted a scale to zero: every endpoint is not ready at once (§8.3)."""
+        for backend in self.backends:
+            health = self.health.get(self.service, backend)
+            if health.ready:
+                health.ready = False
+                health.apply()
+                if self.checker is not None:
+                    self.loop.create_task(self.checker.remove(backend))
+
+    def replica_lost(self) -> None:
+        """A replica died or failed to start: it is replaced now (the executor backs off repeated failures; a
+        refused start is retried at the next tick)."""
+        self.actual = max(0, self.actual - 1)
+        self._last_sent = -1e18
+        self._wake.set()
+        if self.running and self.desired > 0 and (self._scaling is None or self._scaling.done()):
+            self._scaling = self.loop.create_task(self._scale(self.desired, "replacing a replica that exited"))
+
+    # -- the cold-start queue (§8.4) -----------------------------------------------------------------------------
+    @property
+    def buffered(self) -> bool:
+        return self.cfg.buffer_enabled
+
+    def hold_target(self) -> ScaleTarget:
+        return self
+
+    def hold(self, conn: Any, front: bool = False) -> bool:
+        """Queue a request that found no replica; False when the queue is full (the caller answers)."""
+        if len(self.queue) >= self.cfg.buffer_size:
+            self.rejections["full"] += 1
+            return False
+        now = self.clock()
+        if front:
+            self.queue.appendleft((conn, now))
+        else:
+            self.queue.append((conn, now))
+        self.autoscaler.last_active = now
+        self._arm()
+        if not self.scale_pending and self.ready_count() == 0:
+            self.poke()
+        self._wake.set()
+        return True
+
+    def unhold(self, conn: Any, reason: str = "client_gone") -> None:
+        """Take a request out of the queue: its client left (nothing is sent upstream), or shutdown."""
+        for i, (c, t) in enumerate(self.queue):
+            if c is conn:
+                del self.queue[i]
+                self.rejections[reason] += 1
+                self.wait.observe(self.clock() - t)
+                self._arm()
+                return
+
+    def capacity(self) -> int:
+        """How many queued requests can be dispatched now."""
+        if self.balancer is not None and self.cfg.container_concurrency > 0:
+            return int(self.balancer.free_slots())
+        return len(self.queue) if any(b.eligible for b in self.backends) else 0
+
+    def kick(self) -> None:
+        """Dispatch queued requests in FIFO order up to the free capacity."""
+        queue = self.queue
+        n = self.capacity() if queue else 0
+        while queue and n > 0:
+            conn, t = queue.popleft()
+            n -= 1
+            self.wait.observe(self.clock() - t)
+            self.cold_starts += 1
+            conn.resume_held()
+        self._arm()
+
+    def released(self) -> None:
+        """A request on one of the replicas ended (data plane): a slot may be free for a queued request; the
+        target saw traffic (the scale-to-zero delay counts from the last request, §8.2)."""
+        self.autoscaler.last_active = self.clock()
+        if self.queue:
+            self.kick()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.queue:
+            deadline = self.queue[0][1] + self.cfg.buffer_timeout_secs
+            self._timer = self.loop.call_later(max(0.0, deadline - self.clock()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.clock()
+        limit = self.cfg.buffer_timeout_secs
+        while self.queue and now - self.queue[0][1] >= limit - 1e-3:
+            conn, t = self.queue.popleft()
+            self.rejections["timeout"] += 1
+            self.wait.observe(now - t)
+            conn.held_timeout()
+        self._arm()
+
+    def flush(self) -> None:
+        """Shutdown drain deadline: every queued request gets 503 (§8.4)."""
+        while self.queue:
+            conn, t = self.queue.popleft()
+            self.rejections["shutdown"] += 1
+            self.wait.observe(self.clock() - t)
+            conn.held_shutdown()
+        self._arm()
+
+    # -- executor ----------------------------------------------------------------------------------------------
+    def poke(self) -> None:
+        """Cold poke (§8.2): a request waits and nothing is ready: ask for replicas now, without the tick."""
+        want = max(1, self.cfg.min_replicas, self.autoscaler.desired)
+        self.autoscaler.desired = want
+        self.scale_pending = True
+        if self.running and (self._scaling is None or self._scaling.done()):
+            self._scaling = self.loop.create_task(self._scale(want, "cold start: a request is waiting"))
+
+    async def _scale(self, desired: int, reason: str) -> None:
+        executor = self.executor
+        if executor is None:
+            return
+        self.desired = desired
+        self._last_sent = self.clock()
+        if desired > self.ready_count():
+            self.scale_pending = True
+        try:
+            actual = await executor.scale(desired, self.actual, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the executor's boundary: counted, logged, retried at the next tick
+            self.executor_errors += 1
+            log.warning("service %s: executor %s failed to scale to %d: %s", self.name, executor.kind, desired, exc)
+            self._last_sent = -1e18
+            return
+        log.info("service %s: scaled to %d (executor %s reports %d; %s)", self.name, desired, executor.kind,
+                 actual, reason)
+        self.actual = actual
+        if desired == 0 and executor.kind != "process":
+            self.all_not_ready()
+
+    def executor_error(self, message: str) -> None:
+        self.executor_errors += 1
+        log.warning("service %s: executor %s: %s", self.name, getattr(self.executor, "kind", "?"), message)
+
+    # -- control-plane tasks -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the readiness prober, the autoscaler loop and the executor's own loop."""
+        if self.running:
+            return
+        self.running = True
+        loop = self.loop
+        self._tasks = [
+            loop.create_task(self._readiness(), name=f"readiness {self.name}"),
+            loop.create_task(self._autoscale(), name=f"autoscaler {self.name}"),
+        ]
+        run = getattr(self.executor, "run", None)
+        if run is not None:
+            self._tasks.append(loop.create_task(run(self.urgent, self.executor_error), name=f"executor {self.name}"))
+        if self.queue and not self.scale_pending:
+            self.poke()
+        elif self.cfg.min_replicas > 0:
+            self._scaling = loop.create_task(self._scale(self.cfg.min_replicas, "min_replicas"))
+
+    def urgent(self) -> bool:
+        """Requests are waiting or a scale-up is pending (executors poll faster, §8.5)."""
+        return bool(self.queue) or self.scale_pending or self.desired != self.actual
+
+    async def _readiness(self) -> None:
+        while True:
+            pending = [b for b in self.backends if not self.is_ready(b)]
+            if pending:
+                results = await asyncio.gather(*(self._probe(b) for b in pending))
+                for backend, ok in zip(pending, results, strict=True):
+                    if ok and backend in self.backends:
+                        self.mark_ready(backend)
+            self._wake.clear()
+            delay = FAST_PROBE if self.urgent() else self.probe_interval
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)  # a new endpoint or a waiting request: probe now
+            except asyncio.TimeoutError:
+                pass
+
+    async def _probe(self, backend: Backend) -> bool:
+        try:
+            return await self.prober(backend, self.probe_cfg) is True
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a broken probe is a failed probe
+            return False
+
+    async def _autoscale(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(SAMPLE_PERIOD)
+            now = self.clock()
+            self.autoscaler.record(now, self.in_flight(), len(self.queue))
+            n += 1
+            if n % TICK_EVERY:
+                continue
+            decision = self.autoscaler.decide(now, self.ready_count(), len(self.queue))
+            desired = decision.desired
+            resend = desired != self.actual and now - self._last_sent >= RESEND_AFTER
+            if (desired != self.desired or resend) and (self._scaling is None or self._scaling.done()):
+                await self._scale(desired, decision.reason)
+
+    async def close(self, stop_replicas: bool = True) -> None:
+        """Stop the loops; with ``stop_replicas`` the executor stops what it started (process children)."""
+        self.running = False
+        tasks, self._tasks = self._tasks, []
+        if self._scaling is not None:
+            tasks.append(self._scaling)
+            self._scaling = None
+        await cancel_and_wait(tasks)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if stop_replicas and self.executor is not None:
+            await self.executor.close()
+
+    # -- dashboard (§11.1) -------------------------------------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "executor": getattr(self.executor, "kind", self.cfg.executor),
+            "desired_replicas": self.autoscaler.desired,
+            "actual_replicas": self.actual,
+            "ready_replicas": self.ready_count(),
+            "panic": self.autoscaler.panic,
+            "queue_depth": len(self.queue),
+        }

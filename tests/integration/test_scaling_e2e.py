@@ -1,0 +1,297 @@
+"""Scale-to-zero, cold-start buffering, panic scale-up (SPEC §8.2–§8.5) through a real gateway whose ``process``
+executor starts a small streaming OpenAI-style stand-in (tests/model_standin.py) as its replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import Client, gateway_port
+
+STANDIN = Path(__file__).resolve().parent.parent / "model_standin.py"
+CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def scaled(args: str = "", scaling: str = "", ports: str = "21200-21299") -> str:
+    argv = ", ".join(json.dumps(a) for a in [sys.executable, str(STANDIN), "--port", "{port}", *args.split()])
+    return f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "llm" {{
+  rule    = "PathPrefix(`/`)"
+  service = "llm"
+}}
+services "llm" {{
+  scaling {{
+    max_replicas          = 3
+    buffer_enabled        = true
+    executor              = "process"
+    {scaling}
+    process {{
+      command     = [{argv}]
+      health_path = "/health"
+      port_range  = "{ports}"
+      stop_timeout = "2s"
+    }}
+  }}
+}}
+'''
+
+
+async def chat(port: int, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    c = await Client.connect(port)
+    try:
+        c.send(CHAT)
+        from support import read_response
+
+        r = await asyncio.wait_for(read_response(c.reader), timeout)
+    finally:
+        c.close()
+    return r.status, {k.lower(): v for k, v in r.headers}, r.body
+
+
+async def wait_until(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(predicate())
+
+
+def target_of(gw):  # type: ignore[no-untyped-def]
+    return gw.runtime.scale_targets["llm"][1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_cold_start_holds_20_requests_then_scales_to_zero_and_cold_starts_again(start_gateway) -> None:
+    gw = await start_gateway(scaled("--startup-delay 0.4",
+                                    'scale_down_delay_secs = 1\n    stable_window = "6s"', "21200-21249"))
+    port = gateway_port(gw)
+    target = target_of(gw)
+    assert target.ready_count() == 0 and target.backends == []
+    results = await asyncio.gather(*(chat(port) for _ in range(20)))
+    assert [r[0] for r in results] == [200] * 20
+    assert all(r[1].get("x-a3s-cold-start") == "1" for r in results)  # every one of them waited
+    assert all(r[2].endswith(b"data: [DONE]\n\n") and b'"token": 4' in r[2] for r in results)
+    pids = {r[1]["x-replica"] for r in results}
+    assert len(pids) == 1  # one replica took them all (no concurrency limit)
+    assert target.rejections == {"full": 0, "timeout": 0, "client_gone": 0, "shutdown": 0}
+    assert target.wait.count() == 20
+    # a request now finds the replica ready: no cold start
+    status, headers, _ = await chat(port)
+    assert status == 200 and "x-a3s-cold-start" not in headers
+    # idle: after the stable window and the scale-down delay the replica is drained and stopped
+    pid = int(pids.pop())
+    assert await wait_until(lambda: not target.backends and not alive(pid), 20)
+    services = gw.services()
+    assert services[0]["scaling"]["ready_replicas"] == 0 and services[0]["scaling"]["desired_replicas"] == 0
+    status, headers, _ = await chat(port)
+    assert status == 200 and headers.get("x-a3s-cold-start") == "1" and int(headers["x-replica"]) != pid
+    text = gw.metrics()
+    assert 'gateway_buffer_wait_seconds_count{service="llm"} 21.0' in text
+    assert 'gateway_autoscaler_ready_replicas{service="llm"} 1.0' in text
+
+
+async def test_full_queue_answers_503_and_a_replica_never_ready_504(start_gateway) -> None:
+    gw = await start_gateway(scaled("--never-ready", "buffer_size = 2\n    buffer_timeout_secs = 1", "21250-21269"))
+    port = gateway_port(gw)
+    t0 = time.monotonic()
+    first = [asyncio.ensure_future(chat(port)) for _ in range(2)]
+    await wait_until(lambda: len(target_of(gw).queue) == 2, 5)
+    status, headers, body = await chat(port)
+    assert status == 503 and headers["retry-after"] == "5" and json.loads(body) == {"error": "Request buffer full"}
+    for status, headers, body in await asyncio.gather(*first):
+        assert status == 504 and json.loads(body) == {"error": "Backend scale-up timed out"}
+        assert headers.get("x-a3s-cold-start") == "1"
+    assert 0.9 < time.monotonic() - t0 < 5
+    target = target_of(gw)
+    assert target.rejections["full"] == 1 and target.rejections["timeout"] == 2
+    assert len(target.backends) == 1 and target.ready_count() == 0  # started, never ready
+
+
+async def test_a_client_that_leaves_the_queue_is_removed_at_once(start_gateway) -> None:
+    gw = await start_gateway(scaled("--never-ready", "buffer_timeout_secs = 30", "21270-21279"))
+    port = gateway_port(gw)
+    target = target_of(gw)
+    c = await Client.connect(port)
+    c.send(CHAT)
+    assert await wait_until(lambda: len(target.queue) == 1, 5)
+    c.close()
+    assert await wait_until(lambda: len(target.queue) == 0, 5)
+    assert target.rejections["client_gone"] == 1
+    stats = gw.runtime.route_stats[("llm", "llm")]
+    assert stats.gone_queued == 1
+
+
+async def test_a_burst_panics_and_scales_up_to_max_replicas_that_all_take_traffic(start_gateway) -> None:
+    gw = await start_gateway(scaled("--startup-delay 0.2 --ttfb 1.5",
+                                    "container_concurrency = 1\n    buffer_timeout_secs = 60", "21280-21299"))
+    port = gateway_port(gw)
+    target = target_of(gw)
+    panicked: list[bool] = []
+
+    async def watch() -> None:
+        while True:
+            panicked.append(target.autoscaler.panic)
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        results = await asyncio.gather(*(chat(port, 60) for _ in range(9)))
+    finally:
+        watcher.cancel()
+    assert [r[0] for r in results] == [200] * 9
+    assert any(panicked)
+    assert target.autoscaler.desired == 3 and len(target.backends) == 3
+    assert len({r[1]["x-replica"] for r in results}) == 3  # every replica served some of the burst
+
+
+async def test_a_crashed_replica_leaves_the_pool_and_is_replaced(start_gateway) -> None:
+    gw = await start_gateway(scaled("", "min_replicas = 1", "21300-21319"))
+    port = gateway_port(gw)
+    target = target_of(gw)
+    assert await wait_until(lambda: target.ready_count() == 1, 15)  # min_replicas starts one without traffic
+    status, headers, _ = await chat(port)
+    assert status == 200 and "x-a3s-cold-start" not in headers
+    pid = int(headers["x-replica"])
+    os.kill(pid, 9)
+    assert await wait_until(lambda: target.ready_count() == 1 and not alive(pid), 15)
+    status, headers, _ = await chat(port)
+    assert status == 200 and int(headers["x-replica"]) != pid
+
+
+async def test_a_reload_keeps_the_replicas_of_an_unchanged_scaling_block(start_gateway) -> None:
+    from a3s_gateway import GatewayConfig
+
+    hcl = scaled("", "min_replicas = 1", "21320-21339")
+    gw = await start_gateway(hcl)
+    port = gateway_port(gw)
+    target = target_of(gw)
+    assert await wait_until(lambda: target.ready_count() == 1, 15)
+    pid = int((await chat(port))[1]["x-replica"])
+    await gw.reload(GatewayConfig.from_hcl(hcl.replace("PathPrefix(`/`)", "PathPrefix(`/v1`)"), filename="t.hcl"))
+    assert target_of(gw) is target
+    status, headers, _ = await chat(port)
+    assert status == 200 and int(headers["x-replica"]) == pid and "x-a3s-cold-start" not in headers
+    # a changed scaling block is a new target: the old replica stops, the new one starts
+    await gw.reload(GatewayConfig.from_hcl(hcl.replace("max_replicas          = 3", "max_replicas = 2"),
+                                           filename="t.hcl"))
+    assert target_of(gw) is not target
+    assert await wait_until(lambda: not alive(pid), 15)
+    status, headers, _ = await chat(port)
+    assert status == 200 and int(headers["x-replica"]) != pid
+
+
+async def test_shutdown_answers_503_to_requests_still_queued(start_gateway) -> None:
+    gw = await start_gateway(scaled("--never-ready", "buffer_timeout_secs = 30", "21340-21349"))
+    port = gateway_port(gw)
+    waiting = asyncio.ensure_future(chat(port))
+    assert await wait_until(lambda: len(target_of(gw).queue) == 1, 5)
+    target = target_of(gw)
+    await gw.shutdown(0.3)
+    status, headers, body = await waiting
+    assert status == 503 and json.loads(body) == {"error": "Gateway shutting down"}
+    assert headers.get("x-a3s-cold-start") == "1" and target.rejections["shutdown"] == 1
+    assert not any(alive(r.proc.pid) for r in target.executor.replicas.values())
+
+
+async def test_box_executor_scales_from_zero_and_the_held_request_reaches_the_new_replica(start_gateway) -> None:
+    from support import start_backend
+
+    from fake_scale_api import FakeApi, response
+
+    replicas: list = []
+
+    async def box(req, writer) -> None:  # type: ignore[no-untyped-def]
+        if req.method == "POST":
+            desired = json.loads(req.body)["desired_replicas"]
+            while len(replicas) < desired:
+                replicas.append(await start_backend())
+            writer.write(response(200, {"accepted": True, "actual_replicas": desired, "message": "ok"}))
+        else:
+            writer.write(response(200, {"replicas": len(replicas),
+                                        "endpoints": [{"url": b.url, "ready": True} for b in replicas]}))
+
+    async with FakeApi(box) as api:
+        hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "llm"
+}}
+services "llm" {{
+  scaling {{
+    buffer_enabled = true
+    executor       = "box"
+    box {{
+      url   = "{api.url}"
+      token = "t0ken"
+    }}
+  }}
+}}
+'''
+        gw = await start_gateway(hcl)
+        status, headers, body = await chat(gateway_port(gw))
+        assert status == 200 and body == b"hello from backend" and headers.get("x-a3s-cold-start") == "1"
+        post = next(r for r in api.requests if r.method == "POST")
+        assert post.path == "/v1/scale/llm" and post.header("authorization") == "Bearer t0ken"
+        assert json.loads(post.body) == {"service": "llm", "direction": "Up", "current_replicas": 0,
+                                         "desired_replicas": 1, "reason": "cold start: a request is waiting"}
+        assert gw.services()[0]["scaling"]["ready_replicas"] == 1
+        for b in replicas:
+            await b.stop()
+
+
+async def test_a_scaled_revision_queues_its_share_until_its_server_is_ready(start_gateway) -> None:
+    from support import Backend, start_backend
+
+    v1 = await start_backend()
+    probe = await start_backend()
+    await probe.stop()  # a port nobody listens on (yet)
+    v2_port = probe.port
+    hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "llm"
+}}
+services "llm" {{
+  revisions = [
+    {{ name = "v1", traffic_percent = 50, servers = [{{ url = "{v1.url}" }}] }},
+    {{ name = "v2", traffic_percent = 50, servers = [{{ url = "http://127.0.0.1:{v2_port}" }}] }},
+  ]
+  scaling {{
+    buffer_enabled = true
+    executor       = "static"
+  }}
+}}
+'''
+    gw = await start_gateway(hcl)
+    port = gateway_port(gw)
+    targets = gw.runtime.scale_targets
+    assert sorted(targets) == ["llm-v1", "llm-v2"]
+    assert await wait_until(lambda: targets["llm-v1"][1].ready_count() == 1, 5)
+    pending = [asyncio.ensure_future(chat(port)) for _ in range(4)]
+    assert await wait_until(lambda: len(targets["llm-v2"][1].queue) == 2, 5)  # v2's half waits, v1's is served
+    v2 = Backend()
+    v2.server = await asyncio.start_server(v2._serve, "127.0.0.1", v2_port)
+    results = await asyncio.gather(*pending)
+    assert [r[0] for r in results] == [200] * 4
+    assert sum(1 for r in results if r[1].get("x-a3s-cold-start") == "1") == 2
+    view = gw.services()[0]
+    assert view["scaling"] is None and [r["scaling"]["ready_replicas"] for r in view["revisions"]] == [1, 1]
+    await v2.stop()
