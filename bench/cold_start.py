@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -73,7 +74,7 @@ services "s" {{
         c.send(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
     while len(target.queue) < held:
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(random.uniform(0.0, 0.1))  # any phase of the 100 ms probe period
     backend = Backend(handler)
     listened = time.perf_counter()
     backend.server = await asyncio.start_server(backend._serve, "127.0.0.1", port)
