@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Client, gateway_port
+from support import Backend, Client, gateway_port, read_response, start_backend
+
+from fake_scale_api import FakeApi, response
 
 STANDIN = Path(__file__).resolve().parent.parent / "model_standin.py"
 CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -48,8 +50,6 @@ async def chat(port: int, timeout: float = 30) -> tuple[int, dict[str, str], byt
     c = await Client.connect(port)
     try:
         c.send(CHAT)
-        from support import read_response
-
         r = await asyncio.wait_for(read_response(c.reader), timeout)
     finally:
         c.close()
@@ -210,10 +210,6 @@ async def test_shutdown_answers_503_to_requests_still_queued(start_gateway) -> N
 
 
 async def test_box_executor_scales_from_zero_and_the_held_request_reaches_the_new_replica(start_gateway) -> None:
-    from support import start_backend
-
-    from fake_scale_api import FakeApi, response
-
     replicas: list = []
 
     async def box(req, writer) -> None:  # type: ignore[no-untyped-def]
@@ -257,8 +253,6 @@ services "llm" {{
 
 
 async def test_a_scaled_revision_queues_its_share_until_its_server_is_ready(start_gateway) -> None:
-    from support import Backend, start_backend
-
     v1 = await start_backend()
     probe = await start_backend()
     await probe.stop()  # a port nobody listens on (yet)
@@ -295,3 +289,67 @@ services "llm" {{
     view = gw.services()[0]
     assert view["scaling"] is None and [r["scaling"]["ready_replicas"] for r in view["revisions"]] == [1, 1]
     await v2.stop()
+
+
+async def test_kubernetes_executor_scales_the_deployment_and_follows_endpointslices(start_gateway, tmp_path) -> None:
+    """No cluster runs here: a fake API server speaks the Deployment scale and EndpointSlice list/watch paths."""
+    replicas: list = []
+    watchers: list[asyncio.StreamWriter] = []
+
+    def slice_() -> dict:
+        return {"metadata": {"name": "llm-abc", "resourceVersion": "5"},
+                "ports": [{"name": "http", "port": replicas[0].port if replicas else 8000}],
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}} for _ in replicas]}
+
+    async def api(req, writer) -> None:  # type: ignore[no-untyped-def]
+        if req.method == "PATCH":
+            n = json.loads(req.body)["spec"]["replicas"]
+            while len(replicas) < n:
+                replicas.append(await start_backend())
+            writer.write(response(200, {"spec": {"replicas": n}}))
+            for w in watchers:  # the watch tells about the new ready endpoint
+                line = json.dumps({"type": "MODIFIED", "object": slice_()}).encode() + b"\n"
+                w.write(b"%x\r\n%s\r\n" % (len(line), line))
+        elif req.query.get("watch"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            watchers.append(writer)
+            if replicas:  # changed since the list this watch continues from
+                line = json.dumps({"type": "MODIFIED", "object": slice_()}).encode() + b"\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+            await asyncio.sleep(30)
+        else:
+            writer.write(response(200, {"metadata": {"resourceVersion": "5"}, "items": [slice_()]}))
+
+    token = tmp_path / "token"
+    token.write_text("k8s-token\n")
+    async with FakeApi(api) as server:
+        hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "llm"
+}}
+services "llm" {{
+  scaling {{
+    buffer_enabled = true
+    executor       = "kubernetes"
+    kubernetes {{
+      namespace  = "models"
+      api_url    = "{server.url}"
+      token_file = "{token}"
+      port       = "http"
+    }}
+  }}
+}}
+'''
+        gw = await start_gateway(hcl)
+        status, headers, body = await chat(gateway_port(gw))
+        assert status == 200 and body == b"hello from backend" and headers.get("x-a3s-cold-start") == "1"
+        patch = next(r for r in server.requests if r.method == "PATCH")
+        assert patch.path == "/apis/apps/v1/namespaces/models/deployments/llm/scale"
+        assert patch.header("content-type") == "application/merge-patch+json"
+        assert patch.header("authorization") == "Bearer k8s-token"
+        assert json.loads(patch.body) == {"spec": {"replicas": 1}}
+        await gw.shutdown(0.2)
+        for b in replicas:
+            await b.stop()
