@@ -44,6 +44,7 @@ _IDLE = 0  # waiting for (or parsing) a request head
 _BODY = 1  # reading the request body
 _WAIT = 2  # request fully read, response in progress
 _CLOSED = 3
+_TUNNEL = 4  # after the backend's 101: raw bytes both ways (WebSocket, SPEC §9.3)
 
 # how an attempt failed (middleware/retry.py)
 _CONNECT = 0
@@ -85,7 +86,7 @@ class HttpConnection:
         "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
         "replay_bytes", "resp_started", "response_extra", "retried", "revision", "rid", "server", "skip_queue",
         "state", "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head",
-        "upstream", "wall0", "window", "write_paused",
+        "upgrade", "upstream", "wall0", "window", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -153,6 +154,7 @@ class HttpConnection:
         self.cold = False
         self.skip_queue = False
         self.window: Any = None  # the rollout window of the attempt's backend (§8.7), None outside a rollout
+        self.upgrade = False  # the request is a WebSocket upgrade (§9.3)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -180,6 +182,9 @@ class HttpConnection:
             self.held = None
             held.unhold(self)
         stats = self.stats
+        if stats is not None and self.state == _TUNNEL:  # the client closed its WebSocket: the normal end
+            self._record(True)
+            stats = None
         if stats is not None:  # the client left during an exchange
             chain = self.chain
             if chain is not None and not self.resp_started and self.mreq is not None:
@@ -210,6 +215,11 @@ class HttpConnection:
 
     def data_received(self, data: bytes) -> None:
         state = self.state
+        if state == _TUNNEL:
+            up = self.upstream
+            if up is not None:
+                up.tunnel_send(data)
+            return
         self.buf = self.buf + data if self.buf else data
         if state == _IDLE:
             self._next_request()
@@ -295,6 +305,15 @@ class HttpConnection:
             self.body_done = True
         self.state = _WAIT if self.body_done else _BODY
         self._tkind = _T_NONE
+        upgrade = False
+        if head.upgrade and head.method == b"GET":
+            ids = head.header_ids
+            for i in range(len(ids)):
+                if ids[i] == hdrs.UPGRADE and b"websocket" in head.headers[i][1].lower():
+                    upgrade = True
+        self.upgrade = upgrade
+        if upgrade:  # hop-by-hop filtering drops them: restored for the backend (§9.3)
+            framing += b"Connection: upgrade\r\nUpgrade: websocket\r\n"
 
         client_ip = self.client_ip if not self.trusted else self._forwarded_client(head)
         route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip)
@@ -823,6 +842,28 @@ class HttpConnection:
         if self.chain is not None and self.chain.retry is not None and self._try_again(failure, status, None):
             return
         self._local(status, message)
+
+    # -- WebSocket tunnel (SPEC §9.3) ---------------------------------------------------------------------------
+    def start_tunnel(self) -> None:
+        """The backend's 101 went out: from now on bytes pass both ways unchanged (the upstream side times the
+        tunnel's idleness)."""
+        self.state = _TUNNEL
+        self._tkind = _T_NONE
+        buf = self.buf
+        self.buf = b""
+        if self._paused & _P_PIPELINE:
+            self.resume_reading_for(_P_PIPELINE)
+        up = self.upstream
+        if buf and up is not None:
+            up.tunnel_send(buf)
+
+    def tunnel_closed(self) -> None:
+        """The backend side of the tunnel closed (or went idle): the client side closes too."""
+        self.upstream = None
+        self._release_backend()
+        if self.stats is not None:
+            self._record(True)
+        self._close()
 
     # -- retry (SPEC §6.11) -----------------------------------------------------------------------------------
     def retry_status(self, status: int, retry_after: float | None) -> bool:

@@ -46,12 +46,14 @@ _IDLE = 0  # in the pool, or freshly connected
 _HEAD = 1  # request sent (or being sent), waiting for the response head
 _BODY = 2  # relaying the response body
 _CLOSED = 3
+_TUNNEL = 4  # after a relayed 101 (WebSocket): raw bytes both ways (SPEC §9.3)
 
 # timer kinds
 _T_NONE = 0
 _T_HEAD = 1  # response_header_timeout
 _T_STREAM = 2  # stream_idle_timeout
 _T_POOL = 3  # idle_connection_timeout
+_T_TUNNEL = 4  # tunnel_idle_timeout: no byte in either direction
 _NEVER = float("inf")
 
 SSE_ERROR = b'\n\nevent: error\ndata: {"error":"Upstream stream failed"}\n\n'
@@ -138,7 +140,9 @@ class UpstreamConnection:
         if client is None:
             return
         self.client = None
-        if state == _HEAD:
+        if state == _TUNNEL:
+            client.tunnel_closed()
+        elif state == _HEAD:
             if self.reused and not self.got_bytes and client.retry_on_fresh_connection():
                 return
             client.upstream_failed(502, "Upstream closed connection")
@@ -176,6 +180,11 @@ class UpstreamConnection:
         if self.state == _BODY:
             self._relay(client, data)
             return
+        if self.state == _TUNNEL:
+            client.bytes_out += len(data)
+            client.transport.write(data)
+            self._deadline = self.loop.time() + self.pool.transport_cfg.tunnel_idle_timeout
+            return
         if self.state != _HEAD:
             return
         buf = self.buf + data if self.buf else data
@@ -194,6 +203,9 @@ class UpstreamConnection:
             status = resp.status
             if status >= 200:
                 break
+            if status == 101 and client.upgrade and resp.upgrade:
+                self._start_tunnel(client, resp, buf)
+                return
             if status != 100 and status != 101 and head.version == 1:
                 client.transport.write(
                     interim_head(b"HTTP/1.1 %d %s\r\n" % (status, resp.reason), resp.headers, resp.header_ids)
@@ -205,6 +217,58 @@ class UpstreamConnection:
             client.upstream_failed(502, "Upstream protocol error")
             return
         self._start_body(client, head, resp, buf)
+
+    # -- WebSocket (SPEC §9.3) ------------------------------------------------------------------------------
+    def _start_tunnel(self, client: HttpConnection, resp: Any, rest: bytes) -> None:
+        """The backend's own 101: relayed (after the response phase), then raw bytes both ways."""
+        self.buf = b""
+        headers = resp.headers
+        header_ids = resp.header_ids
+        chain = client.chain
+        if chain is not None and chain.has_response and client.mreq is not None:
+            phase = Response(101, headers, False)
+            chain.run_response(client.mreq, phase, len(chain.middlewares), self.loop.time())
+            headers = phase.headers
+            header_ids = phase.header_ids(header_ids)  # compress never applies: no body filter
+        upgrade = b"websocket"
+        for i in range(len(resp.header_ids)):
+            if resp.header_ids[i] == hdrs.UPGRADE:
+                upgrade = resp.headers[i][1]
+                break
+        out = response_head(
+            b"HTTP/1.1 101 %s\r\n" % resp.reason,
+            headers,
+            header_ids,
+            resp.connection_tokens,
+            b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n",
+            client.response_extra,
+        )
+        client.start_response(101, False)
+        client.ttfb = self.loop.time() - self.sent_at
+        self.state = _TUNNEL
+        client.start_tunnel()
+        if rest:
+            client.bytes_out += len(rest)
+            client.transport.write(out + rest)
+        else:
+            client.transport.write(out)
+        self._tkind = _T_TUNNEL
+        self._end = _NEVER
+        self._deadline = self.loop.time() + self.pool.transport_cfg.tunnel_idle_timeout
+        self._arm()
+
+    def tunnel_send(self, data: bytes) -> None:
+        """Client bytes of a tunnel, to the backend."""
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+            self._deadline = self.loop.time() + self.pool.transport_cfg.tunnel_idle_timeout
+
+    def tunnel_eof(self) -> None:
+        """The client half-closed the tunnel: so does our side towards the backend."""
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
 
     # -- response ---------------------------------------------------------------------------------------
     def _start_body(self, client: HttpConnection, head: Any, resp: Any, rest: bytes) -> None:
@@ -446,6 +510,8 @@ class UpstreamConnection:
         if kind == _T_POOL:
             self.pool.forget(self)
             self.transport.close()
+        elif kind == _T_TUNNEL:
+            self.transport.close()  # idle tunnel: both sides close (connection_lost closes the client)
         elif kind == _T_HEAD and client is not None:
             self.abort()
             client.upstream_failed(504, "Upstream response timeout")
