@@ -25,6 +25,7 @@ from .observability.access_log import AccessLog
 from .observability.admin import AdminServer
 from .observability.tracing import Tracer
 from .proxy.server import HttpServer
+from .proxy.tls import CertStore, TlsError
 from .runtime import EntrypointRuntime, Runtime
 from .service.health import HealthState
 from .service.revision import RevisionSplit
@@ -168,11 +169,21 @@ class Gateway:
     @staticmethod
     async def _bind(loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: EntrypointRuntime) -> HttpServer:
         """A listening HttpServer for ``ep`` (StartupError when the address cannot be bound)."""
-        server = HttpServer(loop, entry, ep.host, ep.port)
+        certs: CertStore | None = None
+        if ep.tls is not None:
+            try:
+                # HTTP/2 has not landed: ALPN offers http/1.1 only, so an h2 client falls back instead of failing
+                certs = CertStore(ep.tls, alpn=("http/1.1",))
+            except TlsError as e:
+                raise StartupError(f"entrypoint {ep.name!r}: {e}") from e
+        server = HttpServer(loop, entry, ep.host, ep.port, ssl=certs.context if certs is not None else None)
         try:
             await server.start()
         except OSError as e:
             raise StartupError(f"entrypoint {ep.name!r}: cannot listen on {ep.address}: {e.strerror or e}") from e
+        if certs is not None:
+            server.certs = certs
+            server.cert_watch = asyncio.ensure_future(certs.watch())  # §10.3: changed files every 5 s
         return server
 
     async def _bind_admin(self, loop: asyncio.AbstractEventLoop, admin: AdminConfig) -> AdminServer | None:
@@ -275,7 +286,8 @@ class Gateway:
         if name not in self._servers:
             return False
         old = self._config.entrypoints[name]
-        return (old.host, old.port, old.protocol) == (ep.host, ep.port, ep.protocol)
+        # a changed tls block binds a new listener (SO_REUSEPORT) with the new certificates; the old one drains
+        return (old.host, old.port, old.protocol, old.tls) == (ep.host, ep.port, ep.protocol, ep.tls)
 
     def _swap(
         self, new_config: GatewayConfig, runtime: Runtime, added: dict[str, HttpServer], observers: _Observers
@@ -549,6 +561,11 @@ class Gateway:
         return self._admin.bound_address() if self._admin is not None else None
 
     # -- what the admin API and the metrics collector read (SPEC §11) --------------------------------------------
+    def tls_reload_errors(self) -> dict[str, int]:
+        """Failed certificate reloads per TLS entrypoint (SPEC §10.3)."""
+        return {name: int(server.certs.reload_errors) for name, server in self._servers.items()
+                if getattr(server, "certs", None) is not None}
+
     def connection_counts(self) -> dict[str, int]:
         """Open downstream connections per entrypoint (including listeners draining after a reload)."""
         counts = {name: len(server.connections) for name, server in self._servers.items()}

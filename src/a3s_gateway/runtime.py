@@ -76,6 +76,8 @@ class EntrypointRuntime:
     tracer: Tracer | None = None
     #: the request path needs the wall-clock start time (access log or span export)
     need_wall: bool = False
+    #: ``redirect`` (SPEC §3.1): (307 or 308, b":<port>" of the target entrypoint or b"" for 443); None: routed
+    redirect: tuple[int, bytes] | None = None
 
 
 @dataclass(slots=True)

@@ -29,14 +29,15 @@ if TYPE_CHECKING:
     from ..middleware.chain import Middleware
     from ..observability.access_log import AccessLog
     from ..observability.tracing import Tracer
-    from .model import GatewayConfig, MiddlewareConfig, ScalingConfig, ServiceConfig
+    from .model import GatewayConfig, MiddlewareConfig, RedirectConfig, ScalingConfig, ServiceConfig
 
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
      "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
-     "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout"}
+     "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout",
+     "tls", "redirect"}
 )
 
 
@@ -212,6 +213,7 @@ def build_runtime(
             access_log=access_log,
             tracer=tracer,
             need_wall=need_wall,
+            redirect=_redirect(config, ep.redirect) if ep.redirect is not None else None,
         )
     for _, target in targets.values():
         owner = services[target.service]
@@ -220,6 +222,11 @@ def build_runtime(
             owner.scaling = owner.balancer if isinstance(owner.balancer, RevisionSplit) else target
     return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights),
                    route_stats=stats, middlewares=middlewares, mirror_counts=mirror_counts, scale_targets=targets)
+
+
+def _redirect(config: GatewayConfig, redirect: RedirectConfig) -> tuple[int, bytes]:
+    port = config.entrypoints[redirect.entrypoint].port  # validation: an http entrypoint with tls
+    return (308 if redirect.permanent else 307, b"" if port == 443 else b":%d" % port)
 
 
 def activate(new: Runtime) -> None:

@@ -118,6 +118,11 @@ class GatewayCollector:
         for name, count in gw.connection_counts().items():
             active.add_metric([name], count)
         yield active
+        tls_errors = CounterMetricFamily("gateway_tls_reload_errors", "Certificate files that failed to reload.",
+                                         labels=["entrypoint"])
+        for name, n in sorted(gw.tls_reload_errors().items()):
+            tls_errors.add_metric([name], n)
+        yield tls_errors
 
         up = GaugeMetricFamily("gateway_backend_up", "1 eligible, 0 not.", labels=["service", "backend"])
         in_flight = GaugeMetricFamily("gateway_backend_in_flight", "In-flight requests/tunnels.",

@@ -315,6 +315,10 @@ class HttpConnection:
         if upgrade:  # hop-by-hop filtering drops them: restored for the backend (§9.3)
             framing += b"Connection: upgrade\r\nUpgrade: websocket\r\n"
 
+        redirect = entry.redirect
+        if redirect is not None:
+            self._redirect(head, redirect)
+            return
         client_ip = self.client_ip if not self.trusted else self._forwarded_client(head)
         route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip)
         if route is None:
@@ -422,6 +426,28 @@ class HttpConnection:
                 return
         message = "No healthy backends (primary + failover)" if primary.failover is not None else "No healthy backends"
         self._local(503, message, (_COLD if self.cold else b"") + b"Retry-After: 1\r\n")
+
+    def _redirect(self, head: Any, redirect: tuple[int, bytes]) -> None:
+        """Entrypoint ``redirect``: 308/307 to https on the target entrypoint, empty body (SPEC §3.1)."""
+        host = head.host
+        if host.startswith(b"["):
+            host = host[: host.find(b"]") + 1]
+        elif b":" in host:
+            host = host[: host.find(b":")]
+        target = head.target
+        if head.authority:  # absolute-form: the path and query only
+            target = head.path if head.query is None else head.path + b"?" + head.query
+        location = b"https://" + host + redirect[1] + target
+        self.stats = self.entry.unmatched
+        reusable = self.body_done or (
+            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
+        )
+        close = self.closing or not head.keep_alive or not reusable
+        self.resp_started = True
+        self.status = redirect[0]
+        self.transport.write(responses.redirect_response(redirect[0], location, close=close))
+        self._record(True)
+        self._after_local(close)
 
     def _queue_failed(self, primary: ServiceRuntime, status: int, message: str, extra: bytes) -> None:
         """The queue cannot take or keep the request: the failover service if any, else ``status``."""

@@ -46,6 +46,16 @@ def error_body_length(message: str) -> int:
     return n
 
 
+def redirect_response(status: int, location: bytes, *, close: bool = False, head_only: bool = False) -> bytes:
+    """An empty-bodied redirect (entrypoint ``redirect``, SPEC §3.1)."""
+    return (
+        b"HTTP/1.1 %d %s\r\nLocation: %s\r\nContent-Length: 0\r\n" % (status, reason(status), location)
+        + (b"Connection: close\r\n" if close else b"")
+        + date_line()
+        + b"\r\n"
+    )
+
+
 _prefix_cache: dict[tuple[int, str, bytes, bool], tuple[bytes, bytes]] = {}
 
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, cast
 from .http1 import HttpConnection
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from ..runtime import EntrypointRuntime
 
 
@@ -19,13 +21,19 @@ class HttpServer:
     the swap uses the new generation while requests in progress finish on the old one.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, entry: EntrypointRuntime, host: str, port: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, entry: EntrypointRuntime, host: str, port: int,
+        ssl: SSLContext | None = None,
+    ) -> None:
         self.loop = loop
+        self.ssl = ssl  # TLS termination (SPEC §10): the CertStore's context, certificate chosen by SNI
         self.entry = entry
         self.host = host
         self.port = port
         self.port_b = str(port).encode()
         self.connections: set[HttpConnection] = set()
+        self.certs: Any = None  # the CertStore behind ``ssl``
+        self.cert_watch: asyncio.Future[None] | None = None  # its file watcher (§10.3), stopped with the listener
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -37,6 +45,7 @@ class HttpServer:
             self.port,
             reuse_port=reuse_port,
             backlog=2048,
+            ssl=self.ssl,
         )
         bound = self.bound_address()
         self.port_b = str(bound[1]).encode()
@@ -52,6 +61,9 @@ class HttpServer:
         """Stop accepting; existing connections are untouched."""
         if self._server is not None:
             self._server.close()
+        if self.cert_watch is not None:
+            self.cert_watch.cancel()
+            self.cert_watch = None
 
     async def drain(self, timeout: float) -> None:
         """Close idle connections now, let busy ones finish within ``timeout``, then close the rest."""
