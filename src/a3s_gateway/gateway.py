@@ -172,8 +172,7 @@ class Gateway:
         certs: CertStore | None = None
         if ep.tls is not None:
             try:
-                # HTTP/2 has not landed: ALPN offers http/1.1 only, so an h2 client falls back instead of failing
-                certs = CertStore(ep.tls, alpn=("http/1.1",))
+                certs = CertStore(ep.tls)  # ALPN h2 + http/1.1 (http/1.1 only with http2 = false)
             except TlsError as e:
                 raise StartupError(f"entrypoint {ep.name!r}: {e}") from e
         server = HttpServer(loop, entry, ep.host, ep.port, ssl=certs.context if certs is not None else None)

@@ -64,6 +64,7 @@ _P_PENDING = 4  # body bytes held while the upstream connection is being opened
 _ALLOW_405 = b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE\r\n"
 _CONTENT_LENGTH_ZERO = b"Content-Length: 0\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
 _COLD = b"X-A3S-Cold-Start: 1\r\n"  # on every response to a request that waited in a cold-start queue
 _DRAIN_LIMIT = 65536
 
@@ -173,6 +174,13 @@ class HttpConnection:
         trusted = self.entry.trusted
         self.trusted = trusted is not None and trusted.contains(ip)
         self.port_b = server.port_b
+        if server.ssl is not None and self.entry.limits.http2:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                from . import http2
+
+                http2.take_over(self, b"")  # ALPN chose HTTP/2 (SPEC §9.1)
+                return
         self._set_timer(_T_HEAD, self.entry.limits.header_read_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -254,6 +262,11 @@ class HttpConnection:
                 self.buf, limits.max_request_line_bytes, limits.max_header_bytes, limits.max_headers
             )
         except ProtocolError as e:
+            if self.buf.startswith(_H2_PREFACE) and self.entry.limits.http2 and self.stats is None:
+                from . import http2
+
+                http2.take_over(self, self.buf)  # h2c with prior knowledge (SPEC §9.1)
+                return
             self._reject(e)
             return
         if head is None:

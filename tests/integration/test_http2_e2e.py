@@ -1,0 +1,213 @@
+"""HTTP/2 downstream (SPEC §9.1): h2c prior knowledge on a plain entrypoint and ALPN h2 over TLS, with curl and an
+h2 client: concurrent streams, request bodies with and without content-length, streamed (SSE) responses, trailers,
+flow control on a large body, a stream reset cancelling its upstream request, and :authority matching Host rules."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from support import Request, gateway_port, ok, start_backend
+
+from certs import make_san_cert
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class H2Client:
+    """A small asyncio h2 client: ``await client.request(...)`` -> (headers, body, trailers)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        self.writer.write(self.conn.data_to_send())
+        self.streams: dict[int, dict] = {}
+        self.task = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, port: int, ssl_ctx=None) -> H2Client:  # type: ignore[no-untyped-def]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_ctx,
+                                                      server_hostname="api.example.com" if ssl_ctx else None)
+        return cls(reader, writer)
+
+    async def _read(self) -> None:
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                for s in self.streams.values():
+                    s["done"].set()
+                return
+            for e in self.conn.receive_data(data):
+                s = self.streams.get(getattr(e, "stream_id", 0) or 0)
+                if isinstance(e, h2.events.ResponseReceived) and s is not None:
+                    s["headers"] = dict(e.headers)
+                elif isinstance(e, h2.events.DataReceived) and s is not None:
+                    s["body"] += e.data
+                    s["chunks"].append(e.data)
+                    self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                elif isinstance(e, h2.events.TrailersReceived) and s is not None:
+                    s["trailers"] = dict(e.headers)
+                elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) and s is not None:
+                    s["reset"] = isinstance(e, h2.events.StreamReset)
+                    s["done"].set()
+            self.writer.write(self.conn.data_to_send())
+
+    def start(self, method: str, path: str, body: bytes | None = None, headers=(), authority: str = "a",
+              length: bool = True) -> int:  # type: ignore[no-untyped-def]
+        sid = self.conn.get_next_available_stream_id()
+        fields = [(":method", method), (":path", path), (":scheme", "http"), (":authority", authority), *headers]
+        if body is not None and length:
+            fields.append(("content-length", str(len(body))))
+        self.streams[sid] = {"headers": {}, "body": b"", "chunks": [], "trailers": {}, "done": asyncio.Event(),
+                             "reset": False}
+        self.conn.send_headers(sid, fields, end_stream=body is None)
+        if body is not None:  # the gateway's windows (1 MiB) cover the test bodies; frames of at most 16 KiB
+            for i in range(0, max(len(body), 1), 16384):
+                self.conn.send_data(sid, body[i : i + 16384], end_stream=i + 16384 >= len(body))
+        self.writer.write(self.conn.data_to_send())
+        return sid
+
+    async def wait(self, sid: int) -> dict:
+        await asyncio.wait_for(self.streams[sid]["done"].wait(), 10)
+        return self.streams[sid]
+
+    async def request(self, method: str, path: str, body: bytes | None = None, **kw) -> dict:  # type: ignore[no-untyped-def]
+        return await self.wait(self.start(method, path, body, **kw))
+
+    def reset(self, sid: int) -> None:
+        self.conn.reset_stream(sid)
+        self.writer.write(self.conn.data_to_send())
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.writer.close()
+
+
+def config(backend: str, entry: str = "") -> str:
+    return f'''
+entrypoints "web" {{
+  address = "127.0.0.1:0"
+  {entry}
+}}
+routers "api" {{
+  rule    = "Host(`api.example.com`)"
+  service = "s"
+}}
+routers "other" {{
+  rule    = "PathPrefix(`/`)"
+  service = "s2"
+}}
+services "s" {{
+  load_balancer {{ servers = [{{ url = "{backend}" }}] }}
+}}
+services "s2" {{
+  load_balancer {{ servers = [{{ url = "{backend}" }}] }}
+}}
+'''
+
+
+async def echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    if req.target == "/sse":
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(3):
+            event = b"data: %d\n\n" % i
+            w.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await w.drain()
+            await asyncio.sleep(0.05)
+        w.write(b"0\r\nx-checksum: abc\r\n\r\n")
+    elif req.target == "/big":
+        body = b"z" * 3_000_000
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    elif req.target == "/slow":
+        await asyncio.wait_for(r.read(1), 30)  # returns at once when the gateway closes the connection
+        return False
+    else:
+        w.write(ok(b"%s %s host=%s body=%d" % (req.method.encode(), req.target.encode(),
+                                                (req.header("host") or "").encode(), len(req.body))))
+    return True
+
+
+async def test_h2c_prior_knowledge_streams_bodies_trailers_and_authority(start_gateway) -> None:
+    backend = await start_backend(echo)
+    gw = await start_gateway(config(backend.url))
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        # concurrent streams on one connection
+        sids = [client.start("GET", f"/n/{i}") for i in range(10)]
+        results = [await client.wait(sid) for sid in sids]
+        assert [r["headers"][b":status"] for r in results] == [b"200"] * 10
+        assert {r["body"] for r in results} == {b"GET /n/%d host=a body=0" % i for i in range(10)}
+        # :authority is the Host the routers see
+        r = await client.request("GET", "/x", authority="api.example.com")
+        assert r["body"] == b"GET /x host=api.example.com body=0"
+        assert gw.runtime.route_stats[("api", "s")].ttfb.count() == 1
+        # request bodies with and without content-length (the latter is forwarded chunked)
+        r = await client.request("POST", "/p", b"q" * 100_000)
+        assert r["body"] == b"POST /p host=a body=100000"
+        r = await client.request("POST", "/p", b"hello", length=False)
+        assert r["body"] == b"POST /p host=a body=5" and backend.requests[-1].header("transfer-encoding") == "chunked"
+        # a streamed response arrives event by event, and its trailers come through
+        r = await client.request("GET", "/sse", headers=[("te", "trailers")])
+        assert r["body"] == b"data: 0\n\ndata: 1\n\ndata: 2\n\n" and len(r["chunks"]) >= 3
+        assert r["trailers"] == {b"x-checksum": b"abc"}
+        # a large body respects flow control (the client's 64 KiB default window is refilled as it reads)
+        r = await client.request("GET", "/big")
+        assert len(r["body"]) == 3_000_000
+        # a gateway-generated answer goes out as HTTP/2 too
+        r = await client.request("GET", "/nothing", authority="api.example.com", headers=[])
+        assert r["headers"][b":status"] == b"200"
+    finally:
+        client.close()
+
+
+async def test_a_reset_stream_cancels_its_upstream_request(start_gateway) -> None:
+    backend = await start_backend(echo)
+    gw = await start_gateway(config(backend.url))
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        sid = client.start("GET", "/slow")
+        for _ in range(100):
+            if backend.open_connections:
+                break
+            await asyncio.sleep(0.02)
+        client.reset(sid)
+        for _ in range(100):
+            if backend.open_connections == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert backend.open_connections == 0  # the upstream connection was closed at once
+        assert gw.runtime.route_stats[("other", "s2")].gone_waiting_head == 1
+        r = await client.request("GET", "/after")  # the connection itself goes on
+        assert r["headers"][b":status"] == b"200"
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (apt-get install -y curl)")
+async def test_curl_http2_over_tls_and_prior_knowledge(start_gateway, tmp_path: Path) -> None:
+    backend = await start_backend(echo)
+    cert, key = make_san_cert(tmp_path, "", ["api.example.com"])
+    hcl = config(backend.url, f'tls {{\n    cert_file = "{cert}"\n    key_file = "{key}"\n  }}')
+    hcl += config(backend.url).replace('entrypoints "web"', 'entrypoints "plain"').split("routers")[0]
+    gw = await start_gateway(hcl)
+    tls_port, plain_port = gateway_port(gw, "web"), gateway_port(gw, "plain")
+
+    def curl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=20)
+
+    out = await asyncio.to_thread(curl, "--http2", "--cacert", str(cert), "--resolve",
+                                  f"api.example.com:{tls_port}:127.0.0.1", "-w", "\n%{http_version}",
+                                  f"https://api.example.com:{tls_port}/tls")
+    assert out.returncode == 0 and out.stdout == f"GET /tls host=api.example.com:{tls_port} body=0\n2", out.stderr
+    out = await asyncio.to_thread(curl, "--http2-prior-knowledge", "-w", "\n%{http_version}",
+                                  f"http://127.0.0.1:{plain_port}/h2c")
+    assert out.returncode == 0 and out.stdout.endswith("\n2") and "GET /h2c" in out.stdout, out.stderr
+    out = await asyncio.to_thread(curl, "--http1.1", "-w", "\n%{http_version}", f"http://127.0.0.1:{plain_port}/h1")
+    assert out.stdout.endswith("\n1.1")  # the same entrypoint still speaks HTTP/1.1
