@@ -24,9 +24,10 @@ from .observability import metrics as metrics_mod
 from .observability.access_log import AccessLog
 from .observability.admin import AdminServer
 from .observability.tracing import Tracer
+from .proxy.listeners import TcpListener, UdpListener
 from .proxy.server import HttpServer
 from .proxy.tls import CertStore, TlsError
-from .runtime import EntrypointRuntime, Runtime
+from .runtime import Runtime
 from .service.health import HealthState
 from .service.revision import RevisionSplit
 
@@ -78,7 +79,7 @@ class Gateway:
         self.clock = clock or time.monotonic
         self.state = GatewayState.CREATED
         self.runtime: Runtime | None = None
-        self._servers: dict[str, HttpServer] = {}
+        self._servers: dict[str, Any] = {}  # HttpServer, TcpListener or UdpListener by entrypoint name
         # listeners of entrypoints removed or re-addressed by a reload, draining in the background (SPEC §13.6 #3)
         self._retiring: dict[HttpServer, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
@@ -130,7 +131,7 @@ class Gateway:
             runtime = compile_config.build_runtime(
                 config, loop, None, 1, access_log=self._access_log, tracer=self._tracer, health=self._health
             )
-            for name, entry in runtime.entrypoints.items():
+            for name, entry in _entries(runtime).items():
                 self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
             admin_chain, self._admin_mws = self._build_admin_chain(config)
             self._admin = await self._bind_admin(loop, config.admin)
@@ -167,15 +168,24 @@ class Gateway:
         await self._sync_watcher()
 
     @staticmethod
-    async def _bind(loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: EntrypointRuntime) -> HttpServer:
-        """A listening HttpServer for ``ep`` (StartupError when the address cannot be bound)."""
+    async def _bind(loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any) -> Any:
+        """A listening HttpServer / TcpListener / UdpListener for ``ep`` (StartupError when it cannot bind)."""
         certs: CertStore | None = None
         if ep.tls is not None:
             try:
-                certs = CertStore(ep.tls)  # ALPN h2 + http/1.1 (http/1.1 only with http2 = false)
+                # HTTP: ALPN h2 + http/1.1 (http/1.1 only with http2 = false); TCP: no ALPN offered
+                certs = CertStore(ep.tls)
             except TlsError as e:
                 raise StartupError(f"entrypoint {ep.name!r}: {e}") from e
-        server = HttpServer(loop, entry, ep.host, ep.port, ssl=certs.context if certs is not None else None)
+        ssl_ctx = certs.context if certs is not None else None
+        server: Any
+        if ep.protocol == "tcp":
+            server = TcpListener(loop, entry, ep.host, ep.port, ssl=ssl_ctx, sni_of=CertStore.server_name,
+                                 certs=certs)
+        elif ep.protocol == "udp":
+            server = UdpListener(loop, entry, ep.host, ep.port)
+        else:
+            server = HttpServer(loop, entry, ep.host, ep.port, ssl=ssl_ctx)
         try:
             await server.start()
         except OSError as e:
@@ -260,7 +270,7 @@ class Gateway:
                 new_config, loop, self.runtime, self._generation + 1, access_log=access_log, tracer=new_tracer,
                 health=self._health,
             )
-            for name, entry in runtime.entrypoints.items():
+            for name, entry in _entries(runtime).items():
                 ep = new_config.entrypoints[name]
                 if not self._keeps_listener(name, ep):
                     added[name] = await self._bind(loop, ep, entry)
@@ -315,8 +325,8 @@ class Gateway:
             if id(mw) not in kept_admin:
                 self._background(mw.close())
         self._admin_mws = observers.admin_mws
-        servers: dict[str, HttpServer] = {}
-        for name, entry in runtime.entrypoints.items():
+        servers: dict[str, Any] = {}
+        for name, entry in _entries(runtime).items():
             server = added.get(name) or self._servers[name]
             server.entry = entry
             servers[name] = server
@@ -341,7 +351,7 @@ class Gateway:
             host, port = server.bound_address()
             log.info("entrypoint %s listening on %s:%d", name, host, port)
 
-    def _retire_listener(self, name: str, server: HttpServer) -> None:
+    def _retire_listener(self, name: str, server: Any) -> None:
         """Drain a removed entrypoint's connections in the background, as a shutdown would (SPEC §13.5)."""
         timeout = self._config.shutdown_timeout
         log.info("entrypoint %s removed: stopped accepting, draining %d connection(s) for up to %.0fs",
@@ -560,6 +570,16 @@ class Gateway:
         return self._admin.bound_address() if self._admin is not None else None
 
     # -- what the admin API and the metrics collector read (SPEC §11) --------------------------------------------
+    def l4_servers(self) -> list[tuple[str, str, Any]]:
+        """(entrypoint, "tcp" | "udp", its TcpServer / UdpServer) for the metrics collector."""
+        out: list[tuple[str, str, Any]] = []
+        for name, server in sorted(self._servers.items()):
+            if isinstance(server, TcpListener):
+                out.append((name, "tcp", server.server))
+            elif isinstance(server, UdpListener):
+                out.append((name, "udp", server.server))
+        return out
+
     def tls_reload_errors(self) -> dict[str, int]:
         """Failed certificate reloads per TLS entrypoint (SPEC §10.3)."""
         return {name: int(server.certs.reload_errors) for name, server in self._servers.items()
@@ -685,3 +705,8 @@ class _Observers:
     admin_changed: bool
     admin_chain: Chain | None
     admin_mws: dict[tuple[str, str], Any]
+
+
+def _entries(runtime: Runtime) -> dict[str, Any]:
+    """Every entrypoint of a generation: HTTP (EntrypointRuntime), TCP and UDP (proxy.listeners)."""
+    return {**runtime.entrypoints, **runtime.l4}

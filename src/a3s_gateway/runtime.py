@@ -95,5 +95,7 @@ class Runtime:
     middlewares: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]] = field(default_factory=dict)
     #: new weights for backends carried over from the previous generation, applied at the swap (compile.activate)
     weights: tuple[tuple[Backend, int], ...] = ()
+    #: TCP and UDP entrypoints (proxy.listeners.TcpEntryRuntime / UdpEntryRuntime) by name
+    l4: dict[str, Any] = field(default_factory=dict)
     #: scale targets by name with the key they were built from; carried over while the key is equal
     scale_targets: dict[str, tuple[object, ScaleTarget]] = field(default_factory=dict)

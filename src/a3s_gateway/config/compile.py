@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING
 from ..errors import StartupError
 from ..middleware import catalog
 from ..observability.stats import RouteStats
+from ..proxy.listeners import TcpEntryRuntime, UdpEntryRuntime
+from ..proxy.tcp import TcpTarget
 from ..proxy.upstream import Pool
 from ..routing import rules
 from ..routing.matchers import ClientIPMatcher
 from ..routing.router import Route, Router
+from ..routing.tcp import TcpRoute, TcpRouter
 from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
 from ..scaling.rollout import Rollout
 from ..scaling.target import ScaleTarget
@@ -37,7 +40,7 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
      "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
      "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout",
-     "tls", "redirect"}
+     "tls", "redirect", "tcp entrypoint", "udp entrypoint", "tcp_allowed_ips", "middleware tcp-filter", "http2"}
 )
 
 
@@ -190,8 +193,10 @@ def build_runtime(
             services[name].mirror = Mirror(name, svc.mirror, services[svc.mirror.service], counts, loop)
 
     entrypoints: dict[str, EntrypointRuntime] = {}
+    l4: dict[str, TcpEntryRuntime | UdpEntryRuntime] = {}
     for ep_name, ep in config.entrypoints.items():
         if ep.protocol != "http":
+            l4[ep_name] = _l4_entry(config, ep_name, services)
             continue
         routes: list[Route] = []
         for r_name, router in config.routers.items():
@@ -221,7 +226,33 @@ def build_runtime(
         if target.buffered:
             owner.scaling = owner.balancer if isinstance(owner.balancer, RevisionSplit) else target
     return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights),
-                   route_stats=stats, middlewares=middlewares, mirror_counts=mirror_counts, scale_targets=targets)
+                   route_stats=stats, middlewares=middlewares, mirror_counts=mirror_counts, scale_targets=targets,
+                   l4=l4)
+
+
+def _l4_entry(
+    config: GatewayConfig, ep_name: str, services: dict[str, ServiceRuntime]
+) -> TcpEntryRuntime | UdpEntryRuntime:
+    """The routes of a TCP entrypoint (with each router's tcp-filter), or the one service of a UDP entrypoint."""
+    ep = config.entrypoints[ep_name]
+    mine = [r for r in config.routers.values()
+            if r.protocol == ep.protocol and (not r.entrypoints or ep_name in r.entrypoints)]
+    if ep.protocol == "udp":
+        service = services[mine[0].service] if mine else None  # validation: exactly one router
+        return UdpEntryRuntime(ep_name, service, ep.udp_session_timeout_secs, ep.udp_max_sessions,
+                               [r.name for r in mine])
+    routes: list[TcpRoute] = []
+    for router in mine:
+        allowed: list[str] = []
+        limit = 0
+        for mw_name in router.middlewares:
+            mw = config.middlewares[mw_name]
+            if mw.type == "tcp-filter":
+                allowed.extend(mw.params.get("allowed_ips") or ())
+                limit = int(mw.params.get("max_connections") or 0) or limit
+        target = TcpTarget(router.name, services[router.service], allowed, limit)
+        routes.append(TcpRoute(router.name, router.rule or "HostSNI(`*`)", router.effective_priority, target))
+    return TcpEntryRuntime(ep_name, TcpRouter(routes), ep.tcp_allowed_ips, ep.max_connections)
 
 
 def _redirect(config: GatewayConfig, redirect: RedirectConfig) -> tuple[int, bytes]:

@@ -123,6 +123,19 @@ class GatewayCollector:
         for name, n in sorted(gw.tls_reload_errors().items()):
             tls_errors.add_metric([name], n)
         yield tls_errors
+        tcp_rejected = CounterMetricFamily("gateway_tcp_connections_rejected", "TCP connections refused.",
+                                           labels=["entrypoint", "reason"])
+        udp_sessions = GaugeMetricFamily("gateway_udp_sessions", "Active UDP sessions.", labels=["entrypoint"])
+        udp_dropped = CounterMetricFamily("gateway_udp_datagrams_dropped", "Datagrams dropped at the session limit.",
+                                          labels=["entrypoint"])
+        for name, kind, server in gw.l4_servers():
+            if kind == "tcp":
+                for reason, n in sorted(server.stats.rejected.items()):
+                    tcp_rejected.add_metric([name, reason], n)
+            else:
+                udp_sessions.add_metric([name], len(server.sessions))
+                udp_dropped.add_metric([name], server.dropped)
+        yield from (tcp_rejected, udp_sessions, udp_dropped)
 
         up = GaugeMetricFamily("gateway_backend_up", "1 eligible, 0 not.", labels=["service", "backend"])
         in_flight = GaugeMetricFamily("gateway_backend_in_flight", "In-flight requests/tunnels.",
