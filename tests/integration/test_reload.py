@@ -234,9 +234,9 @@ async def test_failed_reloads_keep_the_running_generation(start_gateway) -> None
     with pytest.raises(OSError):
         await get(spare, "/gen0")
     # a feature this build does not run yet
-    http2 = 'entrypoints "web" { address = "127.0.0.1:0"; http2 = true }\n'
-    with pytest.raises(StartupError, match="not supported yet: http2"):
-        await gw.reload(GatewayConfig.from_hcl(generation_hcl(2, backend.url, sse=False, entrypoints=http2)))
+    workers = 'entrypoints "web" { address = "127.0.0.1:0" }\nworkers = 2\n'
+    with pytest.raises(StartupError, match="not supported yet: workers"):
+        await gw.reload(GatewayConfig.from_hcl(generation_hcl(2, backend.url, sse=False, entrypoints=workers)))
 
     assert gw.state == GatewayState.RUNNING and gw.generation == 1
     assert gw.reload_failures == 2 and gw.reload_successes == 0

@@ -75,9 +75,13 @@ async def test_certificates_by_sni_alpn_and_https_forwarding(start_gateway, tmp_
     extra = make_san_cert(tmp_path, "wild-", ["*.models.example.com"])
     gw = await start_gateway(tls_config(backend.url, default, extra))
     port = gateway_port(gw, "websecure")
-    cert, data, alpn = await https_get(port, "api.example.com", client_ctx(["h2", "http/1.1"]))
+    cert, data, alpn = await https_get(port, "api.example.com", client_ctx(["http/1.1"]))
     assert cert == der(default[0]) and data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello from backend")
-    assert alpn == "http/1.1"  # HTTP/2 has not landed: h2 is not offered, the client falls back
+    assert alpn == "http/1.1"
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(["h2", "http/1.1"]),
+                                              server_hostname="api.example.com")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"  # offered when http2 = true
+    writer.close()
     assert (await https_get(port, "llama.models.example.com"))[0] == der(extra[0])
     assert (await https_get(port, "a.b.models.example.com"))[0] == der(default[0])  # one label only
     assert backend.requests[0].header("x-forwarded-proto") == "https"

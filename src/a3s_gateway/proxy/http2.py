@@ -41,7 +41,8 @@ _relay: Any = _compat.load("body relay")
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HIGH_WATER: Final = 256 * 1024  # bytes waiting for the peer's window before the stream's connection is paused
-WINDOW: Final = 1 << 20  # initial stream window we grant
+WINDOW: Final = 1 << 20  # initial stream window we grant (§9.1)
+CONNECTION_WINDOW: Final = 16 << 20
 _LENGTH: Final = 1
 _CHUNKED: Final = 2
 _UNTIL_CLOSE: Final = 3
@@ -270,7 +271,7 @@ class H2Protocol(asyncio.Protocol):
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
         self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(WINDOW * 4)  # connection window beyond the default 64 KiB
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)  # §9.1: 16 MiB for the connection
         self.streams: dict[int, StreamTransport] = {}
         self.write_paused = False
         self.closing = False
