@@ -40,7 +40,8 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
      "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
      "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout",
-     "tls", "redirect", "tcp entrypoint", "udp entrypoint", "tcp_allowed_ips", "middleware tcp-filter", "http2"}
+     "tls", "redirect", "tcp entrypoint", "udp entrypoint", "tcp_allowed_ips", "middleware tcp-filter", "http2",
+     "h2c backend"}
 )
 
 

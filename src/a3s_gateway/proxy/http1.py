@@ -83,8 +83,8 @@ class HttpConnection:
     __slots__ = (
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
         "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "cold",
-        "connect_task", "draining", "entry", "framing", "head", "held", "keep_alive", "loop", "mirror", "mirror_body",
-        "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
+        "connect_task", "draining", "entry", "framing", "grpc", "head", "held", "keep_alive", "loop", "mirror",
+        "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
         "replay_bytes", "resp_started", "response_extra", "retried", "revision", "rid", "server", "skip_queue",
         "state", "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head",
         "upgrade", "upstream", "wall0", "window", "write_paused",
@@ -156,6 +156,7 @@ class HttpConnection:
         self.skip_queue = False
         self.window: Any = None  # the rollout window of the attempt's backend (§8.7), None outside a rollout
         self.upgrade = False  # the request is a WebSocket upgrade (§9.3)
+        self.grpc = False  # a gRPC stream of an HTTP/2 connection (§9.2): HTTP/2 upstream, trailers-only errors
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -526,7 +527,7 @@ class HttpConnection:
             self._read_body()
             if self.state == _CLOSED:
                 return
-        conn = pool.take()
+        conn = pool.take() if not self.grpc else None
         if conn is not None:
             self._attach(conn)
         else:
@@ -655,6 +656,13 @@ class HttpConnection:
             resp = Response(status, headers, True)
             chain.run_response(self.mreq, resp, upto, self.loop.time())
             headers = resp.headers
+        if self.grpc:
+            message = responses.error_message(body) if status >= 400 else ""
+            if status >= 400:
+                extra = b"".join(n + b": " + v + b"\r\n" for n, v in headers
+                                 if n.lower() not in (b"content-type", b"content-length", b"connection"))
+                self._grpc_error(status, message, extra)
+                return
         reusable = self.body_done or (
             self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
         )
@@ -716,7 +724,7 @@ class HttpConnection:
 
     async def _connect(self, pool: Pool) -> None:
         try:
-            conn = await pool.connect()
+            conn = await pool.connect(self.grpc)
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError) as e:
@@ -986,6 +994,9 @@ class HttpConnection:
     # -- local answers ------------------------------------------------------------------------------------------
     def _local(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer a gateway error response for the current request, then continue or close."""
+        if self.grpc and self.chain is None:
+            self._grpc_error(status, message, extra)
+            return
         if self.chain is not None:
             headers = [(b"Content-Type", JSON)]
             for line in extra.split(b"\r\n"):
@@ -1007,6 +1018,14 @@ class HttpConnection:
             self.bytes_out = responses.error_body_length(message)
         self._record(True)
         self._after_local(close)
+
+    def _grpc_error(self, status: int, message: str, extra: bytes) -> None:
+        """A gateway error for a gRPC request: trailers-only, HTTP 200 with grpc-status (SPEC §9.2)."""
+        self.resp_started = True
+        self.status = status
+        self.transport.write(responses.grpc_error_response(status, message, extra))
+        self._record(True)
+        self._after_local(True)
 
     def _after_local(self, close: bool) -> None:
         """After a gateway-generated response: close, drain the unread (small) body, or serve the next request."""

@@ -381,11 +381,13 @@ class H2Protocol(asyncio.Protocol):
         ended = event.stream_ended is not None
         if not ended and not has_length:
             lines.append(b"transfer-encoding: chunked\r\n")
+        grpc = any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in event.headers)
         head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method, path or b"/", authority, b"".join(lines))
         stream = StreamTransport(self, sid, method == b"HEAD")
         stream.chunked = not ended and not has_length
         self.streams[sid] = stream
         protocol = HttpConnection(self.stream_server)
+        protocol.grpc = grpc  # §9.2: HTTP/2 to the backend, trailers-only gateway errors
         stream.protocol = protocol
         protocol.connection_made(stream)
         protocol.data_received(head)

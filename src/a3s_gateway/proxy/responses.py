@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from urllib.parse import quote
 
 import orjson
 
@@ -44,6 +45,34 @@ def error_body_length(message: str) -> int:
         if len(_body_lengths) < 256:
             _body_lengths[message] = n
     return n
+
+
+_GRPC_STATUS = {401: 16, 403: 7, 404: 12, 413: 8, 429: 8, 502: 14, 503: 14, 504: 4}
+
+
+def grpc_error_response(status: int, message: str, extra: bytes = b"") -> bytes:
+    """A trailers-only gRPC answer for a gateway error (SPEC §9.2): HTTP 200, grpc-status, percent-encoded message."""
+    code = _GRPC_STATUS.get(status, 2)
+    text = quote(message, safe=" !#$&'()*+,/:;=?@[]~").encode("ascii")
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: %d\r\ngrpc-message: %s\r\n"
+        % (code, text)
+        + extra
+        + b"Content-Length: 0\r\n"
+        + date_line()
+        + b"\r\n"
+    )
+
+
+def error_message(body: bytes) -> str:
+    """The ``error`` text of a JSON error body (a middleware's reply), else the body as text."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if isinstance(value, dict) and isinstance(value.get("error"), str):
+        return str(value["error"])
+    return body.decode("utf-8", "replace")
 
 
 def redirect_response(status: int, location: bytes, *, close: bool = False, head_only: bool = False) -> bytes:

@@ -86,6 +86,7 @@ class UpstreamConnection:
         "keep_alive",
         "last_at",
         "loop",
+        "multiplexed",
         "pool",
         "read_paused",
         "reader",
@@ -121,6 +122,7 @@ class UpstreamConnection:
         self.last_at = 0.0  # loop time of the last body piece from the backend (0: none yet)
         self.filter: Any = None  # body filter set by the response phase (compress)
         self.filtered = 0  # body bytes sent to the client after the filter
+        self.multiplexed = False  # one stream of an HTTP/2 connection (never pooled: the next request is a new stream)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -532,6 +534,7 @@ class Pool:
         self.host_header = backend.host_header.encode("idna") if backend.host_header else b""
         self.base_path = backend.base_path.encode()
         self.connections = 0
+        self.h2: Any = None  # the backend's HTTP/2 connection (h2c:// servers, gRPC), opened on first use
 
     def take(self) -> UpstreamConnection | None:
         """An idle live connection, or None."""
@@ -550,6 +553,7 @@ class Pool:
         tr = conn.transport
         if (
             reusable
+            and not conn.multiplexed
             and not self.closed
             and tr is not None
             and len(self.idle) < self.transport_cfg.max_idle_connections_per_backend
@@ -569,18 +573,37 @@ class Pool:
         except ValueError:
             pass
 
-    async def connect(self) -> UpstreamConnection:
-        """Open a new connection (raises OSError / TimeoutError)."""
+    async def connect(self, h2: bool = False) -> UpstreamConnection:
+        """Open a new connection (raises OSError / TimeoutError); with ``h2`` (or an ``h2c://`` backend) a new
+        stream on the backend's HTTP/2 connection (SPEC §9.2: gRPC goes HTTP/2 end to end)."""
         b = self.backend
+        if h2 or b.scheme == "h2c":
+            return await self._h2_stream()
         conn = UpstreamConnection(self)
         async with asyncio.timeout(self.transport_cfg.connect_timeout):
             await self.loop.create_connection(cast(Any, lambda: conn), b.host, b.port)
         self.connections += 1
         return conn
 
+    async def _h2_stream(self) -> UpstreamConnection:
+        sessions = self.h2
+        if sessions is None:
+            from .upstream_h2 import H2Sessions
+
+            b = self.backend
+            sessions = self.h2 = H2Sessions(self.loop, b.host, b.port)
+        pipe = await sessions.stream(self.transport_cfg.connect_timeout)
+        conn = UpstreamConnection(self)
+        conn.multiplexed = True
+        pipe.protocol = conn
+        conn.connection_made(pipe)
+        return conn
+
     def close(self) -> None:
         """Close idle connections; busy ones close when their exchange ends."""
         self.closed = True
+        if self.h2 is not None:
+            self.h2.close()
         idle, self.idle = self.idle, []
         for conn in idle:
             if conn.transport is not None:
