@@ -535,6 +535,7 @@ class Pool:
         self.base_path = backend.base_path.encode()
         self.connections = 0
         self.h2: Any = None  # the backend's HTTP/2 connection (h2c:// servers, gRPC), opened on first use
+        self.tls: Any = None  # https:// backends: the client TLS context (SPEC §10.5), built on first connect
 
     def take(self) -> UpstreamConnection | None:
         """An idle live connection, or None."""
@@ -581,9 +582,23 @@ class Pool:
             return await self._h2_stream()
         conn = UpstreamConnection(self)
         async with asyncio.timeout(self.transport_cfg.connect_timeout):
-            await self.loop.create_connection(cast(Any, lambda: conn), b.host, b.port)
+            if b.scheme == "https":
+                await self.loop.create_connection(cast(Any, lambda: conn), b.host, b.port,
+                                                  ssl=self._tls(["http/1.1"]), server_hostname=self._tls_name())
+            else:
+                await self.loop.create_connection(cast(Any, lambda: conn), b.host, b.port)
         self.connections += 1
         return conn
+
+    def _tls(self, alpn: list[str]) -> Any:
+        """The client TLS context of an https:// backend: system trust or ``tls_ca_file``; verification off only
+        with ``tls_insecure_skip_verify`` (a verification failure is a connect failure, 502)."""
+        from .upstream_tls import client_context
+
+        return client_context(self.transport_cfg, alpn)
+
+    def _tls_name(self) -> str:
+        return self.transport_cfg.tls_server_name or self.backend.host
 
     async def _h2_stream(self) -> UpstreamConnection:
         sessions = self.h2
@@ -591,7 +606,8 @@ class Pool:
             from .upstream_h2 import H2Sessions
 
             b = self.backend
-            sessions = self.h2 = H2Sessions(self.loop, b.host, b.port)
+            tls = self._tls(["h2"]) if b.scheme == "https" else None
+            sessions = self.h2 = H2Sessions(self.loop, b.host, b.port, tls, self._tls_name())
         pipe = await sessions.stream(self.transport_cfg.connect_timeout)
         conn = UpstreamConnection(self)
         conn.multiplexed = True

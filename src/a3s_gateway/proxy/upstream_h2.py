@@ -340,10 +340,13 @@ class StreamPipe(asyncio.Transport):
 class H2Sessions:
     """The h2c connection of one backend's pool, reopened when it is gone or has received GOAWAY."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, tls: Any = None,
+                 server_name: str = "") -> None:
         self.loop = loop
         self.host = host
         self.port = port
+        self.tls = tls  # https:// backends: TLS with ALPN h2 (a backend that does not select h2 is unavailable)
+        self.server_name = server_name
         self.session: H2Session | None = None
         self._opening: asyncio.Future[H2Session] | None = None
 
@@ -363,7 +366,15 @@ class H2Sessions:
     async def _open(self, connect_timeout: float) -> H2Session:
         session = H2Session(self.loop)
         async with asyncio.timeout(connect_timeout):
-            await self.loop.create_connection(lambda: session, self.host, self.port)
+            if self.tls is not None:
+                transport, _ = await self.loop.create_connection(lambda: session, self.host, self.port, ssl=self.tls,
+                                                                 server_hostname=self.server_name or self.host)
+                ssl_object = transport.get_extra_info("ssl_object")
+                if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                    transport.close()
+                    raise ConnectionError("the backend did not select HTTP/2 (ALPN h2)")
+            else:
+                await self.loop.create_connection(lambda: session, self.host, self.port)
         self.session = session
         return session
 
