@@ -211,3 +211,22 @@ async def test_curl_http2_over_tls_and_prior_knowledge(start_gateway, tmp_path: 
     assert out.returncode == 0 and out.stdout.endswith("\n2") and "GET /h2c" in out.stdout, out.stderr
     out = await asyncio.to_thread(curl, "--http1.1", "-w", "\n%{http_version}", f"http://127.0.0.1:{plain_port}/h1")
     assert out.stdout.endswith("\n1.1")  # the same entrypoint still speaks HTTP/1.1
+
+
+async def test_fields_that_would_split_the_forwarded_head_are_refused(start_gateway) -> None:
+    backend = await start_backend(echo)
+    gw = await start_gateway(config(backend.url))
+    client = await H2Client.connect(gateway_port(gw))
+    client.conn.config.validate_outbound_headers = False  # send what a hostile client would
+    client.conn.config.normalize_outbound_headers = False
+    try:
+        r = await client.request("GET", "/x", headers=[("x-a", "1\r\nx-injected: yes")])
+        assert (r["headers"], backend.requests) == ({}, [])  # refused (h2 closes the connection), never forwarded
+    finally:
+        client.close()
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        r = await client.request("GET", "/y")
+        assert r["body"] == b"GET /y host=a body=0"  # the gateway goes on
+    finally:
+        client.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 import h2.config
@@ -39,6 +40,7 @@ log: Final = logging.getLogger("a3s_gateway.http2")
 _parser: Any = _compat.load("http parser")
 _relay: Any = _compat.load("body relay")
 
+_UNSAFE: Final = re.compile(rb"[\r\n\x00]")
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HIGH_WATER: Final = 256 * 1024  # bytes waiting for the peer's window before the stream's connection is paused
 WINDOW: Final = 1 << 20  # initial stream window we grant (§9.1)
@@ -262,7 +264,9 @@ class H2Protocol(asyncio.Protocol):
         self.loop = server.loop
         self.transport = transport
         limits = server.entry.limits
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        # inbound fields are validated (RFC 9113 §8.2); what we send is built from a parsed HTTP/1.1 head already
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
+                                           validate_outbound_headers=False, normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
@@ -355,6 +359,10 @@ class H2Protocol(asyncio.Protocol):
         cookies: list[bytes] = []
         has_length = False
         for name, value in event.headers:
+            if _UNSAFE.search(name) or _UNSAFE.search(value):
+                # CR, LF or NUL would split the HTTP/1.1 head this stream is turned into: a malformed request
+                self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
             if name.startswith(b":"):
                 if name == b":method":
                     method = value
@@ -373,6 +381,9 @@ class H2Protocol(asyncio.Protocol):
             if name == b"content-length":
                 has_length = True
             lines.append(name + b": " + value + b"\r\n")
+        if b" " in path or b" " in method:
+            self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
         if method == b"CONNECT":
             self.send_headers(sid, [(b":status", b"405")], True)
             return
