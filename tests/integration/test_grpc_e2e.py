@@ -108,3 +108,37 @@ async def test_gateway_errors_are_trailers_only_grpc_statuses(start_gateway, sch
     out = await asyncio.to_thread(calls)
     assert out["down"][0] == grpc.StatusCode.UNAVAILABLE and "Upstream connection failed" in out["down"][1]
     assert out["no_route"] == (grpc.StatusCode.UNIMPLEMENTED, "No route matched")
+
+
+async def test_the_gateway_enforces_grpc_timeout(start_gateway) -> None:
+    """A client that sends grpc-timeout but does not enforce it still gets DEADLINE_EXCEEDED from the gateway."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    server, port = start_grpc_backend()
+    gw = await start_gateway(config(port))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway_port(gw))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":path", "/llm.Generate/Unary"), (":scheme", "http"),
+                          (":authority", "gw"), ("content-type", "application/grpc"), ("te", "trailers"),
+                          ("grpc-timeout", "300m")])
+    conn.send_data(1, b"\x00\x00\x00\x00\x04slow", end_stream=True)  # one length-prefixed message
+    writer.write(conn.data_to_send())
+    t0 = time.monotonic()
+    headers: dict = {}
+    ended = False
+    while not ended:
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data
+        for event in conn.receive_data(data):
+            if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                headers.update(dict(event.headers))
+            ended = ended or isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset))
+        writer.write(conn.data_to_send())
+    elapsed = time.monotonic() - t0
+    writer.close()
+    assert headers[b"grpc-status"] == b"4" and headers[b":status"] == b"200"
+    assert 0.25 < elapsed < 1.5  # the backend would have taken 2 s
+    server.stop(0)

@@ -83,7 +83,8 @@ class HttpConnection:
     __slots__ = (
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
         "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "cold",
-        "connect_task", "draining", "entry", "framing", "grpc", "head", "held", "keep_alive", "loop", "mirror",
+        "connect_task", "deadline_at", "draining", "entry", "framing", "grpc", "head", "held", "keep_alive", "loop",
+        "mirror",
         "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
         "replay_bytes", "resp_started", "response_extra", "retried", "revision", "rid", "server", "skip_queue",
         "state", "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head",
@@ -157,6 +158,7 @@ class HttpConnection:
         self.window: Any = None  # the rollout window of the attempt's backend (§8.7), None outside a rollout
         self.upgrade = False  # the request is a WebSocket upgrade (§9.3)
         self.grpc = False  # a gRPC stream of an HTTP/2 connection (§9.2): HTTP/2 upstream, trailers-only errors
+        self.deadline_at = 0.0  # its grpc-timeout as a loop time (0: none)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:

@@ -97,6 +97,7 @@ class StreamTransport(asyncio.Transport):
         self.reading_paused = False
         self.unacked = 0  # received DATA bytes not acknowledged yet (held while reading is paused)
         self.chunked = False  # the request body is handed over as chunks (no content-length)
+        self.deadline_at = 0.0  # a gRPC request's deadline (loop time), 0: none
 
     # -- what HttpConnection asks of its transport --------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -140,6 +141,13 @@ class StreamTransport(asyncio.Transport):
         if not self.ended:
             if self.reader is not None and self.reader.mode == _UNTIL_CLOSE:
                 self._finish()  # a close-delimited body ends with the connection
+            elif self.reader is not None and self.deadline_at > 0.0:
+                # a gRPC response cut short: its trailers say why (deadline expired, else the backend failed)
+                self.pending.clear()
+                expired = self.conn.loop.time() >= self.deadline_at - 0.01
+                code, text = (b"4", b"Deadline exceeded") if expired else (b"14", b"Upstream stream failed")
+                self.ended = True
+                self.conn.send_headers(self.stream_id, [(b"grpc-status", code), (b"grpc-message", text)], True)
             else:
                 self.conn.reset(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)  # truncated: the client sees it
         self._lost()
@@ -399,6 +407,13 @@ class H2Protocol(asyncio.Protocol):
         self.streams[sid] = stream
         protocol = HttpConnection(self.stream_server)
         protocol.grpc = grpc  # §9.2: HTTP/2 to the backend, trailers-only gateway errors
+        if grpc:
+            for name, value in event.headers:
+                if name == b"grpc-timeout":
+                    seconds = grpc_timeout(value)
+                    if seconds is not None:
+                        protocol.deadline_at = self.loop.time() + seconds
+                        stream.deadline_at = protocol.deadline_at
         stream.protocol = protocol
         protocol.connection_made(stream)
         protocol.data_received(head)
@@ -503,6 +518,18 @@ class H2Protocol(asyncio.Protocol):
         self.h2.close_connection()
         self.flush()
         self.transport.close()
+
+
+_GRPC_UNITS: Final = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes) -> float | None:
+    """``grpc-timeout`` (1–8 digits and a unit H M S m u n) in seconds; None when malformed."""
+    unit = _GRPC_UNITS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return None
+    return int(digits) * unit
 
 
 def take_over(conn: HttpConnection, initial: bytes) -> None:

@@ -461,6 +461,9 @@ class UpstreamConnection:
         self._tkind = _T_HEAD
         self._deadline = now + cfg.response_header_timeout
         self._end = now + cfg.request_timeout if cfg.request_timeout > 0 else _NEVER
+        deadline = client.deadline_at
+        if deadline > 0.0 and deadline < self._end:  # a gRPC deadline (SPEC §9.2): min(grpc-timeout, request_timeout)
+            self._end = deadline
         self._arm()
 
     def pause_reading(self) -> None:

@@ -215,8 +215,12 @@ class StreamPipe(asyncio.Transport):
         self.head_request = req.method == b"HEAD"
         fields = [(b":method", req.method), (b":scheme", b"http"), (b":authority", req.host),
                   (b":path", req.target)]
+        client = self.protocol.client if self.protocol is not None else None
+        deadline = client.deadline_at if client is not None else 0.0
         for name, value in req.headers:
             low = name.lower()
+            if low == b"grpc-timeout" and deadline > 0.0:  # what is left of it after queueing and retries
+                value = b"%dm" % max(1, int((deadline - self.session.loop.time()) * 1000))
             if low not in _HOP:
                 fields.append((low, value))
         fields.append((b"te", b"trailers"))
