@@ -151,3 +151,60 @@ async def test_a_backend_that_refuses_the_upgrade_is_relayed_as_is(start_gateway
     assert refused.value.response.status_code == 403
     assert refused.value.response.body == b"no websockets here\n"
     server.close()
+
+
+async def test_ws_mux_channels_through_the_gateway_with_auth_and_a_backend_link(start_gateway) -> None:
+    """ws-mux (§9.4): the gateway answers the upgrade after the earlier middlewares, clients share channels, and
+    the hub's backend link subscribes and publishes on the backend."""
+    seen: list[str] = []
+    backend_ws: list = []
+
+    async def link(ws) -> None:  # type: ignore[no-untyped-def]
+        backend_ws.append(ws)
+        async for message in ws:
+            seen.append(message)
+
+    server = await serve(link, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mws = '''
+middlewares "key" {
+  type = "api-key"
+  keys = ["k1"]
+}
+middlewares "mux" {
+  type          = "ws-mux"
+  max_channels  = 2
+  upstream_path = "/hub"
+}
+'''
+    gw = await start_gateway(config(port, 'middlewares = ["key", "mux"]', mws))
+    url = f"ws://127.0.0.1:{gateway_port(gw)}/ws"
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        async with connect(url):
+            pass
+    assert refused.value.response.status_code == 401  # the middlewares before ws-mux still apply
+    key = {"X-API-Key": "k1"}
+    async with connect(url, additional_headers=key) as a, connect(url, additional_headers=key) as b:
+        for ws in (a, b):
+            await ws.send("_sub:news")
+            assert await ws.recv() == "_ok:subscribed to news"
+        await a.send("news:hello")
+        assert await asyncio.wait_for(b.recv(), 5) == "news:hello"  # the other subscriber, not the sender
+        await a.send("_ping")
+        assert await a.recv() == "_pong"
+        await a.send("_sub:x")
+        assert await a.recv() == "_ok:subscribed to x"
+        await a.send("_sub:y")
+        assert await a.recv() == "_error:max channels (2) reached"
+        await a.send("_list")
+        assert await a.recv() == '_channels:["news","x"]'
+        for _ in range(100):
+            if "news:hello" in seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen[:2] == ["_sub:news", "news:hello"]  # the backend link subscribed, then got the publish
+        await backend_ws[0].send("news:from-backend")
+        assert await asyncio.wait_for(a.recv(), 5) == "news:from-backend"
+        assert await asyncio.wait_for(b.recv(), 5) == "news:from-backend"
+    assert backend_ws[0].request.path == "/hub"
+    server.close()

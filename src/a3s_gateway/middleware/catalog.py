@@ -27,6 +27,7 @@ IMPLEMENTATIONS: Mapping[str, tuple[str, str]] = {
     "circuit-breaker": ("breaker", "CircuitBreaker"),
     "ip-allow": ("ipallow", "IpAllow"),
     "compress": ("compress", "Compress"),
+    "ws-mux": ("wsmux", "WsMux"),
 }
 
 

@@ -604,6 +604,11 @@ class HttpConnection:
         """The request phase passed: build the upstream head from the request as middlewares left it."""
         head = self.head
         req = cast("Request", self.mreq)
+        if self.upgrade:
+            mws = cast("Chain", self.chain).middlewares
+            if mws and mws[-1].kind == "ws-mux":
+                self._mux_accept(mws[-1], len(mws) - 1)
+                return
         primary = cast("RouteTarget", self.target).service
         svc, backend = self._pick(primary, req.headers, 0)
         if backend is None:
@@ -891,6 +896,46 @@ class HttpConnection:
         if self.chain is not None and self.chain.retry is not None and self._try_again(failure, status, None):
             return
         self._local(status, message)
+
+    # -- ws-mux (SPEC §9.4) -------------------------------------------------------------------------------------
+    def _mux_accept(self, mw: Any, upto: int) -> None:
+        """The gateway answers the upgrade itself and hands the connection to the router's hub."""
+        from .wsmux import MuxConnection, handshake_response
+
+        req = cast("Request", self.mreq)
+        key = b""
+        version = b""
+        for name, value in req.headers:
+            low = name.lower()
+            if low == b"sec-websocket-key":
+                key = value.strip()
+            elif low == b"sec-websocket-version":
+                version = value.strip()
+        if len(key) != 24 or version != b"13":
+            self._reply(400, [(b"Content-Type", JSON), (b"Sec-WebSocket-Version", b"13")],
+                        orjson.dumps({"error": "Invalid WebSocket handshake"}), upto)
+            return
+        chain = cast("Chain", self.chain)
+        extra = b""
+        if chain.has_response:
+            phase = Response(101, [], True)
+            chain.run_response(req, phase, upto, self.loop.time())
+            extra = b"".join(n + b": " + v + b"\r\n" for n, v in phase.headers)
+        hub = mw.hub_for(self.loop, cast("RouteTarget", self.target).service)
+        transport = self.transport
+        transport.write(handshake_response(key, extra))
+        self.resp_started = True
+        self.status = 101
+        self._record(True)
+        initial = self.buf
+        self.buf = b""
+        self.state = _CLOSED
+        self._tkind = _T_NONE
+        self.transport = None
+        self.server.connections.discard(self)
+        conn = MuxConnection(hub, initial)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
 
     # -- WebSocket tunnel (SPEC §9.3) ---------------------------------------------------------------------------
     def start_tunnel(self) -> None:
