@@ -12,6 +12,7 @@ building, relay and accounting. Parametrised by the benchmark middleware chain o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -67,32 +68,40 @@ class FakeTransport:
         self.closing = True
 
 
+def make_exchange(chain: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(one keep-alive exchange through the real connection objects on fake transports, a check that the exchanges
+    worked and reused one upstream connection; the check also closes the event loop)."""
+    loop = asyncio.new_event_loop()
+    config = GatewayConfig.from_hcl(gateway_conf(8080, 8081, 8082, "" if chain == "none" else chain))
+    runtime = compile_config.build_runtime(config, loop)
+    server = HttpServer(loop, runtime.entrypoints["web"], "127.0.0.1", 8080)
+    client = HttpConnection(server)
+    client_tr = FakeTransport()
+    client.connection_made(client_tr)
+    pool = next(iter(runtime.services["backend"].pools.values()))
+    upstream = UpstreamConnection(pool)
+    upstream_tr = FakeTransport()
+    upstream.connection_made(upstream_tr)
+    pool.idle.append(upstream)
+
+    def exchange() -> None:
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+        if len(client_tr.out) > 256:
+            client_tr.out.clear()
+            upstream_tr.out.clear()
+
+    def check() -> None:
+        assert client_tr.out[-1].startswith(b"HTTP/1.1 200 OK") and not client_tr.closing
+        assert pool.idle == [upstream]  # every round reused the same connection
+        loop.close()
+
+    return exchange, check
+
+
 @pytest.mark.parametrize("chain", CHAINS)
 def test_exchange(benchmark: Any, chain: str) -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        config = GatewayConfig.from_hcl(gateway_conf(8080, 8081, 8082, "" if chain == "none" else chain))
-        runtime = compile_config.build_runtime(config, loop)
-        server = HttpServer(loop, runtime.entrypoints["web"], "127.0.0.1", 8080)
-        client = HttpConnection(server)
-        client_tr = FakeTransport()
-        client.connection_made(client_tr)
-        pool = next(iter(runtime.services["backend"].pools.values()))
-        upstream = UpstreamConnection(pool)
-        upstream_tr = FakeTransport()
-        upstream.connection_made(upstream_tr)
-        pool.idle.append(upstream)
-
-        def exchange() -> None:
-            client.data_received(REQUEST)
-            upstream.data_received(RESPONSE)
-            if len(client_tr.out) > 256:
-                client_tr.out.clear()
-                upstream_tr.out.clear()
-
-        exchange()
-        assert client_tr.out[-1].startswith(b"HTTP/1.1 200 OK") and not client_tr.closing
-        benchmark(exchange)
-        assert not client_tr.closing and pool.idle == [upstream]  # every round reused the same connection
-    finally:
-        loop.close()
+    exchange, check = make_exchange(chain)
+    exchange()
+    benchmark(exchange)
+    check()

@@ -31,6 +31,7 @@ from .. import _compat
 from ..errors import ProtocolError
 from .http1 import HttpConnection
 from .server import HttpServer
+from .stream_transport import MessageTransport
 
 if TYPE_CHECKING:
     from ..runtime import EntrypointRuntime
@@ -77,7 +78,7 @@ class StreamServer(HttpServer):
         self.real.entry = value
 
 
-class StreamTransport(asyncio.Transport):
+class StreamTransport(MessageTransport):
     """The transport of one stream's HttpConnection: request bytes in, HTTP/1.1 response bytes out → h2 frames."""
 
     def __init__(self, conn: H2Protocol, stream_id: int, head_request: bool) -> None:
@@ -94,7 +95,6 @@ class StreamTransport(asyncio.Transport):
         self.ended = False  # END_STREAM sent (or the stream was reset)
         self.closed = False
         self.write_paused = False
-        self.reading_paused = False
         self.unacked = 0  # received DATA bytes not acknowledged yet (held while reading is paused)
         self.chunked = False  # the request body is handed over as chunks (no content-length)
         self.deadline_at = 0.0  # a gRPC request's deadline (loop time), 0: none
@@ -103,36 +103,20 @@ class StreamTransport(asyncio.Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.conn.transport.get_extra_info(name, default)
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        return None
-
     def get_write_buffer_size(self) -> int:
         return self.pending_bytes
 
     def is_closing(self) -> bool:
         return self.closed
 
-    def pause_reading(self) -> None:
-        self.reading_paused = True
+    def _done(self) -> bool:
+        return self.ended
 
-    def resume_reading(self) -> None:
-        if self.reading_paused:
-            self.reading_paused = False
-            self.conn.acknowledge(self)
+    def _head_seen(self) -> bool:
+        return self.reader is not None
 
-    def can_write_eof(self) -> bool:
-        return False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        if self.ended or not data:
-            return
-        if self.reader is None:
-            self._head(data)
-        else:
-            self._body(data)
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
+    def _resumed(self) -> None:
+        self.conn.acknowledge(self)
 
     def close(self) -> None:
         if self.closed:
@@ -151,9 +135,6 @@ class StreamTransport(asyncio.Transport):
             else:
                 self.conn.reset(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)  # truncated: the client sees it
         self._lost()
-
-    def abort(self) -> None:
-        self.close()
 
     def _lost(self) -> None:
         protocol = self.protocol

@@ -23,6 +23,7 @@ import h2.exceptions
 
 from .. import _compat
 from ..errors import ProtocolError
+from .stream_transport import MessageTransport
 
 if TYPE_CHECKING:
     from .upstream import UpstreamConnection
@@ -126,7 +127,7 @@ class H2Session(asyncio.Protocol):
             self.transport.close()
 
 
-class StreamPipe(asyncio.Transport):
+class StreamPipe(MessageTransport):
     """The transport of an UpstreamConnection whose exchange is one stream of an H2Session."""
 
     def __init__(self, session: H2Session, sid: int) -> None:
@@ -141,7 +142,6 @@ class StreamPipe(asyncio.Transport):
         self.trailers: list[tuple[bytes, bytes]] = []
         self.sent_end = False
         self.closed = False
-        self.reading_paused = False
         self.unacked = 0
         self.head_request = False
         self.trailers_in = False  # the response ended with trailers (no separate last chunk needed)
@@ -151,36 +151,20 @@ class StreamPipe(asyncio.Transport):
         transport = self.session.transport
         return transport.get_extra_info(name, default) if transport is not None else default
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        return None
-
     def get_write_buffer_size(self) -> int:
         return sum(len(p) for p in self.pending)
 
     def is_closing(self) -> bool:
         return self.closed
 
-    def pause_reading(self) -> None:
-        self.reading_paused = True
+    def _done(self) -> bool:
+        return self.closed
 
-    def resume_reading(self) -> None:
-        if self.reading_paused:
-            self.reading_paused = False
-            self._ack()
+    def _head_seen(self) -> bool:
+        return self.body is not None
 
-    def can_write_eof(self) -> bool:
-        return False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        if self.closed or not data:
-            return
-        if self.body is None:
-            self._head(data)
-        else:
-            self._body(data)
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
+    def _resumed(self) -> None:
+        self._ack()
 
     def close(self) -> None:
         if self.closed:
@@ -196,9 +180,6 @@ class StreamPipe(asyncio.Transport):
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             self.session.loop.call_soon(protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
 
     # -- request: HTTP/1.1 bytes -> h2 -----------------------------------------------------------------------------
     def _head(self, data: bytes) -> None:
