@@ -230,3 +230,28 @@ async def test_fields_that_would_split_the_forwarded_head_are_refused(start_gate
         assert r["body"] == b"GET /y host=a body=0"  # the gateway goes on
     finally:
         client.close()
+
+
+async def test_an_http2_connection_survives_a_reload(start_gateway) -> None:
+    from a3s_gateway import GatewayConfig
+
+    backend = await start_backend(echo)
+    hcl = config(backend.url)
+    gw = await start_gateway(hcl)
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        assert (await client.request("GET", "/before"))["body"] == b"GET /before host=a body=0"
+        sid = client.start("GET", "/sse", headers=[("te", "trailers")])  # a stream open across the reload
+        for _ in range(100):
+            if client.streams[sid]["headers"]:
+                break
+            await asyncio.sleep(0.01)
+        assert client.streams[sid]["headers"] and not client.streams[sid]["done"].is_set()
+        await gw.reload(GatewayConfig.from_hcl(hcl.replace('service = "s2"', 'service = "s"'), filename="t.hcl"))
+        r = await client.wait(sid)
+        assert r["body"] == b"data: 0\n\ndata: 1\n\ndata: 2\n\n" and r["trailers"] == {b"x-checksum": b"abc"}
+        r = await client.request("GET", "/after")  # same connection, the new generation's routes
+        assert r["body"] == b"GET /after host=a body=0"
+        assert gw.runtime.route_stats[("other", "s")].ttfb.count() == 1
+    finally:
+        client.close()

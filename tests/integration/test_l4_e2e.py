@@ -197,6 +197,11 @@ services "dns" {{
     answers = {await asyncio.wait_for(got.get(), 5) for _ in clients}
     assert answers == {b"echo:q0", b"echo:q1"}
     assert 'gateway_udp_sessions{entrypoint="dns"} 2.0' in gw.metrics()
+    await gw.reload(GatewayConfig.from_hcl(hcl + "\n# reloaded\n",
+                                           filename="t.hcl"))
+    clients[0].sendto(b"again")  # the session made before the reload goes on
+    assert await asyncio.wait_for(got.get(), 5) == b"echo:again"
+    assert len(gw._servers["dns"].server.sessions) == 2
     for c in clients:
         c.close()
     backend.close()

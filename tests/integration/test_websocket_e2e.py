@@ -177,7 +177,8 @@ middlewares "mux" {
   upstream_path = "/hub"
 }
 '''
-    gw = await start_gateway(config(port, 'middlewares = ["key", "mux"]', mws))
+    hcl = config(port, 'middlewares = ["key", "mux"]', mws)
+    gw = await start_gateway(hcl)
     url = f"ws://127.0.0.1:{gateway_port(gw)}/ws"
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
         async with connect(url):
@@ -206,5 +207,8 @@ middlewares "mux" {
         await backend_ws[0].send("news:from-backend")
         assert await asyncio.wait_for(a.recv(), 5) == "news:from-backend"
         assert await asyncio.wait_for(b.recv(), 5) == "news:from-backend"
+        await gw.reload(GatewayConfig.from_hcl(hcl + "\n# reloaded\n", filename="t.hcl"))
+        await a.send("news:after the reload")  # the hub and its connections are untouched
+        assert await asyncio.wait_for(b.recv(), 5) == "news:after the reload"
     assert backend_ws[0].request.path == "/hub"
     server.close()
