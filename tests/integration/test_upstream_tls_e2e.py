@@ -80,3 +80,39 @@ async def test_an_unverifiable_backend_is_a_502_unless_verification_is_skipped(s
     status, _ = await get(gateway_port(gw2))
     assert status == 200
     server.close()
+
+
+async def test_an_https_backend_that_selects_h2_is_spoken_to_in_http2(start_gateway, tmp_path: Path) -> None:
+    """§9.1: upstream HTTP/2 over TLS when the backend's ALPN says h2 — here the backend is another gateway."""
+    from support import start_backend
+
+    from a3s_gateway.proxy.http2 import H2Protocol
+
+    origin = await start_backend()
+    cert, key = make_san_cert(tmp_path, "inner-", ["inner.example"])
+    inner = await start_gateway(f'''
+entrypoints "tls" {{
+  address = "127.0.0.1:0"
+  tls {{
+    cert_file = "{cert}"
+    key_file  = "{key}"
+  }}
+}}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "o"
+}}
+services "o" {{
+  load_balancer {{ servers = [{{ url = "{origin.url}" }}] }}
+}}
+''')
+    inner_port = gateway_port(inner, "tls")
+    outer = await start_gateway(config(inner_port, f'tls_ca_file = "{cert}"\n    tls_server_name = "inner.example"'))
+    for path in (b"/one", b"/two"):
+        c = await Client.connect(gateway_port(outer))
+        r = await c.request(b"GET " + path + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+        c.close()
+        assert r.status == 200 and r.body == b"hello from backend"
+    connections = list(inner._servers["tls"].connections)
+    assert len(connections) == 1 and isinstance(connections[0], H2Protocol)  # one HTTP/2 connection, two streams
+    assert [q.target for q in origin.requests] == ["/one", "/two"]

@@ -581,13 +581,20 @@ class Pool:
         """Open a new connection (raises OSError / TimeoutError); with ``h2`` (or an ``h2c://`` backend) a new
         stream on the backend's HTTP/2 connection (SPEC §9.2: gRPC goes HTTP/2 end to end)."""
         b = self.backend
-        if h2 or b.scheme == "h2c":
+        if h2 or b.scheme == "h2c" or (self.h2 is not None and self.h2.speaks_h2()):
             return await self._h2_stream()
         conn = UpstreamConnection(self)
         async with asyncio.timeout(self.transport_cfg.connect_timeout):
             if b.scheme == "https":
-                await self.loop.create_connection(cast(Any, lambda: conn), b.host, b.port,
-                                                  ssl=self._tls(["http/1.1"]), server_hostname=self._tls_name())
+                # §9.1: an https backend that selects h2 is spoken to in HTTP/2 from then on
+                transport, _ = await self.loop.create_connection(
+                    cast(Any, lambda: conn), b.host, b.port, ssl=self._tls(["h2", "http/1.1"]),
+                    server_hostname=self._tls_name(),
+                )
+                ssl_object = transport.get_extra_info("ssl_object")
+                if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                    self._sessions().adopt(transport)
+                    return await self._h2_stream()
             else:
                 await self.loop.create_connection(cast(Any, lambda: conn), b.host, b.port)
         self.connections += 1
@@ -603,7 +610,7 @@ class Pool:
     def _tls_name(self) -> str:
         return self.transport_cfg.tls_server_name or self.backend.host
 
-    async def _h2_stream(self) -> UpstreamConnection:
+    def _sessions(self) -> Any:
         sessions = self.h2
         if sessions is None:
             from .upstream_h2 import H2Sessions
@@ -611,7 +618,10 @@ class Pool:
             b = self.backend
             tls = self._tls(["h2"]) if b.scheme == "https" else None
             sessions = self.h2 = H2Sessions(self.loop, b.host, b.port, tls, self._tls_name())
-        pipe = await sessions.stream(self.transport_cfg.connect_timeout)
+        return sessions
+
+    async def _h2_stream(self) -> UpstreamConnection:
+        pipe = await self._sessions().stream(self.transport_cfg.connect_timeout)
         conn = UpstreamConnection(self)
         conn.multiplexed = True
         pipe.protocol = conn

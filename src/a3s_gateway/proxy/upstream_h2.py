@@ -335,6 +335,20 @@ class H2Sessions:
         self.session: H2Session | None = None
         self._opening: asyncio.Future[H2Session] | None = None
 
+    def speaks_h2(self) -> bool:
+        """An https backend selected h2 once: its next requests go over HTTP/2 too (h2c sessions of http backends,
+        opened for gRPC, do not move their other requests to HTTP/2)."""
+        return self.tls is not None and self.session is not None
+
+    def adopt(self, transport: Any) -> None:
+        """A TLS connection whose ALPN came out h2 becomes the backend's HTTP/2 connection."""
+        session = H2Session(self.loop)
+        transport.set_protocol(session)
+        session.connection_made(transport)
+        old, self.session = self.session, session
+        if old is not None and old.transport is not None and not old.pipes:
+            old.transport.close()
+
     async def stream(self, connect_timeout: float) -> StreamPipe:
         session = self.session
         if session is None or not session.usable:
