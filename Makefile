@@ -30,14 +30,15 @@ $(DEVSTAMP): $(STAMP)
 run: $(STAMP)
 	$(PY) examples/run_demo.py examples/quickstart.hcl
 
-# External programs the tests run (redis-server for rate-limit-redis): installed with apt-get when missing and we
+# External programs the tests run (redis-server for rate-limit-redis, curl, openssl): installed with apt-get when missing and we
 # are root; otherwise the tests that need one skip with the install hint (and fail under A3S_REQUIRE_SERVICES=1).
 services:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@missing=""; for tool in redis-server curl openssl; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
-	  else echo "note: redis-server not found (apt-get install -y redis-server): the Redis tests will skip"; fi; }
+	    echo "installing$$missing (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+	  else echo "note:$$missing not found (apt-get install -y$$missing): the tests that need them will skip"; fi; fi
 
 # The whole suite on the compiled build (unit tests also run every pure twin), then the end-to-end tests again
 # with the pure-Python twins of the Cython modules selected at run time.

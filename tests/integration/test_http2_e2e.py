@@ -5,7 +5,6 @@ flow control on a large body, a stream reset cancelling its upstream request, an
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from support import Request, gateway_port, ok, start_backend
 
 from certs import make_san_cert
+from external import require_tool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,8 +190,8 @@ async def test_a_reset_stream_cancels_its_upstream_request(start_gateway) -> Non
         client.close()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (apt-get install -y curl)")
 async def test_curl_http2_over_tls_and_prior_knowledge(start_gateway, tmp_path: Path) -> None:
+    require_tool("curl", "curl")
     backend = await start_backend(echo)
     cert, key = make_san_cert(tmp_path, "", ["api.example.com"])
     hcl = config(backend.url, f'tls {{\n    cert_file = "{cert}"\n    key_file = "{key}"\n  }}')

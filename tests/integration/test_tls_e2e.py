@@ -15,6 +15,7 @@ import pytest
 from support import gateway_port, start_backend
 
 from certs import make_san_cert
+from external import require_tool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,8 +147,8 @@ async def test_plain_entrypoint_redirects_to_the_tls_one(start_gateway, tmp_path
     writer.close()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (apt-get install -y curl)")
 async def test_curl_through_tls(start_gateway, tmp_path: Path) -> None:
+    require_tool("curl", "curl")
     backend = await start_backend()
     default = make_san_cert(tmp_path, "d-", ["api.example.com"])
     extra = make_san_cert(tmp_path, "e-", ["other.example.com"])

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import random
-import shutil
 import string
 import subprocess
 import threading
@@ -19,6 +18,7 @@ import pytest
 from a3s_gateway.middleware import auth
 from a3s_gateway.middleware.auth import ApiKey, BasicAuth, apr1
 from a3s_gateway.middleware.chain import JSON, Reply
+from external import require_tool
 from mw_support import body, params, request
 
 CHALLENGE = (b"WWW-Authenticate", b'Basic realm="a3s-gateway", charset="UTF-8"')
@@ -91,8 +91,8 @@ def test_apr1_published_vectors() -> None:
     assert apr1(long, b"ab") == b"$apr1$ab$HvZqo.RVUxstvz6ZK.CoA/"
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not available")
 def test_apr1_matches_openssl() -> None:
+    require_tool("openssl", "openssl")
     rng = random.Random(7)
     alphabet = string.ascii_letters + string.digits + "./"
     for n in (0, 1, 15, 16, 17, 33):
