@@ -116,3 +116,22 @@ services "o" {{
     connections = list(inner._servers["tls"].connections)
     assert len(connections) == 1 and isinstance(connections[0], H2Protocol)  # one HTTP/2 connection, two streams
     assert [q.target for q in origin.requests] == ["/one", "/two"]
+
+
+async def test_health_probes_use_the_transport_tls_settings(start_gateway, tmp_path: Path) -> None:
+    server, port, cert = await tls_backend(tmp_path)
+    hc = 'health_check {\n    path = "/health"\n    interval = "100ms"\n    timeout = "100ms"\n  }'
+    hcl = config(port, f'tls_ca_file = "{cert}"\n    tls_server_name = "model.internal"').replace(
+        '  transport {', f'  load_balancer {{\n    {hc}\n  }}\n  transport {{').replace(
+        f'  load_balancer {{ servers = [{{ url = "https://127.0.0.1:{port}" }}] }}\n', '')
+    hcl = hcl.replace(f"    {hc}", f'    servers = [{{ url = "https://127.0.0.1:{port}" }}]\n    {hc}')
+    gw = await start_gateway(hcl)
+    backend = gw.runtime.services["s"].backends[0]
+    checker = gw.runtime.services["s"].checker
+    assert checker is not None
+    for _ in range(50):  # several probe rounds: a probe that ignored tls_ca_file would fail verification
+        await asyncio.sleep(0.02)
+    health = gw._health.get("s", backend)
+    assert health.successes >= 2 and health.failures == 0 and backend.eligible
+    assert (await get(gateway_port(gw)))[0] == 200
+    server.close()

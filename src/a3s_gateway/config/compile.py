@@ -171,7 +171,8 @@ def build_runtime(
             pools=pools,
             transport=transport,
             pass_host_header=lb.pass_host_header,
-            checker=ActiveChecker(name, checked, lb.health_check, state) if lb.health_check is not None else None,
+            checker=ActiveChecker(name, checked, lb.health_check, state, transport=transport)
+            if lb.health_check is not None else None,
             passive=PassiveHealth(name, lb.passive, state) if lb.passive.enabled else None,
             sticky=Sticky(name, lb.sticky, backends) if lb.sticky is not None else None,
         )

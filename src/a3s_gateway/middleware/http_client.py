@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ..config.model import TransportConfig
 
 MAX_HEAD: Final = 64 * 1024
 MAX_BODY: Final = 1 << 20
@@ -37,9 +40,9 @@ class ProtocolError(FetchError):
 class Target:
     """An http(s) URL prepared at configuration time: address, TLS context, ``Host`` value and request target."""
 
-    __slots__ = ("host", "host_header", "port", "ssl", "target", "url")
+    __slots__ = ("host", "host_header", "port", "server_name", "ssl", "target", "url")
 
-    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None, server_name: str = "") -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"invalid URL {url!r}; expected an http:// or https:// URL")
@@ -48,6 +51,7 @@ class Target:
         self.url = url
         self.host = parts.hostname
         self.port = parts.port or default_port
+        self.server_name = server_name or self.host  # TLS SNI and verified name
         self.ssl: ssl.SSLContext | None = (ssl_context or ssl.create_default_context()) if tls else None
         name = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = (name if self.port == default_port else f"{name}:{self.port}").encode("idna")
@@ -85,7 +89,7 @@ async def fetch(
     """
     try:
         reader, writer = await asyncio.open_connection(
-            target.host, target.port, ssl=target.ssl, server_hostname=target.host if target.ssl else None,
+            target.host, target.port, ssl=target.ssl, server_hostname=target.server_name if target.ssl else None,
             limit=MAX_HEAD,
         )
     except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
@@ -181,3 +185,22 @@ async def _read_to_eof(reader: asyncio.StreamReader, max_body: int) -> bytes:
         body += data
         if len(body) > max_body:
             raise ProtocolError("response body too large")
+
+
+_contexts: dict[tuple[bool, str, tuple[str, ...]], ssl.SSLContext] = {}
+
+
+def client_context(cfg: TransportConfig, alpn: list[str]) -> ssl.SSLContext:
+    """Client TLS to https:// backends and their probes (SPEC §10.5): the system trust store or ``tls_ca_file``
+    (the caller's server name is verified), no verification only with ``tls_insecure_skip_verify``; cached."""
+    key = (cfg.tls_insecure_skip_verify, cfg.tls_ca_file, tuple(alpn))
+    ctx = _contexts.get(key)
+    if ctx is None:
+        ctx = ssl.create_default_context(cafile=cfg.tls_ca_file or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cfg.tls_insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(alpn)
+        _contexts[key] = ctx
+    return ctx

@@ -24,7 +24,7 @@ from ..config.model import HealthCheckConfig
 from ..observability.stats import Histogram
 from ..proxy.upstream import Pool
 from ..service.balancer import Backend
-from ..service.health import Prober
+from ..service.health import probe_for
 from .autoscaler import Autoscaler
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class ScaleTarget:
         self.balancer: Any = None  # CappedBalancer when container_concurrency > 0 (free_slots)
         self.probe_cfg = HealthCheckConfig(path=probe_path or None, timeout=READY_TIMEOUT)
         self.probe_interval = probe_interval
-        self.prober = Prober()
+        self.prober = probe_for(transport)
         self.autoscaler = Autoscaler(cfg, self.clock())
         # the cold-start queue: (connection, enqueue time), FIFO
         self.queue: deque[tuple[Any, float]] = deque()

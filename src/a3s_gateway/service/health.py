@@ -23,8 +23,8 @@ from typing import Final
 
 from .. import __version__
 from .._aio import cancel_and_wait
-from ..config.model import HealthCheckConfig, PassiveConfig
-from ..middleware.http_client import FetchError, Target, fetch
+from ..config.model import HealthCheckConfig, PassiveConfig, TransportConfig
+from ..middleware.http_client import FetchError, Target, client_context, fetch
 from .balancer import Backend
 
 log: Final = logging.getLogger("a3s_gateway.health")
@@ -173,8 +173,9 @@ class Prober:
     cleartext. ``ssl_context`` defaults to ``ssl.create_default_context()`` (created on the first https probe).
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, server_name: str = "") -> None:
         self._ssl = ssl_context
+        self._server_name = server_name  # the service's transport tls_server_name (SPEC §10.5), "" = URL host
         self._targets: dict[tuple[str, str], Target] = {}
 
     def _target(self, backend: Backend, path: str) -> Target:
@@ -186,7 +187,7 @@ class Prober:
                 self._ssl = ssl.create_default_context()
             host = f"[{backend.host}]" if ":" in backend.host else backend.host
             url = f"{'https' if tls else 'http'}://{host}:{backend.port}{backend.base_path}{path}"
-            target = Target(url, self._ssl if tls else None)
+            target = Target(url, self._ssl if tls else None, self._server_name)
             target.host_header = backend.host_header.encode("idna")
             self._targets[key] = target
         return target
@@ -212,6 +213,13 @@ class Prober:
         return True if ok else f"status {status}"
 
 
+def probe_for(transport: TransportConfig | None) -> Prober:
+    """The probe of a service: https backends are probed with the service's transport TLS settings (§10.5)."""
+    if transport is None:
+        return Prober()
+    return Prober(client_context(transport, ["http/1.1"]), transport.tls_server_name)
+
+
 # --- active health ---------------------------------------------------------------------------------------------
 
 
@@ -227,13 +235,14 @@ class ActiveChecker:
         *,
         rng: Callable[[], float] = random.random,
         probe: Probe | None = None,
+        transport: TransportConfig | None = None,
     ) -> None:
         self.service = service
         self.backends = list(backends)
         self.cfg = cfg
         self.state = state
         self._rng = rng
-        self._probe: Probe = probe if probe is not None else Prober()
+        self._probe: Probe = probe if probe is not None else probe_for(transport)
         self._tasks: list[asyncio.Task[None]] = []
         self._by_url: dict[str, asyncio.Task[None]] = {}
         self._started = False
