@@ -46,6 +46,26 @@ services "llm" {{
 '''
 
 
+def remote_scaled(executor: str, settings: str) -> str:
+    """A buffered service at zero replicas whose executor (box, kubernetes) is an API server the test runs."""
+    return f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "llm"
+}}
+services "llm" {{
+  scaling {{
+    buffer_enabled = true
+    executor       = "{executor}"
+    {executor} {{
+      {settings}
+    }}
+  }}
+}}
+'''
+
+
 async def chat(port: int, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
     c = await Client.connect(port)
     try:
@@ -223,24 +243,7 @@ async def test_box_executor_scales_from_zero_and_the_held_request_reaches_the_ne
                                         "endpoints": [{"url": b.url, "ready": True} for b in replicas]}))
 
     async with FakeApi(box) as api:
-        hcl = f'''
-entrypoints "web" {{ address = "127.0.0.1:0" }}
-routers "r" {{
-  rule    = "PathPrefix(`/`)"
-  service = "llm"
-}}
-services "llm" {{
-  scaling {{
-    buffer_enabled = true
-    executor       = "box"
-    box {{
-      url   = "{api.url}"
-      token = "t0ken"
-    }}
-  }}
-}}
-'''
-        gw = await start_gateway(hcl)
+        gw = await start_gateway(remote_scaled("box", f'url = "{api.url}"\n      token = "t0ken"'))
         status, headers, body = await chat(gateway_port(gw))
         assert status == 200 and body == b"hello from backend" and headers.get("x-a3s-cold-start") == "1"
         post = next(r for r in api.requests if r.method == "POST")
@@ -323,26 +326,8 @@ async def test_kubernetes_executor_scales_the_deployment_and_follows_endpointsli
     token = tmp_path / "token"
     token.write_text("k8s-token\n")
     async with FakeApi(api) as server:
-        hcl = f'''
-entrypoints "web" {{ address = "127.0.0.1:0" }}
-routers "r" {{
-  rule    = "PathPrefix(`/`)"
-  service = "llm"
-}}
-services "llm" {{
-  scaling {{
-    buffer_enabled = true
-    executor       = "kubernetes"
-    kubernetes {{
-      namespace  = "models"
-      api_url    = "{server.url}"
-      token_file = "{token}"
-      port       = "http"
-    }}
-  }}
-}}
-'''
-        gw = await start_gateway(hcl)
+        k8s = f'namespace = "models"\n      api_url = "{server.url}"\n      token_file = "{token}"\n      port = "http"'
+        gw = await start_gateway(remote_scaled("kubernetes", k8s))
         status, headers, body = await chat(gateway_port(gw))
         assert status == 200 and body == b"hello from backend" and headers.get("x-a3s-cold-start") == "1"
         patch = next(r for r in server.requests if r.method == "PATCH")
