@@ -22,7 +22,7 @@ body-limit, ip-allow, circuit-breaker, rate-limit); the others (auth, compress, 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 from mypy_extensions import mypyc_attr
@@ -32,26 +32,76 @@ from ..http.hdrs import NAMES
 JSON = b"application/json"
 
 
+# Header names that middlewares pass in (configuration constants: the same bytes objects every request, so their
+# hash is cached) -> lower-case form and ``hdrs`` id. Bounded: past the bound a name is computed, not stored.
+_CACHE_MAX: Final = 4096
+_LOWER: Final[dict[bytes, bytes]] = {}
+_IDS: Final[dict[bytes, bytes]] = {}
+
+
+def lower_name(name: bytes) -> bytes:
+    """``name.lower()``, remembered for names seen before (a dict hit is cheaper than lower-casing)."""
+    low = _LOWER.get(name)
+    if low is None:
+        low = name.lower()
+        if len(_LOWER) < _CACHE_MAX:
+            _LOWER[name] = low
+    return low
+
+
+def name_id(name: bytes) -> bytes:
+    """The ``hdrs`` id of header ``name`` (any case; 0 for names without one) as one byte, remembered like
+    ``lower_name``."""
+    hid = _IDS.get(name)
+    if hid is None:
+        hid = bytes((NAMES.get(name.lower(), 0),))
+        if len(_IDS) < _CACHE_MAX:
+            _IDS[name] = hid
+    return hid
+
+
+class HeaderEdits:
+    """Headers set together, prepared once: their lower-case names and ids. The names must be distinct (ignoring
+    case): ``set_many`` appends them all."""
+
+    __slots__ = ("ids", "items", "lows")
+
+    def __init__(self, items: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.items = items
+        self.lows = tuple(lower_name(name) for name, _ in items)
+        if len(set(self.lows)) != len(self.lows):
+            raise ValueError("HeaderEdits: header names must be distinct")
+        self.ids = b"".join([name_id(name) for name, _ in items])
+
+
 class _Fields:
     """Header list with case-insensitive access; lower-case names are computed once, when a removal needs them."""
 
-    __slots__ = ("_base", "_lows", "headers")
+    __slots__ = ("_added", "_base", "_lows", "_shared", "headers")
 
-    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, headers: list[tuple[bytes, bytes]], shared: bool = False) -> None:
         self.headers = headers
+        # the list belongs to someone else (the parsed request head): copied before the first append
+        self._shared = shared
         self._lows: list[bytes] | None = None
         # headers[:_base] are the original ones, in order; -1 once one of them was removed
         self._base = len(headers)
+        # the ``hdrs`` ids of the headers appended by ``add`` while ``_base`` >= 0
+        self._added = b""
 
     def header_ids(self, base_ids: bytes) -> bytes:
         """The ``hdrs`` id of every header now in the list, given the ids of the original headers (only the
         appended headers are classified when none of the original ones was removed)."""
-        names = NAMES
         base = self._base
         if base >= 0:
-            if base == len(self.headers):
+            headers = self.headers
+            if base == len(headers):
                 return base_ids
-            return base_ids + bytes([names.get(n.lower(), 0) for n, _ in self.headers[base:]])
+            added = self._added
+            if base + len(added) == len(headers):
+                return base_ids + added
+            return base_ids + b"".join([name_id(n) for n, _ in headers[base:]])
+        names = NAMES
         return bytes([names.get(low, 0) for low in self._names()])
 
     def _names(self) -> list[bytes]:
@@ -67,20 +117,20 @@ class _Fields:
         if lows is not None:
             return lows.index(low) if low in lows else -1
         n = len(low)
-        i = 0
-        for name, _ in self.headers:
-            if len(name) == n and name.lower() == low:
+        headers = self.headers
+        for i in range(len(headers)):
+            name = headers[i][0]
+            if len(name) == n and (name == low or name.lower() == low):
                 return i
-            i += 1
         return -1
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (any case), or None."""
-        i = self._find(name.lower())
+        i = self._find(lower_name(name))
         return self.headers[i][1] if i >= 0 else None
 
     def get_all(self, name: bytes) -> list[bytes]:
-        low = name.lower()
+        low = lower_name(name)
         return [v for n, (_, v) in zip(self._names(), self.headers, strict=True) if n == low]
 
     def _drop(self, low: bytes) -> bool:
@@ -90,14 +140,50 @@ class _Fields:
         kept = [(n, h) for n, h in zip(lows, self.headers, strict=True) if n != low]
         self._lows = [n for n, _ in kept]
         self.headers = [h for _, h in kept]
+        self._shared = False
         self._base = -1
         return True
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append ``name: value`` (other same-named headers stay)."""
+        if self._shared:
+            self.headers = list(self.headers)
+            self._shared = False
         self.headers.append((name, value))
+        if self._base >= 0:
+            self._added = self._added + name_id(name)
         if self._lows is not None:
-            self._lows.append(name.lower())
+            self._lows.append(lower_name(name))
+
+    def has_any(self, lows: tuple[bytes, ...]) -> bool:
+        """Whether a header named one of ``lows`` (lower-case) is in the list."""
+        known = self._lows
+        if known is not None:
+            for low in lows:
+                if low in known:
+                    return True
+            return False
+        headers = self.headers
+        for i in range(len(headers)):
+            name = headers[i][0]
+            n = len(name)
+            for low in lows:
+                if len(low) == n and name.lower() == low:
+                    return True
+        return False
+
+    def append_new(self, items: tuple[tuple[bytes, bytes], ...], lows: tuple[bytes, ...], ids: bytes) -> None:
+        """Append ``items``, headers with distinct names ``lows`` (lower-case) that ``has_any`` found in none of the
+        list's headers; ``ids``: their ``hdrs`` ids (``name_id``)."""
+        if self._shared:
+            self.headers = list(self.headers)
+            self._shared = False
+        self.headers.extend(items)
+        if self._base >= 0:
+            self._added = self._added + ids
+        known = self._lows
+        if known is not None:
+            known.extend(lows)
 
 
 class Request(_Fields):
@@ -114,7 +200,7 @@ class Request(_Fields):
     def __init__(self, method: bytes, path: bytes, query: bytes | None, host: bytes,
                  headers: list[tuple[bytes, bytes]], client_ip: str, router: str, proto: bytes,
                  body_length: int, slots: int) -> None:
-        super().__init__(headers)
+        super().__init__(headers, True)
         self.method = method
         self.path = path
         self.query = query
@@ -128,13 +214,22 @@ class Request(_Fields):
 
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every ``name`` header with one ``name: value`` (appended at the end)."""
-        self._drop(name.lower())
+        self._drop(lower_name(name))
         self.add(name, value)
         self.changed = True
 
     def remove(self, name: bytes) -> None:
-        if self._drop(name.lower()):
+        if self._drop(lower_name(name)):
             self.changed = True
+
+    def set_many(self, edits: HeaderEdits) -> None:
+        """``set`` of each of ``edits``' headers, in one pass over the list when none of them is there yet."""
+        if self.has_any(edits.lows):
+            for name, value in edits.items:
+                self.set(name, value)
+        else:
+            self.append_new(edits.items, edits.lows, edits.ids)
+        self.changed = True
 
     def target(self) -> bytes:
         """Raw path plus query, as sent upstream."""
@@ -162,11 +257,19 @@ class Response(_Fields):
 
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every ``name`` header with one ``name: value``."""
-        self._drop(name.lower())
+        self._drop(lower_name(name))
         self.add(name, value)
 
     def remove(self, name: bytes) -> None:
-        self._drop(name.lower())
+        self._drop(lower_name(name))
+
+    def set_many(self, edits: HeaderEdits) -> None:
+        """``set`` of each of ``edits``' headers, in one pass over the list when none of them is there yet."""
+        if self.has_any(edits.lows):
+            for name, value in edits.items:
+                self.set(name, value)
+        else:
+            self.append_new(edits.items, edits.lows, edits.ids)
 
     def remove_prefix(self, prefix: bytes) -> None:
         """Remove every header whose lower-case name starts with ``prefix`` (lower-case)."""
@@ -176,6 +279,7 @@ class Response(_Fields):
         kept = [(n, h) for n, h in zip(lows, self.headers, strict=True) if not n.startswith(prefix)]
         self._lows = [n for n, _ in kept]
         self.headers = [h for _, h in kept]
+        self._shared = False
         self._base = -1
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .chain import Middleware, Reply, Request, Response
+from .chain import HeaderEdits, Middleware, Reply, Request, Response
 
 
 def header_edits(mapping: Mapping[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
@@ -30,18 +30,44 @@ class Headers(Middleware):
         # an instance that only edits one side stays out of the other phase
         self.has_request = bool(self.request_edits)
         self.has_response = bool(self.response_edits)
+        # the usual case, prepared once: deletions first, then every set header appended in one pass
+        self.request_removes, self.request_sets = _split(self.request_edits)
+        self.response_removes, self.response_sets = _split(self.response_edits)
 
     def request(self, req: Request, now: float) -> Reply | None:
-        for name, value in self.request_edits:
-            if value:
-                req.set(name, value)
-            else:
-                req.remove(name)
+        sets = self.request_sets
+        if sets is None:
+            for name, value in self.request_edits:
+                if value:
+                    req.set(name, value)
+                else:
+                    req.remove(name)
+            return None
+        for name in self.request_removes:
+            req.remove(name)
+        if sets.items:
+            req.set_many(sets)
         return None
 
     def response(self, req: Request, resp: Response, now: float) -> None:
-        for name, value in self.response_edits:
-            if value:
-                resp.set(name, value)
-            else:
-                resp.remove(name)
+        sets = self.response_sets
+        if sets is None:
+            for name, value in self.response_edits:
+                if value:
+                    resp.set(name, value)
+                else:
+                    resp.remove(name)
+            return
+        for name in self.response_removes:
+            resp.remove(name)
+        if sets.items:
+            resp.set_many(sets)
+
+
+def _split(edits: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, ...], HeaderEdits | None]:
+    """(names to delete, the headers to set) — None when two names differ only in case: applied one by one."""
+    lows = [name.lower() for name, _ in edits]
+    if len(set(lows)) != len(lows):
+        return (), None
+    removes = tuple(name for name, value in edits if not value)
+    return removes, HeaderEdits(tuple((name, value) for name, value in edits if value))

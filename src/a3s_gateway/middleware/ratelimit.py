@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .chain import Middleware, Reply, Request, Response, json_reply
+from .chain import Middleware, Reply, Request, Response, json_reply, lower_name, name_id
 
 # Float tolerance: a fake or real clock gives elapsed times like 0.0999999999999943 for 0.1 s, which must still
 # refill a whole token (and must not round a Reset of exactly 3 s up to 4 s).
@@ -23,13 +23,38 @@ _LIMIT: Final = b"RateLimit-Limit"
 _REMAINING: Final = b"RateLimit-Remaining"
 _RESET: Final = b"RateLimit-Reset"
 _RETRY_AFTER: Final = b"Retry-After"
+_LOWS: Final = (lower_name(_LIMIT), lower_name(_REMAINING), lower_name(_RESET))
+_IDS: Final = name_id(_LIMIT) + name_id(_REMAINING) + name_id(_RESET)
 _EXCEEDED: Final = {"error": "Rate limit exceeded"}
+# header values for small counts, formatted once: most Remaining and Reset values are below this
+_SMALL: Final = 4096
+_DIGITS: Final = [str(i).encode() for i in range(_SMALL)]
+
+
+def int_bytes(value: int) -> bytes:
+    """``str(value).encode()``, from a table for 0 <= value < 4096."""
+    if 0 <= value < _SMALL:
+        return _DIGITS[value]
+    return str(value).encode()
 
 
 def ceil_secs(value: float) -> int:
     """``ceil`` that ignores float noise below ``_EPS`` (3.0000000000000004 s is 3 s); never negative."""
-    n = math.ceil(value - _EPS)
-    return n if n > 0 else 0
+    value -= _EPS
+    if value <= 0.0:
+        return 0
+    n = int(value)  # truncates: the floor of a positive value
+    return n + 1 if n < value else n
+
+
+class Bucket:
+    """One key's bucket: tokens after the last update, and its time."""
+
+    __slots__ = ("last", "tokens")
+
+    def __init__(self, tokens: float, last: float) -> None:
+        self.tokens: float = tokens
+        self.last: float = last
 
 
 class TokenBuckets:
@@ -43,7 +68,7 @@ class TokenBuckets:
         self.refill: float = rate / period  # tokens per second
         self.burst: float = float(burst)
         self.max_keys: int = max_keys
-        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last update)
+        self.buckets: dict[str, Bucket] = {}
 
     def take(self, key: str, now: float) -> float:
         """Take one token for ``key`` at ``now``.
@@ -52,27 +77,29 @@ class TokenBuckets:
         a value in ``[-1, 0)`` (add 1 to get them back).
         """
         buckets = self.buckets
-        entry = buckets.pop(key, None)
-        if entry is None:
+        bucket = buckets.pop(key, None)
+        if bucket is None:
             tokens = self.burst
             if len(buckets) >= self.max_keys:
                 del buckets[next(iter(buckets))]
+            bucket = Bucket(tokens, now)
         else:
-            tokens, last = entry
-            elapsed = now - last
+            tokens = bucket.tokens
+            elapsed = now - bucket.last
             if elapsed > 0.0:
                 tokens += elapsed * self.refill
                 if tokens > self.burst:
                     tokens = self.burst
-            else:
-                now = last  # a clock that went backwards: keep the later update time
+                bucket.last = now
+            # else: a clock that went backwards keeps the later update time
+        buckets[key] = bucket  # (re)inserted last: the table's order is least recently used first
         if tokens + _EPS >= 1.0:
             tokens -= 1.0
             if tokens < 0.0:
                 tokens = 0.0
-            buckets[key] = (tokens, now)
+            bucket.tokens = tokens
             return tokens
-        buckets[key] = (tokens, now)
+        bucket.tokens = tokens
         return tokens - 1.0
 
     def reset_after(self, tokens: float) -> int:
@@ -146,6 +173,13 @@ class RateLimit(Middleware):
         tokens = req.notes[self.slot]
         if tokens is None:
             return
-        resp.set(_LIMIT, self.limit_value)
-        resp.set(_REMAINING, str(math.floor(tokens + _EPS)).encode())
-        resp.set(_RESET, str(self.buckets.reset_after(tokens)).encode())
+        items = (
+            (_LIMIT, self.limit_value),
+            (_REMAINING, int_bytes(int(tokens + _EPS))),
+            (_RESET, int_bytes(self.buckets.reset_after(tokens))),
+        )
+        if resp.has_any(_LOWS):  # the backend sent its own: replaced
+            for name, value in items:
+                resp.set(name, value)
+        else:
+            resp.append_new(items, _LOWS, _IDS)

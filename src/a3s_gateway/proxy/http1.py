@@ -539,7 +539,8 @@ class HttpConnection:
     def _start_chain(self, head: Any, target: RouteTarget, chain: Chain, framing: bytes, client_ip: str) -> None:
         """Run the request phase; the first middleware that awaits continues it in a task."""
         body_length = -1 if head.chunked else (head.content_length if head.content_length > 0 else 0)
-        req = Request(head.method, head.path, head.query, head.host, list(head.headers), client_ip, target.router,
+        # the parsed header list is shared with the Request, which copies it before its first change
+        req = Request(head.method, head.path, head.query, head.host, head.headers, client_ip, target.router,
                       self.entry.proto, body_length, len(chain.middlewares))
         self.chain = chain
         self.mreq = req
@@ -547,7 +548,8 @@ class HttpConnection:
         self.framing = framing
         self.body_limit = chain.body_limit
         self.attempt = 1
-        self.tried = []
+        if self.tried:
+            self.tried = []
         self.replay = [] if chain.retry is not None else None
         self.replay_bytes = 0
         self._run_chain(0)
@@ -556,7 +558,7 @@ class HttpConnection:
         """The request phase from middleware ``i`` on, then dispatch."""
         chain = cast("Chain", self.chain)
         req = cast("Request", self.mreq)
-        now = self.loop.time()
+        now = self.t0 if i == 0 else self.loop.time()  # the request's arrival: the same loop iteration
         mws = chain.middlewares
         n = len(mws)
         while i < n:

@@ -1,0 +1,95 @@
+"""The middleware chain's header lists (``chain.Request`` / ``chain.Response``): case-insensitive edits, the
+``hdrs`` ids handed to the head builders, batch sets, and a request that never writes into the parsed head."""
+
+from __future__ import annotations
+
+import pytest
+
+from a3s_gateway.http import hdrs
+from a3s_gateway.middleware.chain import HeaderEdits, Request, Response, lower_name, name_id
+from a3s_gateway.middleware.ratelimit import RateLimit, int_bytes
+from mw_support import params
+
+
+def _ids(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return bytes(hdrs.NAMES.get(n.lower(), 0) for n, _ in headers)
+
+
+def _request(headers: list[tuple[bytes, bytes]]) -> Request:
+    return Request(b"GET", b"/", None, b"h", headers, "127.0.0.1", "r", b"http", 0, 2)
+
+
+def test_name_caches() -> None:
+    assert lower_name(b"X-Served-By") == b"x-served-by"
+    assert lower_name(b"X-Served-By") == b"x-served-by"  # the remembered one
+    assert name_id(b"Content-Type") == bytes((hdrs.CONTENT_TYPE,))
+    assert name_id(b"CONNECTION") == bytes((hdrs.CONNECTION,))
+    assert name_id(b"X-Other") == b"\x00"
+
+
+def test_request_copies_the_parsed_list_before_changing_it() -> None:
+    parsed = [(b"Host", b"h"), (b"Accept", b"*/*")]
+    req = _request(parsed)
+    assert req.headers is parsed and req.get(b"accept") == b"*/*"
+    req.set(b"X-Env", b"bench")
+    assert parsed == [(b"Host", b"h"), (b"Accept", b"*/*")]  # untouched
+    assert req.headers == [(b"Host", b"h"), (b"Accept", b"*/*"), (b"X-Env", b"bench")] and req.changed
+    req2 = _request(parsed)
+    req2.set_many(HeaderEdits(((b"A", b"1"), (b"B", b"2"))))
+    assert parsed == [(b"Host", b"h"), (b"Accept", b"*/*")]
+    req3 = _request(parsed)
+    req3.remove(b"ACCEPT")
+    assert parsed == [(b"Host", b"h"), (b"Accept", b"*/*")] and req3.headers == [(b"Host", b"h")]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_set_many_appends_or_replaces(existing: bool) -> None:
+    headers = [(b"Server", b"x"), (b"Content-Length", b"3")]
+    if existing:
+        headers.append((b"x-b", b"old"))
+    resp = Response(200, list(headers), False)
+    base = _ids(headers)
+    resp.set_many(HeaderEdits(((b"X-A", b"1"), (b"X-B", b"2"), (b"Connection", b"close"))))
+    want = [(b"Server", b"x"), (b"Content-Length", b"3"), (b"X-A", b"1"), (b"X-B", b"2"), (b"Connection", b"close")]
+    assert resp.headers == want
+    assert resp.header_ids(base) == _ids(want)  # the ids follow: Connection is still known as hop-by-hop
+
+
+def test_header_ids_after_adds_and_removals() -> None:
+    headers = [(b"Host", b"h"), (b"Connection", b"keep-alive"), (b"X-Trace", b"1")]
+    base = _ids(headers)
+    resp = Response(200, list(headers), False)
+    assert resp.header_ids(base) is base
+    resp.add(b"Transfer-Encoding", b"chunked")
+    resp.headers.append((b"X-Direct", b"appended without add"))  # lists edited in place still classify right
+    resp.add(b"Upgrade", b"h2c")
+    assert resp.header_ids(base) == _ids(resp.headers)
+    resp.remove(b"connection")
+    assert resp.header_ids(base) == _ids(resp.headers)
+    resp.add(b"Keep-Alive", b"1")
+    assert resp.header_ids(base) == _ids(resp.headers)
+
+
+def test_header_edits_need_distinct_names() -> None:
+    with pytest.raises(ValueError):
+        HeaderEdits(((b"X-A", b"1"), (b"x-a", b"2")))
+
+
+def test_rate_limit_headers_replace_the_backends_own() -> None:
+    mw = RateLimit("m", "r", params("rate-limit", "rate = 10\nburst = 5"))
+    req = _request([])
+    assert mw.request(req, 100.0) is None
+    plain = Response(200, [(b"Server", b"x")], False)
+    mw.response(req, plain, 100.0)
+    assert plain.headers == [(b"Server", b"x"), (b"RateLimit-Limit", b"5"), (b"RateLimit-Remaining", b"4"),
+                             (b"RateLimit-Reset", b"1")]
+    own = Response(200, [(b"ratelimit-remaining", b"99"), (b"Server", b"x")], False)
+    mw.response(req, own, 100.0)
+    assert [v for n, v in own.headers if n.lower() == b"ratelimit-remaining"] == [b"4"]
+    assert sorted(n for n, _ in own.headers) == [b"RateLimit-Limit", b"RateLimit-Remaining", b"RateLimit-Reset",
+                                                 b"Server"]
+
+
+def test_int_bytes() -> None:
+    for n in (0, 1, 9, 10, 4095, 4096, 123456789):
+        assert int_bytes(n) == str(n).encode()
