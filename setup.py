@@ -9,9 +9,13 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 NO_EXTENSIONS = os.environ.get("A3S_GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
+# Making an sdist (or only its metadata) compiles nothing: Cython and mypyc are not run for it.
+_COMMANDS = [a for a in sys.argv[1:] if not a.startswith("-")]
+SOURCES_ONLY = bool(_COMMANDS) and all(c in ("sdist", "egg_info", "dist_info") for c in _COMMANDS)
 
 # Modules compiled by mypyc (same .py runs interpreted in a pure build).
 MYPYC_MODULES = [
@@ -34,7 +38,7 @@ MYPYC_MODULES = [
 
 
 def extensions() -> list[Extension]:
-    if NO_EXTENSIONS:
+    if NO_EXTENSIONS or SOURCES_ONLY:
         return []
     from Cython.Build import cythonize
     from mypyc.build import mypycify
@@ -85,4 +89,17 @@ class BuildPyWithGrammar(build_py):
             print(f"warning: HCL grammar tables not pre-built ({e})", file=sys.stderr)
 
 
-setup(ext_modules=extensions(), cmdclass={"build_py": BuildPyWithGrammar})
+class BuildExtPortable(build_ext):
+    """No run-time library path into the build machine: a Python built with ``-Wl,-rpath,<its lib dir>`` in its
+    LDSHARED (pyenv's) would put that path into every extension, and auditwheel repair leaves it there."""
+
+    def build_extensions(self) -> None:
+        linker = getattr(self.compiler, "linker_so", None)
+        if isinstance(linker, list):
+            self.compiler.linker_so = [a for a in linker if not a.startswith(("-Wl,-rpath", "-Wl,-R"))]
+        for ext in self.extensions:
+            ext.runtime_library_dirs = []
+        super().build_extensions()
+
+
+setup(ext_modules=extensions(), cmdclass={"build_py": BuildPyWithGrammar, "build_ext": BuildExtPortable})

@@ -1,12 +1,16 @@
-"""`make run`: start the demo LLM backends named by a config's servers, then the gateway on that config.
+"""`make run`: the gateway on an example configuration, with the demo model servers it needs.
 
-    python examples/run_demo.py examples/quickstart.hcl
+    python examples/run_demo.py [examples/quickstart.hcl]     (make run CONFIG=examples/readme-quickstart.hcl)
 
-Backends run as child processes and are stopped when the gateway exits (Ctrl-C).
+Model servers named by the configuration's static ``servers`` on 127.0.0.1 are started here as child processes
+(examples/demo_backend.py); replicas of a ``process`` executor are started by the gateway itself, on demand. A
+configuration that reads ``${JWT_SECRET}`` gets a demo secret when none is set, and a token is printed for it.
+Ctrl-C stops the gateway (graceful drain), then the model servers.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -15,19 +19,47 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DEMO_SECRET = "demo-secret-for-make-run-only-0123456789"
+
+
+def _hints(config: Path, text: str, env: dict[str, str]) -> list[str]:
+    port = re.search(r'address\s*=\s*"[^"]*:(\d+)"', text)
+    base = f"http://127.0.0.1:{port.group(1) if port else '8080'}"
+    auth = ""
+    if "${JWT_SECRET}" in text:
+        import jwt
+
+        token = jwt.encode({"sub": "demo", "exp": int(time.time()) + 86400}, env["JWT_SECRET"], algorithm="HS256")
+        auth = f" -H 'Authorization: Bearer {token}'"
+    lines = [
+        f"a3s-gateway on {config.name}: try, in another terminal:",
+        f"  streaming:     curl -N{auth} {base}/v1/chat/completions -d '{{\"stream\": true}}'",
+        f"  rate limiting: for i in $(seq 15); do curl -s -o /dev/null -w '%{{http_code}} '{auth} {base}/v1/models;"
+        " done; echo",
+        "  replicas:      curl -s http://127.0.0.1:9901/api/gateway/services",
+        "  metrics:       curl -s http://127.0.0.1:9901/metrics | grep gateway_",
+    ]
+    if 'executor              = "process"' in text or re.search(r'executor\s*=\s*"process"', text):
+        lines.insert(1, "  (no model runs yet: the first request starts one and waits for it — scale from zero;"
+                        " it stops after the scale-down delay without requests)")
+    return lines
 
 
 def main() -> int:
-    config = sys.argv[1] if len(sys.argv) > 1 else str(HERE / "quickstart.hcl")
-    ports = sorted({int(p) for p in re.findall(r'url\s*=\s*"http://127\.0\.0\.1:(\d+)"', Path(config).read_text())})
+    config = Path(sys.argv[1] if len(sys.argv) > 1 else HERE / "quickstart.hcl").resolve()
+    text = config.read_text()
+    env = {**os.environ, "A3S_DEMO_PYTHON": sys.executable}
+    if "${JWT_SECRET}" in text and not env.get("JWT_SECRET"):
+        env["JWT_SECRET"] = DEMO_SECRET
+    ports = sorted({int(p) for p in re.findall(r'url\s*=\s*"http://127\.0\.0\.1:(\d+)"', text)})
     children = [
         subprocess.Popen([sys.executable, str(HERE / "demo_backend.py"), "--port", str(p), "--name", f"backend-{p}"])
         for p in ports
     ]
-    time.sleep(0.3)
-    print(f"demo backends on ports {', '.join(map(str, ports))}; starting a3s-gateway -c {config}", flush=True)
-    print("try:  curl -N http://127.0.0.1:8080/v1/chat/completions -d '{\"stream\": true}'", flush=True)
-    gateway = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", config])
+    if ports:
+        print(f"demo model servers on ports {', '.join(map(str, ports))}", flush=True)
+    print("\n".join(_hints(config, text, env)), flush=True)
+    gateway = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(config)], env=env)
     try:
         return gateway.wait()
     except KeyboardInterrupt:

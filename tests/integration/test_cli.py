@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from quickstart import QuickStart
+
 ROOT = Path(__file__).resolve().parents[2]
-README_QUICKSTART = ROOT / "tests" / "fixtures" / "readme_quickstart.hcl"
+README_QUICKSTART = ROOT / "examples" / "readme-quickstart.hcl"
 SECRET = "a-test-secret-of-at-least-32-bytes!"  # HS256 keys shorter than the hash are refused by PyJWT's warning
 
 
@@ -72,52 +74,13 @@ def test_validate_readme_quickstart() -> None:
     assert ':33:42: error: middlewares.auth-jwt.value: environment variable "JWT_SECRET" is not set' in bad.stdout
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_readme_quickstart_runs_verbatim() -> None:
-    """The README's quick-start file as written: ports 8080 (0.0.0.0), 8001/8002 (its servers), admin 9901, an
-    A3S Box API at 127.0.0.1:9090 that is not running (scale calls fail and are counted; the static servers serve)."""
-    for port in (8080, 8001, 8002, 9901):
-        assert not _port_taken(port), f"port {port} is in use: the README quick start needs it free"
-    import jwt
-
-    standin = str(ROOT / "tests" / "model_standin.py")
-    backends = [subprocess.Popen([sys.executable, standin, "--port", str(p), "--name", f"b{p}"]) for p in (8001, 8002)]
-    gw = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(README_QUICKSTART)],
-                          env={**os.environ, "JWT_SECRET": SECRET}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+    """The README's quick-start file as written (tests/quickstart.py: ports 8080, 8001/8002, admin 9901)."""
+    quick = QuickStart()
     try:
-        token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
-        url = "http://127.0.0.1:8080/v1/models"
-        deadline = time.monotonic() + 30
-        status = 0
-        while time.monotonic() < deadline and status != 200:
-            try:
-                with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
-                                            timeout=5) as r:
-                    status, body, cold = r.status, r.read(), r.headers.get("X-A3S-Cold-Start")
-            except urllib.error.HTTPError as e:
-                status, body, cold = e.code, e.read(), None
-                break
-            except (ConnectionError, urllib.error.URLError):
-                time.sleep(0.05)
-        assert status == 200 and json.loads(body)["model"] in ("b8001", "b8002"), (status, gw.poll())
-        assert _get(url)[0] == 401  # auth-jwt
-        services = json.loads(_get("http://127.0.0.1:9901/api/gateway/services")[1])
-        assert services[0]["scaling"]["executor"] == "box" and services[0]["scaling"]["ready_replicas"] == 2
-        metrics = _get("http://127.0.0.1:9901/metrics")[1].decode()
-        assert 'gateway_autoscaler_ready_replicas{service="llm-backend"} 2.0' in metrics
-        assert cold in (None, "1")
+        quick.run([sys.executable, "-m", "a3s_gateway"])
     finally:
-        gw.send_signal(signal.SIGTERM)
-        _, err = gw.communicate(timeout=30)
-        for b in backends:
-            b.terminate()
-            b.wait(10)
-    assert gw.returncode == 0, err
+        quick.close()
 
 
 def test_routes_table(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from a3s_gateway.errors import ConfigError, Issue
 from certs import make_cert
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-QUICKSTART = (FIXTURES / "readme_quickstart.hcl").read_text()
+QUICKSTART = (FIXTURES.parents[1] / "examples" / "readme-quickstart.hcl").read_text()
 FULL = (FIXTURES / "readme_full.hcl").read_text()
 
 # a backend and a router, so that snippets below only show what they test

@@ -31,16 +31,22 @@ IMPLEMENTATIONS: Mapping[str, tuple[str, str]] = {
 }
 
 
+def is_implemented(kind: str) -> bool:
+    """Whether this build runs middleware type ``kind`` (its module imports)."""
+    entry = IMPLEMENTATIONS.get(kind)
+    if entry is None:
+        return False
+    module, cls = entry
+    try:
+        getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
 def implemented() -> frozenset[str]:
     """The middleware types this build runs (their modules import)."""
-    found = set()
-    for kind, (module, cls) in IMPLEMENTATIONS.items():
-        try:
-            getattr(importlib.import_module(f"{__package__}.{module}"), cls)
-        except (ImportError, AttributeError):
-            continue
-        found.add(kind)
-    return frozenset(found)
+    return frozenset(kind for kind in IMPLEMENTATIONS if is_implemented(kind))
 
 
 def build(config: MiddlewareConfig, router: str) -> Middleware:

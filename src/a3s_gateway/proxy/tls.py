@@ -24,15 +24,16 @@ import ssl
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Final
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Final
 
 from ..config.model import TlsConfig
 from ..errors import GatewayError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography is imported where certificates are read or made: a configuration without TLS never loads it (start-up
+# time, SPEC §13.3)
 
 log: Final = logging.getLogger("a3s_gateway.tls")
 
@@ -209,6 +210,8 @@ class CertStore:
             raise TlsError(f'cannot read certificate "{cert_file}": {exc.strerror or exc}') from exc
         context = self._new_context()
         self._load_into(context, cert_file, key_file)
+        from cryptography import x509
+
         try:
             names = _cert_names(x509.load_pem_x509_certificate(pem))
         except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
@@ -273,6 +276,9 @@ def _digest(cert_file: str, key_file: str) -> bytes:
 
 def _cert_names(cert: x509.Certificate) -> list[str]:
     """The SAN DNS names of ``cert``, else its subject CNs; lowercased, trailing dot removed, in certificate order."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = san.get_values_for_type(x509.DNSName)
@@ -285,6 +291,11 @@ def _cert_names(cert: x509.Certificate) -> list[str]:
 
 def _generate_self_signed() -> tuple[bytes, bytes]:
     """An ECDSA P-256 certificate for "localhost" (CN and SAN), valid one year from now: (cert PEM, key PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SELF_SIGNED_NAME)])
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -1,0 +1,58 @@
+{{/*
+Names and labels shared by the templates.
+*/}}
+
+{{/* The chart name, or nameOverride; at most 63 characters (a DNS label). */}}
+{{- define "a3s-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The name of the release's objects: fullnameOverride, else "<release>-<chart name>", shortened to the release name
+when that already contains the chart name. At most 63 characters.
+*/}}
+{{- define "a3s-gateway.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The admin Service: "<fullname>-admin" within 63 characters. */}}
+{{- define "a3s-gateway.adminServiceName" -}}
+{{- printf "%s-admin" (include "a3s-gateway.fullname" . | trunc 57 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* "<chart>-<version>" for the helm.sh/chart label. */}}
+{{- define "a3s-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The labels a Service or a Deployment selects pods by: they never change across upgrades. */}}
+{{- define "a3s-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "a3s-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Every object's labels. */}}
+{{- define "a3s-gateway.labels" -}}
+helm.sh/chart: {{ include "a3s-gateway.chart" . }}
+{{ include "a3s-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* The ServiceAccount the pods run as. */}}
+{{- define "a3s-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "a3s-gateway.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
