@@ -47,7 +47,8 @@ class QuickStart:
 
         self.token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
 
-    def run(self, command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, float]:
+    def run(self, command: list[str], cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> tuple[float, float]:
         """Start ``command`` on the quick-start file, check what the README promises, stop it with SIGTERM.
         Returns the seconds from start to (the first answer on :8080, the first proxied answer). The second also
         waits for the servers' first readiness probe: they are a scale target's endpoints, not ready until probed."""

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from quickstart import get, port_taken
 
 ROOT = Path(__file__).resolve().parents[2]
