@@ -22,15 +22,33 @@ HERE = Path(__file__).resolve().parent
 DEMO_SECRET = "demo-secret-for-make-run-only-0123456789"
 
 
+def _certificates(config: Path, text: str) -> None:
+    """Make the localhost certificate a configuration names under certs/ when it is missing (never committed)."""
+    files = re.findall(r'"(certs/[^"]+\.pem)"', text)
+    if not files or all((config.parent / f).is_file() for f in files):
+        return
+    from a3s_gateway.proxy.tls import generate_self_signed
+
+    cert, key = generate_self_signed()
+    for name in files:
+        path = config.parent / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(key if "key" in Path(name).name else cert)
+    print(f"made a self-signed certificate for localhost: {', '.join(files)}", flush=True)
+
+
 def _hints(config: Path, text: str, env: dict[str, str]) -> list[str]:
     port = re.search(r'address\s*=\s*"[^"]*:(\d+)"', text)
     base = f"http://127.0.0.1:{port.group(1) if port else '8080'}"
-    auth = ""
+    auth = token = ""
     if "${JWT_SECRET}" in text:
         import jwt
 
         token = jwt.encode({"sub": "demo", "exp": int(time.time()) + 86400}, env["JWT_SECRET"], algorithm="HS256")
         auth = f" -H 'Authorization: Bearer {token}'"
+    own = [line[len("# try: "):].replace("{TOKEN}", token) for line in text.splitlines() if line.startswith("# try: ")]
+    if own:  # the configuration says what to try
+        return [f"a3s-gateway on {config.name}: try, in another terminal:", *(f"  {line}" for line in own)]
     lines = [
         f"a3s-gateway on {config.name}: try, in another terminal:",
         f"  streaming:     curl -N{auth} {base}/v1/chat/completions -d '{{\"stream\": true}}'",
@@ -51,6 +69,7 @@ def main() -> int:
     env = {**os.environ, "A3S_DEMO_PYTHON": sys.executable}
     if "${JWT_SECRET}" in text and not env.get("JWT_SECRET"):
         env["JWT_SECRET"] = DEMO_SECRET
+    _certificates(config, text)
     ports = sorted({int(p) for p in re.findall(r'url\s*=\s*"http://127\.0\.0\.1:(\d+)"', text)})
     children = [
         subprocess.Popen([sys.executable, str(HERE / "demo_backend.py"), "--port", str(p), "--name", f"backend-{p}"])

@@ -29,6 +29,26 @@ a3s-gateway version [-v]                   print the version (-v: compiled modul
 """
 
 
+EPILOG = """\
+configuration file, when -c is not given: $A3S_GATEWAY_CONFIG, ./gateway.hcl, /etc/a3s-gateway/gateway.hcl
+
+signals: SIGHUP reloads the configuration (all or nothing); SIGTERM / SIGINT drain for shutdown_timeout, then stop.
+
+environment:
+  A3S_GATEWAY_CONFIG          configuration file (above)
+  A3S_GATEWAY_NO_EXTENSIONS=1 run the pure-Python twins of the Cython modules (see: version -v)
+  XDG_CACHE_HOME              where the HCL grammar tables are cached when the packaged ones do not fit
+
+exit codes: 0 ok, 1 configuration invalid or not found, 2 usage error, 3 start-up failure
+
+examples:
+  a3s-gateway -c gateway.hcl                 run
+  a3s-gateway validate -c gateway.hcl        every configuration error at once, as file:line:col
+  a3s-gateway --listen 127.0.0.1:8080        no configuration: one entrypoint, every request 404
+  a3s-gateway -c gateway.hcl --admin 0.0.0.0:9901 --log-format json   in a container
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # usage errors exit 2 (SPEC §13.1)
         self.print_usage(sys.stderr)
@@ -40,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="main configuration file")
     p = _Parser(prog="a3s-gateway", usage=USAGE, parents=[common],
-                description="a3s-gateway: the traffic layer for AI-native services.")
+                description="a3s-gateway: the traffic layer for AI-native services.",
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("--listen", metavar="ADDR", help="serve a plain HTTP entrypoint 'web' on ADDR")
     p.add_argument("--admin", metavar="ADDR", help="admin listener address, or 'off'")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from a3s_gateway.proxy.tls import generate_self_signed
 from quickstart import get, port_taken
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,8 +24,19 @@ EXAMPLES = ROOT / "examples"
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in EXAMPLES.glob("*.hcl")))
-def test_example_validates(config: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "a3s_gateway", "validate", "-c", str(EXAMPLES / config)],
+def test_example_validates(config: str, tmp_path: Path) -> None:
+    """Strictly (no warning either), as a user has it: certificates the example names under certs/ made the way
+    run_demo.py makes them."""
+    path = tmp_path / config
+    text = (EXAMPLES / config).read_text()
+    path.write_text(text)
+    names = re.findall(r'"(certs/[^"]+\.pem)"', text)
+    if names:
+        (tmp_path / "certs").mkdir()
+        cert, key = generate_self_signed()
+        for name in names:
+            (tmp_path / name).write_bytes(key if "key" in name else cert)
+    out = subprocess.run([sys.executable, "-m", "a3s_gateway", "validate", "--strict", "-c", str(path)],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "JWT_SECRET": "x" * 40})
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -64,3 +78,46 @@ def test_make_run_demo_streams_scales_from_zero_and_rate_limits() -> None:
         out, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, out
     assert "curl -N" in out  # the demo says what to try
+
+
+@pytest.mark.timeout(120)
+def test_make_run_readme_full_example(tmp_path: Path) -> None:
+    """The runnable full example: HTTPS with the certificate run_demo.py makes, JWT, revisions under a rollout."""
+    for port in (8080, 8443, 9901, 8001, 8002, 8003):
+        assert not port_taken(port), f"port {port} is in use: the example needs it free"
+    config = tmp_path / "readme-full.hcl"
+    config.write_text((EXAMPLES / "readme-full.hcl").read_text())
+    secret = "s" * 40
+    demo = subprocess.Popen([sys.executable, str(EXAMPLES / "run_demo.py"), str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "JWT_SECRET": secret})
+    try:
+        deadline = time.monotonic() + 30
+        while not port_taken(8443) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "certs" / "localhost.pem").is_file()
+        plain = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
+        plain.request("GET", "/v1/models", headers={"Host": "localhost:8080"})
+        moved = plain.getresponse()
+        plain.close()
+        assert moved.status in (301, 308) and moved.getheader("Location", "").startswith("https://localhost:8443/")
+        import jwt
+
+        token = jwt.encode({"sub": "t", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+        tls = ssl.create_default_context(cafile=str(tmp_path / "certs" / "localhost.pem"))
+        for _ in range(100):  # the revisions' servers are a scale target's endpoints: ready once probed
+            secure = http.client.HTTPSConnection("localhost", 8443, context=tls, timeout=10)
+            secure.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+            answer = secure.getresponse()
+            body = answer.read()
+            secure.close()
+            if answer.status == 200:
+                break
+            time.sleep(0.1)
+        assert answer.status == 200 and json.loads(body)["backend"] == "backend-8001", body  # v1 has 100 %
+        services = {s["name"]: s for s in json.loads(get("http://127.0.0.1:9901/api/gateway/services")[1])}
+        assert services["llm-service"]["rollout"] is not None
+    finally:
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, out
+    assert "Authorization: Bearer ey" in out  # the printed try-line carries a token

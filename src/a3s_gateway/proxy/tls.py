@@ -239,7 +239,7 @@ class CertStore:
         """Load the generated self-signed certificate into ``context`` (generated once per store)."""
         pem = self._self_signed_pem
         if pem is None:
-            pem = self._self_signed_pem = _generate_self_signed()
+            pem = self._self_signed_pem = generate_self_signed()
         # load_cert_chain reads files only: a private temporary directory (mode 0700) holds the pair briefly
         with tempfile.TemporaryDirectory(prefix="a3s-tls-") as tmp:
             path = os.path.join(tmp, "pair.pem")
@@ -289,7 +289,7 @@ def _cert_names(cert: x509.Certificate) -> list[str]:
     return list(dict.fromkeys(_normalise(n) for n in names if n))
 
 
-def _generate_self_signed() -> tuple[bytes, bytes]:
+def generate_self_signed() -> tuple[bytes, bytes]:
     """An ECDSA P-256 certificate for "localhost" (CN and SAN), valid one year from now: (cert PEM, key PEM)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
