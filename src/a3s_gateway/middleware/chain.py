@@ -155,6 +155,23 @@ class _Fields:
         if self._lows is not None:
             self._lows.append(lower_name(name))
 
+    def set(self, name: bytes, value: bytes) -> None:
+        """Replace every ``name`` header (any case) with one ``name: value``, appended at the end."""
+        self._drop(lower_name(name))
+        self.add(name, value)
+
+    def remove(self, name: bytes) -> bool:
+        """Remove every ``name`` header (any case); whether there was one."""
+        return self._drop(lower_name(name))
+
+    def set_many(self, edits: HeaderEdits) -> None:
+        """``set`` of each of ``edits``' headers, in one pass over the list when none of them is there yet."""
+        if self.has_any(edits.lows):
+            for name, value in edits.items:
+                self.set(name, value)
+        else:
+            self.append_new(edits.items, edits.lows, edits.ids)
+
     def has_any(self, lows: tuple[bytes, ...]) -> bool:
         """Whether a header named one of ``lows`` (lower-case) is in the list."""
         known = self._lows
@@ -213,22 +230,17 @@ class Request(_Fields):
         self.notes: list[Any] = [None] * slots
 
     def set(self, name: bytes, value: bytes) -> None:
-        """Replace every ``name`` header with one ``name: value`` (appended at the end)."""
-        self._drop(lower_name(name))
-        self.add(name, value)
+        super().set(name, value)
         self.changed = True
 
-    def remove(self, name: bytes) -> None:
-        if self._drop(lower_name(name)):
+    def remove(self, name: bytes) -> bool:
+        if super().remove(name):
             self.changed = True
+            return True
+        return False
 
     def set_many(self, edits: HeaderEdits) -> None:
-        """``set`` of each of ``edits``' headers, in one pass over the list when none of them is there yet."""
-        if self.has_any(edits.lows):
-            for name, value in edits.items:
-                self.set(name, value)
-        else:
-            self.append_new(edits.items, edits.lows, edits.ids)
+        super().set_many(edits)
         self.changed = True
 
     def target(self) -> bytes:
@@ -254,22 +266,6 @@ class Response(_Fields):
         self.status = status
         self.local = local
         self.body_filter: BodyFilter | None = None
-
-    def set(self, name: bytes, value: bytes) -> None:
-        """Replace every ``name`` header with one ``name: value``."""
-        self._drop(lower_name(name))
-        self.add(name, value)
-
-    def remove(self, name: bytes) -> None:
-        self._drop(lower_name(name))
-
-    def set_many(self, edits: HeaderEdits) -> None:
-        """``set`` of each of ``edits``' headers, in one pass over the list when none of them is there yet."""
-        if self.has_any(edits.lows):
-            for name, value in edits.items:
-                self.set(name, value)
-        else:
-            self.append_new(edits.items, edits.lows, edits.ids)
 
     def remove_prefix(self, prefix: bytes) -> None:
         """Remove every header whose lower-case name starts with ``prefix`` (lower-case)."""

@@ -35,33 +35,27 @@ class Headers(Middleware):
         self.response_removes, self.response_sets = _split(self.response_edits)
 
     def request(self, req: Request, now: float) -> Reply | None:
-        sets = self.request_sets
-        if sets is None:
-            for name, value in self.request_edits:
-                if value:
-                    req.set(name, value)
-                else:
-                    req.remove(name)
-            return None
-        for name in self.request_removes:
-            req.remove(name)
-        if sets.items:
-            req.set_many(sets)
+        _apply(req, self.request_edits, self.request_removes, self.request_sets)
         return None
 
     def response(self, req: Request, resp: Response, now: float) -> None:
-        sets = self.response_sets
-        if sets is None:
-            for name, value in self.response_edits:
-                if value:
-                    resp.set(name, value)
-                else:
-                    resp.remove(name)
-            return
-        for name in self.response_removes:
-            resp.remove(name)
-        if sets.items:
-            resp.set_many(sets)
+        _apply(resp, self.response_edits, self.response_removes, self.response_sets)
+
+
+def _apply(fields: Request | Response, edits: tuple[tuple[bytes, bytes], ...], removes: tuple[bytes, ...],
+           sets: HeaderEdits | None) -> None:
+    """Deletions, then the set headers appended in one pass; one by one, in order, without ``sets``."""
+    if sets is None:
+        for name, value in edits:
+            if value:
+                fields.set(name, value)
+            else:
+                fields.remove(name)
+        return
+    for name in removes:
+        fields.remove(name)
+    if sets.items:
+        fields.set_many(sets)
 
 
 def _split(edits: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, ...], HeaderEdits | None]:
