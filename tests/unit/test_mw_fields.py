@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from a3s_gateway.http import hdrs
-from a3s_gateway.middleware.chain import HeaderEdits, Request, Response, lower_name, name_id
+from a3s_gateway.middleware.chain import HeaderEdits, Request, Response, length_mask, lower_name, name_id
 from a3s_gateway.middleware.ratelimit import RateLimit, int_bytes
 from mw_support import params
 
@@ -93,3 +93,17 @@ def test_rate_limit_headers_replace_the_backends_own() -> None:
 def test_int_bytes() -> None:
     for n in (0, 1, 9, 10, 4095, 4096, 123456789):
         assert int_bytes(n) == str(n).encode()
+
+
+def test_has_any_compares_only_names_of_a_listed_length() -> None:
+    long_name = b"X-" + b"a" * 70
+    resp = Response(200, [(b"Server", b"n"), (b"ETag", b'"1"'), (long_name.upper(), b"v")], False)
+    lows = (b"etag", b"x-other")
+    assert length_mask(lows) == (1 << 4) | (1 << 7)
+    assert resp.has_any(lows, length_mask(lows))
+    assert resp.has_any(lows)  # no mask: every name compared
+    assert not resp.has_any((b"vary",), length_mask((b"vary",)))
+    # a listed name of 62+ bytes: every name is compared
+    assert length_mask((b"etag", long_name.lower())) == -1
+    assert resp.has_any((long_name.lower(),), length_mask((long_name.lower(),)))
+    assert not resp.has_any((b"x-" + b"b" * 70,), length_mask((b"x-" + b"b" * 70,)))

@@ -60,11 +60,22 @@ def name_id(name: bytes) -> bytes:
     return hid
 
 
-class HeaderEdits:
-    """Headers set together, prepared once: their lower-case names and ids. The names must be distinct (ignoring
-    case): ``set_many`` appends them all."""
+def length_mask(lows: Iterable[bytes]) -> int:
+    """For ``has_any``: bit n set when one of ``lows`` is n bytes long (-1, every bit, when one is 62 or longer)."""
+    mask = 0
+    for low in lows:
+        n = len(low)
+        if n >= 62:
+            return -1
+        mask |= 1 << n
+    return mask
 
-    __slots__ = ("ids", "items", "lows")
+
+class HeaderEdits:
+    """Headers set together, prepared once: their lower-case names, ids and length mask. The names must be
+    distinct (ignoring case): ``set_many`` appends them all."""
+
+    __slots__ = ("ids", "items", "lows", "mask")
 
     def __init__(self, items: tuple[tuple[bytes, bytes], ...]) -> None:
         self.items = items
@@ -72,6 +83,7 @@ class HeaderEdits:
         if len(set(self.lows)) != len(self.lows):
             raise ValueError("HeaderEdits: header names must be distinct")
         self.ids = b"".join([name_id(name) for name, _ in items])
+        self.mask = length_mask(self.lows)
 
 
 class _Fields:
@@ -166,14 +178,15 @@ class _Fields:
 
     def set_many(self, edits: HeaderEdits) -> None:
         """``set`` of each of ``edits``' headers, in one pass over the list when none of them is there yet."""
-        if self.has_any(edits.lows):
+        if self.has_any(edits.lows, edits.mask):
             for name, value in edits.items:
                 self.set(name, value)
         else:
             self.append_new(edits.items, edits.lows, edits.ids)
 
-    def has_any(self, lows: tuple[bytes, ...]) -> bool:
-        """Whether a header named one of ``lows`` (lower-case) is in the list."""
+    def has_any(self, lows: tuple[bytes, ...], mask: int = -1) -> bool:
+        """Whether a header named one of ``lows`` (lower-case) is in the list. ``mask``: ``length_mask(lows)``,
+        so that only names of a length in it are compared."""
         known = self._lows
         if known is not None:
             for low in lows:
@@ -184,6 +197,8 @@ class _Fields:
         for i in range(len(headers)):
             name = headers[i][0]
             n = len(name)
+            if n < 62 and not (mask >> n) & 1:
+                continue
             for low in lows:
                 if len(low) == n and name.lower() == low:
                     return True

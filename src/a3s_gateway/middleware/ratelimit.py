@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .chain import Middleware, Reply, Request, Response, json_reply, lower_name, name_id
+from .chain import Middleware, Reply, Request, Response, json_reply, length_mask, lower_name, name_id
 
 # Float tolerance: a fake or real clock gives elapsed times like 0.0999999999999943 for 0.1 s, which must still
 # refill a whole token (and must not round a Reset of exactly 3 s up to 4 s).
@@ -25,6 +25,7 @@ _RESET: Final = b"RateLimit-Reset"
 _RETRY_AFTER: Final = b"Retry-After"
 _LOWS: Final = (lower_name(_LIMIT), lower_name(_REMAINING), lower_name(_RESET))
 _IDS: Final = name_id(_LIMIT) + name_id(_REMAINING) + name_id(_RESET)
+_MASK: Final = length_mask(_LOWS)
 _EXCEEDED: Final = {"error": "Rate limit exceeded"}
 # header values for small counts, formatted once: most Remaining and Reset values are below this
 _SMALL: Final = 4096
@@ -170,15 +171,16 @@ class RateLimit(Middleware):
         )
 
     def response(self, req: Request, resp: Response, now: float) -> None:
-        tokens = req.notes[self.slot]
-        if tokens is None:
+        note = req.notes[self.slot]
+        if note is None:
             return
+        tokens: float = note  # unboxed once: the arithmetic below stays native
         items = (
             (_LIMIT, self.limit_value),
             (_REMAINING, int_bytes(int(tokens + _EPS))),
             (_RESET, int_bytes(self.buckets.reset_after(tokens))),
         )
-        if resp.has_any(_LOWS):  # the backend sent its own: replaced
+        if resp.has_any(_LOWS, _MASK):  # the backend sent its own: replaced
             for name, value in items:
                 resp.set(name, value)
         else:
