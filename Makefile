@@ -10,7 +10,7 @@ SRC    := $(shell find src csrc -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -
 .PHONY: run test test-pure build lint bench clean services dist binary test-dist test-binary
 
 $(VENV)/bin/python:
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 required"'
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 required"'
 	@$(PYTHON) -m venv $(VENV) || { echo "python venv failed: apt-get install -y python3-venv"; exit 1; }
 	$(PIP) install -q --upgrade pip setuptools wheel
 
@@ -25,7 +25,8 @@ build: $(STAMP)
 
 # the dev extras only: reinstalling the package itself would build the extensions a second time
 $(DEVSTAMP): $(STAMP)
-	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]))' > $(VENV)/dev-requirements.txt
+	$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || $(PIP) install -q "tomli>=2.0"
+	$(PY) -c 'import sys; tomllib = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli"); print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]))' > $(VENV)/dev-requirements.txt
 	$(PIP) install -q -r $(VENV)/dev-requirements.txt
 	@touch $@
 

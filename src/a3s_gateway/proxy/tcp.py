@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
+from .._aio import timeout as deadline
 from ..routing.matchers import parse_ip, parse_network
 from ..routing.tcp import TcpRouter
 from ..service.balancer import Backend
@@ -294,7 +295,7 @@ class TcpConnection(asyncio.Protocol):
 
     async def _connect(self, backend: Backend, timeout: float) -> None:
         try:
-            async with asyncio.timeout(timeout if timeout > 0 else None):
+            async with deadline(timeout if timeout > 0 else None):
                 await self.loop.create_connection(cast(Any, lambda: _Upstream(self)), backend.host, backend.port)
         except (OSError, TimeoutError) as exc:
             self.connect_task = None

@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _compat
+from .._aio import timeout
 from ..errors import ProtocolError
 from ..http import hdrs
 from ..middleware.chain import Response
@@ -584,7 +585,7 @@ class Pool:
         if h2 or b.scheme == "h2c" or (self.h2 is not None and self.h2.speaks_h2()):
             return await self._h2_stream()
         conn = UpstreamConnection(self)
-        async with asyncio.timeout(self.transport_cfg.connect_timeout):
+        async with timeout(self.transport_cfg.connect_timeout):
             if b.scheme == "https":
                 # §9.1: an https backend that selects h2 is spoken to in HTTP/2 from then on
                 transport, _ = await self.loop.create_connection(

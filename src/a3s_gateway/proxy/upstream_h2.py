@@ -22,6 +22,7 @@ import h2.events
 import h2.exceptions
 
 from .. import _compat
+from .._aio import timeout
 from ..errors import ProtocolError
 from .stream_transport import MessageTransport
 
@@ -364,7 +365,7 @@ class H2Sessions:
 
     async def _open(self, connect_timeout: float) -> H2Session:
         session = H2Session(self.loop)
-        async with asyncio.timeout(connect_timeout):
+        async with timeout(connect_timeout):
             if self.tls is not None:
                 transport, _ = await self.loop.create_connection(lambda: session, self.host, self.port, ssl=self.tls,
                                                                  server_hostname=self.server_name or self.host)

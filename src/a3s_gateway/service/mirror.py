@@ -12,7 +12,7 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from .._aio import cancel_and_wait
+from .._aio import cancel_and_wait, timeout
 
 if TYPE_CHECKING:
     from ..config.model import MirrorConfig
@@ -78,10 +78,10 @@ class Mirror:
         transport_cfg = self.target.transport
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(transport_cfg.connect_timeout):
+            async with timeout(transport_cfg.connect_timeout):
                 reader, writer = await asyncio.open_connection(host, port)
             writer.writelines([request, *body])
-            async with asyncio.timeout(max(transport_cfg.response_header_timeout, 1.0)):
+            async with timeout(max(transport_cfg.response_header_timeout, 1.0)):
                 await writer.drain()
                 received = 0
                 while received < _READ_LIMIT:

@@ -116,7 +116,7 @@ class BoxExecutor:
         what = f"box {method.decode()} {self._api.url}"
         try:
             result = await asyncio.wait_for(fetch(self._api, method, headers, MAX_BODY, body=body), self._timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise ExecutorError(f"{what}: timed out after {self._timeout:g}s") from None
         except FetchError as exc:
             raise ExecutorError(f"{what}: {exc}") from exc

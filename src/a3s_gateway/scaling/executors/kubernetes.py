@@ -23,6 +23,7 @@ from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 from ... import __version__
+from ..._aio import timeout
 from ...config.model import KubernetesExecutorConfig
 from ...middleware.http_client import MAX_HEAD, FetchError, ProtocolError, Target, _parse_head, fetch
 from . import EndpointSink, ExecutorError
@@ -137,7 +138,7 @@ class KubernetesExecutor:
         what = f"kubernetes {method.decode()} {api.url}"
         try:
             result = await asyncio.wait_for(fetch(api, method, headers, max_body, body=body), API_TIMEOUT)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise ExecutorError(f"{what}: timed out after {API_TIMEOUT:g}s") from None
         except FetchError as exc:
             raise ExecutorError(f"{what}: {exc}") from exc
@@ -178,7 +179,7 @@ class KubernetesExecutor:
         head.append(b"Connection: close\r\n\r\n")
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(API_TIMEOUT) as deadline:
+            async with timeout(API_TIMEOUT) as deadline:
                 reader, writer = await asyncio.open_connection(
                     api.host, api.port, ssl=api.ssl, server_hostname=api.host if api.ssl else None, limit=MAX_HEAD
                 )
