@@ -197,7 +197,7 @@ class Client:
         """True when the server closed the connection (EOF) within ``timeout``."""
         try:
             data = await asyncio.wait_for(self.reader.read(), timeout)
-        except (ConnectionError, TimeoutError):
+        except (ConnectionError, TimeoutError, asyncio.TimeoutError):
             return False
         return data == b"" or self.reader.at_eof()
 

@@ -399,7 +399,7 @@ async def test_slow_client_pauses_backend(start_gateway) -> None:
             written += len(block)
             try:
                 await asyncio.wait_for(w.drain(), 0.5)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
                 paused.set()
                 await asyncio.sleep(10)
         return False

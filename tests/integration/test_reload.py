@@ -85,7 +85,7 @@ def sse_backend_handler(finish: asyncio.Event, interval: float = 0.02) -> Handle
             await w.drain()
             try:
                 await asyncio.wait_for(finish.wait(), interval)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
                 pass
         done = b"data: [DONE]\n\n"
         w.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
@@ -184,7 +184,7 @@ async def test_streams_and_keep_alive_survive_ten_reloads(start_gateway) -> None
                 return
             try:
                 results.append(await get(port, "/stable/x"))
-            except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+            except (OSError, TimeoutError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
                 results.append(e)
 
     load = asyncio.ensure_future(concurrent_client())
