@@ -94,11 +94,11 @@ binary: $(STAMP)
 # The wheel installs into a fresh venv and proxies a request with its compiled modules (A3S_DIST_DIR=dir: test
 # that `make dist` output; otherwise the test runs `make dist` into a temporary directory itself).
 test-dist: $(DEVSTAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests/dist/test_dist.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/release/test_dist.py
 
 # The executable runs the README quick start from another directory and reports its modules compiled.
 test-binary: $(DEVSTAMP)
-	A3S_BINARY=$(abspath $(DIST))/$(BINARY_NAME) $(PY) -m pytest -q -p no:cacheprovider tests/dist/test_binary.py
+	A3S_BINARY=$(abspath $(DIST))/$(BINARY_NAME) $(PY) -m pytest -q -p no:cacheprovider tests/release/test_binary.py
 
 clean:
 	rm -rf build dist *.egg-info src/*.egg-info .pytest_cache .mypy_cache
