@@ -15,7 +15,9 @@ RECANCEL_PERIOD: Final = 0.2
 class CompatTimeout:
     """``asyncio.timeout`` for Python 3.10 (``timeout`` there; tested on every version): at the deadline the task
     is cancelled, and the cancellation leaves the ``async with`` block as ``TimeoutError`` (the builtin, as on 3.11).
-    A cancellation from elsewhere stays a ``CancelledError``."""
+    A cancellation from elsewhere stays a ``CancelledError``. Known limit (3.10 has no ``Task.uncancel``): when the
+    deadline fires in the same loop iteration as the block's last await completes, the block ends normally and the
+    task's next await sees the ``CancelledError``."""
 
     def __init__(self, when: float | None) -> None:
         self._when = when
