@@ -19,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import Lab, Target, free_port, plan_cpus
+from _peers import CLK_TCK, Lab, Target, _stat_fields, free_port, plan_cpus
 from load_compare import SCENARIOS, measure, wrk_script
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +63,28 @@ def start_variant(lab: Lab, name: str, env: dict[str, str]) -> Target:
     return target
 
 
+def user_sys(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system CPU seconds of the processes (a chain's cost can hide in either)."""
+    user = system = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def run_one(target: Target, scenario: Any, script: Path, args: argparse.Namespace, cpus: Any,
+            i: int) -> tuple[float, float, float, float]:
+    """One wrk run through ``target``: req/s, CPU µs per request, and its user and system parts."""
+    pids = target.pids()
+    u0, s0 = user_sys(pids)
+    run = measure(target, scenario, script, args.duration, args.connections, 1, cpus, i)
+    u1, s1 = user_sys(pids)
+    n = max(run.requests, 1)
+    return run.rps, run.cpu_us_per_req or 0.0, (u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--a", required=True, help="variant A (before): name:ENV=V;ENV=V")
@@ -69,30 +93,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=8)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--each", action="store_true", help="print every run, not only the medians")
+    ap.add_argument("--together", action="store_true",
+                    help="load A and B at the same time (one wrk each) on the gateway's one core: the scheduler "
+                         "shares the core between them, so whatever else slows the machine slows both alike")
     args = ap.parse_args(argv)
     cpus = plan_cpus()
     with Lab(cpus) as lab, tempfile.TemporaryDirectory() as tmp:
         lab.start_backends()
         nginx = lab.start_proxy("nginx")
         variants = [start_variant(lab, *parse_variant(v)) for v in (args.a, args.b)]
+        a, b = (v.name for v in variants)
         for scenario_name in args.scenarios.split(","):
             scenario = SCENARIOS[scenario_name]
             script = wrk_script(Path(tmp), scenario)
-            runs: dict[str, list[tuple[float, float]]] = {t.name: [] for t in [nginx, *variants]}
+            runs: dict[str, list[tuple[float, float, float, float]]] = {t.name: [] for t in [nginx, *variants]}
             for i in range(args.repeat):
-                for target in [nginx, *variants] if i % 2 == 0 else [nginx, *reversed(variants)]:
-                    run = measure(target, scenario, script, args.duration, args.connections, 1, cpus, i)
-                    runs[target.name].append((run.rps, run.cpu_us_per_req or 0.0))
-            print(f"\n== {scenario.title}: {args.repeat} × {args.duration:g} s, {args.connections} connections")
-            print(f"{'variant':<28}{'req/s':>10}{'CPU µs/req':>12}")
+                if args.together:
+                    order: list[list[Target]] = [[nginx], variants]
+                else:
+                    order = [[t] for t in ([nginx, *variants] if i % 2 == 0 else [nginx, *reversed(variants)])]
+                for group in order:
+                    with ThreadPoolExecutor(len(group)) as pool:
+                        futures = [pool.submit(run_one, t, scenario, script, args, cpus, i) for t in group]
+                        results = [f.result() for f in futures]
+                    for target, result in zip(group, results, strict=True):
+                        runs[target.name].append(result)
+                        if args.each:
+                            rps, cpu, user, system = result
+                            print(f"  run {i + 1} {target.name:<22}{rps:>10,.0f}{cpu:>12.1f}{user:>8.1f}"
+                                  f"{system:>8.1f}", flush=True)
+            how = "A and B loaded together" if args.together else "one at a time, alternating"
+            print(f"\n== {scenario.title}: {args.repeat} × {args.duration:g} s, {args.connections} connections, {how}")
+            print(f"{'variant':<28}{'req/s':>10}{'CPU µs/req':>12}{'user':>8}{'system':>8}")
             med = {}
             for name, values in runs.items():
-                rps = statistics.median(v[0] for v in values)
-                cpu = statistics.median(v[1] for v in values)
+                rps, cpu, user, system = (statistics.median(v[k] for v in values) for k in range(4))
                 med[name] = (rps, cpu)
-                print(f"{name:<28}{rps:>10,.0f}{cpu:>12.1f}")
-            a, b = (v.name for v in variants)
+                print(f"{name:<28}{rps:>10,.0f}{cpu:>12.1f}{user:>8.1f}{system:>8.1f}")
             print(f"B/A ({b} / {a}): req/s {med[b][0] / med[a][0]:.2f}×, CPU µs/req {med[b][1] / med[a][1]:.2f}×")
+            pairs = sorted(rb[0] / ra[0] for ra, rb in zip(runs[a], runs[b], strict=True))
+            cpu_pairs = sorted(rb[1] / ra[1] for ra, rb in zip(runs[a], runs[b], strict=True) if ra[1])
+            print(f"B/A per repetition: req/s median {statistics.median(pairs):.2f}× (range {pairs[0]:.2f}–"
+                  f"{pairs[-1]:.2f}), CPU µs/req median {statistics.median(cpu_pairs):.2f}×")
             ref = med[nginx.name][1]
             print(f"vs nginx: {a} CPU {med[a][1] / ref:.2f}×, {b} CPU {med[b][1] / ref:.2f}×")
     return 0

@@ -5,7 +5,8 @@
 
 Each chain gets its own gateway under ``valgrind --tool=callgrind``. After a warm-up, the counters are dumped
 (and zeroed) after N1 and again after N2 sequential keep-alive GETs on one connection; (count(N2) - count(N1)) /
-(N2 - N1) is the user-space cost of one request, start-up and warm-up excluded. Unlike wall-clock figures, it does
+(N2 - N1) is the user-space cost of one request, start-up and warm-up excluded. ``--connections C`` spreads the
+requests over C connections in flight together, as a load generator would. Unlike wall-clock figures, it does
 not move with what the other core of a shared machine does. Traffic goes to 127.0.0.1 only; every process started
 is stopped by PID when the run ends.
 """
@@ -17,6 +18,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +55,29 @@ def requests(port: int, n: int) -> None:
                 buf += chunk
 
 
+def requests_concurrent(port: int, n: int, connections: int) -> None:
+    """``n`` GETs spread over ``connections`` keep-alive connections in flight together (one thread each)."""
+    if connections <= 1:
+        requests(port, n)
+        return
+    errors: list[BaseException] = []
+
+    def run(count: int) -> None:
+        try:
+            requests(port, count)
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    share, extra = divmod(n, connections)
+    threads = [threading.Thread(target=run, args=(share + (1 if i < extra else 0),)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} client connection(s) failed: {errors[0]!r}")
+
+
 def dump_total(pid: int, out: Path, label: str) -> int:
     """Dump (and zero) the callgrind counters of ``pid``; the instruction total of that dump."""
     before = set(out.parent.glob(out.name + "*"))
@@ -68,7 +93,7 @@ def dump_total(pid: int, out: Path, label: str) -> int:
     raise RuntimeError(f"callgrind wrote no dump for {label}")
 
 
-def count(lab: Lab, spec: str, n1: int, n2: int) -> float:
+def count(lab: Lab, spec: str, n1: int, n2: int, connections: int = 1) -> float:
     port = free_port()
     name = f"chain-{spec or 'none'}".replace(",", "+")
     conf = lab.dir / f"{name}.hcl"
@@ -79,11 +104,11 @@ def count(lab: Lab, spec: str, n1: int, n2: int) -> float:
     proc = Proc(name, argv, lab.dir / f"{name}.log")
     lab.procs.append(proc)
     wait_listening(proc, port, 180)
-    requests(port, 300)
+    requests_concurrent(port, max(300, 4 * connections), connections)
     dump_total(proc.pid, out, "warm-up")
-    requests(port, n1)
+    requests_concurrent(port, n1, connections)
     first = dump_total(proc.pid, out, f"n{n1}")
-    requests(port, n2)
+    requests_concurrent(port, n2, connections)
     second = dump_total(proc.pid, out, f"n{n2}")
     proc.stop()
     return (second - first) / (n2 - n1)
@@ -94,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--chains", default=",5", help='comma-separated BENCH_MIDDLEWARES specs ("" = none)')
     ap.add_argument("--n1", type=int, default=1000)
     ap.add_argument("--n2", type=int, default=5000)
+    ap.add_argument("--connections", type=int, default=1,
+                    help="keep-alive connections in flight together (default 1: one request at a time)")
     args = ap.parse_args(argv)
     missing = [tool for tool in ("valgrind", "callgrind_control", "nginx") if find_tool(tool) is None]
     if missing:
@@ -104,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Lab(plan_cpus(), log=lambda *a: None) as lab:
         lab.start_backends()
         for spec in specs:
-            results[spec] = count(lab, spec, args.n1, args.n2)
+            results[spec] = count(lab, spec, args.n1, args.n2, args.connections)
     base = results.get("")
     print(f"{'chain':<16}{'instructions/request':>22}{'vs none':>10}")
     for spec, value in results.items():
