@@ -107,3 +107,52 @@ def test_has_any_compares_only_names_of_a_listed_length() -> None:
     assert length_mask((b"etag", long_name.lower())) == -1
     assert resp.has_any((long_name.lower(),), length_mask((long_name.lower(),)))
     assert not resp.has_any((b"x-" + b"b" * 70,), length_mask((b"x-" + b"b" * 70,)))
+
+
+def test_length_bits_follow_appends_and_removals() -> None:
+    """``has_any``/``get`` answer from the names' length bits once computed: every change must keep them true."""
+    resp = Response(200, [(b"Server", b"n")], False)
+    assert not resp.has_any((b"x-a",), length_mask((b"x-a",)))  # computes the bits: only length 6
+    resp.add(b"X-A", b"1")  # a new length, added to the bits
+    assert resp.has_any((b"x-a",), length_mask((b"x-a",))) and resp.get(b"x-a") == b"1"
+    resp.append_new(((b"X-Bb", b"2"),), (b"x-bb",), name_id(b"X-Bb"), length_mask((b"x-bb",)))
+    assert resp.has_any((b"x-bb",), length_mask((b"x-bb",))) and resp.get(b"X-BB") == b"2"
+    resp.append_new(((b"X-Ccc", b"3"),), (b"x-ccc",), name_id(b"X-Ccc"))  # no mask given: every bit
+    assert resp.get(b"x-ccc") == b"3"
+    assert resp.remove(b"x-a")  # recomputed on the next lookup
+    assert not resp.has_any((b"x-a",), length_mask((b"x-a",))) and resp.get(b"X-A") is None
+    resp.set(b"X-A", b"again")
+    assert resp.get(b"x-a") == b"again"
+    long_name = b"X-" + b"L" * 64
+    resp.add(long_name, b"v")  # 61 bytes or more share one bit
+    assert resp.get(long_name) == b"v" and resp.has_any((long_name.lower(),), length_mask((long_name.lower(),)))
+    assert resp.get(b"x-" + b"m" * 64) is None
+    resp.remove_prefix(b"x-")
+    assert resp.get(b"x-bb") is None and resp.get(b"server") == b"n"
+
+
+@pytest.mark.parametrize("name", [b"_Under", b"^Caret", b"1Digit", b"-dash", b"ORIGIN", b"origin", b"oRiGiN"])
+def test_lookups_of_names_not_starting_with_a_letter(name: bytes) -> None:
+    """The first-byte shortcut compares bytes that lower-casing leaves alone as they are."""
+    req = _request([(b"Host", b"h"), (b"Accept", b"*/*"), (name, b"v")])
+    low = name.lower()
+    assert req.get(name) == b"v" and req.get_lower(low) == b"v"
+    assert req.has_any((low,), length_mask((low,)))
+    other = bytes([low[0] ^ 0x01]) + low[1:]
+    assert req.get(other) is None and not req.has_any((other,), length_mask((other,)))
+
+
+def test_rate_limit_header_values_follow_the_bucket() -> None:
+    """Remaining and Reset are remembered between responses only while their value is the same."""
+    mw = RateLimit("m", "r", params("rate-limit", "rate = 1\nburst = 3"))
+    seen = []
+    for _ in range(4):
+        req = _request([])
+        if mw.request(req, 50.0) is not None:
+            break
+        resp = Response(200, [], False)
+        mw.response(req, resp, 50.0)
+        seen.append(dict(resp.headers))
+    assert [h[b"RateLimit-Remaining"] for h in seen] == [b"2", b"1", b"0"]
+    assert [h[b"RateLimit-Reset"] for h in seen] == [b"1", b"2", b"3"]
+    assert {h[b"RateLimit-Limit"] for h in seen} == {b"3"}

@@ -46,7 +46,12 @@ def outcome(parse: Any, buf: bytes, fields: tuple[str, ...], limits: dict[str, i
         return ("error", e.status, e.message)
     if head is None:
         return None
-    return {f: getattr(head, f) for f in fields}
+    out = {f: getattr(head, f) for f in fields}
+    if hasattr(head, "request_fields"):  # the chain's one-call view agrees with the attributes
+        body_length = -1 if head.chunked else max(head.content_length, 0)
+        assert head.request_fields() == (head.method, head.path, head.query, head.host, head.headers, body_length)
+        out["request_fields"] = head.request_fields()
+    return out
 
 
 def check_prefixes(parse: Any, buf: bytes, fields: tuple[str, ...], limits: dict[str, int], whole: Any) -> None:

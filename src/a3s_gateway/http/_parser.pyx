@@ -161,6 +161,12 @@ cdef class RequestHead:
         self.connection_tokens = connection_tokens
         self.head_len = head_len
 
+    def request_fields(self):
+        """``(method, path, query, host, headers, body_length)`` in one call, for the middleware chain's Request
+        (``body_length``: Content-Length, -1 chunked, 0 no body)."""
+        cdef long long body_length = -1 if self.chunked else (self.content_length if self.content_length > 0 else 0)
+        return (self.method, self.path, self.query, self.host, self.headers, body_length)
+
     def __repr__(self):
         return (f"RequestHead(method={self.method!r}, target={self.target!r}, version={self.version}, "
                 f"headers={len(self.headers)}, content_length={self.content_length}, chunked={self.chunked}, "

@@ -166,6 +166,12 @@ class RequestHead:
         #: bytes of the head, leading empty lines and final CRLF included
         self.head_len = head_len
 
+    def request_fields(self) -> tuple[bytes, bytes, bytes | None, bytes, list[tuple[bytes, bytes]], int]:
+        """``(method, path, query, host, headers, body_length)`` in one call, for the middleware chain's Request
+        (``body_length``: Content-Length, -1 chunked, 0 no body)."""
+        body_length = -1 if self.chunked else (self.content_length if self.content_length > 0 else 0)
+        return (self.method, self.path, self.query, self.host, self.headers, body_length)
+
     def __repr__(self) -> str:
         return (f"RequestHead(method={self.method!r}, target={self.target!r}, version={self.version}, "
                 f"headers={len(self.headers)}, content_length={self.content_length}, chunked={self.chunked}, "

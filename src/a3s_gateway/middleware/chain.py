@@ -89,7 +89,7 @@ class HeaderEdits:
 class _Fields:
     """Header list with case-insensitive access; lower-case names are computed once, when a removal needs them."""
 
-    __slots__ = ("_added", "_base", "_lows", "_shared", "headers")
+    __slots__ = ("_added", "_base", "_lens", "_lens_ok", "_lows", "_shared", "headers")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], shared: bool = False) -> None:
         self.headers = headers
@@ -100,6 +100,10 @@ class _Fields:
         self._base = len(headers)
         # the ``hdrs`` ids of the headers appended by ``add`` while ``_base`` >= 0
         self._added = b""
+        # bit min(len(name), 61) of every header name (``_lens_ok``: computed by the first ``has_any``, kept up to
+        # date by appends): a wanted name whose length no header has is absent without a comparison
+        self._lens = 0
+        self._lens_ok = False
 
     def header_ids(self, base_ids: bytes) -> bytes:
         """The ``hdrs`` id of every header now in the list, given the ids of the original headers (only the
@@ -129,16 +133,39 @@ class _Fields:
         if lows is not None:
             return lows.index(low) if low in lows else -1
         n = len(low)
+        if n == 0 or not (self._len_bits() >> (n if n < 61 else 61)) & 1:
+            return -1
+        first = low[0]
         headers = self.headers
         for i in range(len(headers)):
             name = headers[i][0]
-            if len(name) == n and (name == low or name.lower() == low):
-                return i
+            if len(name) == n:
+                c = name[0]  # lower-cased only when the first byte matches in either case
+                if (c == first or c | 0x20 == first) and (name == low or name.lower() == low):
+                    return i
         return -1
+
+    def _len_bits(self) -> int:
+        """Bit min(len(name), 61) of every header name, computed once and kept up to date by appends."""
+        if self._lens_ok:
+            return self._lens
+        lens = 0
+        headers = self.headers
+        for i in range(len(headers)):
+            n = len(headers[i][0])
+            lens |= 1 << (n if n < 61 else 61)
+        self._lens = lens
+        self._lens_ok = True
+        return lens
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (any case), or None."""
         i = self._find(lower_name(name))
+        return self.headers[i][1] if i >= 0 else None
+
+    def get_lower(self, low: bytes) -> bytes | None:
+        """``get`` of a name already in lower case."""
+        i = self._find(low)
         return self.headers[i][1] if i >= 0 else None
 
     def get_all(self, name: bytes) -> list[bytes]:
@@ -154,6 +181,7 @@ class _Fields:
         self.headers = [h for _, h in kept]
         self._shared = False
         self._base = -1
+        self._lens_ok = False
         return True
 
     def add(self, name: bytes, value: bytes) -> None:
@@ -164,6 +192,9 @@ class _Fields:
         self.headers.append((name, value))
         if self._base >= 0:
             self._added = self._added + name_id(name)
+        if self._lens_ok:
+            n = len(name)
+            self._lens |= 1 << (n if n < 61 else 61)
         if self._lows is not None:
             self._lows.append(lower_name(name))
 
@@ -182,7 +213,7 @@ class _Fields:
             for name, value in edits.items:
                 self.set(name, value)
         else:
-            self.append_new(edits.items, edits.lows, edits.ids)
+            self.append_new(edits.items, edits.lows, edits.ids, edits.mask)
 
     def has_any(self, lows: tuple[bytes, ...], mask: int = -1) -> bool:
         """Whether a header named one of ``lows`` (lower-case) is in the list. ``mask``: ``length_mask(lows)``,
@@ -193,26 +224,33 @@ class _Fields:
                 if low in known:
                     return True
             return False
+        if not self._len_bits() & mask:
+            return False
         headers = self.headers
         for i in range(len(headers)):
             name = headers[i][0]
             n = len(name)
-            if n < 62 and not (mask >> n) & 1:
+            if n == 0 or (n < 62 and not (mask >> n) & 1):
                 continue
+            c = name[0]
             for low in lows:
-                if len(low) == n and name.lower() == low:
-                    return True
+                if len(low) == n:
+                    first = low[0]
+                    if (c == first or c | 0x20 == first) and name.lower() == low:
+                        return True
         return False
 
-    def append_new(self, items: tuple[tuple[bytes, bytes], ...], lows: tuple[bytes, ...], ids: bytes) -> None:
+    def append_new(self, items: tuple[tuple[bytes, bytes], ...], lows: tuple[bytes, ...], ids: bytes,
+                   mask: int = -1) -> None:
         """Append ``items``, headers with distinct names ``lows`` (lower-case) that ``has_any`` found in none of the
-        list's headers; ``ids``: their ``hdrs`` ids (``name_id``)."""
+        list's headers; ``ids``: their ``hdrs`` ids (``name_id``); ``mask``: ``length_mask(lows)``."""
         if self._shared:
             self.headers = list(self.headers)
             self._shared = False
         self.headers.extend(items)
         if self._base >= 0:
             self._added = self._added + ids
+        self._lens |= mask
         known = self._lows
         if known is not None:
             known.extend(lows)
@@ -292,6 +330,7 @@ class Response(_Fields):
         self.headers = [h for _, h in kept]
         self._shared = False
         self._base = -1
+        self._lens_ok = False
 
 
 class Reply:

@@ -12,7 +12,7 @@ from typing import Any, Final
 from .chain import Middleware, Reply, Request, Response, json_reply
 
 _OPTIONS: Final = b"OPTIONS"
-_ORIGIN: Final = b"Origin"
+_ORIGIN_LOW: Final = b"origin"
 _REQ_METHOD: Final = b"Access-Control-Request-Method"
 _REQ_HEADERS: Final = b"Access-Control-Request-Headers"
 _ALLOW_ORIGIN: Final = b"Access-Control-Allow-Origin"
@@ -95,7 +95,7 @@ class Cors(Middleware):
         self.max_age = str(int(params["max_age"])).encode()
 
     def request(self, req: Request, now: float) -> Reply | None:
-        origin = req.get(_ORIGIN)
+        origin = req.get_lower(_ORIGIN_LOW)
         if origin is None:
             return None
         allowed = self.origins.allows(origin)

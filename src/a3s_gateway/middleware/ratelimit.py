@@ -140,6 +140,14 @@ class RateLimit(Middleware):
             self.key_kind = _KEY_HEADER
             self.key_header = key[7:].encode("ascii")
         self.rejections = 0  # read by the metrics collector
+        # response-phase header items: Limit is fixed; Remaining and Reset repeat their last value (a bucket kept
+        # full by a light load, or emptied by a heavy one, answers the same numbers request after request)
+        # (typed Any: compiled, a tuple[bytes, bytes] attribute is stored unboxed and re-boxed on every read)
+        self.limit_item: Any = (_LIMIT, self.limit_value)
+        self.remaining_n = -1
+        self.remaining_item: Any = (_REMAINING, b"")
+        self.reset_n = -1
+        self.reset_item: Any = (_RESET, b"")
 
     def bucket_key(self, req: Request) -> str:
         """Client IP, ``""`` for the global bucket, or ``"h:" + value`` (so values never collide with IPs)."""
@@ -175,13 +183,17 @@ class RateLimit(Middleware):
         if note is None:
             return
         tokens: float = note  # unboxed once: the arithmetic below stays native
-        items = (
-            (_LIMIT, self.limit_value),
-            (_REMAINING, int_bytes(int(tokens + _EPS))),
-            (_RESET, int_bytes(self.buckets.reset_after(tokens))),
-        )
+        n = int(tokens + _EPS)
+        if n != self.remaining_n:
+            self.remaining_n = n
+            self.remaining_item = (_REMAINING, int_bytes(n))
+        n = self.buckets.reset_after(tokens)
+        if n != self.reset_n:
+            self.reset_n = n
+            self.reset_item = (_RESET, int_bytes(n))
+        items = (self.limit_item, self.remaining_item, self.reset_item)
         if resp.has_any(_LOWS, _MASK):  # the backend sent its own: replaced
             for name, value in items:
                 resp.set(name, value)
         else:
-            resp.append_new(items, _LOWS, _IDS)
+            resp.append_new(items, _LOWS, _IDS, _MASK)

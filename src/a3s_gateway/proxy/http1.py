@@ -538,10 +538,13 @@ class HttpConnection:
     # -- routes with middlewares (SPEC §6) ------------------------------------------------------------------------
     def _start_chain(self, head: Any, target: RouteTarget, chain: Chain, framing: bytes, client_ip: str) -> None:
         """Run the request phase; the first middleware that awaits continues it in a task."""
-        body_length = -1 if head.chunked else (head.content_length if head.content_length > 0 else 0)
+        # one call instead of six attribute reads of the (untyped here) parsed head
+        fields = cast("tuple[bytes, bytes, bytes | None, bytes, list[tuple[bytes, bytes]], int]",
+                      head.request_fields())
+        method, path, query, host, headers, body_length = fields
         # the parsed header list is shared with the Request, which copies it before its first change
-        req = Request(head.method, head.path, head.query, head.host, head.headers, client_ip, target.router,
-                      self.entry.proto, body_length, len(chain.middlewares))
+        req = Request(method, path, query, host, headers, client_ip, target.router, self.entry.proto, body_length,
+                      len(chain.middlewares))
         self.chain = chain
         self.mreq = req
         self.target = target
@@ -612,7 +615,11 @@ class HttpConnection:
                 self._mux_accept(mws[-1], len(mws) - 1)
                 return
         primary = cast("RouteTarget", self.target).service
-        svc, backend = self._pick(primary, req.headers, 0)
+        if primary.sticky is None and primary.failover is None and not self.cold:
+            svc = primary  # the plain balancer, as on the fast path (``_pick`` does the rest)
+            backend = svc.balancer.pick()
+        else:
+            svc, backend = self._pick(primary, req.headers, 0)
         if backend is None:
             self._no_backend(primary)
             return
