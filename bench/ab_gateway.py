@@ -63,26 +63,29 @@ def start_variant(lab: Lab, name: str, env: dict[str, str]) -> Target:
     return target
 
 
-def user_sys(pids: Sequence[int]) -> tuple[float, float]:
-    """User and system CPU seconds of the processes (a chain's cost can hide in either)."""
-    user = system = 0
+def user_sys(pids: Sequence[int]) -> tuple[float, float, int]:
+    """User and system CPU seconds of the processes (a chain's cost can hide in either), and their minor page
+    faults (memory the allocator gave back and takes again costs kernel time)."""
+    user = system = faults = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields:
+            faults += int(fields[7])
             user += int(fields[11])
             system += int(fields[12])
-    return user / CLK_TCK, system / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK, faults
 
 
 def run_one(target: Target, scenario: Any, script: Path, args: argparse.Namespace, cpus: Any,
-            i: int) -> tuple[float, float, float, float]:
-    """One wrk run through ``target``: req/s, CPU µs per request, and its user and system parts."""
+            i: int) -> tuple[float, float, float, float, float]:
+    """One wrk run through ``target``: req/s, CPU µs per request, its user and system parts, page faults per 1000
+    requests."""
     pids = target.pids()
-    u0, s0 = user_sys(pids)
+    u0, s0, f0 = user_sys(pids)
     run = measure(target, scenario, script, args.duration, args.connections, 1, cpus, i)
-    u1, s1 = user_sys(pids)
+    u1, s1, f1 = user_sys(pids)
     n = max(run.requests, 1)
-    return run.rps, run.cpu_us_per_req or 0.0, (u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n
+    return run.rps, run.cpu_us_per_req or 0.0, (u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n, (f1 - f0) * 1000 / n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for scenario_name in args.scenarios.split(","):
             scenario = SCENARIOS[scenario_name]
             script = wrk_script(Path(tmp), scenario)
-            runs: dict[str, list[tuple[float, float, float, float]]] = {t.name: [] for t in [nginx, *variants]}
+            runs: dict[str, list[tuple[float, float, float, float, float]]] = {t.name: [] for t in [nginx, *variants]}
             for i in range(args.repeat):
                 if args.together:
                     order: list[list[Target]] = [[nginx], variants]
@@ -120,17 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for target, result in zip(group, results, strict=True):
                         runs[target.name].append(result)
                         if args.each:
-                            rps, cpu, user, system = result
+                            rps, cpu, user, system, faults = result
                             print(f"  run {i + 1} {target.name:<22}{rps:>10,.0f}{cpu:>12.1f}{user:>8.1f}"
-                                  f"{system:>8.1f}", flush=True)
+                                  f"{system:>8.1f}{faults:>9.1f}", flush=True)
             how = "A and B loaded together" if args.together else "one at a time, alternating"
             print(f"\n== {scenario.title}: {args.repeat} × {args.duration:g} s, {args.connections} connections, {how}")
-            print(f"{'variant':<28}{'req/s':>10}{'CPU µs/req':>12}{'user':>8}{'system':>8}")
+            print(f"{'variant':<28}{'req/s':>10}{'CPU µs/req':>12}{'user':>8}{'system':>8}{'faults/1k':>10}")
             med = {}
             for name, values in runs.items():
-                rps, cpu, user, system = (statistics.median(v[k] for v in values) for k in range(4))
+                rps, cpu, user, system, faults = (statistics.median(v[k] for v in values) for k in range(5))
                 med[name] = (rps, cpu)
-                print(f"{name:<28}{rps:>10,.0f}{cpu:>12.1f}{user:>8.1f}{system:>8.1f}")
+                print(f"{name:<28}{rps:>10,.0f}{cpu:>12.1f}{user:>8.1f}{system:>8.1f}{faults:>10.1f}")
             print(f"B/A ({b} / {a}): req/s {med[b][0] / med[a][0]:.2f}×, CPU µs/req {med[b][1] / med[a][1]:.2f}×")
             pairs = sorted(rb[0] / ra[0] for ra, rb in zip(runs[a], runs[b], strict=True))
             cpu_pairs = sorted(rb[1] / ra[1] for ra, rb in zip(runs[a], runs[b], strict=True) if ra[1])

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import os
 
+try:
+    import cython  # type: ignore[import-untyped, unused-ignore]
+except ImportError:  # Cython is a build dependency only: interpreted, this file runs without it
+    _COMPILED = False
+else:
+    _COMPILED = cython.compiled
+
 # ids from a3s_gateway.http.hdrs, repeated as literals so the compiled module needs no import at call time.
 _OTHER = 0
 _HOST = 1
@@ -44,6 +51,23 @@ _DROP_B3MULTI = 4
 
 _CRLF = b"\r\n"
 _COLON = b": "
+
+
+def _join(parts: list[bytes]) -> bytes:
+    """``b"".join(parts)``. Compiled: the sizes summed, one allocation, one memcpy per part (the generic join
+    goes through the buffer protocol for every part, which costs more than copying a header's few bytes)."""
+    if _COMPILED:
+        total = 0
+        for part in parts:
+            total += len(part)
+        out = PyBytes_FromStringAndSize(cython.NULL, total)  # type: ignore[name-defined]  # noqa: F821
+        p = PyBytes_AS_STRING(out)  # type: ignore[name-defined]  # noqa: F821
+        for part in parts:
+            n = len(part)
+            memcpy(p, PyBytes_AS_STRING(part), n)  # type: ignore[name-defined]  # noqa: F821
+            p += n
+        return out  # type: ignore[no-any-return]
+    return b"".join(parts)
 
 
 def _listed(name: bytes, tokens: tuple[bytes, ...]) -> bool:
@@ -163,7 +187,7 @@ def request_head(
         parts.append(_CRLF)
     parts.append(framing)
     parts.append(_CRLF)
-    return b"".join(parts), request_id
+    return _join(parts), request_id
 
 
 _ID_POOL_BYTES = 4096
@@ -223,7 +247,7 @@ def response_head(
     parts.append(framing)
     parts.append(extra)
     parts.append(_CRLF)
-    return b"".join(parts)
+    return _join(parts)
 
 
 def interim_head(status_line: bytes, headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bytes:

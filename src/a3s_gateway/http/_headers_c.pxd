@@ -1,5 +1,12 @@
 # Compiled signatures of a3s_gateway/http/_headers.py (Cython pure mode).
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memcpy
+
+cdef bint _COMPILED
+
+@cython.locals(total=Py_ssize_t, n=Py_ssize_t, part=bytes, out=bytes, p="char *")
+cdef bytes _join(list parts)
 
 cdef bytes _CRLF, _COLON
 cdef int _OTHER, _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _KEEP_ALIVE, _PROXY_CONNECTION, _PROXY_AUTHENTICATE, _PROXY_AUTHORIZATION, _TE, _TRAILER, _UPGRADE, _EXPECT, _X_FORWARDED_FOR, _X_FORWARDED_PROTO, _X_FORWARDED_HOST, _X_FORWARDED_PORT, _X_REAL_IP, _X_REQUEST_ID, _CONTENT_TYPE, _USER_AGENT, _TRACEPARENT, _TRACESTATE, _B3, _DROP_W3C, _DROP_B3, _DROP_B3MULTI
