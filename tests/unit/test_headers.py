@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import ModuleType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from a3s_gateway.http import hdrs
 from impls import load, twins
@@ -190,3 +192,31 @@ def test_trace_headers_of_injected_formats_are_replaced(mod: ModuleType, drop: i
 
 def test_trace_header_ids() -> None:
     assert ids(TRACE_HEADERS) == bytes([1, 21, 22, 23, 24, 25, 26, 27, 28, 20])
+
+
+_NAMES = [*hdrs.NAMES, b"server", b"set-cookie", b"x-a", b"etag", b"content-type"]
+_header = st.tuples(
+    st.builds(lambda name, upper: name.upper() if upper else name, st.sampled_from(_NAMES), st.booleans()),
+    st.binary(max_size=300),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.lists(_header, max_size=40), status=st.binary(max_size=40), framing=st.binary(max_size=60),
+       extra=st.binary(max_size=60), tokens=st.sampled_from([(), (), (b"x-a",)]))
+def test_response_heads_agree(headers: list[tuple[bytes, bytes]], status: bytes, framing: bytes, extra: bytes,
+                              tokens: tuple[bytes, ...]) -> None:
+    """The compiled builder (sizes summed, then lines copied into one buffer) writes what the pure one writes."""
+    pure = load(twins("header filter")[-1].values[0])
+    expected = pure.response_head(status + b"\r\n", headers, ids(headers), tokens, framing, extra)
+    for param in twins("header filter"):
+        mod = load(param.values[0])
+        assert mod.response_head(status + b"\r\n", headers, ids(headers), tokens, framing, extra) == expected
+        assert mod.interim_head(status + b"\r\n", headers, ids(headers)) == pure.interim_head(
+            status + b"\r\n", headers, ids(headers))
+
+
+def test_response_head_rejects_what_is_not_bytes(mod: ModuleType) -> None:
+    headers: list[object] = [(b"Server", b"x"), (b"X-A", "text")]
+    with pytest.raises(TypeError):
+        mod.response_head(b"HTTP/1.1 200 OK\r\n", headers, b"\x00\x00", (), b"", b"")

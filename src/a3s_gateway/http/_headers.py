@@ -228,6 +228,8 @@ def response_head(
     dropped; ``framing`` (Content-Length / Transfer-Encoding / Connection lines) and ``extra`` (header lines added
     by the gateway) are appended before the final CRLF.
     """
+    if _COMPILED and not connection_tokens:
+        return _response_head_direct(status_line, headers, header_ids, framing, extra)
     parts: list[bytes] = [status_line]
     n = len(headers)
     i = 0
@@ -248,6 +250,53 @@ def response_head(
     parts.append(extra)
     parts.append(_CRLF)
     return _join(parts)
+
+
+def _response_head_direct(status_line: bytes, headers: list[tuple[bytes, bytes]], header_ids: bytes, framing: bytes,
+                          extra: bytes) -> bytes:
+    """``response_head`` without Connection tokens, compiled only: the size is summed in a first pass over the
+    headers, then every line is copied straight into the one result (no list of parts)."""
+    n = len(headers)
+    total = len(status_line) + len(framing) + len(extra) + 2
+    i = 0
+    while i < n:
+        hid = header_ids[i]
+        if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _X_FORWARDED_FOR or hid == _HOST or hid == _EXPECT:
+            name, value = headers[i]
+            total += len(name) + len(value) + 4
+        i += 1
+    out = PyBytes_FromStringAndSize(cython.NULL, total)  # type: ignore[name-defined]  # noqa: F821
+    p = PyBytes_AS_STRING(out)  # type: ignore[name-defined]  # noqa: F821
+    size = len(status_line)
+    memcpy(p, PyBytes_AS_STRING(status_line), size)  # type: ignore[name-defined]  # noqa: F821
+    p += size
+    i = 0
+    while i < n:
+        hid = header_ids[i]
+        if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _X_FORWARDED_FOR or hid == _HOST or hid == _EXPECT:
+            name, value = headers[i]
+            size = len(name)
+            memcpy(p, PyBytes_AS_STRING(name), size)  # type: ignore[name-defined]  # noqa: F821
+            p += size
+            p[0] = 58  # ": "
+            p[1] = 32
+            p += 2
+            size = len(value)
+            memcpy(p, PyBytes_AS_STRING(value), size)  # type: ignore[name-defined]  # noqa: F821
+            p += size
+            p[0] = 13  # CRLF
+            p[1] = 10
+            p += 2
+        i += 1
+    size = len(framing)
+    memcpy(p, PyBytes_AS_STRING(framing), size)  # type: ignore[name-defined]  # noqa: F821
+    p += size
+    size = len(extra)
+    memcpy(p, PyBytes_AS_STRING(extra), size)  # type: ignore[name-defined]  # noqa: F821
+    p += size
+    p[0] = 13
+    p[1] = 10
+    return out  # type: ignore[no-any-return]
 
 
 def interim_head(status_line: bytes, headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bytes:

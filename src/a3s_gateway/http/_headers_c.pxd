@@ -27,6 +27,10 @@ cdef bint _visible(bytes value)
 
 cdef bint _listed(bytes name, tuple tokens)
 
+@cython.locals(i=Py_ssize_t, n=Py_ssize_t, hid=cython.int, total=Py_ssize_t, size=Py_ssize_t, name=bytes, value=bytes,
+               out=bytes, p="char *")
+cdef bytes _response_head_direct(bytes status_line, list headers, bytes header_ids, bytes framing, bytes extra)
+
 @cython.locals(i=Py_ssize_t, n=Py_ssize_t, hid=cython.int)
 cpdef bytes response_head(bytes status_line, list headers, bytes header_ids, tuple connection_tokens,
                           bytes framing, bytes extra)
