@@ -206,3 +206,23 @@ def test_ceil_secs_ignores_float_noise() -> None:
     assert ceil_secs(3.01) == 4
     assert ceil_secs(0.0) == 0
     assert ceil_secs(-2.0) == 0
+
+
+def test_repeated_key_keeps_the_lru_order() -> None:
+    """The key used last is taken from without a table lookup; the order and the evictions stay those of an LRU."""
+    tb = TokenBuckets(rate=1.0, period=1.0, burst=2, max_keys=2)
+    assert tb.take("a", 0.0) == 1.0
+    assert tb.take("a", 0.0) == 0.0  # the remembered bucket: the same one
+    assert tb.take("b", 0.0) == 1.0
+    assert tb.take("a", 0.5) == pytest.approx(-0.5)  # a moved last again; still its own drained bucket
+    assert tb.take("a", 0.5) == pytest.approx(-0.5)
+    assert tb.take("c", 0.5) == 1.0  # evicts b, the least recently used
+    assert list(tb.buckets) == ["a", "c"]
+    assert tb.take("b", 0.5) == 1.0  # b starts full again, evicting a
+    assert list(tb.buckets) == ["c", "b"]
+    assert tb.take("a", 0.5) == 1.0  # a was evicted: full again
+    single = TokenBuckets(rate=1.0, period=1.0, burst=1, max_keys=1)
+    assert single.take("x", 0.0) == 0.0
+    assert single.take("y", 0.0) == 0.0  # evicts x, the remembered key
+    assert single.take("x", 0.0) == 0.0  # x is new again, not the stale remembered bucket
+    assert len(single) == 1

@@ -70,6 +70,10 @@ class TokenBuckets:
         self.burst: float = float(burst)
         self.max_keys: int = max_keys
         self.buckets: dict[str, Bucket] = {}
+        # the key used last and its bucket: already the table's newest entry, so taking from it again needs no
+        # lookup and no move (one client, or one hot key, costs no dict work)
+        self.last_key = ""
+        self.last_bucket: Bucket | None = None
 
     def take(self, key: str, now: float) -> float:
         """Take one token for ``key`` at ``now``.
@@ -77,23 +81,25 @@ class TokenBuckets:
         Returns the tokens left after the decision (``>= 0``) when allowed; when denied, the tokens left minus one,
         a value in ``[-1, 0)`` (add 1 to get them back).
         """
-        buckets = self.buckets
-        bucket = buckets.pop(key, None)
-        if bucket is None:
-            tokens = self.burst
-            if len(buckets) >= self.max_keys:
-                del buckets[next(iter(buckets))]
-            bucket = Bucket(tokens, now)
-        else:
-            tokens = bucket.tokens
-            elapsed = now - bucket.last
-            if elapsed > 0.0:
-                tokens += elapsed * self.refill
-                if tokens > self.burst:
-                    tokens = self.burst
-                bucket.last = now
-            # else: a clock that went backwards keeps the later update time
-        buckets[key] = bucket  # (re)inserted last: the table's order is least recently used first
+        bucket = self.last_bucket
+        if bucket is None or key != self.last_key:
+            buckets = self.buckets
+            bucket = buckets.pop(key, None)
+            if bucket is None:
+                if len(buckets) >= self.max_keys:
+                    del buckets[next(iter(buckets))]
+                bucket = Bucket(self.burst, now)
+            buckets[key] = bucket  # (re)inserted last: the table's order is least recently used first
+            self.last_key = key
+            self.last_bucket = bucket
+        tokens = bucket.tokens
+        elapsed = now - bucket.last
+        if elapsed > 0.0:
+            tokens += elapsed * self.refill
+            if tokens > self.burst:
+                tokens = self.burst
+            bucket.last = now
+        # else: a clock that went backwards (or a new bucket) keeps the later update time
         if tokens + _EPS >= 1.0:
             tokens -= 1.0
             if tokens < 0.0:
