@@ -21,6 +21,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The first test also builds the session's `make dist` (sdist, then every extension compiled again from it: about
+# 2 minutes on 2 cores, more on a busy machine); the build itself is bounded by the 1200 s of `conftest._make`.
+pytestmark = pytest.mark.timeout(1500)
+
 
 def _one(dist: Path, pattern: str) -> Path:
     found = sorted(dist.glob(pattern))

@@ -191,7 +191,8 @@ class _Fields:
             self._shared = False
         self.headers.append((name, value))
         if self._base >= 0:
-            self._added = self._added + name_id(name)
+            added = self._added
+            self._added = added + name_id(name) if added else name_id(name)  # the first: the cached id itself
         if self._lens_ok:
             n = len(name)
             self._lens |= 1 << (n if n < 61 else 61)
@@ -249,7 +250,8 @@ class _Fields:
             self._shared = False
         self.headers.extend(items)
         if self._base >= 0:
-            self._added = self._added + ids
+            added = self._added
+            self._added = added + ids if added else ids  # the first batch: the prepared ids themselves
         self._lens |= mask
         known = self._lows
         if known is not None:
