@@ -70,6 +70,12 @@ def _join(parts: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def _passes(hid: int) -> bool:
+    """Whether a response header of ``hdrs`` id ``hid`` is relayed to the client (hop-by-hop headers and the body
+    framing are not: the gateway writes its own)."""
+    return hid == _OTHER or hid == _CONTENT_TYPE or hid >= _X_FORWARDED_FOR or hid == _HOST or hid == _EXPECT
+
+
 def _listed(name: bytes, tokens: tuple[bytes, ...]) -> bool:
     """True when ``name`` (any case) is one of the lower-case Connection ``tokens``."""
     return name.lower() in tokens
@@ -235,7 +241,7 @@ def response_head(
     i = 0
     while i < n:
         hid = header_ids[i]
-        if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _X_FORWARDED_FOR or hid == _HOST or hid == _EXPECT:
+        if _passes(hid):
             name, value = headers[i]
             i += 1
             if connection_tokens and _listed(name, connection_tokens):
@@ -261,7 +267,7 @@ def _response_head_direct(status_line: bytes, headers: list[tuple[bytes, bytes]]
     i = 0
     while i < n:
         hid = header_ids[i]
-        if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _X_FORWARDED_FOR or hid == _HOST or hid == _EXPECT:
+        if _passes(hid):
             name, value = headers[i]
             total += len(name) + len(value) + 4
         i += 1
@@ -273,7 +279,7 @@ def _response_head_direct(status_line: bytes, headers: list[tuple[bytes, bytes]]
     i = 0
     while i < n:
         hid = header_ids[i]
-        if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _X_FORWARDED_FOR or hid == _HOST or hid == _EXPECT:
+        if _passes(hid):
             name, value = headers[i]
             size = len(name)
             memcpy(p, PyBytes_AS_STRING(name), size)  # type: ignore[name-defined]  # noqa: F821

@@ -27,6 +27,8 @@ cdef bint _visible(bytes value)
 
 cdef bint _listed(bytes name, tuple tokens)
 
+cdef inline bint _passes(int hid)
+
 @cython.locals(i=Py_ssize_t, n=Py_ssize_t, hid=cython.int, total=Py_ssize_t, size=Py_ssize_t, name=bytes, value=bytes,
                out=bytes, p="char *")
 cdef bytes _response_head_direct(bytes status_line, list headers, bytes header_ids, bytes framing, bytes extra)

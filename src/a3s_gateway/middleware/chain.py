@@ -100,8 +100,8 @@ class _Fields:
         self._base = len(headers)
         # the ``hdrs`` ids of the headers appended by ``add`` while ``_base`` >= 0
         self._added = b""
-        # bit min(len(name), 61) of every header name (``_lens_ok``: computed by the first ``has_any``, kept up to
-        # date by appends): a wanted name whose length no header has is absent without a comparison
+        # bit min(len(name), 61) of every header name (``_lens_ok``: computed by the first lookup, kept up to date by
+        # appends, recomputed after a removal): a wanted name whose length no header has is absent without a comparison
         self._lens = 0
         self._lens_ok = False
 
