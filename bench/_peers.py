@@ -213,14 +213,23 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """utime + stime of the processes (all their threads), in seconds; vanished processes count 0."""
-    ticks = 0
+def cpu_times(pids: Iterable[int]) -> tuple[float, float, int]:
+    """User and system CPU seconds of the processes (all their threads) and their minor page faults; vanished
+    processes count 0."""
+    user = system = faults = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLK_TCK
+            faults += int(fields[7])
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK, faults
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime of the processes (all their threads), in seconds; vanished processes count 0."""
+    user, system, _ = cpu_times(pids)
+    return user + system
 
 
 def memory_kib(pid: int) -> dict[str, int]:

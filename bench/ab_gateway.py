@@ -7,7 +7,9 @@
 A variant is ``name:ENV=VALUE;ENV=VALUE``. With ``BENCH_INTERPRET`` set, ``bench/_interpret`` goes on PYTHONPATH
 so the named modules load from their ``.py`` sources (the compiled install otherwise unchanged). Runs alternate
 A, B, A, B… so drift on a shared machine hits both sides; the ratio B/A of the medians is printed, with nginx
-measured in the same run as the common reference.
+measured in the same run as the common reference. With ``--together`` A and B are loaded at the same time on the
+gateway's core instead (the steadier figure on a noisy machine: bench/README.md, "middleware chain"); every run also
+reports user and system CPU time and page faults per 1000 requests, and the per-repetition B/A ratios.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import CLK_TCK, Lab, Target, _stat_fields, free_port, plan_cpus
+from _peers import Lab, Target, cpu_times, free_port, plan_cpus
 from load_compare import SCENARIOS, measure, wrk_script
 
 HERE = Path(__file__).resolve().parent
@@ -63,27 +65,14 @@ def start_variant(lab: Lab, name: str, env: dict[str, str]) -> Target:
     return target
 
 
-def user_sys(pids: Sequence[int]) -> tuple[float, float, int]:
-    """User and system CPU seconds of the processes (a chain's cost can hide in either), and their minor page
-    faults (memory the allocator gave back and takes again costs kernel time)."""
-    user = system = faults = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields:
-            faults += int(fields[7])
-            user += int(fields[11])
-            system += int(fields[12])
-    return user / CLK_TCK, system / CLK_TCK, faults
-
-
 def run_one(target: Target, scenario: Any, script: Path, args: argparse.Namespace, cpus: Any,
             i: int) -> tuple[float, float, float, float, float]:
     """One wrk run through ``target``: req/s, CPU µs per request, its user and system parts, page faults per 1000
     requests."""
     pids = target.pids()
-    u0, s0, f0 = user_sys(pids)
+    u0, s0, f0 = cpu_times(pids)
     run = measure(target, scenario, script, args.duration, args.connections, 1, cpus, i)
-    u1, s1, f1 = user_sys(pids)
+    u1, s1, f1 = cpu_times(pids)
     n = max(run.requests, 1)
     return run.rps, run.cpu_us_per_req or 0.0, (u1 - u0) * 1e6 / n, (s1 - s0) * 1e6 / n, (f1 - f0) * 1000 / n
 
