@@ -593,6 +593,14 @@ class Gateway:
             counts[name] = counts.get(name, 0) + len(server.connections)
         return counts
 
+    def http2_abuse_counts(self) -> dict[tuple[str, str], int]:
+        """HTTP/2 connections closed with ENHANCE_YOUR_CALM, per (entrypoint, kind) (SPEC §9.1)."""
+        counts: dict[tuple[str, str], int] = {}
+        for server in [*self._servers.values(), *self._retiring]:
+            for key, n in getattr(server, "abuse", {}).items():
+                counts[key] = counts.get(key, 0) + n
+        return counts
+
     @property
     def access_log_dropped(self) -> int:
         return self._access_log.dropped if self._access_log is not None else 0

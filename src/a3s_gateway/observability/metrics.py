@@ -118,6 +118,11 @@ class GatewayCollector:
         for name, count in gw.connection_counts().items():
             active.add_metric([name], count)
         yield active
+        abuse = CounterMetricFamily("gateway_http2_abuse", "HTTP/2 connections closed with ENHANCE_YOUR_CALM.",
+                                    labels=["entrypoint", "kind"])
+        for (entrypoint, kind), n in sorted(gw.http2_abuse_counts().items()):
+            abuse.add_metric([entrypoint, kind], n)
+        yield abuse
         tls_errors = CounterMetricFamily("gateway_tls_reload_errors", "Certificate files that failed to reload.",
                                          labels=["entrypoint"])
         for name, n in sorted(gw.tls_reload_errors().items()):

@@ -11,6 +11,12 @@ Flow control both ways: DATA received is acknowledged as the stream's connection
 stops the acknowledgements, so the client's window closes); DATA sent waits for the peer's window, and while it
 waits the stream's connection is paused like an HTTP/1.1 client whose socket is full (which pauses the upstream).
 A stream reset by the client closes its connection: the upstream request is cancelled at once.
+
+Abuse (SPEC §9.1): a stream starts only after every frame of the bytes that opened it was processed, so a stream
+reset in the same read never reaches routing or a backend; rapid resets, SETTINGS/PING/empty-DATA floods and
+oversized header blocks close the connection with GOAWAY(ENHANCE_YOUR_CALM), counted per entrypoint and kind. A
+malformed request, a content-length that DATA contradicts, or a stream beyond ``max_concurrent_streams`` resets
+that stream only (PROTOCOL_ERROR / REFUSED_STREAM); the connection's other streams go on.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import h2.config
 import h2.connection
@@ -26,6 +32,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import HeadersFrame
 
 from .. import _compat
 from ..errors import ProtocolError
@@ -52,6 +61,94 @@ _UNTIL_CLOSE: Final = 3
 # connection-specific fields never sent on HTTP/2 (RFC 9113 §8.2.2)
 _HOP: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
                          b"te", b"content-length-ignored"))
+
+
+# Abuse limits (SPEC §9.1, the 2023–24 HTTP/2 CVEs)
+RESET_BURST: Final = 200  # client resets within RESET_WINDOW seconds (rapid reset, CVE-2023-44487)
+RESET_WINDOW: Final = 1.0
+FLOOD_LIMIT: Final = 1000  # SETTINGS, PING or empty DATA frames within FLOOD_WINDOW seconds
+FLOOD_WINDOW: Final = 10.0
+SLICE: Final = 64 * 1024  # received bytes handed to h2 at a time: an abusive burst is cut short between slices
+
+
+class _LocalSettings(h2.settings.Settings):
+    """Our SETTINGS: h2 would answer a stream beyond MAX_CONCURRENT_STREAMS with a connection error; the
+    protocol refuses that stream alone (RST_STREAM REFUSED_STREAM, RFC 9113 §5.1.2), so h2's own check is off."""
+
+    @property  # type: ignore[misc]
+    def max_concurrent_streams(self) -> int:
+        return 2**31 - 1
+
+
+class StreamMalformed(h2.events.Event):
+    """A request stream reset with PROTOCOL_ERROR by :class:`_ServerConnection` (RFC 9113 §8.1.1)."""
+
+    def __init__(self, stream_id: int, why: str, flow_controlled_length: int = 0) -> None:
+        self.stream_id = stream_id
+        self.why = why
+        self.flow_controlled_length = flow_controlled_length
+
+
+class _BoundedFrameBuffer(FrameBuffer):
+    """h2's frame buffer with a HEADERS + CONTINUATION block bounded by ``max_header_bytes`` (CVE-2024-27316):
+    a longer block is a connection error before it is decoded."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(server=True)
+        self.block_limit = limit
+
+    def _update_header_buffer(self, f: Any) -> Any:
+        f = super()._update_header_buffer(f)
+        pending = self._headers_buffer
+        size = sum(len(x.data) for x in pending) if pending else len(f.data) if isinstance(f, HeadersFrame) else 0
+        if size > self.block_limit:
+            raise h2.exceptions.DenialOfServiceError("header block larger than max_header_bytes")
+        return f
+
+
+class _ServerConnection(h2.connection.H2Connection):
+    """h2's connection, with the request-level errors of one stream kept to that stream (RFC 9113 §5.4.2, §8.1.1):
+    a malformed request head (validation, content-length) or a DATA length that contradicts content-length
+    resets that stream with PROTOCOL_ERROR and the others go on. HPACK, framing and state errors stay connection
+    errors (the HPACK context is shared, so a bad block cannot be skipped)."""
+
+    def __init__(self, config: h2.config.H2Configuration, header_limit: int) -> None:
+        super().__init__(config=config)
+        self.incoming_buffer = _BoundedFrameBuffer(header_limit)
+        self._created = 0  # the stream the HEADERS frame being received opened or found
+
+    def _get_or_create_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        stream = super()._get_or_create_stream(stream_id, allowed_ids)
+        self._created = stream_id  # the block decoded and the connection state allowed it
+        return stream
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        self._created = 0
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.StreamClosedError:
+            raise
+        except h2.exceptions.ProtocolError as e:
+            if self._created != frame.stream_id or isinstance(e, h2.exceptions.DenialOfServiceError):
+                raise
+            return self._malformed(frame.stream_id, str(e), 0, e)
+
+    def _receive_data_frame(self, frame: Any) -> Any:
+        try:
+            return super()._receive_data_frame(frame)
+        except h2.exceptions.InvalidBodyLengthError as e:
+            # the frame's bytes count against the connection window: the event tells the protocol to give them back
+            return self._malformed(frame.stream_id, str(e), frame.flow_controlled_length, e)
+
+    def _malformed(self, sid: int, why: str, length: int, error: Exception) -> Any:
+        stream = self.streams.get(sid)
+        if stream is None:
+            raise error
+        try:
+            frames = stream.reset_stream(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        except h2.exceptions.ProtocolError:
+            raise error from None
+        return frames, [StreamMalformed(sid, why, length)]
 
 
 class StreamServer(HttpServer):
@@ -98,6 +195,8 @@ class StreamTransport(MessageTransport):
         self.unacked = 0  # received DATA bytes not acknowledged yet (held while reading is paused)
         self.chunked = False  # the request body is handed over as chunks (no content-length)
         self.deadline_at = 0.0  # a gRPC request's deadline (loop time), 0: none
+        self.early: list[bytes] | None = None  # the request's bytes until the stream starts (H2Protocol._start)
+        self.grpc = False
 
     # -- what HttpConnection asks of its transport --------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -256,8 +355,8 @@ class H2Protocol(asyncio.Protocol):
         # inbound fields are validated (RFC 9113 §8.2); what we send is built from a parsed HTTP/1.1 head already
         config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        self.h2 = _ServerConnection(config, limits.max_header_bytes)
+        self.h2.local_settings = _LocalSettings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_bytes,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
@@ -265,9 +364,19 @@ class H2Protocol(asyncio.Protocol):
         })
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)  # §9.1: 16 MiB for the connection
+        self.max_streams = limits.max_concurrent_streams
         self.streams: dict[int, StreamTransport] = {}
+        self.starting: list[StreamTransport] = []  # streams opened by the bytes being processed, not started yet
         self.write_paused = False
         self.closing = False
+        self.calmed = False  # GOAWAY(ENHANCE_YOUR_CALM) sent: nothing more is processed
+        # abuse accounting (SPEC §9.1)
+        self.opened = 0  # request streams opened by the client
+        self.early_resets = 0  # of those, reset by the client before their response ended
+        self.reset_window = 0.0
+        self.reset_count = 0
+        self.flood_window = 0.0
+        self.floods = [0, 0, 0]  # SETTINGS, PING, empty DATA in the current FLOOD_WINDOW
         self._idle: asyncio.TimerHandle | None = None
         self.stream_server = StreamServer(server)
         server.connections.add(self)  # type: ignore[arg-type]
@@ -297,6 +406,7 @@ class H2Protocol(asyncio.Protocol):
         self.server.connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
+        self.starting.clear()
         for stream in list(self.streams.values()):
             stream.ended = True
             stream.close()
@@ -311,42 +421,145 @@ class H2Protocol(asyncio.Protocol):
             stream.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.calmed:
+            return
+        if len(data) > SLICE:  # an abusive burst stops being decoded at the slice where it is detected
+            view = memoryview(data)
+            for at in range(0, len(data), SLICE):
+                if not self._receive(bytes(view[at : at + SLICE])):
+                    break
+        else:
+            self._receive(data)
+        if self.calmed:
+            return
+        self.flush()
+        self._arm_idle()
+
+    def _receive(self, data: bytes) -> bool:
+        """Process received bytes; False when the connection was closed for it."""
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
+            if isinstance(e, h2.exceptions.DenialOfServiceError):
+                self._abuse("header_block")
             log.info("HTTP/2 protocol error from %s: %s", self.transport.get_extra_info("peername"), e)
+            self._stop_streams()
             self.flush()
             self.transport.close()
-            return
+            return False
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self._request(event)
             elif isinstance(event, h2.events.DataReceived):
+                if not event.data and event.stream_ended is None and self._flood(2):
+                    return False
                 self._data(event)
             elif isinstance(event, h2.events.TrailersReceived):
                 self._end(event.stream_id, event.headers)
             elif isinstance(event, h2.events.StreamEnded):
                 self._end(event.stream_id, None)
             elif isinstance(event, h2.events.StreamReset):
+                if event.remote_reset and self._client_reset(event.stream_id):
+                    return False
                 self._reset(event.stream_id)
-            elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            elif isinstance(event, StreamMalformed):
+                log.debug("HTTP/2 stream %d malformed: %s", event.stream_id, event.why)
+                if event.flow_controlled_length:
+                    self._ack(event.stream_id, event.flow_controlled_length)
+                self._reset(event.stream_id)
+            elif isinstance(event, h2.events.PingReceived):
+                if self._flood(1):
+                    return False
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                if self._flood(0):
+                    return False
+                for stream in list(self.streams.values()):
+                    stream.flush()
+            elif isinstance(event, h2.events.WindowUpdated):
                 for stream in list(self.streams.values()):
                     stream.flush()
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.closing = True
+        # streams start once every frame of these bytes is processed: one reset in the same bytes never
+        # reaches routing or a backend (SPEC §9.1)
+        if self.starting:
+            starting, self.starting = self.starting, []
+            for stream in starting:
+                if stream.early is not None and self.streams.get(stream.stream_id) is stream:
+                    self._start(stream)
+        return True
+
+    # -- abuse limits (SPEC §9.1) -------------------------------------------------------------------------------
+    def _client_reset(self, sid: int) -> bool:
+        """Count a client RST_STREAM; True when the connection was closed for rapid reset."""
+        stream = self.streams.get(sid)
+        if stream is None or stream.ended:
+            return False  # a reset after the response ended costs us nothing
+        self.early_resets += 1
+        now = self.loop.time()
+        if now - self.reset_window > RESET_WINDOW:
+            self.reset_window = now
+            self.reset_count = 0
+        self.reset_count += 1
+        if self.reset_count > RESET_BURST:
+            self._abuse("rapid_reset")
+            return True
+        # slower resets: more than 2x the concurrent-stream limit over the connection's life, and most streams reset
+        if self.early_resets > 2 * self.max_streams and 2 * self.early_resets > self.opened:
+            self._abuse("reset_ratio")
+            return True
+        return False
+
+    def _flood(self, kind: int) -> bool:
+        """Count a SETTINGS (0), PING (1) or empty DATA (2) frame; True when the connection was closed for it."""
+        now = self.loop.time()
+        if now - self.flood_window > FLOOD_WINDOW:
+            self.flood_window = now
+            self.floods = [0, 0, 0]
+        self.floods[kind] += 1
+        if self.floods[kind] > FLOOD_LIMIT:
+            self._abuse(("settings_flood", "ping_flood", "empty_data_flood")[kind])
+            return True
+        return False
+
+    def _abuse(self, kind: str) -> None:
+        """GOAWAY(ENHANCE_YOUR_CALM), every stream's exchange ended, the connection closed; counted and logged."""
+        self.calmed = True
+        server = self.server
+        key = (server.entry.name, kind)
+        counts = server.abuse
+        counts[key] = counts.get(key, 0) + 1
+        _abuse_log(server, kind, self.transport.get_extra_info("peername"))
+        try:
+            self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        except h2.exceptions.ProtocolError:
+            pass
         self.flush()
-        self._arm_idle()
+        self._stop_streams()
+        self.transport.close()
+
+    def _stop_streams(self) -> None:
+        self.starting.clear()
+        for stream in list(self.streams.values()):
+            stream.ended = True
+            stream.close()
 
     # -- streams ------------------------------------------------------------------------------------------------
     def _request(self, event: Any) -> None:
         sid = event.stream_id
+        self.opened += 1
         if self.closing:
             self.reset(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= self.max_streams:
+            self.reset(sid, h2.errors.ErrorCodes.REFUSED_STREAM)  # §9.1: this stream only
             return
         method = path = authority = b""
         lines: list[bytes] = []
         cookies: list[bytes] = []
         has_length = False
+        grpc = False
+        timeout_value = b""
         for name, value in event.headers:
             if _UNSAFE.search(name) or _UNSAFE.search(value):
                 # CR, LF or NUL would split the HTTP/1.1 head this stream is turned into: a malformed request
@@ -369,61 +582,93 @@ class H2Protocol(asyncio.Protocol):
                 continue
             if name == b"content-length":
                 has_length = True
+            elif name == b"content-type":
+                grpc = value.startswith(b"application/grpc")
+            elif name == b"grpc-timeout":
+                timeout_value = value
             lines.append(name + b": " + value + b"\r\n")
-        if b" " in path or b" " in method:
-            self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            return
         if method == b"CONNECT":
             self.send_headers(sid, [(b":status", b"405")], True)
+            return
+        # §9.1: :path is origin-form ("*" only for OPTIONS); an absolute URI there would route by one host and
+        # forward another
+        if not (path.startswith(b"/") or (path == b"*" and method == b"OPTIONS")) or b" " in path or b" " in method:
+            self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
         if cookies:
             lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
         ended = event.stream_ended is not None
         if not ended and not has_length:
             lines.append(b"transfer-encoding: chunked\r\n")
-        grpc = any(n == b"content-type" and v.startswith(b"application/grpc") for n, v in event.headers)
-        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method, path or b"/", authority, b"".join(lines))
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method, path, authority, b"".join(lines))
         stream = StreamTransport(self, sid, method == b"HEAD")
         stream.chunked = not ended and not has_length
+        stream.early = [head]
+        stream.grpc = grpc
+        if grpc and timeout_value:
+            seconds = grpc_timeout(timeout_value)
+            if seconds is not None:
+                stream.deadline_at = self.loop.time() + seconds
         self.streams[sid] = stream
+        self.starting.append(stream)
+
+    def _start(self, stream: StreamTransport) -> None:
+        """Hand the stream's request (and what arrived of its body) to its own HttpConnection."""
+        early = cast("list[bytes]", stream.early)
+        stream.early = None
         protocol = HttpConnection(self.stream_server)
-        protocol.grpc = grpc  # §9.2: HTTP/2 to the backend, trailers-only gateway errors
-        if grpc:
-            for name, value in event.headers:
-                if name == b"grpc-timeout":
-                    seconds = grpc_timeout(value)
-                    if seconds is not None:
-                        protocol.deadline_at = self.loop.time() + seconds
-                        stream.deadline_at = protocol.deadline_at
+        protocol.grpc = stream.grpc  # §9.2: HTTP/2 to the backend, trailers-only gateway errors
+        if stream.deadline_at > 0.0:
+            protocol.deadline_at = stream.deadline_at
         stream.protocol = protocol
         protocol.connection_made(stream)
-        protocol.data_received(head)
+        protocol.data_received(early[0] if len(early) == 1 else b"".join(early))
+        if stream.unacked:
+            self.acknowledge(stream)
+
+    def _feed(self, stream: StreamTransport, data: bytes) -> None:
+        early = stream.early
+        if early is not None:
+            early.append(data)
+        elif stream.protocol is not None:
+            stream.protocol.data_received(data)
 
     def _data(self, event: Any) -> None:
         sid = event.stream_id
         stream = self.streams.get(sid)
-        if stream is None or stream.protocol is None:
-            self.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+        if stream is None or (stream.protocol is None and stream.early is None):
+            self._ack(sid, event.flow_controlled_length)
             return
         stream.unacked += event.flow_controlled_length
         data = event.data
         if data:
-            stream.protocol.data_received(b"%x\r\n%s\r\n" % (len(data), data) if stream.chunked else data)
-        self.acknowledge(stream)
+            self._feed(stream, b"%x\r\n%s\r\n" % (len(data), data) if stream.chunked else data)
+        if stream.early is None:
+            self.acknowledge(stream)
 
     def _end(self, sid: int, trailers: list[tuple[bytes, bytes]] | None) -> None:
         stream = self.streams.get(sid)
-        if stream is None or stream.protocol is None or not stream.chunked:
+        if stream is None or (stream.protocol is None and stream.early is None) or not stream.chunked:
             return
         stream.chunked = False
         tail = b"".join(n + b": " + v + b"\r\n" for n, v in trailers or () if not n.startswith(b":"))
-        stream.protocol.data_received(b"0\r\n" + tail + b"\r\n")
+        self._feed(stream, b"0\r\n" + tail + b"\r\n")
 
     def _reset(self, sid: int) -> None:
         stream = self.streams.get(sid)
         if stream is not None:
             stream.ended = True  # nothing more is sent on it
+            if stream.early is not None:  # never started: no exchange, no upstream
+                stream.early = None
+                self.forget(sid)
+                return
             stream.close()  # its HttpConnection is lost: the upstream request is cancelled at once
+
+    def _ack(self, sid: int, length: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(length, sid)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
 
     def acknowledge(self, stream: StreamTransport) -> None:
         if stream.unacked and not stream.reading_paused:
@@ -511,6 +756,22 @@ def grpc_timeout(value: bytes) -> float | None:
     if unit is None or not digits.isdigit() or len(digits) > 8:
         return None
     return int(digits) * unit
+
+
+_ABUSE_LOG_INTERVAL: Final = 10.0
+
+
+def _abuse_log(server: HttpServer, kind: str, peer: Any) -> None:
+    """One warning per entrypoint per interval, carrying how many connections were closed since the last one."""
+    now = server.loop.time()
+    pending = server.abuse_log_pending + 1
+    if now - server.abuse_logged_at < _ABUSE_LOG_INTERVAL:
+        server.abuse_log_pending = pending
+        return
+    server.abuse_logged_at = now
+    server.abuse_log_pending = 0
+    log.warning("HTTP/2 connection from %s closed with ENHANCE_YOUR_CALM (%s) on entrypoint %s; %d such closes "
+                "since the last report", peer, kind, server.entry.name, pending)
 
 
 def take_over(conn: HttpConnection, initial: bytes) -> None:
