@@ -335,3 +335,19 @@ async def test_abuse_metric_is_exported(start_gateway) -> None:
         assert 'gateway_http2_abuse_total{entrypoint="web",kind="ping_flood"} 1.0' in text
     finally:
         client.close()
+
+
+async def test_most_streams_reset_over_the_connections_life_gets_goaway(start_gateway) -> None:
+    # below the per-second burst, but more than 2x max_concurrent_streams early resets and most streams reset
+    backend = await start_backend(handler)
+    gw = await start_gateway(config(backend.url, "max_concurrent_streams = 5"))
+    client = await RawH2.connect(gateway_port(gw))
+    try:
+        for i in range(12):
+            sid = 1 + 2 * i
+            client.send(client.get(sid, "/slow"), RstStreamFrame(sid, error_code=0x8))
+        goaway = await client.until(lambda f: isinstance(f, GoAwayFrame))
+        assert isinstance(goaway, GoAwayFrame) and goaway.error_code == ENHANCE_YOUR_CALM
+        assert abuse_count(gw, "reset_ratio") == 1 and abuse_count(gw, "rapid_reset") == 0
+    finally:
+        client.close()
