@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import ConfigError, GatewayError, Issue, ProtocolError, StartupError
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .config.model import GatewayConfig

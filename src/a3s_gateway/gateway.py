@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from ._version import __version__
 from ._aio import cancel_and_wait
 from .config import compile as compile_config
 from .config.model import AdminConfig

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from .. import __version__
+from .._version import __version__
 from ..http import hdrs
 
 if TYPE_CHECKING:

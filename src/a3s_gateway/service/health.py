@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from .. import __version__
+from .._version import __version__
 from .._aio import cancel_and_wait
 from ..config.model import HealthCheckConfig, PassiveConfig, TransportConfig
 from ..middleware.http_client import FetchError, Target, client_context, fetch

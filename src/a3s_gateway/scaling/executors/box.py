@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
-from ... import __version__
+from ..._version import __version__
 from ...config.model import BoxExecutorConfig
 from ...middleware.http_client import FetchError, Target, fetch
 from . import EndpointSink, ExecutorError

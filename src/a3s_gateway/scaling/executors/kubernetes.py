@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
-from ... import __version__
+from ..._version import __version__
 from ..._aio import timeout
 from ...config.model import KubernetesExecutorConfig
 from ...middleware.http_client import MAX_HEAD, FetchError, ProtocolError, Target, _parse_head, fetch
