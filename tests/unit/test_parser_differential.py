@@ -143,8 +143,13 @@ response_limits = st.one_of(st.just({}), st.just({}), st.fixed_dictionaries({
 extension = st.sampled_from([b""] * 6 + [b";a", b";a=b", b' ; a = "q\\"x"', b";a=", b"; ", b";a b", b';a="\xff"',
                              b"\t;x=y;z"])
 size_format = st.sampled_from(["%x"] * 5 + ["%X", "%04x", "%016x", "%017x", " %x", "%x "])
-chunk = st.builds(lambda data, fmt, ext: (fmt % len(data)).encode() + ext + b"\r\n" + data + b"\r\n",
-                  st.binary(min_size=1, max_size=40), size_format, extension)
+chunk = st.one_of(
+    st.builds(lambda data, fmt, ext: (fmt % len(data)).encode() + ext + b"\r\n" + data + b"\r\n",
+              st.binary(min_size=1, max_size=40), size_format, extension),
+    # sizes around 2^63-1, the largest allowed (SPEC §5.5): the rest of the body is their data, or the 400
+    st.sampled_from([b"7fffffffffffffff\r\nab", b"7FFFFFFFFFFFFFFF;x\r\n", b"8000000000000000\r\nab",
+                     b"FFFFFFFFFFFFFFFF\r\n", b"fffffffffffffffff\r\n"]),
+)
 trailer_line = st.builds(lambda n, v: n + b": " + v + b"\r\n", st.one_of(any_case(NAMES), token), value)
 trailers = st.one_of(st.just(b""), st.lists(trailer_line, max_size=3).map(b"".join), fields)
 chunked_body = st.builds(
