@@ -23,6 +23,18 @@ _UNTIL_CLOSE = 3
 
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_CRLF_LAST_CHUNK = b"\r\n0\r\n\r\n"
+
+# Fields RFC 9110 §6.5.1 forbids in trailers, lower-case: message framing (and the hop-by-hop fields that govern
+# it), routing, authentication, request modifiers (controls, conditionals, range); every ``content-*`` too.
+_FORBIDDEN_TRAILERS = frozenset((
+    b"content-length", b"transfer-encoding", b"trailer", b"te", b"connection", b"keep-alive", b"proxy-connection",
+    b"upgrade",
+    b"host",
+    b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate", b"cookie", b"set-cookie",
+    b"cache-control", b"expect", b"max-forwards", b"pragma", b"range", b"if-match", b"if-none-match",
+    b"if-modified-since", b"if-unmodified-since", b"if-range",
+))
 
 
 class BodyReader:
@@ -65,6 +77,29 @@ class BodyReader:
             return [data], n
         return [], 0
 
+    def rechunk(self, pieces: list[bytes]) -> list[bytes]:
+        """Re-encode payload ``pieces`` just decoded from a chunked body: one chunk ``[size CRLF, *pieces, CRLF]``,
+        then, once the body is done, the last chunk with the trailers :func:`allowed_trailers` keeps. Chunk
+        extensions are gone with the decoding; no payload byte is copied (SPEC §5.5)."""
+        size = 0
+        for p in pieces:
+            size += len(p)
+        out: list[bytes] = []
+        if size:
+            out.append(b"%x\r\n" % size)
+            out.extend(pieces)
+        if self.done:
+            trailers = allowed_trailers(self.trailers())
+            if trailers:
+                if size:
+                    out.append(_CRLF)
+                out.append(last_chunk(trailers))
+            else:
+                out.append(_CRLF_LAST_CHUNK if size else _LAST_CHUNK)
+        elif size:
+            out.append(_CRLF)
+        return out
+
     def trailers(self) -> list[tuple[bytes, bytes]]:
         """Trailer fields of a finished chunked body (empty for other framings)."""
         if self.mode == _CHUNKED and self.decoder is not None:
@@ -93,3 +128,13 @@ def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
         parts.append(name + b": " + value + _CRLF)
     parts.append(_CRLF)
     return b"".join(parts)
+
+
+def allowed_trailers(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The trailer fields that may be forwarded: those RFC 9110 §6.5.1 forbids in trailers are dropped."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in trailers:
+        low = name.lower()
+        if low not in _FORBIDDEN_TRAILERS and not low.startswith(b"content-"):
+            out.append((name, value))
+    return out
