@@ -75,15 +75,23 @@ def chunked_reader(relay: ModuleType) -> Any:
 def test_rechunk_one_chunk_per_batch_without_extensions(relay: ModuleType) -> None:
     r = chunked_reader(relay)
     pieces, _ = r.feed(b"3;ext=1\r\nabc\r\n2 ; a = \"b\"\r\nde\r\n")
-    out = r.rechunk(pieces)
-    assert out == [b"5\r\n", b"abc", b"de", b"\r\n"]
-    assert out[1] is pieces[0] and out[2] is pieces[1]  # the payload is not copied
+    assert r.rechunk(pieces) == [b"5\r\nabcde", b"\r\n"]  # small pieces: joined with their size line
     pieces, _ = r.feed(b"1;x\r\nf")
-    assert r.rechunk(pieces) == [b"1\r\n", b"f", b"\r\n"]
+    assert r.rechunk(pieces) == [b"1\r\nf", b"\r\n"]
+    big = [b"a" * 4000, b"b" * 3000]
+    out = r.rechunk(big)
+    assert out == [b"1b58\r\n", *big, b"\r\n"]
+    assert out[1] is big[0] and out[2] is big[1]  # large pieces are not copied
     pieces, _ = r.feed(b"\r\n")
     assert pieces == [] and r.rechunk(pieces) == []  # nothing decoded: nothing sent
     pieces, _ = r.feed(b"0;last\r\n\r\n")
     assert r.rechunk(pieces) == [b"0\r\n\r\n"]
+
+
+def test_rechunk_tiny_chunks_make_one_buffer(relay: ModuleType) -> None:
+    r = chunked_reader(relay)
+    pieces, _ = r.feed(b"1\r\nx\r\n" * 10000)
+    assert len(pieces) == 10000 and r.rechunk(pieces) == [b"2710\r\n" + b"x" * 10000, b"\r\n"]
 
 
 def test_rechunk_body_ending_in_the_batch(relay: ModuleType) -> None:

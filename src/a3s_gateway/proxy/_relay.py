@@ -24,6 +24,7 @@ _UNTIL_CLOSE = 3
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF_LAST_CHUNK = b"\r\n0\r\n\r\n"
+_SMALL_PIECE = 512  # pieces of a re-encoded batch averaging fewer bytes are joined (see BodyReader.rechunk)
 
 # Fields RFC 9110 §6.5.1 forbids in trailers, lower-case: message framing (and the hop-by-hop fields that govern
 # it), routing, authentication, request modifiers (controls, conditionals, range); every ``content-*`` too.
@@ -80,14 +81,20 @@ class BodyReader:
     def rechunk(self, pieces: list[bytes]) -> list[bytes]:
         """Re-encode payload ``pieces`` just decoded from a chunked body: one chunk ``[size CRLF, *pieces, CRLF]``,
         then, once the body is done, the last chunk with the trailers :func:`allowed_trailers` keeps. Chunk
-        extensions are gone with the decoding; no payload byte is copied (SPEC §5.5)."""
+        extensions are gone with the decoding (SPEC §5.5). The payload is not copied, unless its pieces are small.
+        """
         size = 0
         for p in pieces:
             size += len(p)
         out: list[bytes] = []
         if size:
-            out.append(b"%x\r\n" % size)
-            out.extend(pieces)
+            if size < len(pieces) * _SMALL_PIECE:
+                # many small chunks (at worst 1-byte ones): one buffer, not thousands of objects held in the
+                # upstream write buffer, replay and mirror copies
+                out.append(b"%x\r\n" % size + b"".join(pieces))
+            else:
+                out.append(b"%x\r\n" % size)
+                out.extend(pieces)
         if self.done:
             trailers = allowed_trailers(self.trailers())
             if trailers:

@@ -2,6 +2,7 @@
 cimport cython
 
 cdef int _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE
+cdef Py_ssize_t _SMALL_PIECE
 cdef bytes _CRLF, _LAST_CHUNK, _CRLF_LAST_CHUNK
 cdef frozenset _FORBIDDEN_TRAILERS
 
