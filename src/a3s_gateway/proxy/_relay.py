@@ -3,7 +3,8 @@
 
 Cython pure mode: runs interpreted as ``a3s_gateway.proxy._relay`` and compiled as ``a3s_gateway.proxy._relay_c``
 (``_relay_c.py`` links here; ``_relay_c.pxd`` gives the C types). Nothing is buffered: every call returns the
-payload pieces found in the bytes it was given, as slices of them.
+payload pieces found in the bytes it was given, as slices of them. A chunked request body is re-encoded from those
+pieces, never forwarded as received (SPEC §5.5).
 """
 
 from __future__ import annotations
