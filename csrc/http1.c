@@ -560,7 +560,7 @@ ptrdiff_t h1_parse_chunk_size(const char *buf, size_t len, uint64_t *size)
         if (i == 16) return H1_ERR_CHUNK;
         n = (n << 4) | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
     }
-    if (i == 0) return H1_ERR_CHUNK;
+    if (i == 0 || n > (uint64_t)INT64_MAX) return H1_ERR_CHUNK;
     while (i < e) { /* chunk-ext */
         i = skip_ows(b, i, e);
         if (i == e || b[i] != ';') return H1_ERR_CHUNK;

@@ -132,7 +132,8 @@ ptrdiff_t h1_parse_request(const char *buf, size_t len, size_t max_line, size_t 
 ptrdiff_t h1_parse_response(const char *buf, size_t len, size_t max_header_bytes, size_t max_headers,
                             h1_response *resp, h1_field *fields);
 
-/* One chunk-size line at buf: 1*16HEXDIG *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF.
+/* One chunk-size line at buf: 1*16HEXDIG *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF,
+ * the size at most 2^63-1 (SPEC §5.5: what another parser reads as a negative int64 is refused here).
  * Returns the bytes of the line including CRLF; H1_ERR_CHUNK on any violation or when H1_MAX_CHUNK_LINE bytes
  * hold no complete line. */
 ptrdiff_t h1_parse_chunk_size(const char *buf, size_t len, uint64_t *size);

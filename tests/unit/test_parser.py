@@ -289,6 +289,13 @@ def test_chunked_failure_is_final(parser: ModuleType) -> None:
         dec.feed(b"0\r\n\r\n")
 
 
+@pytest.mark.parametrize("size", [b"7FFFFFFFFFFFFFFF", b"7fffffffffffffff", b"07FFFFFFFFFFFFFF"])
+def test_chunked_largest_size_is_accepted(parser: ModuleType, size: bytes) -> None:
+    dec = parser.ChunkedDecoder()  # 2^63-1 is the largest size (SPEC §5.5); its data simply goes on
+    assert dec.feed(size + b";x=y\r\nabc") == ([b"abc"], len(size) + 9)
+    assert not dec.done
+
+
 def test_chunked_pieces_before_a_split_violation(parser: ModuleType) -> None:
     dec = parser.ChunkedDecoder()
     assert dec.feed(b"3\r\nab") == ([b"ab"], 5)

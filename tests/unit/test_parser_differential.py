@@ -19,6 +19,7 @@ from a3s_gateway.errors import ProtocolError
 from a3s_gateway.http import hdrs
 
 COMPILED_NAME, PURE_NAME = _compat.CYTHON_MODULES["http parser"]
+RELAY_COMPILED, RELAY_PURE = _compat.CYTHON_MODULES["body relay"]
 pytestmark = pytest.mark.skipif(_compat.NO_EXTENSIONS,
                                 reason="A3S_GATEWAY_NO_EXTENSIONS=1: no compiled twin to compare")
 
@@ -143,8 +144,13 @@ response_limits = st.one_of(st.just({}), st.just({}), st.fixed_dictionaries({
 extension = st.sampled_from([b""] * 6 + [b";a", b";a=b", b' ; a = "q\\"x"', b";a=", b"; ", b";a b", b';a="\xff"',
                              b"\t;x=y;z"])
 size_format = st.sampled_from(["%x"] * 5 + ["%X", "%04x", "%016x", "%017x", " %x", "%x "])
-chunk = st.builds(lambda data, fmt, ext: (fmt % len(data)).encode() + ext + b"\r\n" + data + b"\r\n",
-                  st.binary(min_size=1, max_size=40), size_format, extension)
+chunk = st.one_of(
+    st.builds(lambda data, fmt, ext: (fmt % len(data)).encode() + ext + b"\r\n" + data + b"\r\n",
+              st.binary(min_size=1, max_size=40), size_format, extension),
+    # sizes around 2^63-1, the largest allowed (SPEC §5.5): the rest of the body is their data, or the 400
+    st.sampled_from([b"7fffffffffffffff\r\nab", b"7FFFFFFFFFFFFFFF;x\r\n", b"8000000000000000\r\nab",
+                     b"FFFFFFFFFFFFFFFF\r\n", b"fffffffffffffffff\r\n"]),
+)
 trailer_line = st.builds(lambda n, v: n + b": " + v + b"\r\n", st.one_of(any_case(NAMES), token), value)
 trailers = st.one_of(st.just(b""), st.lists(trailer_line, max_size=3).map(b"".join), fields)
 chunked_body = st.builds(
@@ -213,3 +219,33 @@ def test_chunked_agree(twins: tuple[ModuleType, ModuleType], raw: bytes, mutatio
     assert feed_all(pure, parts, max_trailer_bytes) == (calls, result)
     for mod in twins:  # where the input is cut does not matter
         assert feed_all(mod, [buf], max_trailer_bytes)[1] == result
+
+
+def rechunk_all(parser: ModuleType, relay: ModuleType, parts: list[bytes]) -> list[Any]:
+    """What the relay sends upstream for each part of a chunked request body (SPEC §5.5), or the error."""
+    reader = relay.BodyReader(relay.CHUNKED, 0, parser.ChunkedDecoder())
+    out: list[Any] = []
+    for part in parts:
+        try:
+            pieces, used = reader.feed(part)
+        except ProtocolError as e:
+            out.append(("error", e.status, e.message))
+            break
+        out.append((reader.rechunk(pieces), used, reader.done))
+    return out
+
+
+@SETTINGS
+@given(raw=chunked_body, mutations=mutations, cuts=st.lists(st.integers(0, 1 << 16), max_size=6))
+def test_rechunk_agree(twins: tuple[ModuleType, ModuleType], raw: bytes, mutations: list[tuple[str, int, bytes]],
+                       cuts: list[int]) -> None:
+    compiled, pure = twins
+    try:
+        relay_c = importlib.import_module(RELAY_COMPILED)
+    except ImportError as e:  # a missing build fails, never skips
+        pytest.fail(f"{RELAY_COMPILED} is not built ({e}); build it with `make build`")
+    relay_py = importlib.import_module(RELAY_PURE)
+    buf = mutate(raw, mutations)
+    points = sorted({c % (len(buf) + 1) for c in cuts} | {0, len(buf)})
+    parts = [buf[a:b] for a, b in itertools.pairwise(points)]
+    assert rechunk_all(compiled, relay_c, parts) == rechunk_all(pure, relay_py, parts)

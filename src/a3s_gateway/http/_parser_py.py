@@ -19,8 +19,9 @@ Rules both twins follow, beyond the RFC grammar:
 * Request targets: any visible ASCII except ``#``, ``%`` only as ``%HH``; absolute-form ``http``/``https`` only,
   without userinfo. An HTTP/1.1 request needs exactly one Host line even in absolute-form (``host`` is then the
   authority). Content-Length elements have at most 18 digits. A status line may omit `` reason``.
-* Chunked bodies: a size line (extensions and CRLF included) is limited to 4096 bytes; whitespace is allowed only
-  where RFC 9112 has BWS (around ``;`` and ``=`` of an extension); trailer lines follow the header-line rules.
+* Chunked bodies: a size line (extensions and CRLF included) is limited to 4096 bytes, a chunk size to 16 hex digits
+  and 2^63-1 (what another parser may read as a negative int64); whitespace is allowed only where RFC 9112 has BWS
+  (around ``;`` and ``=`` of an extension); trailer lines follow the header-line rules.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ _FIELDS_VALID: Final = re.compile(rb"(?:[" + _TCHAR + rb"]+:[\t\x20-\x7e\x80-\xf
 _FIELD_LINE: Final = re.compile(rb"([" + _TCHAR + rb"]+):(.*)", re.S)
 
 _MAX_CHUNK_LINE: Final = 4096
+_MAX_CHUNK_SIZE: Final = (1 << 63) - 1
 _PLAIN_SIZE_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 _CHUNK_LINE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:[\t ]*;[\t ]*[" + _TCHAR + rb"]+(?:[\t ]*=[\t ]*(?:[" + _TCHAR
@@ -583,6 +585,8 @@ class ChunkedDecoder:
         return pos + eol - start - old
 
     def _start_chunk(self, size: int) -> None:
+        if size > _MAX_CHUNK_SIZE:
+            self._fail()
         if size:
             self._state, self._remaining = _DATA, size
         else:

@@ -3,7 +3,8 @@
 
 Cython pure mode: runs interpreted as ``a3s_gateway.proxy._relay`` and compiled as ``a3s_gateway.proxy._relay_c``
 (``_relay_c.py`` links here; ``_relay_c.pxd`` gives the C types). Nothing is buffered: every call returns the
-payload pieces found in the bytes it was given, as slices of them.
+payload pieces found in the bytes it was given, as slices of them. A chunked request body is re-encoded from those
+pieces, never forwarded as received (SPEC §5.5).
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ _UNTIL_CLOSE = 3
 
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_CRLF_LAST_CHUNK = b"\r\n0\r\n\r\n"
+_SMALL_PIECE = 512  # pieces of a re-encoded batch averaging fewer bytes are joined (see BodyReader.rechunk)
+
+# Fields RFC 9110 §6.5.1 forbids in trailers, lower-case: message framing (and the hop-by-hop fields that govern
+# it), routing, authentication, request modifiers (controls, conditionals, range); every ``content-*`` too.
+_FORBIDDEN_TRAILERS = frozenset((
+    b"content-length", b"transfer-encoding", b"trailer", b"te", b"connection", b"keep-alive", b"proxy-connection",
+    b"upgrade",
+    b"host",
+    b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate", b"cookie", b"set-cookie",
+    b"cache-control", b"expect", b"max-forwards", b"pragma", b"range", b"if-match", b"if-none-match",
+    b"if-modified-since", b"if-unmodified-since", b"if-range",
+))
 
 
 class BodyReader:
@@ -65,6 +79,35 @@ class BodyReader:
             return [data], n
         return [], 0
 
+    def rechunk(self, pieces: list[bytes]) -> list[bytes]:
+        """Re-encode payload ``pieces`` just decoded from a chunked body: one chunk ``[size CRLF, *pieces, CRLF]``,
+        then, once the body is done, the last chunk with the trailers :func:`allowed_trailers` keeps. Chunk
+        extensions are gone with the decoding (SPEC §5.5). The payload is not copied, unless its pieces are small.
+        """
+        size = 0
+        for p in pieces:
+            size += len(p)
+        out: list[bytes] = []
+        if size:
+            if size < len(pieces) * _SMALL_PIECE:
+                # many small chunks (at worst 1-byte ones): one buffer, not thousands of objects held in the
+                # upstream write buffer, replay and mirror copies
+                out.append(b"%x\r\n" % size + b"".join(pieces))
+            else:
+                out.append(b"%x\r\n" % size)
+                out.extend(pieces)
+        if self.done:
+            trailers = allowed_trailers(self.trailers())
+            if trailers:
+                if size:
+                    out.append(_CRLF)
+                out.append(last_chunk(trailers))
+            else:
+                out.append(_CRLF_LAST_CHUNK if size else _LAST_CHUNK)
+        elif size:
+            out.append(_CRLF)
+        return out
+
     def trailers(self) -> list[tuple[bytes, bytes]]:
         """Trailer fields of a finished chunked body (empty for other framings)."""
         if self.mode == _CHUNKED and self.decoder is not None:
@@ -93,3 +136,13 @@ def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
         parts.append(name + b": " + value + _CRLF)
     parts.append(_CRLF)
     return b"".join(parts)
+
+
+def allowed_trailers(trailers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The trailer fields that may be forwarded: those RFC 9110 §6.5.1 forbids in trailers are dropped."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in trailers:
+        low = name.lower()
+        if low not in _FORBIDDEN_TRAILERS and not low.startswith(b"content-"):
+            out.append((name, value))
+    return out

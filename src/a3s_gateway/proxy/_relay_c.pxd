@@ -2,7 +2,9 @@
 cimport cython
 
 cdef int _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE
-cdef bytes _CRLF, _LAST_CHUNK
+cdef Py_ssize_t _SMALL_PIECE
+cdef bytes _CRLF, _LAST_CHUNK, _CRLF_LAST_CHUNK
+cdef frozenset _FORBIDDEN_TRAILERS
 
 cdef class BodyReader:
     cdef public int mode
@@ -13,7 +15,10 @@ cdef class BodyReader:
 
     @cython.locals(n=Py_ssize_t, rem=cython.longlong, mode=cython.int)
     cpdef tuple feed(self, bytes data)
+    @cython.locals(size=Py_ssize_t)
+    cpdef list rechunk(self, list pieces)
     cpdef list trailers(self)
 
 cpdef list chunk_frames(list pieces)
 cpdef bytes last_chunk(list trailers)
+cpdef list allowed_trailers(list trailers)

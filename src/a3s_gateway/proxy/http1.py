@@ -795,8 +795,9 @@ class HttpConnection:
         if self.draining:
             pieces = []
         elif body.mode == CHUNKED:
-            # forwarded verbatim: the decoder validated the framing
-            pieces = [buf[:consumed]] if consumed else []
+            # decoded and re-encoded, never relayed byte for byte (SPEC §5.5): no chunk extensions, no size another
+            # parser may read differently, no trailer RFC 9110 forbids
+            pieces = body.rechunk(pieces)
         self.buf = buf[consumed:] if consumed < len(buf) else b""
         mirror = self.mirror
         if mirror is not None:
