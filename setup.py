@@ -17,24 +17,12 @@ NO_EXTENSIONS = os.environ.get("A3S_GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
 _COMMANDS = [a for a in sys.argv[1:] if not a.startswith("-")]
 SOURCES_ONLY = bool(_COMMANDS) and all(c in ("sdist", "egg_info", "dist_info") for c in _COMMANDS)
 
-# Modules compiled by mypyc (same .py runs interpreted in a pure build).
-MYPYC_MODULES = [
-    "src/a3s_gateway/routing/matchers.py",
-    "src/a3s_gateway/routing/router.py",
-    "src/a3s_gateway/service/balancer.py",
-    "src/a3s_gateway/observability/stats.py",
-    "src/a3s_gateway/middleware/chain.py",
-    "src/a3s_gateway/middleware/cors.py",
-    "src/a3s_gateway/middleware/headers.py",
-    "src/a3s_gateway/middleware/rewrite.py",
-    "src/a3s_gateway/middleware/bodylimit.py",
-    "src/a3s_gateway/middleware/ipallow.py",
-    "src/a3s_gateway/middleware/breaker.py",
-    "src/a3s_gateway/middleware/ratelimit.py",
-    # the connection protocols: plain classes (no asyncio.Protocol base) so mypyc makes them native
-    "src/a3s_gateway/proxy/upstream.py",
-    "src/a3s_gateway/proxy/http1.py",
-]
+# The modules compiled by mypyc: the one list in src/a3s_gateway/_modules.py (also read by _compat and the tests),
+# executed here because the package is not importable before it is built.
+_MODULES: dict[str, object] = {}
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "src", "a3s_gateway", "_modules.py")) as _f:
+    exec(compile(_f.read(), "_modules.py", "exec"), _MODULES)
+MYPYC_MODULES = _MODULES["mypyc_paths"]()  # type: ignore[operator]
 
 
 def extensions() -> list[Extension]:

@@ -11,23 +11,11 @@ import os
 from types import ModuleType
 from typing import Final
 
+from ._modules import CYTHON_MODULES, MYPYC_MODULES
+
 NO_EXTENSIONS: Final = os.environ.get("A3S_GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
 
-#: role -> (compiled module, pure module); Cython modules have two names, mypyc modules one.
-CYTHON_MODULES: Final[dict[str, tuple[str, str]]] = {
-    "http parser": ("a3s_gateway.http._parser", "a3s_gateway.http._parser_py"),
-    "header filter": ("a3s_gateway.http._headers_c", "a3s_gateway.http._headers"),
-    "body relay": ("a3s_gateway.proxy._relay_c", "a3s_gateway.proxy._relay"),
-}
-MYPYC_MODULES: Final[dict[str, str]] = {
-    "rule matchers": "a3s_gateway.routing.matchers",
-    "router": "a3s_gateway.routing.router",
-    "balancer": "a3s_gateway.service.balancer",
-    "request counters": "a3s_gateway.observability.stats",
-    "token buckets": "a3s_gateway.middleware.ratelimit",
-    "upstream relay": "a3s_gateway.proxy.upstream",
-    "client connection": "a3s_gateway.proxy.http1",
-}
+__all__ = ["CYTHON_MODULES", "MYPYC_MODULES", "NO_EXTENSIONS", "implementations", "is_compiled", "load"]
 
 
 def load(role: str) -> ModuleType:

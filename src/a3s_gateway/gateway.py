@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
 from ._aio import cancel_and_wait
+from ._version import __version__
 from .config import compile as compile_config
 from .config.model import AdminConfig
 from .errors import ConfigError, StartupError

@@ -10,16 +10,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..middleware.breaker import CircuitBreaker
 from .stats import BUCKETS, Histogram
 
-if TYPE_CHECKING:
-    from ..gateway import Gateway
+
+class MetricsSource(Protocol):
+    """What the collector reads at scrape time; implemented by the Gateway (observability never imports it)."""
+
+    runtime: Any  # the running generation: route_stats, middlewares, services, scale_targets, mirror_counts
+    reload_successes: int
+    reload_failures: int
+    last_success_time: float
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def access_log_dropped(self) -> int: ...
+
+    def connection_counts(self) -> dict[str, int]: ...
+
+    def http2_abuse_counts(self) -> dict[tuple[str, str], int]: ...
+
+    def tls_reload_errors(self) -> dict[str, int]: ...
+
+    def l4_servers(self) -> Any: ...
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LE = [repr(b) for b in BUCKETS] + ["+Inf"]  # "0.005" ... "600.0", as prometheus-client writes them
@@ -37,7 +56,7 @@ def _buckets(h: Histogram) -> list[tuple[str, float]]:
 class GatewayCollector:
     """Yields the gateway_* families of SPEC §11.2 from one Gateway's live objects."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: MetricsSource) -> None:
         self.gateway = gateway
 
     def describe(self) -> list[Metric]:
@@ -104,7 +123,7 @@ class GatewayCollector:
                                            labels=["router", "middleware"])
         if runtime is not None:
             for (router, name), (_, mw) in sorted(runtime.middlewares.items()):
-                if isinstance(mw, CircuitBreaker):
+                if mw.kind == "circuit-breaker":
                     mw.poll(time.monotonic())  # an elapsed cooldown shows as half-open without waiting for traffic
                     breaker.add_metric([router, name], mw.state)
                 elif mw.kind in ("rate-limit", "rate-limit-redis"):
@@ -235,7 +254,7 @@ class GatewayCollector:
         yield dropped
 
 
-def make_registry(gateway: Gateway) -> CollectorRegistry:
+def make_registry(gateway: MetricsSource) -> CollectorRegistry:
     """A registry with the gateway collector and the standard process / platform / GC collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(gateway))

@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from .._version import __version__
 from .._aio import cancel_and_wait
+from .._version import __version__
 from ..config.model import HealthCheckConfig, PassiveConfig, TransportConfig
 from ..middleware.http_client import FetchError, Target, client_context, fetch
 from .balancer import Backend

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
-from ..._version import __version__
 from ..._aio import timeout
+from ..._version import __version__
 from ...config.model import KubernetesExecutorConfig
 from ...middleware.http_client import MAX_HEAD, FetchError, ProtocolError, Target, _parse_head, fetch
 from . import EndpointSink, ExecutorError
