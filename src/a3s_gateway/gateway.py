@@ -162,6 +162,7 @@ class Gateway:
         if self._admin is not None:
             host, port = self._admin.bound_address()
             log.info("admin API listening on %s:%d", host, port)
+            self._warn_if_admin_exposed(config.admin.middlewares)
         if self._stop_requested:  # a signal or shutdown() arrived during start-up
             self._shutdown_task = asyncio.ensure_future(self._shutdown(self._stop_timeout))
             return
@@ -208,6 +209,18 @@ class Gateway:
                 '(move it with admin { address = "..." }, or --admin off)'
             ) from e
         return server
+
+    def _warn_if_admin_exposed(self, middlewares: tuple[str, ...]) -> None:
+        """SPEC §3.6: an admin API reachable from other hosts with no admin middlewares gets a warning."""
+        admin = self._admin
+        if admin is None or middlewares or not admin.exposed():
+            return
+        host, port = admin.bound_address()
+        log.warning(
+            "admin API on %s:%d is reachable from other hosts and has no admin middlewares: anyone who can connect "
+            "reads the routes, services, backends and configuration; add admin { middlewares = [...] } "
+            "(basic-auth, ip-allow) or listen on 127.0.0.1", host, port,
+        )
 
     def _build_admin_chain(self, config: GatewayConfig) -> tuple[Chain | None, dict[tuple[str, str], Any]]:
         """The admin listener's middlewares (SPEC §3.6), instances reused while unchanged."""
@@ -320,6 +333,8 @@ class Gateway:
                 log.info("admin API listening on %s:%d", host, port)
         if self._admin is not None:
             self._admin.chain = observers.admin_chain
+            if observers.admin_changed or new_config.admin.middlewares != self._config.admin.middlewares:
+                self._warn_if_admin_exposed(new_config.admin.middlewares)
         kept_admin = {id(mw) for _, mw in observers.admin_mws.values()}
         for _, mw in self._admin_mws.values():
             if id(mw) not in kept_admin:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +345,53 @@ middlewares "cors" {
     assert first.status == 200 and json.loads(first.body)["state"] == "running"
     assert second.status == 200 and json.loads(second.body)["name"] == "a3s-gateway"
     c.close()
+
+
+URL_SECRETS = '''
+middlewares "rq" { type = "rate-limit-redis"; rate = 5; redis_url = "redis://127.0.0.1:9/0?password=qpass-1" }
+middlewares "ru" { type = "rate-limit-redis"; rate = 5; redis_url = "redis://:upass-2@127.0.0.1:9/0" }
+middlewares "fa" {
+  type = "forward-auth"; forward_auth_url = "http://gw:fapass-3@127.0.0.1:9/check?token=fatok-4&next=/x"
+}
+middlewares "jw" { type = "jwt"; jwks_url = "http://127.0.0.1:9/jwks?Access_Token=jwtok-5"; algorithms = ["RS256"] }
+tracing { otlp_endpoint = "http://otel:otlppass-6@127.0.0.1:9" }
+'''
+
+
+async def test_config_endpoint_shows_no_url_credentials(start_gateway) -> None:
+    """SPEC §11.1: every URL-valued key loses its userinfo password and credential query values."""
+    backend = await start_backend()
+    gw = await start_gateway(config([backend.url]) + URL_SECRETS, admin=ADMIN)
+    status, _, body = await admin_get(gw, "/api/gateway/config")
+    assert status == 200
+    for secret in ("qpass-1", "upass-2", "fapass-3", "fatok-4", "jwtok-5", "otlppass-6"):
+        assert secret.encode() not in body, secret
+    cfg = json.loads(body)
+    assert cfg["middlewares"]["rq"]["redis_url"] == "redis://127.0.0.1:9/0?password=<redacted>"
+    assert cfg["middlewares"]["ru"]["redis_url"] == "redis://:<redacted>@127.0.0.1:9/0"
+    assert cfg["middlewares"]["fa"]["forward_auth_url"] == "http://gw:<redacted>@127.0.0.1:9/check?token=<redacted>&next=/x"
+    assert cfg["middlewares"]["jw"]["jwks_url"] == "http://127.0.0.1:9/jwks?Access_Token=<redacted>"
+    assert cfg["tracing"]["otlp_endpoint"] == "http://otel:<redacted>@127.0.0.1:9"
+
+
+EXPOSED = "reachable from other hosts and has no admin middlewares"
+
+
+async def test_admin_on_all_interfaces_without_middlewares_warns(start_gateway,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §3.6: a non-loopback admin address without admin middlewares logs a warning at start."""
+    backend = await start_backend()
+    caplog.set_level(logging.WARNING, logger="a3s_gateway")
+    await start_gateway(config([backend.url]), admin=ADMIN)
+    assert EXPOSED not in caplog.text  # loopback: nothing to warn about
+    gw = await start_gateway(config([backend.url]), admin="0.0.0.0:0")
+    _, port = gw.admin_address()
+    [record] = [r for r in caplog.records if EXPOSED in r.getMessage()]
+    assert record.levelno == logging.WARNING and f"0.0.0.0:{port}" in record.getMessage()
+    caplog.clear()
+    protected = config([backend.url]) + '''
+admin { middlewares = ["ops"] }
+middlewares "ops" { type = "ip-allow"; allowed_ips = ["127.0.0.1/32"] }
+'''
+    await start_gateway(protected, admin="0.0.0.0:0")
+    assert EXPOSED not in caplog.text
