@@ -25,7 +25,7 @@ from .observability.access_log import AccessLog
 from .observability.admin import AdminServer
 from .observability.tracing import Tracer
 from .proxy.listeners import TcpListener, UdpListener
-from .proxy.server import HttpServer
+from .proxy.server import ConnectionRejections, HttpServer
 from .proxy.tls import CertStore, TlsError
 from .runtime import Runtime
 from .service.health import HealthState
@@ -80,6 +80,8 @@ class Gateway:
         self.state = GatewayState.CREATED
         self.runtime: Runtime | None = None
         self._servers: dict[str, Any] = {}  # HttpServer, TcpListener or UdpListener by entrypoint name
+        # HTTP connections closed at max_connections by entrypoint name, kept across reloads (a counter metric)
+        self._rejections: dict[str, ConnectionRejections] = {}
         # listeners of entrypoints removed or re-addressed by a reload, draining in the background (SPEC §13.6 #3)
         self._retiring: dict[HttpServer, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
@@ -168,8 +170,7 @@ class Gateway:
             return
         await self._sync_watcher()
 
-    @staticmethod
-    async def _bind(loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any) -> Any:
+    async def _bind(self, loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any) -> Any:
         """A listening HttpServer / TcpListener / UdpListener for ``ep`` (StartupError when it cannot bind)."""
         certs: CertStore | None = None
         if ep.tls is not None:
@@ -186,7 +187,10 @@ class Gateway:
         elif ep.protocol == "udp":
             server = UdpListener(loop, entry, ep.host, ep.port)
         else:
-            server = HttpServer(loop, entry, ep.host, ep.port, ssl=ssl_ctx)
+            rejections = self._rejections.get(ep.name)
+            if rejections is None:
+                rejections = self._rejections[ep.name] = ConnectionRejections(ep.name)
+            server = HttpServer(loop, entry, ep.host, ep.port, ssl=ssl_ctx, rejections=rejections)
         try:
             await server.start()
         except OSError as e:
@@ -599,6 +603,10 @@ class Gateway:
         """Failed certificate reloads per TLS entrypoint (SPEC §10.3)."""
         return {name: int(server.certs.reload_errors) for name, server in self._servers.items()
                 if getattr(server, "certs", None) is not None}
+
+    def connection_rejections(self) -> dict[str, dict[str, int]]:
+        """HTTP connections closed right after accept, per entrypoint and reason (SPEC §3.1)."""
+        return {name: rejections.counts() for name, rejections in sorted(self._rejections.items())}
 
     def connection_counts(self) -> dict[str, int]:
         """Open downstream connections per entrypoint (including listeners draining after a reload)."""

@@ -118,6 +118,13 @@ class GatewayCollector:
         for name, count in gw.connection_counts().items():
             active.add_metric([name], count)
         yield active
+        conn_rejected = CounterMetricFamily("gateway_connections_rejected",
+                                            "HTTP connections closed right after accept (max_connections).",
+                                            labels=["entrypoint", "reason"])
+        for name, by_reason in gw.connection_rejections().items():
+            for reason, n in sorted(by_reason.items()):
+                conn_rejected.add_metric([name, reason], n)
+        yield conn_rejected
         tls_errors = CounterMetricFamily("gateway_tls_reload_errors", "Certificate files that failed to reload.",
                                          labels=["entrypoint"])
         for name, n in sorted(gw.tls_reload_errors().items()):
