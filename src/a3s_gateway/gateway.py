@@ -25,7 +25,7 @@ from .observability.access_log import AccessLog
 from .observability.admin import AdminServer
 from .observability.tracing import Tracer
 from .proxy.listeners import TcpListener, UdpListener
-from .proxy.server import HttpServer
+from .proxy.server import ConnectionRejections, HttpServer
 from .proxy.tls import CertStore, TlsError
 from .runtime import Runtime
 from .service.health import HealthState
@@ -80,6 +80,8 @@ class Gateway:
         self.state = GatewayState.CREATED
         self.runtime: Runtime | None = None
         self._servers: dict[str, Any] = {}  # HttpServer, TcpListener or UdpListener by entrypoint name
+        # HTTP connections closed at max_connections by entrypoint name, kept across reloads (a counter metric)
+        self._rejections: dict[str, ConnectionRejections] = {}
         # listeners of entrypoints removed or re-addressed by a reload, draining in the background (SPEC §13.6 #3)
         self._retiring: dict[HttpServer, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
@@ -162,13 +164,13 @@ class Gateway:
         if self._admin is not None:
             host, port = self._admin.bound_address()
             log.info("admin API listening on %s:%d", host, port)
+            self._warn_if_admin_exposed(config.admin.middlewares)
         if self._stop_requested:  # a signal or shutdown() arrived during start-up
             self._shutdown_task = asyncio.ensure_future(self._shutdown(self._stop_timeout))
             return
         await self._sync_watcher()
 
-    @staticmethod
-    async def _bind(loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any) -> Any:
+    async def _bind(self, loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any) -> Any:
         """A listening HttpServer / TcpListener / UdpListener for ``ep`` (StartupError when it cannot bind)."""
         certs: CertStore | None = None
         if ep.tls is not None:
@@ -185,7 +187,10 @@ class Gateway:
         elif ep.protocol == "udp":
             server = UdpListener(loop, entry, ep.host, ep.port)
         else:
-            server = HttpServer(loop, entry, ep.host, ep.port, ssl=ssl_ctx)
+            rejections = self._rejections.get(ep.name)
+            if rejections is None:
+                rejections = self._rejections[ep.name] = ConnectionRejections(ep.name)
+            server = HttpServer(loop, entry, ep.host, ep.port, ssl=ssl_ctx, rejections=rejections)
         try:
             await server.start()
         except OSError as e:
@@ -208,6 +213,18 @@ class Gateway:
                 '(move it with admin { address = "..." }, or --admin off)'
             ) from e
         return server
+
+    def _warn_if_admin_exposed(self, middlewares: tuple[str, ...]) -> None:
+        """SPEC §3.6: an admin API reachable from other hosts with no admin middlewares gets a warning."""
+        admin = self._admin
+        if admin is None or middlewares or not admin.exposed():
+            return
+        host, port = admin.bound_address()
+        log.warning(
+            "admin API on %s:%d is reachable from other hosts and has no admin middlewares: anyone who can connect "
+            "reads the routes, services, backends and configuration; add admin { middlewares = [...] } "
+            "(basic-auth, ip-allow) or listen on 127.0.0.1", host, port,
+        )
 
     def _build_admin_chain(self, config: GatewayConfig) -> tuple[Chain | None, dict[tuple[str, str], Any]]:
         """The admin listener's middlewares (SPEC §3.6), instances reused while unchanged."""
@@ -320,6 +337,8 @@ class Gateway:
                 log.info("admin API listening on %s:%d", host, port)
         if self._admin is not None:
             self._admin.chain = observers.admin_chain
+            if observers.admin_changed or new_config.admin.middlewares != self._config.admin.middlewares:
+                self._warn_if_admin_exposed(new_config.admin.middlewares)
         kept_admin = {id(mw) for _, mw in observers.admin_mws.values()}
         for _, mw in self._admin_mws.values():
             if id(mw) not in kept_admin:
@@ -584,6 +603,10 @@ class Gateway:
         """Failed certificate reloads per TLS entrypoint (SPEC §10.3)."""
         return {name: int(server.certs.reload_errors) for name, server in self._servers.items()
                 if getattr(server, "certs", None) is not None}
+
+    def connection_rejections(self) -> dict[str, dict[str, int]]:
+        """HTTP connections closed right after accept, per entrypoint and reason (SPEC §3.1)."""
+        return {name: rejections.counts() for name, rejections in sorted(self._rejections.items())}
 
     def connection_counts(self) -> dict[str, int]:
         """Open downstream connections per entrypoint (including listeners draining after a reload)."""

@@ -7,8 +7,11 @@ one generation to the next when unchanged (ARCHITECTURE §1).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .observability.log_limit import RateLimitedLog
 
 if TYPE_CHECKING:
     from .config.model import EntrypointConfig, MiddlewareConfig, TransportConfig
@@ -78,6 +81,8 @@ class EntrypointRuntime:
     need_wall: bool = False
     #: ``redirect`` (SPEC §3.1): (307 or 308, b":<port>" of the target entrypoint or b"" for 443); None: routed
     redirect: tuple[int, bytes] | None = None
+    #: per-request warnings (upstream failures, SPEC §11.5): one line per service and kind every 10 s
+    errors: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logging.getLogger("a3s_gateway.proxy")))
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +345,166 @@ middlewares "cors" {
     assert first.status == 200 and json.loads(first.body)["state"] == "running"
     assert second.status == 200 and json.loads(second.body)["name"] == "a3s-gateway"
     c.close()
+
+
+URL_SECRETS = '''
+middlewares "rq" { type = "rate-limit-redis"; rate = 5; redis_url = "redis://127.0.0.1:9/0?password=qpass-1" }
+middlewares "ru" { type = "rate-limit-redis"; rate = 5; redis_url = "redis://:upass-2@127.0.0.1:9/0" }
+middlewares "fa" {
+  type = "forward-auth"; forward_auth_url = "http://gw:fapass-3@127.0.0.1:9/check?token=fatok-4&next=/x"
+}
+middlewares "jw" { type = "jwt"; jwks_url = "http://127.0.0.1:9/jwks?Access_Token=jwtok-5"; algorithms = ["RS256"] }
+tracing { otlp_endpoint = "http://otel:otlppass-6@127.0.0.1:9" }
+'''
+
+
+async def test_config_endpoint_shows_no_url_credentials(start_gateway) -> None:
+    """SPEC §11.1: every URL-valued key loses its userinfo password and credential query values."""
+    backend = await start_backend()
+    gw = await start_gateway(config([backend.url]) + URL_SECRETS, admin=ADMIN)
+    status, _, body = await admin_get(gw, "/api/gateway/config")
+    assert status == 200
+    for secret in ("qpass-1", "upass-2", "fapass-3", "fatok-4", "jwtok-5", "otlppass-6"):
+        assert secret.encode() not in body, secret
+    cfg = json.loads(body)
+    assert cfg["middlewares"]["rq"]["redis_url"] == "redis://127.0.0.1:9/0?password=<redacted>"
+    assert cfg["middlewares"]["ru"]["redis_url"] == "redis://:<redacted>@127.0.0.1:9/0"
+    assert cfg["middlewares"]["fa"]["forward_auth_url"] == "http://gw:<redacted>@127.0.0.1:9/check?token=<redacted>&next=/x"
+    assert cfg["middlewares"]["jw"]["jwks_url"] == "http://127.0.0.1:9/jwks?Access_Token=<redacted>"
+    assert cfg["tracing"]["otlp_endpoint"] == "http://otel:<redacted>@127.0.0.1:9"
+
+
+EXPOSED = "reachable from other hosts and has no admin middlewares"
+
+
+async def test_admin_on_all_interfaces_without_middlewares_warns(start_gateway,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §3.6: a non-loopback admin address without admin middlewares logs a warning at start."""
+    backend = await start_backend()
+    caplog.set_level(logging.WARNING, logger="a3s_gateway")
+    await start_gateway(config([backend.url]), admin=ADMIN)
+    assert EXPOSED not in caplog.text  # loopback: nothing to warn about
+    gw = await start_gateway(config([backend.url]), admin="0.0.0.0:0")
+    _, port = gw.admin_address()
+    [record] = [r for r in caplog.records if EXPOSED in r.getMessage()]
+    assert record.levelno == logging.WARNING and f"0.0.0.0:{port}" in record.getMessage()
+    caplog.clear()
+    protected = config([backend.url]) + '''
+admin { middlewares = ["ops"] }
+middlewares "ops" { type = "ip-allow"; allowed_ips = ["127.0.0.1/32"] }
+'''
+    await start_gateway(protected, admin="0.0.0.0:0")
+    assert EXPOSED not in caplog.text
+
+
+async def dead_url() -> str:
+    """The URL of a loopback port nothing listens on (bound, then closed)."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return f"http://127.0.0.1:{port}"
+
+
+def proxy_records(caplog: pytest.LogCaptureFixture, message: str) -> list[dict[str, Any]]:
+    """The key/value fields of the ``a3s_gateway.proxy`` lines whose message is ``message``."""
+    return [dict(r.fields) for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == "a3s_gateway.proxy" and r.getMessage() == message]
+
+
+async def test_gateway_errors_are_logged_with_the_request_id(start_gateway, caplog: pytest.LogCaptureFixture,
+                                                             tmp_path: Path) -> None:
+    """SPEC §5.7 / §11.5: a 502 or 504 writes a process-log line with the request id, router, service and backend
+    (which the client's answer never shows); repeats of one service and kind are rate-limited."""
+    hung: list[asyncio.StreamWriter] = []
+
+    async def never_answers(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        hung.append(w)
+        await asyncio.sleep(10)
+        return False
+
+    dead_a, dead_b = await dead_url(), await dead_url()
+    slow = await start_backend(never_answers)
+    log_path = tmp_path / "access.log"
+    hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "ra" {{
+  rule = "PathPrefix(`/a`)"
+  service = "sa"
+}}
+routers "rb" {{
+  rule = "PathPrefix(`/b`)"
+  service = "sb"
+}}
+routers "rc" {{
+  rule = "PathPrefix(`/c`)"
+  service = "sc"
+}}
+services "sa" {{ load_balancer {{ servers = [{{ url = "{dead_a}" }}] }} }}
+services "sb" {{ load_balancer {{ servers = [{{ url = "{dead_b}" }}] }} }}
+services "sc" {{
+  load_balancer {{ servers = [{{ url = "{slow.url}" }}] }}
+  transport {{ response_header_timeout = "200ms" }}
+}}
+access_log {{
+  path = "{log_path}"
+  flush_interval = "50ms"
+}}
+'''
+    caplog.set_level(logging.WARNING, logger="a3s_gateway")
+    gw = await start_gateway(hcl)
+    port = gateway_port(gw)
+    for i in range(5):
+        c = await Client.connect(port)
+        resp = await c.request(f"GET /a/{i} HTTP/1.1\r\nHost: x\r\nX-Request-Id: probe-{i}\r\n\r\n".encode())
+        c.close()
+        assert resp.status == 502 and json.loads(resp.body) == {"error": "Upstream connection failed"}
+        assert dead_a.encode() not in resp.body and dead_a.rsplit(":", 1)[1].encode() not in resp.body
+    [line] = proxy_records(caplog, "Upstream connection failed")  # the four repeats are suppressed
+    assert line["request_id"] == "probe-0" and line["status"] == 502
+    assert (line["router"], line["service"], line["backend"]) == ("ra", "sa", dead_a)
+    assert "refused" in str(line["error"]).lower() or "111" in str(line["error"])
+
+    c = await Client.connect(port)
+    assert (await c.request(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")).status == 502  # another service: its own line
+    resp = await c.request(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.close()
+    assert resp.status == 504 and json.loads(resp.body) == {"error": "Upstream response timeout"}
+    _, generated = proxy_records(caplog, "Upstream connection failed")
+    [timeout] = proxy_records(caplog, "Upstream response timeout")
+    assert (generated["service"], generated["backend"]) == ("sb", dead_b)
+    assert (timeout["status"], timeout["service"], timeout["backend"]) == (504, "sc", slow.url)
+    # a request without X-Request-Id: the line carries the id the gateway generated, as sent upstream and logged
+    assert len(timeout["request_id"]) == 32
+    assert slow.requests[0].header("x-request-id") == timeout["request_id"]
+    await asyncio.sleep(0.3)
+    entries = [orjson.loads(x) for x in log_path.read_bytes().splitlines()]
+    by_path = {e["path"]: e for e in entries}
+    assert by_path["/a/0"]["request_id"] == "probe-0"
+    assert by_path["/b"]["request_id"] == generated["request_id"] and len(generated["request_id"]) == 32
+    assert by_path["/c"]["request_id"] == timeout["request_id"]
+    for w in hung:
+        w.close()
+
+
+async def test_connections_over_max_connections_are_counted_and_logged(start_gateway,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §3.1: a connection beyond max_connections is closed, counted in gateway_connections_rejected_total and
+    logged at most once per 10 s."""
+    backend = await start_backend()
+    caplog.set_level(logging.WARNING, logger="a3s_gateway")
+    gw = await start_gateway(config([backend.url], entry="max_connections = 1"), admin=ADMIN)
+    port = gateway_port(gw)
+    first = await Client.connect(port)
+    assert (await first.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).status == 200
+    for _ in range(3):
+        extra = await Client.connect(port)
+        assert await extra.closed()
+        extra.close()
+    assert (await first.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).status == 200  # the admitted one is served
+    fam = await scrape(gw)
+    assert sample(fam, "gateway_connections_rejected", "gateway_connections_rejected_total",
+                  entrypoint="web", reason="limit") == 3
+    [line] = proxy_records(caplog, "connection rejected: entrypoint at max_connections")
+    assert line == {"entrypoint": "web", "max_connections": 1, "rejected_total": 1}
+    first.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -126,7 +127,9 @@ async def test_cold_start_holds_20_requests_then_scales_to_zero_and_cold_starts_
     assert 'gateway_autoscaler_ready_replicas{service="llm"} 1.0' in text
 
 
-async def test_full_queue_answers_503_and_a_replica_never_ready_504(start_gateway) -> None:
+async def test_full_queue_answers_503_and_a_replica_never_ready_504(start_gateway,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="a3s_gateway.proxy")
     gw = await start_gateway(scaled("--never-ready", "buffer_size = 2\n    buffer_timeout_secs = 1", "21250-21269"))
     port = gateway_port(gw)
     t0 = time.monotonic()
@@ -141,6 +144,11 @@ async def test_full_queue_answers_503_and_a_replica_never_ready_504(start_gatewa
     target = target_of(gw)
     assert target.rejections["full"] == 1 and target.rejections["timeout"] == 2
     assert len(target.backends) == 1 and target.ready_count() == 0  # started, never ready
+    # SPEC §5.7 / §11.5: the 504s in the process log, with a request id; the second one within 10 s is suppressed
+    [line] = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+              if r.name == "a3s_gateway.proxy" and r.getMessage() == "Backend scale-up timed out"]
+    assert line["status"] == 504 and line["router"] == "llm" and line["service"] == "llm"
+    assert len(line["request_id"]) == 32 and line["backend"] is None
 
 
 async def test_a_client_that_leaves_the_queue_is_removed_at_once(start_gateway) -> None:

@@ -581,6 +581,40 @@ def test_to_dict_redacts_secrets() -> None:
     assert plain["middlewares"]["j"]["value"] == "hmac-secret"
 
 
+URL_SECRETS = """
+middlewares "rq" { type = "rate-limit-redis"; rate = 5; redis_url = "redis://redis:6379/0?password=qpass-1" }
+middlewares "ru" { type = "rate-limit-redis"; rate = 5; redis_url = "redis://:upass-2@redis:6379/0" }
+middlewares "fa" {
+  type = "forward-auth"; forward_auth_url = "https://gw:fapass-3@auth.local/check?token=fatok-4&next=/x"
+}
+middlewares "jw" { type = "jwt"; jwks_url = "https://idp.local/jwks?access_token=jwtok-5"; algorithms = ["RS256"] }
+tracing { otlp_endpoint = "http://otel:otlppass-6@collector:4318" }
+services "x" { scaling { box { url = "http://box.local:9090/?api_key=boxkey-7" } } }
+services "k" { scaling { executor = "kubernetes"; kubernetes { api_url = "https://k8s:kpass-8@api.local" } } }
+providers { discovery { seeds = [{ url = "http://seed.local:8000/?secret=seed-9" }] } }
+"""
+
+
+def test_to_dict_redacts_credentials_in_every_url_valued_key() -> None:
+    config = load(URL_SECRETS)
+    data = config.to_dict()
+    mws = data["middlewares"]
+    assert mws["rq"]["redis_url"] == "redis://redis:6379/0?password=<redacted>"
+    assert mws["ru"]["redis_url"] == "redis://:<redacted>@redis:6379/0"
+    assert mws["fa"]["forward_auth_url"] == "https://gw:<redacted>@auth.local/check?token=<redacted>&next=/x"
+    assert mws["jw"]["jwks_url"] == "https://idp.local/jwks?access_token=<redacted>"
+    assert data["tracing"]["otlp_endpoint"] == "http://otel:<redacted>@collector:4318"
+    assert data["services"]["x"]["scaling"]["box"]["url"] == "http://box.local:9090/?api_key=<redacted>"
+    assert data["services"]["k"]["scaling"]["kubernetes"]["api_url"] == "https://k8s:<redacted>@api.local"
+    assert data["providers"]["discovery"]["seeds"] == [{"url": "http://seed.local:8000/?secret=<redacted>"}]
+    for n, secret in enumerate(("qpass", "upass", "fapass", "fatok", "jwtok", "otlppass", "boxkey", "kpass", "seed-9")):
+        assert f"{secret}-{n + 1}" not in repr(data)
+        assert f"{secret}-{n + 1}" not in repr(config.middlewares)  # MiddlewareConfig.__repr__ (tracebacks, logs)
+    plain = config.to_dict(redact=False)
+    assert plain["middlewares"]["fa"]["forward_auth_url"].endswith("check?token=fatok-4&next=/x")
+    assert plain["providers"]["discovery"]["seeds"] == [{"url": "http://seed.local:8000/?secret=seed-9"}]
+
+
 def test_to_dict_shape() -> None:
     data = load("").to_dict()
     assert data["entrypoints"]["web"]["idle_timeout"] == "1m30s"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import logging
 import ssl
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from a3s_gateway.middleware.chain import JSON, Reply
 from a3s_gateway.middleware.forward_auth import ForwardAuth
+from a3s_gateway.observability.process_log import TextFormatter
 from http_stub import Seen, Stub, response
 from mw_support import body, params, request
 
@@ -220,3 +222,30 @@ async def test_tls_failure_is_502(tls_files: tuple[Path, Path]) -> None:
     async with Stub(lambda seen: OK, tls=server_tls(tls_files)) as stub:
         reply = await forward_auth(stub.url("/auth")).request_async(request(), 0.0)  # default CAs: untrusted
     assert reply is not None and reply.status == 502 and body(reply) == {"error": "Auth service unavailable"}
+
+
+async def test_failures_log_one_redacted_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §11.5 / §11.1: a down auth service gives one warning per 10 s, with the request id and the count of the
+    ones suppressed, and never the credentials of the auth URL."""
+    async with Stub(lambda seen: OK) as stub:
+        port = stub.port
+    now = [100.0]
+    url = f"http://svc:hunter2@127.0.0.1:{port}/check?token=t0k3n&app=1"
+    mw = ForwardAuth("fa", "r", params("forward-auth", f'forward_auth_url = "{url}"'), clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="a3s_gateway.middleware.forward_auth")
+    for i in range(202):
+        reply = await mw.request_async(request(headers=[(b"X-Request-Id", b"rid-%d" % i)]), 0.0)
+        assert reply is not None and reply.status == 502
+    records = [r for r in caplog.records if r.name == "a3s_gateway.middleware.forward_auth"]
+    assert len(records) == 1
+    now[0] += 10.0
+    await mw.request_async(request(headers=[(b"X-Request-Id", b"rid-last")]), 0.0)
+    records = [r for r in caplog.records if r.name == "a3s_gateway.middleware.forward_auth"]
+    assert len(records) == 2
+    lines = [TextFormatter().format(r) for r in records]
+    for line in lines:
+        assert "hunter2" not in line and "t0k3n" not in line, line
+        assert f'url="http://svc:<redacted>@127.0.0.1:{port}/check?token=<redacted>&app=1"' in line
+        assert "auth service unavailable" in line and "middleware=fa" in line and "router=r" in line
+    assert "request_id=rid-0" in lines[0] and "suppressed" not in lines[0]
+    assert "request_id=rid-last" in lines[1] and lines[1].endswith(" suppressed=201")

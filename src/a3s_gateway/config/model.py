@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from a3s_gateway.errors import Issue
+from a3s_gateway.observability.redact import redact_url
 
 __all__ = [
     "AccessLogConfig",
@@ -53,7 +54,8 @@ __all__ = [
 ]
 
 EMPTY_MAP: Final[Mapping[str, Any]] = MappingProxyType({})
-_SECRET_PARAMS: Final = frozenset({"value", "password", "users", "keys", "redis_url"})
+_SECRET_PARAMS: Final = frozenset({"value", "password", "users", "keys"})
+_URL_PARAMS: Final = frozenset({"redis_url", "forward_auth_url", "jwks_url"})  # shown through redact_url
 LETSENCRYPT: Final = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING: Final = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
@@ -367,7 +369,10 @@ class MiddlewareConfig:
 
     def __repr__(self) -> str:
         # secrets stay out of logs and tracebacks
-        shown = {k: ("<redacted>" if k in _SECRET_PARAMS and v else v) for k, v in self.params.items()}
+        shown = {
+            k: "<redacted>" if k in _SECRET_PARAMS and v else redact_url(v) if k in _URL_PARAMS and v else v
+            for k, v in self.params.items()
+        }
         return f"MiddlewareConfig(name={self.name!r}, type={self.type!r}, params={shown!r})"
 
 

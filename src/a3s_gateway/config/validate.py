@@ -58,6 +58,8 @@ from a3s_gateway.config.model import (
     format_duration,
 )
 from a3s_gateway.errors import ConfigError, Issue
+from a3s_gateway.observability.redact import REDACTED as _REDACTED
+from a3s_gateway.observability.redact import redact_url
 
 __all__ = ["MIDDLEWARE_TYPES", "config_to_dict", "load_dict", "load_file", "load_text", "suggest"]
 
@@ -69,7 +71,6 @@ _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
 _NUMBER_RE: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_HELP: Final = 'use e.g. "250ms", "10s", "1.5s", "5m", "1h"'
-_REDACTED: Final = "<redacted>"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,7 +192,8 @@ class _K:
     default: Any = None
     required: bool = False
     path: bool = False  # a file path: resolved against the directory of the file that names it
-    secret: bool = False
+    secret: bool = False  # exported as "<redacted>"
+    url: bool = False  # a URL that may carry credentials: exported through redact_url (SPEC §11.1)
     field: str | None = None
 
 
@@ -735,12 +737,13 @@ def _check_http_url(value: Any, *, empty_ok: bool = False) -> str | None:
     if empty_ok and value == "":
         return None
     parts = urlsplit(value)
+    shown = _q(redact_url(value))  # diagnostics reach the process log (SPEC §11.1)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"invalid URL {_q(value)}; expected an http:// or https:// URL"
+        return f"invalid URL {shown}; expected an http:// or https:// URL"
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        return f"invalid URL {_q(value)}: bad port"
+        return f"invalid URL {shown}: bad port"
     return None
 
 
@@ -893,7 +896,7 @@ TLS: Final = _schema(
         _K("acme", BOOL, False),
         _K("acme_email", STR, ""),
         _K("acme_domains", _list(STR), ()),
-        _K("acme_ca_url", _str(_check_http_url), "https://acme-v02.api.letsencrypt.org/directory"),
+        _K("acme_ca_url", _str(_check_http_url), "https://acme-v02.api.letsencrypt.org/directory", url=True),
         _K("acme_staging", BOOL, False),
         _K("acme_ca_file", STR, "", path=True),
         _K("acme_storage_path", STR, "/etc/gateway/acme", path=True),
@@ -1219,7 +1222,7 @@ def _build_box(d: _Decoded, ctx: _Ctx) -> BoxExecutorConfig:
 BOX: Final = _schema(
     "box",
     [
-        _K("url", _str(_check_http_url), "http://127.0.0.1:9090"),
+        _K("url", _str(_check_http_url), "http://127.0.0.1:9090", url=True),
         _K("token", STR, "", secret=True),
         _K("timeout", _dur(0, lo_open=True), 10.0),
     ],
@@ -1274,7 +1277,7 @@ K8S_EXECUTOR: Final = _schema(
         _K("service_name", STR, ""),
         _K("port", _T("int_or_str"), None),
         _K("scheme", _enum("http", "https", "h2c"), "http"),
-        _K("api_url", _str(lambda v: _check_http_url(v, empty_ok=True)), ""),
+        _K("api_url", _str(lambda v: _check_http_url(v, empty_ok=True)), "", url=True),
         _K("token_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/token", path=True),
         _K("ca_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", path=True),
     ],
@@ -1733,7 +1736,7 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[_K, ...], Callable[[_Decoded, _Ctx]
         (
             _K("value", STR, None, secret=True),
             _K("public_key_file", STR, None, path=True),
-            _K("jwks_url", STR, None),
+            _K("jwks_url", STR, None, url=True),
             _K("jwks_refresh", _dur(0, lo_open=True), 600.0),
             _K("algorithms", _list(STR, 1), None),
             _K("header", _str(_check_token), "Authorization"),
@@ -1766,7 +1769,7 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[_K, ...], Callable[[_Decoded, _Ctx]
     ),
     "forward-auth": (
         (
-            _K("forward_auth_url", _str(_check_http_url), None, required=True),
+            _K("forward_auth_url", _str(_check_http_url), None, required=True, url=True),
             _K("forward_auth_method", _enum("GET", "POST", "HEAD"), "GET"),
             _K("forward_auth_timeout", _dur(0, lo_open=True), 5.0),
             _K("forward_auth_request_headers", _list(_str(_check_token)), ()),
@@ -1778,7 +1781,7 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[_K, ...], Callable[[_Decoded, _Ctx]
     "rate-limit-redis": (
         (
             *_RATE_KEYS,
-            _K("redis_url", _str(_check_redis_url), None, required=True, secret=True),
+            _K("redis_url", _str(_check_redis_url), None, required=True, url=True),
             _K("failure_mode", _enum("open", "closed"), "open"),
             _K("redis_timeout", _dur(0, lo_open=True), 1.0),
             _K("key_prefix", STR, "a3s:ratelimit:"),
@@ -1912,7 +1915,7 @@ def _build_seed(d: _Decoded, ctx: _Ctx) -> Any:
     return d.values["url"] if d.values["url"] is not None else SKIP
 
 
-SEED: Final = _schema("seed", [_K("url", _str(_check_http_url), None, required=True)], _build_seed)
+SEED: Final = _schema("seed", [_K("url", _str(_check_http_url), None, required=True, url=True)], _build_seed)
 
 
 def _build_discovery(d: _Decoded, ctx: _Ctx) -> DiscoveryProviderConfig:
@@ -2056,7 +2059,7 @@ TRACING: Final = _schema(
             ("w3c", "b3"),
         ),
         _K("sample_rate", _num(0, 1), 1.0),
-        _K("otlp_endpoint", _str(lambda v: _check_http_url(v, empty_ok=True)), ""),
+        _K("otlp_endpoint", _str(lambda v: _check_http_url(v, empty_ok=True)), "", url=True),
         _K("otlp_headers", _map(), EMPTY_MAP, secret=True),
         _K("service_name", _str(_check_nonempty), "a3s-gateway"),
     ],
@@ -2804,19 +2807,11 @@ def _warn_unused_entrypoints(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc
-    userinfo, _, hostport = netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:{_REDACTED}@{hostport}").geturl()
-
-
-def _export_value(t: _T, value: Any, redact: bool, secret: bool) -> Any:
+def _export_value(t: _T, value: Any, redact: bool, secret: bool, url: bool = False) -> Any:
     if value is None:
         return None
+    if url and redact and isinstance(value, str):
+        return redact_url(value)
     kind = t.kind
     if kind == "duration":
         return format_duration(value)
@@ -2827,8 +2822,8 @@ def _export_value(t: _T, value: Any, redact: bool, secret: bool) -> Any:
         return _export_obj(t.schema, value, redact)
     if kind == "blocks":
         assert t.schema is not None
-        if t.schema is SEED:
-            return [{"url": v} for v in value]
+        if t.schema is SEED:  # stored as plain URLs
+            return [_export_obj(SEED, {"url": v}, redact) for v in value]
         return [_export_obj(t.schema, v, redact) for v in value]
     if kind == "map":
         if secret and redact:
@@ -2848,7 +2843,7 @@ def _export_obj(schema: _Schema, obj: Any, redact: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in schema.keys.items():
         value = getattr(obj, spec.field or key) if not isinstance(obj, Mapping) else obj.get(spec.field or key)
-        out[key] = _export_value(spec.type, value, redact, spec.secret)
+        out[key] = _export_value(spec.type, value, redact, spec.secret, spec.url)
     return out
 
 
@@ -2866,8 +2861,6 @@ def config_to_dict(config: GatewayConfig, *, redact: bool = True) -> dict[str, A
     for name, mw in config.middlewares.items():
         schema = MIDDLEWARE_SCHEMAS[mw.type]
         body = _export_obj(schema, {**mw.params, "type": mw.type}, redact)
-        if redact and isinstance(body.get("redis_url"), str):
-            body["redis_url"] = _redact_url(mw.params["redis_url"])
         middlewares[name] = {k: v for k, v in body.items() if v is not None}
     return {
         "entrypoints": {n: _export_entrypoint(e, redact) for n, e in config.entrypoints.items()},

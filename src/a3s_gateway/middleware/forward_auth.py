@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from ..observability.log_limit import RateLimitedLog
 from .chain import Middleware, Reply, Request, json_reply
 from .http_client import MAX_BODY, ConnectError, FetchError, Target, fetch
 
@@ -51,9 +53,11 @@ class ForwardAuth(Middleware):
     is_async = True
 
     def __init__(self, name: str, router: str, params: Mapping[str, Any], *,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(name, router)
-        self._target = Target(params["forward_auth_url"], ssl_context)
+        self._target = Target(params["forward_auth_url"], ssl_context)  # its ``url`` is redacted (SPEC §11.1)
+        # one failing auth service fails every request: one warning per kind every 10 s (SPEC §11.5)
+        self._log = RateLimitedLog(log, clock=clock)
         self._method: bytes = params.get("forward_auth_method", "GET").encode("ascii")
         self._timeout = float(params.get("forward_auth_timeout", 5.0))
         selected = params.get("forward_auth_request_headers") or ()
@@ -94,13 +98,13 @@ class ForwardAuth(Middleware):
                 fetch(self._target, self._method, self._auth_headers(req), MAX_BODY), self._timeout
             )
         except asyncio.TimeoutError:
-            self._log("auth service timeout", "timeout")
+            self._warn(req, "timeout", "auth service timeout", "timeout")
             return json_reply(504, _TIMEOUT)
         except ConnectError as exc:
-            self._log("auth service unavailable", str(exc))
+            self._warn(req, "unavailable", "auth service unavailable", str(exc))
             return json_reply(502, _UNAVAILABLE)
         except FetchError as exc:  # connection broken or malformed response after connecting
-            self._log("auth service failed", str(exc))
+            self._warn(req, "failed", "auth service failed", str(exc))
             return json_reply(502, _UNAVAILABLE)
         if 200 <= res.status < 300:
             for name, low in self._copied:
@@ -114,6 +118,9 @@ class ForwardAuth(Middleware):
         headers = [(n, v) for n, v in res.headers if (low := n.lower()) not in _NOT_RELAYED and low not in dropped]
         return Reply(res.status, headers, res.body)
 
-    def _log(self, message: str, error: str) -> None:
-        log.warning(message, extra={"fields": {"router": self.router, "middleware": self.name,
-                                               "url": self._target.url, "error": error}})
+    def _warn(self, req: Request, kind: str, message: str, error: str) -> None:
+        rid = req.get(b"X-Request-Id")
+        self._log.warning(kind, message, fields={
+            "router": self.router, "middleware": self.name, "url": self._target.url, "error": error,
+            "request_id": rid.decode("latin-1") if rid is not None else None,
+        })

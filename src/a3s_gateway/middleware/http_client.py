@@ -13,6 +13,8 @@ import ssl
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from ..observability.redact import redact_url
+
 if TYPE_CHECKING:
     from ..config.model import TransportConfig
 
@@ -38,17 +40,22 @@ class ProtocolError(FetchError):
 
 
 class Target:
-    """An http(s) URL prepared at configuration time: address, TLS context, ``Host`` value and request target."""
+    """An http(s) URL prepared at configuration time: address, TLS context, ``Host`` value and request target.
+
+    ``url`` is the URL as logs and errors may show it: its password and credential query values are redacted
+    (SPEC §11.1); the request itself is sent from the other attributes.
+    """
 
     __slots__ = ("host", "host_header", "port", "server_name", "ssl", "target", "url")
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None, server_name: str = "") -> None:
         parts = urlsplit(url)
+        shown = redact_url(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"invalid URL {url!r}; expected an http:// or https:// URL")
+            raise ValueError(f"invalid URL {shown!r}; expected an http:// or https:// URL")
         tls = parts.scheme == "https"
         default_port = 443 if tls else 80
-        self.url = url
+        self.url = shown
         self.host = parts.hostname
         self.port = parts.port or default_port
         self.server_name = server_name or self.host  # TLS SNI and verified name

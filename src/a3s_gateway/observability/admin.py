@@ -9,6 +9,7 @@ response, reading paused while the client does not read its answers. The request
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
@@ -497,6 +498,20 @@ class AdminServer:
             raise RuntimeError("admin server not started")
         addr = server.sockets[0].getsockname()
         return (self.host or str(addr[0]), int(addr[1]))
+
+    def exposed(self) -> bool:
+        """Whether a listening socket accepts connections from other hosts (bound to a non-loopback address)."""
+        server = self._server
+        if server is None:
+            return False
+        for sock in server.sockets:
+            host = str(sock.getsockname()[0]).partition("%")[0]  # an IPv6 scope id is not part of the address
+            try:
+                if not ipaddress.ip_address(host).is_loopback:
+                    return True
+            except ValueError:  # not an IP (a Unix socket path): reachable from this host only
+                continue
+        return False
 
     async def close(self) -> None:
         """Stop accepting and close every connection."""

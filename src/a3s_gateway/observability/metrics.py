@@ -36,6 +36,8 @@ class MetricsSource(Protocol):
 
     def http2_abuse_counts(self) -> dict[tuple[str, str], int]: ...
 
+    def connection_rejections(self) -> dict[str, dict[str, int]]: ...
+
     def tls_reload_errors(self) -> dict[str, int]: ...
 
     def l4_servers(self) -> Any: ...
@@ -142,6 +144,13 @@ class GatewayCollector:
         for (entrypoint, kind), n in sorted(gw.http2_abuse_counts().items()):
             abuse.add_metric([entrypoint, kind], n)
         yield abuse
+        conn_rejected = CounterMetricFamily("gateway_connections_rejected",
+                                            "HTTP connections closed right after accept (max_connections).",
+                                            labels=["entrypoint", "reason"])
+        for name, by_reason in gw.connection_rejections().items():
+            for reason, n in sorted(by_reason.items()):
+                conn_rejected.add_metric([name, reason], n)
+        yield conn_rejected
         tls_errors = CounterMetricFamily("gateway_tls_reload_errors", "Certificate files that failed to reload.",
                                          labels=["entrypoint"])
         for name, n in sorted(gw.tls_reload_errors().items()):

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from .._version import __version__
 from ..http import hdrs
+from .redact import redact_url
 
 if TYPE_CHECKING:
     from ..config.model import TracingConfig
@@ -443,7 +444,7 @@ class _Endpoint:
     def __init__(self, cfg: TracingConfig) -> None:
         parts = urlsplit(cfg.otlp_endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"tracing.otlp_endpoint: {cfg.otlp_endpoint!r} is not an http(s) URL")
+            raise ValueError(f"tracing.otlp_endpoint: {redact_url(cfg.otlp_endpoint)!r} is not an http(s) URL")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.ssl = ssl.create_default_context() if parts.scheme == "https" else None

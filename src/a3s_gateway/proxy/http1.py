@@ -168,6 +168,9 @@ class HttpConnection:
         limit = self.entry.limits.max_connections
         if limit and len(server.connections) > limit:
             transport.abort()
+            rejections = server.rejections
+            if rejections is not None:
+                rejections.at_limit(limit)
             return
         transport.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername")
@@ -494,6 +497,8 @@ class HttpConnection:
         if held is None or self.transport is None or self.state == _CLOSED:
             return
         target = cast("RouteTarget", self.target)
+        if target.service.failover is None:
+            self._log_failure(504, "Backend scale-up timed out", None, "")
         self._queue_failed(target.service, 504, "Backend scale-up timed out", b"")
 
     def held_shutdown(self) -> None:
@@ -745,7 +750,6 @@ class HttpConnection:
             raise
         except (OSError, TimeoutError) as e:
             self.connect_task = None
-            log.warning("upstream connect to %s failed: %s", pool.backend.url, e)
             target = pool.backend.target
             if target is not None and self.transport is not None and not self.resp_started:
                 # a replica that refuses is not ready (§8.3); with a buffer the request waits again, first in line
@@ -756,7 +760,7 @@ class HttpConnection:
                     if target.hold(self, True):
                         self.held = target
                         return
-            self.upstream_failed(502, "Upstream connection failed", _CONNECT)
+            self.upstream_failed(502, "Upstream connection failed", _CONNECT, str(e) or "timed out")
             return
         self.connect_task = None
         if self.transport is None or self.state == _CLOSED:
@@ -888,9 +892,10 @@ class HttpConnection:
         else:
             self._set_timer(_T_IDLE, self.entry.limits.idle_timeout)
 
-    def upstream_failed(self, status: int, message: str, failure: int = 1) -> None:
+    def upstream_failed(self, status: int, message: str, failure: int = 1, detail: str = "") -> None:
         """The exchange failed before a response head reached the client (or after: truncate). ``failure``:
-        0 the request never reached the backend (connect), 1 the connection failed after it was sent."""
+        0 the request never reached the backend (connect), 1 the connection failed after it was sent; ``detail``:
+        the cause, for the process log."""
         self.upstream = None
         if self.transport is None:
             self._release_backend()
@@ -900,6 +905,7 @@ class HttpConnection:
             self.response_done(False)
             return
         b = self.backend
+        self._log_failure(status, message, b.url if b is not None else self.backend_url, detail)
         if b is not None:  # a transport failure (connect, reset, response-head timeout)
             self._account(b, status, True)
         self._release_backend()
@@ -1024,7 +1030,37 @@ class HttpConnection:
         window = self.window
         if window is not None:
             window.stream_failure()
-        log.warning("upstream stream failed (backend %s)", self.backend_url or "-")
+        self._log_failure(self.status, "Upstream stream failed", self.backend_url, "sse error" if sse else "truncated")
+
+    def _log_failure(self, status: int, message: str, backend: str | None, detail: str) -> None:
+        """An upstream failure of the current request in the process log (SPEC §5.7, §11.5): what the client's
+        answer leaves out (backend address, cause) with the request id, one line per service and kind every 10 s."""
+        stats = self.stats
+        router = stats.router if stats is not None else ""
+        service = stats.service if stats is not None else ""
+        self.entry.errors.warning((service, message), message, fields={
+            "request_id": self._request_id().decode("latin-1"), "status": status,
+            "router": router, "service": service, "backend": backend, "error": detail or None,
+        })
+
+    def _request_id(self) -> bytes:
+        """The request's id (SPEC §5.2): the one sent upstream; before that, the client's or a new one, kept so
+        that the access log shows the same."""
+        rid = self.rid
+        if not rid:
+            head = self.head
+            if head is not None:
+                ids = head.header_ids
+                for i in range(len(ids)):
+                    if ids[i] == hdrs.X_REQUEST_ID:
+                        value: bytes = head.headers[i][1]
+                        if 0 < len(value) <= 200:
+                            rid = value
+                        break
+            if not rid:
+                rid = os.urandom(16).hex().encode()
+            self.rid = rid
+        return rid
 
     def retry_on_fresh_connection(self) -> bool:
         """A reused keep-alive connection died before answering: retry once on a new one (SPEC §7.8)."""

@@ -3,15 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from ..observability.log_limit import RateLimitedLog
 from .http1 import HttpConnection
 
 if TYPE_CHECKING:
     from ssl import SSLContext
 
     from ..runtime import EntrypointRuntime
+
+
+log = logging.getLogger("a3s_gateway.proxy")
+
+
+class ConnectionRejections:
+    """Connections an HTTP entrypoint closed right after accept because it had ``max_connections`` open (SPEC
+    §3.1): counted for ``gateway_connections_rejected_total{reason="limit"}`` and logged at most once per 10 s,
+    each line with the running count. One per entrypoint name, kept by the gateway across reloads."""
+
+    __slots__ = ("_log", "entrypoint", "limit")
+
+    def __init__(self, entrypoint: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.entrypoint = entrypoint
+        self.limit = 0  # rejected at max_connections
+        self._log = RateLimitedLog(log, clock=clock)
+
+    def at_limit(self, max_connections: int) -> None:
+        """One connection closed at ``max_connections``."""
+        self.limit += 1
+        self._log.warning("limit", "connection rejected: entrypoint at max_connections", fields={
+            "entrypoint": self.entrypoint, "max_connections": max_connections, "rejected_total": self.limit,
+        })
+
+    def counts(self) -> dict[str, int]:
+        """Rejections by reason, for the metric."""
+        return {"limit": self.limit}
 
 
 class HttpServer:
@@ -21,11 +52,15 @@ class HttpServer:
     the swap uses the new generation while requests in progress finish on the old one.
     """
 
+    #: connections closed at max_connections (None on the per-connection server of HTTP/2 streams)
+    rejections: ConnectionRejections | None = None
+
     def __init__(
         self, loop: asyncio.AbstractEventLoop, entry: EntrypointRuntime, host: str, port: int,
-        ssl: SSLContext | None = None,
+        ssl: SSLContext | None = None, rejections: ConnectionRejections | None = None,
     ) -> None:
         self.loop = loop
+        self.rejections = rejections if rejections is not None else ConnectionRejections(entry.name)
         self.ssl = ssl  # TLS termination (SPEC §10): the CertStore's context, certificate chosen by SNI
         self.entry = entry
         self.host = host
