@@ -54,6 +54,7 @@ def test_request_head_filters_and_adds(mod: ModuleType) -> None:
         ids(headers),
         (b"x-secret",),
         None,
+        b"api.example.com:8080",
         b"127.0.0.1", b"127.0.0.1",
         b"http",
         b"8080",
@@ -80,18 +81,39 @@ def test_request_head_filters_and_adds(mod: ModuleType) -> None:
 def test_request_head_host_override_and_request_id_kept(mod: ModuleType) -> None:
     headers = [(b"host", b"client"), (b"X-Request-Id", b"abc-123")]
     head, rid = mod.request_head(
-        b"GET", b"/", headers, ids(headers), (), b"backend:81", b"::1", b"::1", b"http", b"80", False, b""
+        b"GET", b"/", headers, ids(headers), (), b"backend:81", b"client", b"::1", b"::1", b"http", b"80", False, b""
     )
     lines = head_lines(head)
     assert b"host: backend:81" in lines and b"X-Forwarded-Host: client" in lines
     assert rid == b"abc-123" and lines.count(b"X-Request-Id: abc-123") == 1
 
 
+def test_request_head_absolute_form_authority_replaces_host(mod: ModuleType) -> None:
+    """SPEC §5.3: the authority of an absolute-form target replaces the client's Host, in Host and in
+    X-Forwarded-Host; the Host line that was replaced appears nowhere."""
+    headers = [(b"Host", b"admin.local"), (b"Accept", b"*/*")]
+    head, _ = mod.request_head(b"GET", b"/", headers, ids(headers), (), b"public.local", b"public.local",
+                               b"1.2.3.4", b"1.2.3.4", b"http", b"80", False, b"")
+    lines = head_lines(head)
+    assert lines[1] == b"Host: public.local" and b"X-Forwarded-Host: public.local" in lines
+    assert b"admin.local" not in head
+
+
+def test_request_head_without_host_gets_one(mod: ModuleType) -> None:
+    """SPEC §5.3: a request with no host at all (HTTP/1.0) is sent with the backend's; no X-Forwarded-Host."""
+    headers = [(b"Accept", b"*/*")]
+    head, _ = mod.request_head(b"GET", b"/", headers, ids(headers), (), b"backend:8080", b"", b"1.2.3.4",
+                               b"1.2.3.4", b"http", b"80", False, b"")
+    lines = head_lines(head)
+    assert lines.count(b"Host: backend:8080") == 1
+    assert not any(line.startswith(b"X-Forwarded-Host") for line in lines)
+
+
 @pytest.mark.parametrize("bad", [b"", b"has space", b"x" * 201])
 def test_invalid_request_id_replaced(mod: ModuleType, bad: bytes) -> None:
     headers = [(b"Host", b"h"), (b"X-Request-Id", bad)]
     head, rid = mod.request_head(
-        b"GET", b"/", headers, ids(headers), (), None, b"1.2.3.4", b"1.2.3.4", b"http", b"80", False, b""
+        b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.2.3.4", b"1.2.3.4", b"http", b"80", False, b""
     )
     assert rid != bad and len(rid) == 32 and head.count(b"X-Request-Id") == 1
 
@@ -104,7 +126,7 @@ def test_trusted_peer_keeps_forwarded_headers(mod: ModuleType) -> None:
         (b"X-Forwarded-Port", b"443"),
     ]
     head, _ = mod.request_head(
-        b"GET", b"/", headers, ids(headers), (), None, b"10.0.0.1", b"203.0.113.5", b"http", b"80", True, b""
+        b"GET", b"/", headers, ids(headers), (), None, b"h", b"10.0.0.1", b"203.0.113.5", b"http", b"80", True, b""
     )
     lines = head_lines(head)
     assert b"X-Real-IP: 203.0.113.5" in lines and b"X-Forwarded-For: 10.0.0.1" in lines
@@ -148,7 +170,7 @@ def test_interim_head(mod: ModuleType) -> None:
 
 def test_generated_request_ids_are_unique(mod: ModuleType) -> None:
     headers = [(b"Host", b"h")]
-    seen = {mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"1.1.1.1", b"1.1.1.1", b"http",
+    seen = {mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.1.1.1", b"1.1.1.1", b"http",
                              b"80", False, b"")[1] for _ in range(1000)}  # crosses several 4 KiB pools
     assert len(seen) == 1000 and all(len(r) == 32 for r in seen)
 
@@ -181,8 +203,8 @@ TRACE_HEADERS = [
 def test_trace_headers_of_injected_formats_are_replaced(mod: ModuleType, drop: int, gone: set[bytes]) -> None:
     """SPEC §11.4: incoming headers of every injected format are dropped; tracestate and the rest pass."""
     inject = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01\r\n"
-    head, _ = mod.request_head(b"GET", b"/", TRACE_HEADERS, ids(TRACE_HEADERS), (), None, b"1.1.1.1", b"1.1.1.1",
-                               b"http", b"80", False, inject, drop)
+    head, _ = mod.request_head(b"GET", b"/", TRACE_HEADERS, ids(TRACE_HEADERS), (), None, b"h", b"1.1.1.1",
+                               b"1.1.1.1", b"http", b"80", False, inject, drop)
     lines = head_lines(head)
     assert lines[-1] == inject[:-2]  # gateway lines come last
     names = [line.split(b":")[0] for line in lines[1:-1]]

@@ -88,6 +88,7 @@ def request_head(
     header_ids: bytes,
     connection_tokens: tuple[bytes, ...],
     host_value: bytes | None,
+    orig_host: bytes,
     peer_ip: bytes,
     real_ip: bytes,
     proto: bytes,
@@ -98,17 +99,20 @@ def request_head(
 ) -> tuple[bytes, bytes]:
     """Build the upstream request head in one buffer.
 
-    Returns ``(head, request_id)``. ``host_value`` replaces the Host value (``pass_host_header = false``) or is
-    ``None`` to pass the client's through. ``framing`` is the body framing line(s) to add (``Content-Length: n\\r\\n``,
-    ``Transfer-Encoding: chunked\\r\\n`` or empty) plus any gateway-added lines (trace context). ``trace_drop``
-    (bits 1 W3C, 2 B3, 4 B3 multi) drops the incoming headers of the trace formats the gateway injects; ``tracestate``
-    always passes. Hop-by-hop headers, ``Expect`` and names listed in
-    ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2: ``peer_ip`` is appended to
-    X-Forwarded-For, ``real_ip`` (the client IP, which differs for trusted peers) is X-Real-IP.
+    Returns ``(head, request_id)``. ``host_value`` replaces the Host value, or is added when the request has no
+    Host line; ``None`` passes the client's Host line through (only when it is the request's host: origin-form,
+    ``pass_host_header``). ``orig_host`` is the request's host as routing saw it (an absolute-form target's
+    authority, never a Host line it replaced): the X-Forwarded-Host value, none when empty (SPEC §5.3).
+    ``framing`` is the body framing line(s) to add (``Content-Length: n\\r\\n``, ``Transfer-Encoding: chunked\\r\\n``
+    or empty) plus any gateway-added lines (trace context). ``trace_drop`` (bits 1 W3C, 2 B3, 4 B3 multi) drops the
+    incoming headers of the trace formats the gateway injects; ``tracestate`` always passes. Hop-by-hop headers,
+    ``Expect`` and names listed in ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2:
+    ``peer_ip`` is appended to X-Forwarded-For, ``real_ip`` (the client IP, which differs for trusted peers) is
+    X-Real-IP.
     """
     parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff: bytes = b""
-    orig_host: bytes = b""
+    seen_host = False
     request_id: bytes = b""
     seen_proto = False
     seen_fhost = False
@@ -137,7 +141,7 @@ def request_head(
             parts.append(value)
             parts.append(_CRLF)
         elif hid == _HOST:
-            orig_host = value
+            seen_host = True
             parts.append(name)
             parts.append(_COLON)
             parts.append(value if host_value is None else host_value)
@@ -165,6 +169,10 @@ def request_head(
                 parts.append(value)
                 parts.append(_CRLF)
         # everything else (hop-by-hop, Content-Length, Expect, X-Real-IP) is dropped or re-added below
+    if not seen_host and host_value is not None:  # HTTP/1.0 without Host: the backend's host (SPEC §5.3)
+        parts.append(b"Host: ")
+        parts.append(host_value)
+        parts.append(_CRLF)
     parts.append(b"X-Forwarded-For: ")
     if xff:
         parts.append(xff)

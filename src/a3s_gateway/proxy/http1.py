@@ -76,6 +76,16 @@ def normalize_ip(text: str) -> str:
     return text
 
 
+def upstream_host(head: Any, pass_host_header: bool, backend_host: bytes) -> bytes | None:
+    """The Host value sent upstream (SPEC §5.3): the request's host as routing saw it, the backend's when
+    ``pass_host_header`` is off or the request has none (HTTP/1.0). None: the client's Host line is that host and
+    passes as it is (origin-form); an absolute-form target's authority replaces it."""
+    host = head.host
+    if not pass_host_header or not host:
+        return backend_host
+    return host if head.authority else None
+
+
 class HttpConnection:
     """One client connection on an HTTP entrypoint (an asyncio protocol; compiled to a native class by mypyc)."""
 
@@ -381,7 +391,8 @@ class HttpConnection:
             head.headers,
             head.header_ids,
             head.connection_tokens,
-            None if svc.pass_host_header else pool.host_header,
+            upstream_host(head, svc.pass_host_header, pool.host_header),
+            head.host,
             self.client_ip_b,
             self.client_ip_b if not self.trusted else client_ip.encode(),
             entry.proto,
@@ -652,7 +663,8 @@ class HttpConnection:
             headers,
             ids,
             head.connection_tokens,
-            None if svc.pass_host_header else pool.host_header,
+            upstream_host(head, svc.pass_host_header, pool.host_header),
+            head.host,
             self.client_ip_b,
             self.client_ip_b if not self.trusted else client_ip.encode(),
             self.entry.proto,

@@ -1,0 +1,123 @@
+"""HTTP/1.1 request-path defects found by a hostile-client probe (issue 24): raw bytes on a socket, the exact
+status, header and bytes the backend receives (SPEC §5.3, §5.5, §9.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+from support import Client, Request, gateway_port, ok, start_backend
+
+from certs import make_san_cert
+
+
+async def _echo_host(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    """A backend with two virtual hosts: it serves the admin page to whoever says ``Host: admin.local``."""
+    host = req.header("host") or ""
+    w.write(ok(b"admin page" if host == "admin.local" else b"public page: " + host.encode()))
+    return True
+
+
+def _two_hosts(backend_url: str, public_mws: str = "", pass_host: bool = True) -> str:
+    return f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "admin" {{
+  rule        = "Host(`admin.local`)"
+  service     = "s"
+  middlewares = ["auth"]
+}}
+routers "public" {{
+  rule        = "Host(`public.local`)"
+  service     = "s"
+  middlewares = [{public_mws}]
+}}
+services "s" {{
+  load_balancer {{
+    servers = [{{ url = "{backend_url}" }}]
+    pass_host_header = {"true" if pass_host else "false"}
+  }}
+}}
+middlewares "auth" {{
+  type     = "basic-auth"
+  username = "ada"
+  password = "lovelace"
+}}
+middlewares "hdr" {{
+  type            = "headers"
+  request_headers = {{ "X-Extra" = "1" }}
+}}
+'''
+
+
+async def test_absolute_form_authority_replaces_host_so_auth_cannot_be_bypassed(start_gateway) -> None:
+    """D2: routed as public.local, so forwarded as public.local — never with the client's ``Host: admin.local``."""
+    for public_mws in ('', '"hdr"'):  # the fast path and the middleware-chain path
+        backend = await start_backend(_echo_host)
+        gw = await start_gateway(_two_hosts(backend.url, public_mws))
+        c = await Client.connect(gateway_port(gw))
+        r = await c.request(b"GET http://public.local/x?y=1 HTTP/1.1\r\nHost: admin.local\r\n\r\n")
+        assert r.status == 200 and r.body == b"public page: public.local"
+        req = backend.requests[0]
+        assert req.target == "/x?y=1"  # origin-form upstream
+        assert [v for k, v in req.headers if k.lower() == "host"] == ["public.local"]
+        assert req.header("x-forwarded-host") == "public.local"
+        assert "admin.local" not in req.raw_head.decode()
+        # the admin virtual host still needs credentials, whichever form the target takes
+        r = await c.request(b"GET http://admin.local/ HTTP/1.1\r\nHost: public.local\r\n\r\n")
+        assert r.status == 401
+        r = await c.request(b"GET / HTTP/1.1\r\nHost: admin.local\r\n\r\n")
+        assert r.status == 401
+        good = base64.b64encode(b"ada:lovelace")
+        r = await c.request(b"GET http://admin.local/ HTTP/1.1\r\nHost: public.local\r\nAuthorization: Basic "
+                            + good + b"\r\n\r\n")
+        assert r.status == 200 and r.body == b"admin page"
+        assert len(backend.requests) == 2
+        c.close()
+
+
+async def test_absolute_form_with_pass_host_header_false(start_gateway) -> None:
+    """D2: ``pass_host_header = false`` sends the backend's host; X-Forwarded-Host is still the authority."""
+    backend = await start_backend(_echo_host)
+    gw = await start_gateway(_two_hosts(backend.url, pass_host=False))
+    c = await Client.connect(gateway_port(gw))
+    r = await c.request(b"GET http://public.local:8080/ HTTP/1.1\r\nHost: admin.local\r\n\r\n")
+    assert r.status == 200
+    req = backend.requests[0]
+    assert req.header("host") == f"127.0.0.1:{backend.port}"
+    assert req.header("x-forwarded-host") == "public.local:8080"
+    c.close()
+
+
+async def test_absolute_form_host_in_access_log_and_redirect(start_gateway, tmp_path: Path) -> None:
+    """D2: the access log and an entrypoint redirect use the authority, as routing does."""
+    backend = await start_backend(_echo_host)
+    log_path = tmp_path / "access.log"
+    cert, key = make_san_cert(tmp_path, "d-", ["public.local"])
+    hcl = _two_hosts(backend.url) + f'''
+entrypoints "plain" {{
+  address  = "127.0.0.1:0"
+  redirect {{ entrypoint = "websecure" }}
+}}
+entrypoints "websecure" {{
+  address = "127.0.0.1:0"
+  tls {{
+    cert_file = "{cert}"
+    key_file  = "{key}"
+  }}
+}}
+access_log {{ path = "{log_path}" }}
+'''
+    gw = await start_gateway(hcl)
+    secure_port = gw._config.entrypoints["websecure"].port  # the configured port, as the redirect says
+    c = await Client.connect(gateway_port(gw))
+    assert (await c.request(b"GET http://public.local/p HTTP/1.1\r\nHost: admin.local\r\n\r\n")).status == 200
+    c.close()
+    c = await Client.connect(gateway_port(gw, "plain"))
+    r = await c.request(b"GET http://public.local/p?q HTTP/1.1\r\nHost: admin.local\r\n\r\n")
+    assert r.status == 308 and r.header("location") == f"https://public.local:{secure_port}/p?q"
+    c.close()
+    await gw.shutdown(0.5)
+    entries = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    assert [e["host"] for e in entries] == ["public.local", "public.local"]
