@@ -121,3 +121,19 @@ access_log {{ path = "{log_path}" }}
     await gw.shutdown(0.5)
     entries = [json.loads(line) for line in log_path.read_text().splitlines() if line]
     assert [e["host"] for e in entries] == ["public.local", "public.local"]
+
+
+async def test_http10_request_without_host_gets_the_backend_host(start_gateway) -> None:
+    """D6: an HTTP/1.0 request without Host goes upstream as HTTP/1.1 with the backend URL's host[:port]."""
+    for pass_host in (True, False):
+        backend = await start_backend(_echo_host)
+        hcl = _two_hosts(backend.url, pass_host=pass_host).replace("Host(`public.local`)", "PathPrefix(`/`)")
+        gw = await start_gateway(hcl)
+        c = await Client.connect(gateway_port(gw))
+        r = await c.request(b"GET /ten HTTP/1.0\r\n\r\n")
+        assert r.status == 200
+        req = backend.requests[0]
+        assert req.version == "HTTP/1.1"
+        assert [v for k, v in req.headers if k.lower() == "host"] == [f"127.0.0.1:{backend.port}"]
+        assert req.header("x-forwarded-host") is None  # the client sent no host to report
+        c.close()
