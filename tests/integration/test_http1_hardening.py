@@ -137,3 +137,25 @@ async def test_http10_request_without_host_gets_the_backend_host(start_gateway) 
         assert [v for k, v in req.headers if k.lower() == "host"] == [f"127.0.0.1:{backend.port}"]
         assert req.header("x-forwarded-host") is None  # the client sent no host to report
         c.close()
+
+
+async def _echo_body(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    w.write(ok(b"got " + req.body + b" expect=" + (req.header("expect") or "-").encode()))
+    return True
+
+
+async def test_expect_100_continue_on_http10_is_ignored(start_gateway) -> None:
+    """D7: HTTP/1.0 has no 100 Continue (RFC 9110 §10.1.1): the first thing the client reads is the response."""
+    backend = await start_backend(_echo_body)
+    gw = await start_gateway(_two_hosts(backend.url).replace("Host(`public.local`)", "PathPrefix(`/`)"))
+    c = await Client.connect(gateway_port(gw))
+    r = await c.request(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\nbody")
+    assert r.status == 200 and r.body == b"got body expect=-"
+    assert await c.closed()
+    c = await Client.connect(gateway_port(gw))  # HTTP/1.1 still gets its 100 first
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+    assert await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    c.send(b"body")
+    r = await c.response()
+    assert r.status == 200 and r.body == b"got body expect=-"
+    c.close()

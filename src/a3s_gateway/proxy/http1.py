@@ -93,8 +93,8 @@ class HttpConnection:
     __slots__ = (
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
         "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "cold",
-        "connect_task", "deadline_at", "draining", "entry", "framing", "grpc", "head", "held", "keep_alive", "loop",
-        "mirror",
+        "connect_task", "deadline_at", "draining", "entry", "expect", "framing", "grpc", "head", "held", "keep_alive",
+        "loop", "mirror",
         "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
         "replay_bytes", "resp_started", "response_extra", "retried", "revision", "rid", "server", "skip_queue",
         "state", "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head",
@@ -167,6 +167,9 @@ class HttpConnection:
         self.skip_queue = False
         self.window: Any = None  # the rollout window of the attempt's backend (§8.7), None outside a rollout
         self.upgrade = False  # the request is a WebSocket upgrade (§9.3)
+        # the client waits for a 100 Continue before it sends the body (HTTP/1.1 only, RFC 9110 §10.1.1); cleared
+        # once the 100 is sent
+        self.expect = False
         self.grpc = False  # a gRPC stream of an HTTP/2 connection (§9.2): HTTP/2 upstream, trailers-only errors
         self.deadline_at = 0.0  # its grpc-timeout as a loop time (0: none)
 
@@ -331,6 +334,7 @@ class HttpConnection:
             self.body_done = True
         self.state = _WAIT if self.body_done else _BODY
         self._tkind = _T_NONE
+        self.expect = head.expect_continue and head.version == 1 and not self.body_done
         upgrade = False
         if head.upgrade and head.method == b"GET":
             ids = head.header_ids
@@ -536,7 +540,7 @@ class HttpConnection:
         self.window = backend.window
         self.pool = pool
         backend.in_flight += 1
-        if self.body is not None and self.buf and not self.head.expect_continue:
+        if self.body is not None and self.buf and not self.expect:
             self._read_body()
             if self.state == _CLOSED:
                 return
@@ -786,8 +790,10 @@ class HttpConnection:
         conn.begin(self, data)
         if self.write_paused:
             conn.pause_reading()
-        if self.head.expect_continue and not self.body_done:
-            self.transport.write(responses.CONTINUE)
+        if self.expect:
+            self.expect = False
+            if not self.body_done:
+                self.transport.write(responses.CONTINUE)
         if self._paused & _P_PENDING:
             self.resume_reading_for(_P_PENDING)
         if self.state == _BODY and self.buf:
