@@ -159,3 +159,28 @@ async def test_expect_100_continue_on_http10_is_ignored(start_gateway) -> None:
     r = await c.response()
     assert r.status == 200 and r.body == b"got body expect=-"
     c.close()
+
+
+async def test_final_response_without_100_continue_closes_the_connection(start_gateway) -> None:
+    """D11: a request waiting for 100 Continue that is answered without it (a middleware's 401, a gateway 404)
+    gets ``Connection: close`` and the connection closes: the client may never send the announced body, and
+    draining it would eat the client's next request."""
+    backend = await start_backend(_echo_body)
+    gw = await start_gateway(_two_hosts(backend.url))
+    for host in (b"admin.local", b"nowhere.local"):  # basic-auth 401 (middleware reply), 404 (gateway error)
+        c = await Client.connect(gateway_port(gw))
+        r = await c.request(b"POST / HTTP/1.1\r\nHost: " + host + b"\r\nExpect: 100-continue\r\n"
+                            b"Content-Length: 40\r\n\r\n")
+        assert r.status == (401 if host == b"admin.local" else 404)
+        assert r.header("connection") == "close"
+        # the client correctly did not send the body; its next request is not read as body bytes
+        c.send(b"GET / HTTP/1.1\r\nHost: public.local\r\n\r\n")
+        assert await c.closed()
+    assert backend.requests == []
+    # without Expect, a small announced body is still drained and the connection kept
+    c = await Client.connect(gateway_port(gw))
+    r = await c.request(b"POST / HTTP/1.1\r\nHost: admin.local\r\nContent-Length: 4\r\n\r\nbody")
+    assert r.status == 401 and r.header("connection") is None
+    r = await c.request(b"POST / HTTP/1.1\r\nHost: public.local\r\nContent-Length: 4\r\n\r\nbody")
+    assert r.status == 200 and r.body == b"got body expect=-"
+    c.close()

@@ -470,10 +470,7 @@ class HttpConnection:
             target = head.path if head.query is None else head.path + b"?" + head.query
         location = b"https://" + host + redirect[1] + target
         self.stats = self.entry.unmatched
-        reusable = self.body_done or (
-            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
-        )
-        close = self.closing or not head.keep_alive or not reusable
+        close = self._close_after_local()
         self.resp_started = True
         self.status = redirect[0]
         self.transport.write(responses.redirect_response(redirect[0], location, close=close))
@@ -695,10 +692,7 @@ class HttpConnection:
                                  if n.lower() not in (b"content-type", b"content-length", b"connection"))
                 self._grpc_error(status, message, extra)
                 return
-        reusable = self.body_done or (
-            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
-        )
-        close = self.closing or not head.keep_alive or not reusable
+        close = self._close_after_local()
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, responses.reason(status))]
         for name, value in headers:
             low = name.lower()
@@ -1080,10 +1074,7 @@ class HttpConnection:
             self._reply(status, headers, orjson.dumps({"error": message}), len(self.chain.middlewares))
             return
         head = self.head
-        reusable = self.body_done or (
-            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
-        )
-        close = self.closing or not head.keep_alive or not reusable
+        close = self._close_after_local()
         self.resp_started = True
         self.status = status
         head_only = head.method == b"HEAD"
@@ -1092,6 +1083,15 @@ class HttpConnection:
             self.bytes_out = responses.error_body_length(message)
         self._record(True)
         self._after_local(close)
+
+    def _close_after_local(self) -> bool:
+        """Whether a gateway-generated response closes the connection: shutdown, the client's choice, a request body
+        too large to drain, or a client still waiting for a 100 Continue — it may never send the announced body, so
+        draining it would eat the next request (SPEC §5.3: such a response carries ``Connection: close``)."""
+        if self.closing or not self.head.keep_alive or self.expect:
+            return True
+        body = self.body
+        return not (self.body_done or (body is not None and body.mode == LENGTH and body.remaining <= _DRAIN_LIMIT))
 
     def _grpc_error(self, status: int, message: str, extra: bytes) -> None:
         """A gateway error for a gRPC request: trailers-only, HTTP 200 with grpc-status (SPEC §9.2)."""
