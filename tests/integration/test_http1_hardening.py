@@ -184,3 +184,22 @@ async def test_final_response_without_100_continue_closes_the_connection(start_g
     r = await c.request(b"POST / HTTP/1.1\r\nHost: public.local\r\nContent-Length: 4\r\n\r\nbody")
     assert r.status == 200 and r.body == b"got body expect=-"
     c.close()
+
+
+async def test_h2_preface_after_an_http11_request_is_a_malformed_request_line(start_gateway) -> None:
+    """D8: the HTTP/2 preface counts only as a connection's first bytes (SPEC §9.1); later it is 400 and close."""
+    backend = await start_backend(_echo_host)
+    gw = await start_gateway(_two_hosts(backend.url))
+    c = await Client.connect(gateway_port(gw))
+    assert (await c.request(b"GET / HTTP/1.1\r\nHost: public.local\r\n\r\n")).status == 200
+    r = await c.request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert r.status == 400 and json.loads(r.body) == {"error": "Bad request: malformed request line"}
+    assert r.header("connection") == "close"
+    assert await c.closed()
+    # as the first bytes of a connection it still starts h2c: the server's SETTINGS frame comes back
+    c = await Client.connect(gateway_port(gw))
+    c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    frame = await asyncio.wait_for(c.reader.readexactly(9), 5)
+    assert frame[3] == 0x4  # SETTINGS
+    c.close()
+    assert len(backend.requests) == 1

@@ -93,12 +93,11 @@ class HttpConnection:
     __slots__ = (
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
         "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "cold",
-        "connect_task", "deadline_at", "draining", "entry", "expect", "framing", "grpc", "head", "held", "keep_alive",
-        "loop", "mirror",
-        "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
-        "replay_bytes", "resp_started", "response_extra", "retried", "revision", "rid", "server", "skip_queue",
-        "state", "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head",
-        "upgrade", "upstream", "wall0", "window", "write_paused",
+        "connect_task", "deadline_at", "draining", "entry", "expect", "framing", "fresh", "grpc", "head", "held",
+        "keep_alive", "loop", "mirror", "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending",
+        "pending_bytes", "pool", "port_b", "replay", "replay_bytes", "resp_started", "response_extra", "retried",
+        "revision", "rid", "server", "skip_queue", "state", "stats", "status", "t0", "target", "trace", "transport",
+        "tried", "trusted", "ttfb", "up_head", "upgrade", "upstream", "wall0", "window", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -107,6 +106,7 @@ class HttpConnection:
         self.transport: Any = None
         self.state = _IDLE
         self.buf = b""
+        self.fresh = True  # no request started yet: the h2c preface is recognised only as the first bytes (§9.1)
         self.head: Any = None
         self.body: Any = None
         self.body_done = True
@@ -278,12 +278,16 @@ class HttpConnection:
                 self.buf, limits.max_request_line_bytes, limits.max_header_bytes, limits.max_headers
             )
         except ProtocolError as e:
-            if self.buf.startswith(_H2_PREFACE) and self.entry.limits.http2 and self.stats is None:
-                from . import http2
+            error = e
+            if self.buf.startswith(_H2_PREFACE):
+                if self.fresh and self.entry.limits.http2:
+                    from . import http2
 
-                http2.take_over(self, self.buf)  # h2c with prior knowledge (SPEC §9.1)
-                return
-            self._reject(e)
+                    http2.take_over(self, self.buf)  # h2c with prior knowledge (SPEC §9.1)
+                    return
+                if not self.fresh:  # after an HTTP/1.1 request the preface is no protocol switch (SPEC §9.1)
+                    error = ProtocolError(400, "Bad request: malformed request line")
+            self._reject(error)
             return
         if head is None:
             if self._tkind != _T_HEAD:
@@ -295,6 +299,7 @@ class HttpConnection:
 
     def _start(self, head: Any) -> None:
         self.head = head
+        self.fresh = False
         self.resp_started = False
         self.retried = False
         self.response_extra = b""
