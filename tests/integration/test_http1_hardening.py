@@ -203,3 +203,27 @@ async def test_h2_preface_after_an_http11_request_is_a_malformed_request_line(st
     assert frame[3] == 0x4  # SETTINGS
     c.close()
     assert len(backend.requests) == 1
+
+
+async def test_only_the_exact_websocket_token_upgrades(start_gateway) -> None:
+    """D9: ``Upgrade: foo-websocket-bar`` is no WebSocket upgrade: a plain request, Upgrade and Connection removed;
+    ``websocket`` as one element of the list (any case) is (SPEC §5.5, §9.3)."""
+    async def answer(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(ok(f"{req.header('upgrade')}|{req.header('connection')}".encode()))
+        return True
+
+    backend = await start_backend(answer)
+    gw = await start_gateway(_two_hosts(backend.url))
+    c = await Client.connect(gateway_port(gw))
+    for value in (b"foo-websocket-bar", b"websocket2", b"xwebsocket", b"websocket/13"):
+        r = await c.request(b"GET / HTTP/1.1\r\nHost: public.local\r\nConnection: Upgrade\r\nUpgrade: " + value
+                            + b"\r\n\r\n")
+        assert r.status == 200 and r.body == b"None|None", value
+        assert "upgrade" not in backend.requests[-1].raw_head.decode().lower()
+    c.close()
+    for value in (b"WebSocket", b"h2c, websocket", b" websocket ,foo"):
+        c = await Client.connect(gateway_port(gw))
+        r = await c.request(b"GET / HTTP/1.1\r\nHost: public.local\r\nConnection: keep-alive, Upgrade\r\nUpgrade: "
+                            + value + b"\r\n\r\n")
+        assert r.status == 200 and r.body.lower() == b"websocket|upgrade", value
+        c.close()

@@ -86,6 +86,15 @@ def upstream_host(head: Any, pass_host_header: bool, backend_host: bytes) -> byt
     return host if head.authority else None
 
 
+def lists_websocket(upgrade: bytes) -> bool:
+    """Whether an ``Upgrade`` value lists exactly the token ``websocket`` (any case): ``foo-websocket-bar`` is no
+    WebSocket upgrade, the request is then a plain one with ``Upgrade`` removed (SPEC §5.5, §9.3)."""
+    for token in upgrade.split(b","):
+        if token.strip(b" \t").lower() == b"websocket":
+            return True
+    return False
+
+
 class HttpConnection:
     """One client connection on an HTTP entrypoint (an asyncio protocol; compiled to a native class by mypyc)."""
 
@@ -344,7 +353,7 @@ class HttpConnection:
         if head.upgrade and head.method == b"GET":
             ids = head.header_ids
             for i in range(len(ids)):
-                if ids[i] == hdrs.UPGRADE and b"websocket" in head.headers[i][1].lower():
+                if ids[i] == hdrs.UPGRADE and lists_websocket(head.headers[i][1]):
                     upgrade = True
         self.upgrade = upgrade
         if upgrade:  # hop-by-hop filtering drops them: restored for the backend (§9.3)
