@@ -109,6 +109,26 @@ def test_request_head_without_host_gets_one(mod: ModuleType) -> None:
     assert not any(line.startswith(b"X-Forwarded-Host") for line in lines)
 
 
+def test_request_head_keeps_forwarding_headers_a_middleware_edited(mod: ModuleType) -> None:
+    """SPEC §5.2, §6.8: forwarding headers a middleware set (in the list) or deleted (not in it) are sent as it left
+    them, and the gateway adds none of its own for them; the others are the gateway's as usual."""
+    edited = 0
+    for hid in (hdrs.X_FORWARDED_PROTO, hdrs.X_FORWARDED_FOR, hdrs.X_REAL_IP, hdrs.X_REQUEST_ID):
+        edited |= 1 << hid
+    headers = [(b"Host", b"h"), (b"X-Forwarded-Proto", b"https"), (b"X-Real-IP", b"203.0.113.9")]
+    head, rid = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.2.3.4", b"1.2.3.4",
+                                 b"http", b"80", False, b"", 0, edited)
+    lines = head_lines(head)
+    assert lines[1:] == [b"Host: h", b"X-Forwarded-Proto: https", b"X-Real-IP: 203.0.113.9",
+                         b"X-Forwarded-Host: h", b"X-Forwarded-Port: 80"]
+    assert rid == b""  # deleted: none sent (the access log makes its own)
+    headers = [(b"Host", b"h"), (b"X-Request-Id", b"mw id"), (b"X-Forwarded-For", b"10.0.0.1")]
+    head, rid = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.2.3.4", b"1.2.3.4",
+                                 b"http", b"80", False, b"", 0, edited)
+    assert rid == b"mw id" and head_lines(head).count(b"X-Forwarded-For: 10.0.0.1") == 1
+    assert b"1.2.3.4" not in head
+
+
 @pytest.mark.parametrize("bad", [b"", b"has space", b"x" * 201])
 def test_invalid_request_id_replaced(mod: ModuleType, bad: bytes) -> None:
     headers = [(b"Host", b"h"), (b"X-Request-Id", bad)]

@@ -96,6 +96,7 @@ def request_head(
     trusted: bool,
     framing: bytes,
     trace_drop: int = 0,
+    edited: int = 0,
 ) -> tuple[bytes, bytes]:
     """Build the upstream request head in one buffer.
 
@@ -108,7 +109,9 @@ def request_head(
     incoming headers of the trace formats the gateway injects; ``tracestate`` always passes. Hop-by-hop headers,
     ``Expect`` and names listed in ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2:
     ``peer_ip`` is appended to X-Forwarded-For, ``real_ip`` (the client IP, which differs for trusted peers) is
-    X-Real-IP.
+    X-Real-IP. ``edited`` has bit ``1 << id`` set for every ``hdrs`` id a middleware set or deleted: Host and the
+    forwarding headers among them (X-Forwarded-*, X-Real-IP, X-Request-Id) pass as the middleware left them and the
+    gateway adds none of its own, since SPEC §5.2 sets them before middlewares run.
     """
     parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff: bytes = b""
@@ -117,6 +120,16 @@ def request_head(
     seen_proto = False
     seen_fhost = False
     seen_port = False
+    set_xff = True
+    set_real_ip = True
+    set_request_id = True
+    if edited:
+        seen_proto = (edited >> _X_FORWARDED_PROTO) & 1 != 0
+        seen_fhost = (edited >> _X_FORWARDED_HOST) & 1 != 0
+        seen_port = (edited >> _X_FORWARDED_PORT) & 1 != 0
+        set_xff = (edited >> _X_FORWARDED_FOR) & 1 == 0
+        set_real_ip = (edited >> _X_REAL_IP) & 1 == 0
+        set_request_id = (edited >> _X_REQUEST_ID) & 1 == 0
     n = len(headers)
     i = 0
     while i < n:
@@ -136,6 +149,16 @@ def request_head(
         if hid == _OTHER or hid == _CONTENT_TYPE or hid >= _USER_AGENT:
             if connection_tokens and _listed(name, connection_tokens):
                 continue
+            parts.append(name)
+            parts.append(_COLON)
+            parts.append(value)
+            parts.append(_CRLF)
+        elif edited and (edited >> hid) & 1 and (hid == _HOST or _X_FORWARDED_FOR <= hid <= _X_REQUEST_ID):
+            # set by a middleware (a deleted one is not in the list): kept as it is
+            if hid == _HOST:
+                seen_host = True
+            elif hid == _X_REQUEST_ID and not request_id:
+                request_id = value
             parts.append(name)
             parts.append(_COLON)
             parts.append(value)
@@ -173,12 +196,13 @@ def request_head(
         parts.append(b"Host: ")
         parts.append(host_value)
         parts.append(_CRLF)
-    parts.append(b"X-Forwarded-For: ")
-    if xff:
-        parts.append(xff)
-        parts.append(b", ")
-    parts.append(peer_ip)
-    parts.append(_CRLF)
+    if set_xff:
+        parts.append(b"X-Forwarded-For: ")
+        if xff:
+            parts.append(xff)
+            parts.append(b", ")
+        parts.append(peer_ip)
+        parts.append(_CRLF)
     if not seen_proto:
         parts.append(b"X-Forwarded-Proto: ")
         parts.append(proto)
@@ -191,10 +215,11 @@ def request_head(
         parts.append(b"X-Forwarded-Port: ")
         parts.append(port)
         parts.append(_CRLF)
-    parts.append(b"X-Real-IP: ")
-    parts.append(real_ip)
-    parts.append(_CRLF)
-    if not request_id:
+    if set_real_ip:
+        parts.append(b"X-Real-IP: ")
+        parts.append(real_ip)
+        parts.append(_CRLF)
+    if set_request_id and not request_id:
         request_id = _new_request_id()
         parts.append(b"X-Request-Id: ")
         parts.append(request_id)

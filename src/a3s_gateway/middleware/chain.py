@@ -60,6 +60,14 @@ def name_id(name: bytes) -> bytes:
     return hid
 
 
+def id_bits(ids: bytes) -> int:
+    """Bit ``1 << id`` for each of the ``hdrs`` ids (``Request.edited``)."""
+    bits = 0
+    for hid in ids:
+        bits |= 1 << hid
+    return bits
+
+
 def length_mask(lows: Iterable[bytes]) -> int:
     """For ``has_any``: bit n set when one of ``lows`` is n bytes long (-1, every bit, when one is 62 or longer)."""
     mask = 0
@@ -75,7 +83,7 @@ class HeaderEdits:
     """Headers set together, prepared once: their lower-case names, ids and length mask. The names must be
     distinct (ignoring case): ``set_many`` appends them all."""
 
-    __slots__ = ("ids", "items", "lows", "mask")
+    __slots__ = ("bits", "ids", "items", "lows", "mask")
 
     def __init__(self, items: tuple[tuple[bytes, bytes], ...]) -> None:
         self.items = items
@@ -84,6 +92,7 @@ class HeaderEdits:
             raise ValueError("HeaderEdits: header names must be distinct")
         self.ids = b"".join([name_id(name) for name, _ in items])
         self.mask = length_mask(self.lows)
+        self.bits = id_bits(self.ids)
 
 
 class _Fields:
@@ -266,8 +275,8 @@ class Request(_Fields):
     from ``path`` and ``headers``.
     """
 
-    __slots__ = ("body_length", "changed", "client_ip", "host", "method", "notes", "path", "proto", "query",
-                 "router")
+    __slots__ = ("body_length", "changed", "client_ip", "edited", "host", "method", "notes", "path", "proto",
+                 "query", "router")
 
     def __init__(self, method: bytes, path: bytes, query: bytes | None, host: bytes,
                  headers: list[tuple[bytes, bytes]], client_ip: str, router: str, proto: bytes,
@@ -282,13 +291,18 @@ class Request(_Fields):
         self.proto = proto
         self.body_length = body_length  # Content-Length, -1 chunked, 0 no body
         self.changed = False
+        # bit ``1 << id`` of every ``hdrs`` id set or removed through ``set``/``remove``/``set_many``: forwarding
+        # headers a middleware set or deleted are sent as it left them (SPEC §5.2, §6.8)
+        self.edited = 0
         self.notes: list[Any] = [None] * slots
 
     def set(self, name: bytes, value: bytes) -> None:
         super().set(name, value)
         self.changed = True
+        self.edited |= 1 << name_id(name)[0]
 
     def remove(self, name: bytes) -> bool:
+        self.edited |= 1 << name_id(name)[0]  # also when absent: the gateway must not add it either
         if super().remove(name):
             self.changed = True
             return True
@@ -297,6 +311,7 @@ class Request(_Fields):
     def set_many(self, edits: HeaderEdits) -> None:
         super().set_many(edits)
         self.changed = True
+        self.edited |= edits.bits
 
     def target(self) -> bytes:
         """Raw path plus query, as sent upstream."""

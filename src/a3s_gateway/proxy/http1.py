@@ -67,6 +67,7 @@ _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n"
 _COLD = b"X-A3S-Cold-Start: 1\r\n"  # on every response to a request that waited in a cold-start queue
 _DRAIN_LIMIT = 65536
+_HOST_BIT = 1 << hdrs.HOST  # in Request.edited
 
 
 def normalize_ip(text: str) -> str:
@@ -672,13 +673,17 @@ class HttpConnection:
             upath = head.target
         tracer = self.entry.tracer
         client_ip = req.client_ip
+        host_value = upstream_host(head, svc.pass_host_header, pool.host_header)
+        edited = req.edited
+        if host_value is None and edited & _HOST_BIT:
+            host_value = head.host  # a middleware deleted the Host line: the request's host goes instead
         self.up_head, self.rid = request_head(
             head.method,
             upath,
             headers,
             ids,
             head.connection_tokens,
-            upstream_host(head, svc.pass_host_header, pool.host_header),
+            host_value,
             head.host,
             self.client_ip_b,
             self.client_ip_b if not self.trusted else client_ip.encode(),
@@ -687,6 +692,7 @@ class HttpConnection:
             self.trusted,
             self.framing,
             tracer.mask if tracer is not None and self.trace is not None else 0,
+            edited,  # forwarding headers a middleware set or deleted are sent as it left them (SPEC §5.2, §6.8)
         )
         self._forward(backend, pool, svc)
 
