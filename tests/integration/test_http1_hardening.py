@@ -227,3 +227,32 @@ async def test_only_the_exact_websocket_token_upgrades(start_gateway) -> None:
                             + value + b"\r\n\r\n")
         assert r.status == 200 and r.body.lower() == b"websocket|upgrade", value
         c.close()
+
+
+async def test_forward_auth_judges_the_host_routing_used(start_gateway) -> None:
+    """D2 audit: forward-auth tells its auth service the host routing used (and the scheme and peer of SPEC §5.2),
+    not an X-Forwarded-Host an untrusted client sent — an auth service that bypasses public.local would otherwise
+    let the admin virtual host through."""
+    async def auth(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        public = req.header("x-forwarded-host") == "public.local"
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" if public else
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    auth_server = await start_backend(auth)
+    backend = await start_backend(_echo_host)
+    hcl = _two_hosts(backend.url).replace('type     = "basic-auth"', f'type = "forward-auth"\n  forward_auth_url = '
+                                                                       f'"{auth_server.url}/check"')
+    hcl = hcl.replace('  username = "ada"\n  password = "lovelace"\n', "")
+    gw = await start_gateway(hcl)
+    c = await Client.connect(gateway_port(gw))
+    for raw in (b"GET / HTTP/1.1\r\nHost: admin.local\r\nX-Forwarded-Host: public.local\r\n"
+                b"X-Forwarded-Proto: https\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+                b"GET http://admin.local/ HTTP/1.1\r\nHost: public.local\r\nX-Forwarded-Host: public.local\r\n\r\n"):
+        assert (await c.request(raw)).status == 401
+    seen = auth_server.requests[0]
+    assert seen.header("x-forwarded-host") == "admin.local" and seen.header("x-forwarded-proto") == "http"
+    assert seen.header("x-forwarded-for") == "10.0.0.1, 127.0.0.1"
+    assert auth_server.requests[1].header("x-forwarded-host") == "admin.local"
+    assert backend.requests == []
+    c.close()

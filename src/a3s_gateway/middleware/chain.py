@@ -272,21 +272,25 @@ class Request(_Fields):
 
     ``headers`` keeps the client's raw-case names; ``set``/``remove`` are case-insensitive. ``path`` is the raw
     path without the query (strip-prefix changes it). ``changed`` tells the proxy to rebuild the upstream head
-    from ``path`` and ``headers``.
+    from ``path`` and ``headers``. The client's X-Forwarded-* headers are in ``headers`` as received: ``trusted``
+    says whether they count (the peer is in the entrypoint's ``trusted_ips``, SPEC §5.2), ``peer`` is the TCP peer's
+    address (``client_ip`` when empty), which the gateway appends to X-Forwarded-For.
     """
 
-    __slots__ = ("body_length", "changed", "client_ip", "edited", "host", "method", "notes", "path", "proto",
-                 "query", "router")
+    __slots__ = ("body_length", "changed", "client_ip", "edited", "host", "method", "notes", "path", "peer", "proto",
+                 "query", "router", "trusted")
 
     def __init__(self, method: bytes, path: bytes, query: bytes | None, host: bytes,
                  headers: list[tuple[bytes, bytes]], client_ip: str, router: str, proto: bytes,
-                 body_length: int, slots: int) -> None:
+                 body_length: int, slots: int, trusted: bool = False, peer: str = "") -> None:
         super().__init__(headers, True)
         self.method = method
         self.path = path
         self.query = query
         self.host = host
         self.client_ip = client_ip
+        self.trusted = trusted
+        self.peer = peer
         self.router = router
         self.proto = proto
         self.body_length = body_length  # Content-Length, -1 chunked, 0 no body

@@ -571,7 +571,7 @@ class HttpConnection:
         method, path, query, host, headers, body_length = fields
         # the parsed header list is shared with the Request, which copies it before its first change
         req = Request(method, path, query, host, headers, client_ip, target.router, self.entry.proto, body_length,
-                      len(chain.middlewares))
+                      len(chain.middlewares), self.trusted, self.client_ip)
         self.chain = chain
         self.mreq = req
         self.target = target
