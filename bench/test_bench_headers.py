@@ -33,8 +33,8 @@ def mod(request: pytest.FixtureRequest) -> Any:
 
 def test_request_head(benchmark: Any, mod: Any) -> None:
     ids = _ids(REQUEST_HEADERS)
-    benchmark(mod.request_head, b"POST", b"/v1/chat/completions", REQUEST_HEADERS, ids, (), None, b"127.0.0.1",
-              b"127.0.0.1", b"http", b"8080", False, b"Content-Length: 120\r\n")
+    benchmark(mod.request_head, b"POST", b"/v1/chat/completions", REQUEST_HEADERS, ids, (), None, b"api.example.com",
+              b"127.0.0.1", b"127.0.0.1", b"http", b"8080", False, b"Content-Length: 120\r\n")
 
 
 def test_response_head(benchmark: Any, mod: Any) -> None:

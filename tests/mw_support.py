@@ -31,8 +31,11 @@ def request(
     client_ip: str = "10.0.0.1",
     body_length: int = 0,
     slots: int = 1,
+    trusted: bool = False,
+    peer: str = "",
 ) -> Request:
-    return Request(method, path, query, b"example.com", list(headers), client_ip, "r", b"http", body_length, slots)
+    return Request(method, path, query, b"example.com", list(headers), client_ip, "r", b"http", body_length, slots,
+                   trusted, peer)
 
 
 def response(status: int = 200, headers: Sequence[tuple[bytes, bytes]] = (), local: bool = False) -> Response:

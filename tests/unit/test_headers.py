@@ -54,6 +54,7 @@ def test_request_head_filters_and_adds(mod: ModuleType) -> None:
         ids(headers),
         (b"x-secret",),
         None,
+        b"api.example.com:8080",
         b"127.0.0.1", b"127.0.0.1",
         b"http",
         b"8080",
@@ -80,18 +81,59 @@ def test_request_head_filters_and_adds(mod: ModuleType) -> None:
 def test_request_head_host_override_and_request_id_kept(mod: ModuleType) -> None:
     headers = [(b"host", b"client"), (b"X-Request-Id", b"abc-123")]
     head, rid = mod.request_head(
-        b"GET", b"/", headers, ids(headers), (), b"backend:81", b"::1", b"::1", b"http", b"80", False, b""
+        b"GET", b"/", headers, ids(headers), (), b"backend:81", b"client", b"::1", b"::1", b"http", b"80", False, b""
     )
     lines = head_lines(head)
     assert b"host: backend:81" in lines and b"X-Forwarded-Host: client" in lines
     assert rid == b"abc-123" and lines.count(b"X-Request-Id: abc-123") == 1
 
 
+def test_request_head_absolute_form_authority_replaces_host(mod: ModuleType) -> None:
+    """SPEC §5.3: the authority of an absolute-form target replaces the client's Host, in Host and in
+    X-Forwarded-Host; the Host line that was replaced appears nowhere."""
+    headers = [(b"Host", b"admin.local"), (b"Accept", b"*/*")]
+    head, _ = mod.request_head(b"GET", b"/", headers, ids(headers), (), b"public.local", b"public.local",
+                               b"1.2.3.4", b"1.2.3.4", b"http", b"80", False, b"")
+    lines = head_lines(head)
+    assert lines[1] == b"Host: public.local" and b"X-Forwarded-Host: public.local" in lines
+    assert b"admin.local" not in head
+
+
+def test_request_head_without_host_gets_one(mod: ModuleType) -> None:
+    """SPEC §5.3: a request with no host at all (HTTP/1.0) is sent with the backend's; no X-Forwarded-Host."""
+    headers = [(b"Accept", b"*/*")]
+    head, _ = mod.request_head(b"GET", b"/", headers, ids(headers), (), b"backend:8080", b"", b"1.2.3.4",
+                               b"1.2.3.4", b"http", b"80", False, b"")
+    lines = head_lines(head)
+    assert lines.count(b"Host: backend:8080") == 1
+    assert not any(line.startswith(b"X-Forwarded-Host") for line in lines)
+
+
+def test_request_head_keeps_forwarding_headers_a_middleware_edited(mod: ModuleType) -> None:
+    """SPEC §5.2, §6.8: forwarding headers a middleware set (in the list) or deleted (not in it) are sent as it left
+    them, and the gateway adds none of its own for them; the others are the gateway's as usual."""
+    edited = 0
+    for hid in (hdrs.X_FORWARDED_PROTO, hdrs.X_FORWARDED_FOR, hdrs.X_REAL_IP, hdrs.X_REQUEST_ID):
+        edited |= 1 << hid
+    headers = [(b"Host", b"h"), (b"X-Forwarded-Proto", b"https"), (b"X-Real-IP", b"203.0.113.9")]
+    head, rid = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.2.3.4", b"1.2.3.4",
+                                 b"http", b"80", False, b"", 0, edited)
+    lines = head_lines(head)
+    assert lines[1:] == [b"Host: h", b"X-Forwarded-Proto: https", b"X-Real-IP: 203.0.113.9",
+                         b"X-Forwarded-Host: h", b"X-Forwarded-Port: 80"]
+    assert rid == b""  # deleted: none sent (the access log makes its own)
+    headers = [(b"Host", b"h"), (b"X-Request-Id", b"mw id"), (b"X-Forwarded-For", b"10.0.0.1")]
+    head, rid = mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.2.3.4", b"1.2.3.4",
+                                 b"http", b"80", False, b"", 0, edited)
+    assert rid == b"mw id" and head_lines(head).count(b"X-Forwarded-For: 10.0.0.1") == 1
+    assert b"1.2.3.4" not in head
+
+
 @pytest.mark.parametrize("bad", [b"", b"has space", b"x" * 201])
 def test_invalid_request_id_replaced(mod: ModuleType, bad: bytes) -> None:
     headers = [(b"Host", b"h"), (b"X-Request-Id", bad)]
     head, rid = mod.request_head(
-        b"GET", b"/", headers, ids(headers), (), None, b"1.2.3.4", b"1.2.3.4", b"http", b"80", False, b""
+        b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.2.3.4", b"1.2.3.4", b"http", b"80", False, b""
     )
     assert rid != bad and len(rid) == 32 and head.count(b"X-Request-Id") == 1
 
@@ -104,7 +146,7 @@ def test_trusted_peer_keeps_forwarded_headers(mod: ModuleType) -> None:
         (b"X-Forwarded-Port", b"443"),
     ]
     head, _ = mod.request_head(
-        b"GET", b"/", headers, ids(headers), (), None, b"10.0.0.1", b"203.0.113.5", b"http", b"80", True, b""
+        b"GET", b"/", headers, ids(headers), (), None, b"h", b"10.0.0.1", b"203.0.113.5", b"http", b"80", True, b""
     )
     lines = head_lines(head)
     assert b"X-Real-IP: 203.0.113.5" in lines and b"X-Forwarded-For: 10.0.0.1" in lines
@@ -148,7 +190,7 @@ def test_interim_head(mod: ModuleType) -> None:
 
 def test_generated_request_ids_are_unique(mod: ModuleType) -> None:
     headers = [(b"Host", b"h")]
-    seen = {mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"1.1.1.1", b"1.1.1.1", b"http",
+    seen = {mod.request_head(b"GET", b"/", headers, ids(headers), (), None, b"h", b"1.1.1.1", b"1.1.1.1", b"http",
                              b"80", False, b"")[1] for _ in range(1000)}  # crosses several 4 KiB pools
     assert len(seen) == 1000 and all(len(r) == 32 for r in seen)
 
@@ -181,8 +223,8 @@ TRACE_HEADERS = [
 def test_trace_headers_of_injected_formats_are_replaced(mod: ModuleType, drop: int, gone: set[bytes]) -> None:
     """SPEC §11.4: incoming headers of every injected format are dropped; tracestate and the rest pass."""
     inject = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01\r\n"
-    head, _ = mod.request_head(b"GET", b"/", TRACE_HEADERS, ids(TRACE_HEADERS), (), None, b"1.1.1.1", b"1.1.1.1",
-                               b"http", b"80", False, inject, drop)
+    head, _ = mod.request_head(b"GET", b"/", TRACE_HEADERS, ids(TRACE_HEADERS), (), None, b"h", b"1.1.1.1",
+                               b"1.1.1.1", b"http", b"80", False, inject, drop)
     lines = head_lines(head)
     assert lines[-1] == inject[:-2]  # gateway lines come last
     names = [line.split(b":")[0] for line in lines[1:-1]]

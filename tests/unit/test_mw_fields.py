@@ -156,3 +156,17 @@ def test_rate_limit_header_values_follow_the_bucket() -> None:
     assert [h[b"RateLimit-Remaining"] for h in seen] == [b"2", b"1", b"0"]
     assert [h[b"RateLimit-Reset"] for h in seen] == [b"1", b"2", b"3"]
     assert {h[b"RateLimit-Limit"] for h in seen} == {b"3"}
+
+
+def test_request_edited_bits_name_what_middlewares_set_or_deleted() -> None:
+    """``Request.edited`` (bit ``1 << hdrs id``) tells the head builder which forwarding headers a middleware
+    decided (SPEC §5.2, §6.8): set, batch-set, and deleted even when the client had not sent it."""
+    req = _request([(b"Host", b"h"), (b"X-Forwarded-Proto", b"ftp")])
+    assert req.edited == 0
+    req.set(b"x-forwarded-proto", b"https")
+    req.remove(b"X-Forwarded-For")  # absent: nothing removed, still decided
+    assert req.edited == (1 << hdrs.X_FORWARDED_PROTO) | (1 << hdrs.X_FORWARDED_FOR)
+    assert req.headers == [(b"Host", b"h"), (b"x-forwarded-proto", b"https")]
+    req.set_many(HeaderEdits(((b"X-Real-IP", b"1.2.3.4"), (b"X-Other", b"1"))))
+    assert req.edited & (1 << hdrs.X_REAL_IP) and req.edited & 1  # X-Other has id 0
+    assert not req.edited & (1 << hdrs.X_REQUEST_ID)

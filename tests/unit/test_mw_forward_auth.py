@@ -87,13 +87,13 @@ async def test_2xx_copies_listed_headers_and_sends_the_auth_request() -> None:
     assert names.count(b"x-forwarded-uri") == 1
 
 
-async def test_selected_request_headers_and_proxy_forwarded_values() -> None:
+async def test_selected_request_headers_and_trusted_forwarded_values() -> None:
     async with Stub(lambda seen: response(204)) as stub:
         mw = forward_auth(stub.url("/auth"), 'forward_auth_request_headers = ["authorization"]\n'
                                              'forward_auth_method = "POST"')
         headers = [*CLIENT_HEADERS, (b"X-Forwarded-For", b"1.2.3.4, 10.0.0.1"), (b"X-Forwarded-Proto", b"https"),
                    (b"X-Forwarded-Host", b"front.example.com:8443")]
-        req = request(headers=headers)
+        req = request(headers=headers, client_ip="1.2.3.4", trusted=True, peer="10.0.0.2")
         assert await mw.request_async(req, 0.0) is None
     assert not req.changed  # no response headers configured
     [seen] = stub.seen
@@ -103,9 +103,29 @@ async def test_selected_request_headers_and_proxy_forwarded_values() -> None:
         b"x-forwarded-uri", b"x-forwarded-for", b"content-length", b"connection",
     ]
     assert seen.get(b"Content-Length") == b"0"
-    assert seen.get(b"X-Forwarded-For") == b"1.2.3.4, 10.0.0.1"
+    assert seen.get(b"X-Forwarded-For") == b"1.2.3.4, 10.0.0.1, 10.0.0.2"  # the peer appended, as upstream
     assert seen.get(b"X-Forwarded-Proto") == b"https"
     assert seen.get(b"X-Forwarded-Host") == b"front.example.com:8443"
+
+
+async def test_forwarded_values_of_an_untrusted_client_are_the_gateways() -> None:
+    """SPEC §5.2: an untrusted client cannot choose the scheme, host or address the auth service judges by; a value
+    an earlier middleware set (``headers``) is what the backend gets, so the auth service gets it too."""
+    headers = [(b"Host", b"admin.example.com"), (b"X-Forwarded-For", b"10.0.0.1"), (b"X-Forwarded-Proto", b"https"),
+               (b"X-Forwarded-Host", b"public.example.com")]
+    async with Stub(lambda seen: response(204)) as stub:
+        mw = forward_auth(stub.url("/auth"))
+        assert await mw.request_async(request(headers=headers, client_ip="198.51.100.7"), 0.0) is None
+        edited = request(headers=headers, client_ip="198.51.100.7")
+        edited.set(b"X-Forwarded-Proto", b"https")
+        edited.remove(b"X-Forwarded-For")
+        assert await mw.request_async(edited, 0.0) is None
+    plain, set_by_mw = stub.seen
+    assert plain.get(b"X-Forwarded-Host") == b"example.com"  # the request's host, as routing saw it
+    assert plain.get(b"X-Forwarded-Proto") == b"http"
+    assert plain.get(b"X-Forwarded-For") == b"10.0.0.1, 198.51.100.7"  # the peer is the rightmost entry
+    assert set_by_mw.get(b"X-Forwarded-Proto") == b"https"
+    assert set_by_mw.get(b"X-Forwarded-For") == b"198.51.100.7"
 
 
 def relayed(reply: Reply | None, status: int) -> Reply:

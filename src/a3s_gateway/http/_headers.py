@@ -88,6 +88,7 @@ def request_head(
     header_ids: bytes,
     connection_tokens: tuple[bytes, ...],
     host_value: bytes | None,
+    orig_host: bytes,
     peer_ip: bytes,
     real_ip: bytes,
     proto: bytes,
@@ -95,24 +96,40 @@ def request_head(
     trusted: bool,
     framing: bytes,
     trace_drop: int = 0,
+    edited: int = 0,
 ) -> tuple[bytes, bytes]:
     """Build the upstream request head in one buffer.
 
-    Returns ``(head, request_id)``. ``host_value`` replaces the Host value (``pass_host_header = false``) or is
-    ``None`` to pass the client's through. ``framing`` is the body framing line(s) to add (``Content-Length: n\\r\\n``,
-    ``Transfer-Encoding: chunked\\r\\n`` or empty) plus any gateway-added lines (trace context). ``trace_drop``
-    (bits 1 W3C, 2 B3, 4 B3 multi) drops the incoming headers of the trace formats the gateway injects; ``tracestate``
-    always passes. Hop-by-hop headers, ``Expect`` and names listed in
-    ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2: ``peer_ip`` is appended to
-    X-Forwarded-For, ``real_ip`` (the client IP, which differs for trusted peers) is X-Real-IP.
+    Returns ``(head, request_id)``. ``host_value`` replaces the Host value, or is added when the request has no
+    Host line; ``None`` passes the client's Host line through (only when it is the request's host: origin-form,
+    ``pass_host_header``). ``orig_host`` is the request's host as routing saw it (an absolute-form target's
+    authority, never a Host line it replaced): the X-Forwarded-Host value, none when empty (SPEC §5.3).
+    ``framing`` is the body framing line(s) to add (``Content-Length: n\\r\\n``, ``Transfer-Encoding: chunked\\r\\n``
+    or empty) plus any gateway-added lines (trace context). ``trace_drop`` (bits 1 W3C, 2 B3, 4 B3 multi) drops the
+    incoming headers of the trace formats the gateway injects; ``tracestate`` always passes. Hop-by-hop headers,
+    ``Expect`` and names listed in ``Connection`` are dropped; X-Forwarded-* and X-Real-IP are set per SPEC §5.2:
+    ``peer_ip`` is appended to X-Forwarded-For, ``real_ip`` (the client IP, which differs for trusted peers) is
+    X-Real-IP. ``edited`` has bit ``1 << id`` set for every ``hdrs`` id a middleware set or deleted: Host and the
+    forwarding headers among them (X-Forwarded-*, X-Real-IP, X-Request-Id) pass as the middleware left them and the
+    gateway adds none of its own, since SPEC §5.2 sets them before middlewares run.
     """
     parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff: bytes = b""
-    orig_host: bytes = b""
+    seen_host = False
     request_id: bytes = b""
     seen_proto = False
     seen_fhost = False
     seen_port = False
+    set_xff = True
+    set_real_ip = True
+    set_request_id = True
+    if edited:
+        seen_proto = (edited >> _X_FORWARDED_PROTO) & 1 != 0
+        seen_fhost = (edited >> _X_FORWARDED_HOST) & 1 != 0
+        seen_port = (edited >> _X_FORWARDED_PORT) & 1 != 0
+        set_xff = (edited >> _X_FORWARDED_FOR) & 1 == 0
+        set_real_ip = (edited >> _X_REAL_IP) & 1 == 0
+        set_request_id = (edited >> _X_REQUEST_ID) & 1 == 0
     n = len(headers)
     i = 0
     while i < n:
@@ -136,8 +153,18 @@ def request_head(
             parts.append(_COLON)
             parts.append(value)
             parts.append(_CRLF)
+        elif edited and (edited >> hid) & 1 and (hid == _HOST or _X_FORWARDED_FOR <= hid <= _X_REQUEST_ID):
+            # set by a middleware (a deleted one is not in the list): kept as it is
+            if hid == _HOST:
+                seen_host = True
+            elif hid == _X_REQUEST_ID and not request_id:
+                request_id = value
+            parts.append(name)
+            parts.append(_COLON)
+            parts.append(value)
+            parts.append(_CRLF)
         elif hid == _HOST:
-            orig_host = value
+            seen_host = True
             parts.append(name)
             parts.append(_COLON)
             parts.append(value if host_value is None else host_value)
@@ -165,12 +192,17 @@ def request_head(
                 parts.append(value)
                 parts.append(_CRLF)
         # everything else (hop-by-hop, Content-Length, Expect, X-Real-IP) is dropped or re-added below
-    parts.append(b"X-Forwarded-For: ")
-    if xff:
-        parts.append(xff)
-        parts.append(b", ")
-    parts.append(peer_ip)
-    parts.append(_CRLF)
+    if not seen_host and host_value is not None:  # HTTP/1.0 without Host: the backend's host (SPEC §5.3)
+        parts.append(b"Host: ")
+        parts.append(host_value)
+        parts.append(_CRLF)
+    if set_xff:
+        parts.append(b"X-Forwarded-For: ")
+        if xff:
+            parts.append(xff)
+            parts.append(b", ")
+        parts.append(peer_ip)
+        parts.append(_CRLF)
     if not seen_proto:
         parts.append(b"X-Forwarded-Proto: ")
         parts.append(proto)
@@ -183,10 +215,11 @@ def request_head(
         parts.append(b"X-Forwarded-Port: ")
         parts.append(port)
         parts.append(_CRLF)
-    parts.append(b"X-Real-IP: ")
-    parts.append(real_ip)
-    parts.append(_CRLF)
-    if not request_id:
+    if set_real_ip:
+        parts.append(b"X-Real-IP: ")
+        parts.append(real_ip)
+        parts.append(_CRLF)
+    if set_request_id and not request_id:
         request_id = _new_request_id()
         parts.append(b"X-Request-Id: ")
         parts.append(request_id)

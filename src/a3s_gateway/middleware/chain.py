@@ -60,6 +60,14 @@ def name_id(name: bytes) -> bytes:
     return hid
 
 
+def id_bits(ids: bytes) -> int:
+    """Bit ``1 << id`` for each of the ``hdrs`` ids (``Request.edited``)."""
+    bits = 0
+    for hid in ids:
+        bits |= 1 << hid
+    return bits
+
+
 def length_mask(lows: Iterable[bytes]) -> int:
     """For ``has_any``: bit n set when one of ``lows`` is n bytes long (-1, every bit, when one is 62 or longer)."""
     mask = 0
@@ -75,7 +83,7 @@ class HeaderEdits:
     """Headers set together, prepared once: their lower-case names, ids and length mask. The names must be
     distinct (ignoring case): ``set_many`` appends them all."""
 
-    __slots__ = ("ids", "items", "lows", "mask")
+    __slots__ = ("bits", "ids", "items", "lows", "mask")
 
     def __init__(self, items: tuple[tuple[bytes, bytes], ...]) -> None:
         self.items = items
@@ -84,6 +92,7 @@ class HeaderEdits:
             raise ValueError("HeaderEdits: header names must be distinct")
         self.ids = b"".join([name_id(name) for name, _ in items])
         self.mask = length_mask(self.lows)
+        self.bits = id_bits(self.ids)
 
 
 class _Fields:
@@ -263,32 +272,41 @@ class Request(_Fields):
 
     ``headers`` keeps the client's raw-case names; ``set``/``remove`` are case-insensitive. ``path`` is the raw
     path without the query (strip-prefix changes it). ``changed`` tells the proxy to rebuild the upstream head
-    from ``path`` and ``headers``.
+    from ``path`` and ``headers``. The client's X-Forwarded-* headers are in ``headers`` as received: ``trusted``
+    says whether they count (the peer is in the entrypoint's ``trusted_ips``, SPEC §5.2), ``peer`` is the TCP peer's
+    address (``client_ip`` when empty), which the gateway appends to X-Forwarded-For.
     """
 
-    __slots__ = ("body_length", "changed", "client_ip", "host", "method", "notes", "path", "proto", "query",
-                 "router")
+    __slots__ = ("body_length", "changed", "client_ip", "edited", "host", "method", "notes", "path", "peer", "proto",
+                 "query", "router", "trusted")
 
     def __init__(self, method: bytes, path: bytes, query: bytes | None, host: bytes,
                  headers: list[tuple[bytes, bytes]], client_ip: str, router: str, proto: bytes,
-                 body_length: int, slots: int) -> None:
+                 body_length: int, slots: int, trusted: bool = False, peer: str = "") -> None:
         super().__init__(headers, True)
         self.method = method
         self.path = path
         self.query = query
         self.host = host
         self.client_ip = client_ip
+        self.trusted = trusted
+        self.peer = peer
         self.router = router
         self.proto = proto
         self.body_length = body_length  # Content-Length, -1 chunked, 0 no body
         self.changed = False
+        # bit ``1 << id`` of every ``hdrs`` id set or removed through ``set``/``remove``/``set_many``: forwarding
+        # headers a middleware set or deleted are sent as it left them (SPEC §5.2, §6.8)
+        self.edited = 0
         self.notes: list[Any] = [None] * slots
 
     def set(self, name: bytes, value: bytes) -> None:
         super().set(name, value)
         self.changed = True
+        self.edited |= 1 << name_id(name)[0]
 
     def remove(self, name: bytes) -> bool:
+        self.edited |= 1 << name_id(name)[0]  # also when absent: the gateway must not add it either
         if super().remove(name):
             self.changed = True
             return True
@@ -297,6 +315,7 @@ class Request(_Fields):
     def set_many(self, edits: HeaderEdits) -> None:
         super().set_many(edits)
         self.changed = True
+        self.edited |= edits.bits
 
     def target(self) -> bytes:
         """Raw path plus query, as sent upstream."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from ..http import hdrs
 from ..observability.log_limit import RateLimitedLog
 from .chain import Middleware, Reply, Request, json_reply
 from .http_client import MAX_BODY, ConnectError, FetchError, Target, fetch
@@ -32,6 +33,9 @@ _NOT_SENT: Final = _HOP_BY_HOP | frozenset(
 )
 # never relayed from a denying auth response: the proxy frames the reply and adds Date itself
 _NOT_RELAYED: Final = _HOP_BY_HOP | frozenset((b"content-length", b"date"))
+_XFP_BIT: Final = 1 << hdrs.X_FORWARDED_PROTO  # in Request.edited
+_XFH_BIT: Final = 1 << hdrs.X_FORWARDED_HOST
+_XFF_BIT: Final = 1 << hdrs.X_FORWARDED_FOR
 _UNAVAILABLE: Final = {"error": "Auth service unavailable"}
 _TIMEOUT: Final = {"error": "Auth service timeout"}
 
@@ -43,6 +47,25 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
         if n.lower() == b"connection":
             names.update(t.strip().lower() for t in v.split(b","))
     return frozenset(names)
+
+
+def forwarded_values(req: Request) -> tuple[tuple[bytes, bytes], ...]:
+    """X-Forwarded-Proto, -Host, -Uri and -For as the backend would get them at this point (SPEC §5.2): a value an
+    earlier middleware set, a trusted peer's, else the gateway's own — the scheme, the host routing used and the peer
+    appended to X-Forwarded-For. A client cannot choose what the auth service judges by."""
+    edited = req.edited
+    trusted = req.trusted
+    proto = req.get(b"X-Forwarded-Proto") if trusted or edited & _XFP_BIT else None
+    host = req.get(b"X-Forwarded-Host") if trusted or edited & _XFH_BIT else None
+    xff = req.get_all(b"X-Forwarded-For")
+    if not (edited & _XFF_BIT and xff):
+        xff.append((req.peer or req.client_ip).encode("ascii"))
+    return (
+        (b"X-Forwarded-Proto", proto or req.proto),
+        (b"X-Forwarded-Host", host or req.host),
+        (b"X-Forwarded-Uri", req.target()),
+        (b"X-Forwarded-For", b", ".join(xff)),
+    )
 
 
 class ForwardAuth(Middleware):
@@ -75,15 +98,9 @@ class ForwardAuth(Middleware):
             for n, v in req.headers
             if (low := n.lower()) not in _NOT_SENT and low not in dropped and (selected is None or low in selected)
         ]
-        # The proxy set these from the peer and trusted_ips before middlewares ran (SPEC §5.2); the fallbacks
-        # serve requests built without them.
-        xff = req.get_all(b"X-Forwarded-For")
         out += (
             (b"X-Forwarded-Method", req.method),
-            (b"X-Forwarded-Proto", req.get(b"X-Forwarded-Proto") or req.proto),
-            (b"X-Forwarded-Host", req.get(b"X-Forwarded-Host") or req.host),
-            (b"X-Forwarded-Uri", req.target()),
-            (b"X-Forwarded-For", b", ".join(xff) if xff else req.client_ip.encode("ascii")),
+            *forwarded_values(req),
             *self._extra,
         )
         return out

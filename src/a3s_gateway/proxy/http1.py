@@ -67,6 +67,7 @@ _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n"
 _COLD = b"X-A3S-Cold-Start: 1\r\n"  # on every response to a request that waited in a cold-start queue
 _DRAIN_LIMIT = 65536
+_HOST_BIT = 1 << hdrs.HOST  # in Request.edited
 
 
 def normalize_ip(text: str) -> str:
@@ -76,6 +77,25 @@ def normalize_ip(text: str) -> str:
     return text
 
 
+def upstream_host(head: Any, pass_host_header: bool, backend_host: bytes) -> bytes | None:
+    """The Host value sent upstream (SPEC §5.3): the request's host as routing saw it, the backend's when
+    ``pass_host_header`` is off or the request has none (HTTP/1.0). None: the client's Host line is that host and
+    passes as it is (origin-form); an absolute-form target's authority replaces it."""
+    host = head.host
+    if not pass_host_header or not host:
+        return backend_host
+    return host if head.authority else None
+
+
+def lists_websocket(upgrade: bytes) -> bool:
+    """Whether an ``Upgrade`` value lists exactly the token ``websocket`` (any case): ``foo-websocket-bar`` is no
+    WebSocket upgrade, the request is then a plain one with ``Upgrade`` removed (SPEC §5.5, §9.3)."""
+    for token in upgrade.split(b","):
+        if token.strip(b" \t").lower() == b"websocket":
+            return True
+    return False
+
+
 class HttpConnection:
     """One client connection on an HTTP entrypoint (an asyncio protocol; compiled to a native class by mypyc)."""
 
@@ -83,12 +103,11 @@ class HttpConnection:
     __slots__ = (
         "_deadline", "_paused", "_timer", "_timer_at", "_tkind", "attempt", "backend", "backend_url", "body",
         "body_done", "body_limit", "buf", "bytes_out", "chain", "client_ip", "client_ip_b", "closing", "cold",
-        "connect_task", "deadline_at", "draining", "entry", "framing", "grpc", "head", "held", "keep_alive", "loop",
-        "mirror",
-        "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool", "port_b", "replay",
-        "replay_bytes", "resp_started", "response_extra", "retried", "revision", "rid", "server", "skip_queue",
-        "state", "stats", "status", "t0", "target", "trace", "transport", "tried", "trusted", "ttfb", "up_head",
-        "upgrade", "upstream", "wall0", "window", "write_paused",
+        "connect_task", "deadline_at", "draining", "entry", "expect", "framing", "fresh", "grpc", "head", "held",
+        "keep_alive", "loop", "mirror", "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending",
+        "pending_bytes", "pool", "port_b", "replay", "replay_bytes", "resp_started", "response_extra", "retried",
+        "revision", "rid", "server", "skip_queue", "state", "stats", "status", "t0", "target", "trace", "transport",
+        "tried", "trusted", "ttfb", "up_head", "upgrade", "upstream", "wall0", "window", "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -97,6 +116,7 @@ class HttpConnection:
         self.transport: Any = None
         self.state = _IDLE
         self.buf = b""
+        self.fresh = True  # no request started yet: the h2c preface is recognised only as the first bytes (§9.1)
         self.head: Any = None
         self.body: Any = None
         self.body_done = True
@@ -157,6 +177,9 @@ class HttpConnection:
         self.skip_queue = False
         self.window: Any = None  # the rollout window of the attempt's backend (§8.7), None outside a rollout
         self.upgrade = False  # the request is a WebSocket upgrade (§9.3)
+        # the client waits for a 100 Continue before it sends the body (HTTP/1.1 only, RFC 9110 §10.1.1); cleared
+        # once the 100 is sent
+        self.expect = False
         self.grpc = False  # a gRPC stream of an HTTP/2 connection (§9.2): HTTP/2 upstream, trailers-only errors
         self.deadline_at = 0.0  # its grpc-timeout as a loop time (0: none)
 
@@ -268,12 +291,16 @@ class HttpConnection:
                 self.buf, limits.max_request_line_bytes, limits.max_header_bytes, limits.max_headers
             )
         except ProtocolError as e:
-            if self.buf.startswith(_H2_PREFACE) and self.entry.limits.http2 and self.stats is None:
-                from . import http2
+            error = e
+            if self.buf.startswith(_H2_PREFACE):
+                if self.fresh and self.entry.limits.http2:
+                    from . import http2
 
-                http2.take_over(self, self.buf)  # h2c with prior knowledge (SPEC §9.1)
-                return
-            self._reject(e)
+                    http2.take_over(self, self.buf)  # h2c with prior knowledge (SPEC §9.1)
+                    return
+                if not self.fresh:  # after an HTTP/1.1 request the preface is no protocol switch (SPEC §9.1)
+                    error = ProtocolError(400, "Bad request: malformed request line")
+            self._reject(error)
             return
         if head is None:
             if self._tkind != _T_HEAD:
@@ -285,6 +312,7 @@ class HttpConnection:
 
     def _start(self, head: Any) -> None:
         self.head = head
+        self.fresh = False
         self.resp_started = False
         self.retried = False
         self.response_extra = b""
@@ -324,11 +352,12 @@ class HttpConnection:
             self.body_done = True
         self.state = _WAIT if self.body_done else _BODY
         self._tkind = _T_NONE
+        self.expect = head.expect_continue and head.version == 1 and not self.body_done
         upgrade = False
         if head.upgrade and head.method == b"GET":
             ids = head.header_ids
             for i in range(len(ids)):
-                if ids[i] == hdrs.UPGRADE and b"websocket" in head.headers[i][1].lower():
+                if ids[i] == hdrs.UPGRADE and lists_websocket(head.headers[i][1]):
                     upgrade = True
         self.upgrade = upgrade
         if upgrade:  # hop-by-hop filtering drops them: restored for the backend (§9.3)
@@ -384,7 +413,8 @@ class HttpConnection:
             head.headers,
             head.header_ids,
             head.connection_tokens,
-            None if svc.pass_host_header else pool.host_header,
+            upstream_host(head, svc.pass_host_header, pool.host_header),
+            head.host,
             self.client_ip_b,
             self.client_ip_b if not self.trusted else client_ip.encode(),
             entry.proto,
@@ -458,10 +488,7 @@ class HttpConnection:
             target = head.path if head.query is None else head.path + b"?" + head.query
         location = b"https://" + host + redirect[1] + target
         self.stats = self.entry.unmatched
-        reusable = self.body_done or (
-            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
-        )
-        close = self.closing or not head.keep_alive or not reusable
+        close = self._close_after_local()
         self.resp_started = True
         self.status = redirect[0]
         self.transport.write(responses.redirect_response(redirect[0], location, close=close))
@@ -530,7 +557,7 @@ class HttpConnection:
         self.window = backend.window
         self.pool = pool
         backend.in_flight += 1
-        if self.body is not None and self.buf and not self.head.expect_continue:
+        if self.body is not None and self.buf and not self.expect:
             self._read_body()
             if self.state == _CLOSED:
                 return
@@ -549,7 +576,7 @@ class HttpConnection:
         method, path, query, host, headers, body_length = fields
         # the parsed header list is shared with the Request, which copies it before its first change
         req = Request(method, path, query, host, headers, client_ip, target.router, self.entry.proto, body_length,
-                      len(chain.middlewares))
+                      len(chain.middlewares), self.trusted, self.client_ip)
         self.chain = chain
         self.mreq = req
         self.target = target
@@ -651,13 +678,18 @@ class HttpConnection:
             upath = head.target
         tracer = self.entry.tracer
         client_ip = req.client_ip
+        host_value = upstream_host(head, svc.pass_host_header, pool.host_header)
+        edited = req.edited
+        if host_value is None and edited & _HOST_BIT:
+            host_value = head.host  # a middleware deleted the Host line: the request's host goes instead
         self.up_head, self.rid = request_head(
             head.method,
             upath,
             headers,
             ids,
             head.connection_tokens,
-            None if svc.pass_host_header else pool.host_header,
+            host_value,
+            head.host,
             self.client_ip_b,
             self.client_ip_b if not self.trusted else client_ip.encode(),
             self.entry.proto,
@@ -665,6 +697,7 @@ class HttpConnection:
             self.trusted,
             self.framing,
             tracer.mask if tracer is not None and self.trace is not None else 0,
+            edited,  # forwarding headers a middleware set or deleted are sent as it left them (SPEC §5.2, §6.8)
         )
         self._forward(backend, pool, svc)
 
@@ -684,10 +717,7 @@ class HttpConnection:
                                  if n.lower() not in (b"content-type", b"content-length", b"connection"))
                 self._grpc_error(status, message, extra)
                 return
-        reusable = self.body_done or (
-            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
-        )
-        close = self.closing or not head.keep_alive or not reusable
+        close = self._close_after_local()
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, responses.reason(status))]
         for name, value in headers:
             low = name.lower()
@@ -778,8 +808,10 @@ class HttpConnection:
         conn.begin(self, data)
         if self.write_paused:
             conn.pause_reading()
-        if self.head.expect_continue and not self.body_done:
-            self.transport.write(responses.CONTINUE)
+        if self.expect:
+            self.expect = False
+            if not self.body_done:
+                self.transport.write(responses.CONTINUE)
         if self._paused & _P_PENDING:
             self.resume_reading_for(_P_PENDING)
         if self.state == _BODY and self.buf:
@@ -1099,10 +1131,7 @@ class HttpConnection:
             self._reply(status, headers, orjson.dumps({"error": message}), len(self.chain.middlewares))
             return
         head = self.head
-        reusable = self.body_done or (
-            self.body is not None and self.body.mode == LENGTH and self.body.remaining <= _DRAIN_LIMIT
-        )
-        close = self.closing or not head.keep_alive or not reusable
+        close = self._close_after_local()
         self.resp_started = True
         self.status = status
         head_only = head.method == b"HEAD"
@@ -1111,6 +1140,15 @@ class HttpConnection:
             self.bytes_out = responses.error_body_length(message)
         self._record(True)
         self._after_local(close)
+
+    def _close_after_local(self) -> bool:
+        """Whether a gateway-generated response closes the connection: shutdown, the client's choice, a request body
+        too large to drain, or a client still waiting for a 100 Continue — it may never send the announced body, so
+        draining it would eat the next request (SPEC §5.3: such a response carries ``Connection: close``)."""
+        if self.closing or not self.head.keep_alive or self.expect:
+            return True
+        body = self.body
+        return not (self.body_done or (body is not None and body.mode == LENGTH and body.remaining <= _DRAIN_LIMIT))
 
     def _grpc_error(self, status: int, message: str, extra: bytes) -> None:
         """A gateway error for a gRPC request: trailers-only, HTTP 200 with grpc-status (SPEC §9.2)."""
