@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import platform
 import sys
@@ -151,10 +152,28 @@ def _demo_config(listen: str) -> GatewayConfig:
     return GatewayConfig.from_hcl(f'entrypoints "web" {{ address = "{listen}" }}\n', filename="<--listen>")
 
 
+def _limit_loop_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Errors the event loop reports itself (e.g. the stdlib loop's accept() failing with EMFILE, once a second per
+    listener while descriptors are exhausted) are logged once per message every 10 s with the count in between."""
+    from .observability.log_limit import RateLimitedLog
+
+    limited = RateLimitedLog(logging.getLogger("a3s_gateway.loop"))
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "event loop error")
+        exc = context.get("exception")
+        key = (message, type(exc).__name__ if exc is not None else "")
+        limited.error(key, "%s", message, fields={"source": "event loop"},
+                      exc_info=exc if isinstance(exc, BaseException) else None)
+
+    loop.set_exception_handler(handler)
+
+
 async def _serve(config: GatewayConfig, admin: str | None) -> int:
     from .gateway import Gateway
 
     gateway = Gateway(config, admin=admin)
+    _limit_loop_errors(asyncio.get_running_loop())
     # signal handlers first: a SIGTERM that arrives while the listeners are being bound still stops gracefully
     waiter = asyncio.ensure_future(gateway.wait_for_shutdown())
     await asyncio.sleep(0)

@@ -136,3 +136,20 @@ def test_key_table_stays_bounded(captured: tuple[logging.Logger, Records]) -> No
         assert limited.warning(i, "x")
     assert len(limited._state) <= 4
     assert len(handler.records) == 100
+
+
+def test_error_lines_keep_the_traceback_and_repeats_are_counted(caplog) -> None:  # type: ignore[no-untyped-def]
+    now = [0.0]
+    limited = RateLimitedLog(logging.getLogger("t.exc"), 10.0, clock=lambda: now[0])
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError as e:
+        err = e
+    with caplog.at_level(logging.ERROR, logger="t.exc"):
+        for _ in range(5):
+            limited.error("accept", "socket.accept() out of system resource", exc_info=err)
+        now[0] = 11.0
+        limited.error("accept", "socket.accept() out of system resource", exc_info=err)
+    assert len(caplog.records) == 2
+    assert caplog.records[0].exc_info is not None and caplog.records[0].exc_info[1] is err
+    assert caplog.records[1].fields == {"suppressed": 4}  # type: ignore[attr-defined]

@@ -58,12 +58,13 @@ class RateLimitedLog:
         """Log ``msg % args`` at WARNING unless ``key`` was logged less than ``interval`` ago; whether it was."""
         return self.log(logging.WARNING, key, msg, *args, fields=fields)
 
-    def error(self, key: Hashable, msg: str, *args: object, fields: Mapping[str, object] | None = None) -> bool:
-        """As :meth:`warning`, at ERROR."""
-        return self.log(logging.ERROR, key, msg, *args, fields=fields)
+    def error(self, key: Hashable, msg: str, *args: object, fields: Mapping[str, object] | None = None,
+              exc_info: BaseException | None = None) -> bool:
+        """As :meth:`warning`, at ERROR (with ``exc_info``'s traceback on the lines written)."""
+        return self.log(logging.ERROR, key, msg, *args, fields=fields, exc_info=exc_info)
 
     def log(self, level: int, key: Hashable, msg: str, *args: object,
-            fields: Mapping[str, object] | None = None) -> bool:
+            fields: Mapping[str, object] | None = None, exc_info: BaseException | None = None) -> bool:
         """Log ``msg % args`` with ``fields`` at ``level``, or count it as suppressed; whether a line was written."""
         if not self.logger.isEnabledFor(level):
             return False
@@ -83,7 +84,7 @@ class RateLimitedLog:
         out: dict[str, object] = dict(fields) if fields else {}
         if suppressed:
             out["suppressed"] = suppressed
-        self.logger.log(level, msg, *args, extra={"fields": out} if out else None)
+        self.logger.log(level, msg, *args, extra={"fields": out} if out else None, exc_info=exc_info)
         return True
 
     def suppressed(self, key: Hashable) -> int:

@@ -38,6 +38,7 @@ from hyperframe.frame import HeadersFrame
 
 from .. import _compat
 from ..errors import ProtocolError
+from ..observability.log_limit import RateLimitedLog
 from .http1 import HttpConnection
 from .server import HttpServer
 from .stream_transport import MessageTransport
@@ -758,20 +759,14 @@ def grpc_timeout(value: bytes) -> float | None:
     return int(digits) * unit
 
 
-_ABUSE_LOG_INTERVAL: Final = 10.0
+# one warning per entrypoint and kind every 10 s; the next one counts the closes in between (suppressed=N)
+_ABUSE_LOG: Final = RateLimitedLog(log)
 
 
 def _abuse_log(server: HttpServer, kind: str, peer: Any) -> None:
-    """One warning per entrypoint per interval, carrying how many connections were closed since the last one."""
-    now = server.loop.time()
-    pending = server.abuse_log_pending + 1
-    if now - server.abuse_logged_at < _ABUSE_LOG_INTERVAL:
-        server.abuse_log_pending = pending
-        return
-    server.abuse_logged_at = now
-    server.abuse_log_pending = 0
-    log.warning("HTTP/2 connection from %s closed with ENHANCE_YOUR_CALM (%s) on entrypoint %s; %d such closes "
-                "since the last report", peer, kind, server.entry.name, pending)
+    name = server.entry.name
+    _ABUSE_LOG.warning((name, kind), "HTTP/2 connection closed with ENHANCE_YOUR_CALM (%s)", kind,
+                       fields={"entrypoint": name, "kind": kind, "peer": str(peer)})
 
 
 def take_over(conn: HttpConnection, initial: bytes) -> None:

@@ -70,10 +70,8 @@ class HttpServer:
         self.certs: Any = None  # the CertStore behind ``ssl``
         self.cert_watch: asyncio.Future[None] | None = None  # its file watcher (§10.3), stopped with the listener
         self._server: asyncio.base_events.Server | None = None
-        # HTTP/2 connections closed for abuse (SPEC §9.1): (entrypoint, kind) -> count; the rate-limited warning
+        # HTTP/2 connections closed for abuse (SPEC §9.1): (entrypoint, kind) -> count
         self.abuse: dict[tuple[str, str], int] = {}
-        self.abuse_logged_at = -1e9
-        self.abuse_log_pending = 0
 
     async def start(self) -> None:
         """Bind the listener (raises OSError)."""
