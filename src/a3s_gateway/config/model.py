@@ -469,7 +469,8 @@ class GatewayConfig:
 
     ``entrypoints``/``routers``/``services``/``middlewares`` map names to configs in source order.
     ``explicit`` holds the features the configuration explicitly uses (SPEC §13.3). ``locations`` maps key
-    paths (``services.llm.scaling``) to ``(file, line, col)`` for runtime messages.
+    paths (``services.llm.scaling``) to ``(file, line, col)`` for runtime messages. ``sources`` maps each file read
+    to a digest of the text read (the file watcher compares it with the files once it is armed, §13.6).
     """
 
     entrypoints: dict[str, EntrypointConfig] = field(default_factory=dict)
@@ -487,6 +488,7 @@ class GatewayConfig:
     files: tuple[str, ...] = ()
     explicit: frozenset[str] = frozenset()
     locations: Mapping[str, tuple[str, int, int]] = field(default_factory=lambda: EMPTY_MAP)
+    sources: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP, compare=False, repr=False)
 
     # -- loading (implemented in validate.py) ---------------------------------------------------------------
 
