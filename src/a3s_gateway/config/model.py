@@ -219,7 +219,7 @@ class TransportConfig:
     stream_idle_timeout: float = 300.0
     request_timeout: float = 0.0
     tunnel_idle_timeout: float = 3600.0
-    max_idle_connections_per_backend: int = 32
+    max_idle_connections_per_backend: int = 256
     idle_connection_timeout: float = 90.0
     tls_insecure_skip_verify: bool = False
     tls_ca_file: str = ""

@@ -1178,7 +1178,7 @@ TRANSPORT: Final = _schema(
         _K("stream_idle_timeout", _dur(0, lo_open=True), 300.0),
         _K("request_timeout", _dur(0), 0.0),
         _K("tunnel_idle_timeout", _dur(0, lo_open=True), 3600.0),
-        _K("max_idle_connections_per_backend", _int(0), 32),
+        _K("max_idle_connections_per_backend", _int(0), 256),
         _K("idle_connection_timeout", _dur(0, lo_open=True), 90.0),
         _K("tls_insecure_skip_verify", BOOL, False),
         _K("tls_ca_file", STR, "", path=True),
