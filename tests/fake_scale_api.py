@@ -99,14 +99,17 @@ class FakeApi:
 
 
 class Sink:
-    """Records every ``set_endpoints`` call; ``await sink.next()`` waits for the next one."""
+    """Records every ``set_endpoints`` call (``calls``: the URLs, ``replicas``: the count they stand for);
+    ``await sink.next()`` waits for the next one."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.replicas: list[int | None] = []
         self._queue: asyncio.Queue[list[str]] = asyncio.Queue()
 
-    def set_endpoints(self, urls: list[str]) -> None:
+    def set_endpoints(self, urls: list[str], replicas: int | None = None) -> None:
         self.calls.append(list(urls))
+        self.replicas.append(replicas)
         self._queue.put_nowait(list(urls))
 
     async def next(self, timeout: float = 5.0) -> list[str]:

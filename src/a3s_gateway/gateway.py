@@ -450,18 +450,23 @@ class Gateway:
             if file is not None and file.watch and config.path is None:
                 log.warning("providers.file.watch: the configuration was not loaded from a file; nothing to watch")
             if self._watcher is not None:
-                watcher, self._watcher = self._watcher, None
-                await watcher.close()
+                old, self._watcher = self._watcher, None
+                await old.close()
             return
         assert file is not None and config.path is not None
-        if self._watcher is not None:
-            self._watcher.retarget(config.path, file.directory)
-            return
-        from .providers.file import FileWatcher
+        watcher = self._watcher
+        if watcher is None:
+            from .providers.file import FileWatcher
 
-        self._watcher = FileWatcher(config.path, file.directory, self._reload_from_files)
-        self._watcher.start()
-        await asyncio.sleep(0)  # let the watch task install its OS watches before start() returns
+            watcher = FileWatcher(config.path, file.directory, self._reload_from_files)
+            self._watcher = watcher
+            watcher.start()
+        elif not watcher.retarget(config.path, file.directory):
+            return  # armed all along: its events cover every save since the configuration was read
+        await watcher.armed()
+        # a save after the files were read and before the watches existed (the entrypoints listen already) raised no
+        # event: compare the files with what was read instead (SPEC §13.6)
+        watcher.catch_up(config.path, file.directory, config.sources)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Graceful stop (idempotent): stop accepting, let in-flight requests finish within ``timeout``."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from quickstart import QuickStart
+from quickstart import BoxApi, QuickStart
 
 ROOT = Path(__file__).resolve().parents[2]
 README_QUICKSTART = ROOT / "examples" / "readme-quickstart.hcl"
@@ -80,6 +80,18 @@ def test_readme_quickstart_runs_verbatim() -> None:
     try:
         quick.run([sys.executable, "-m", "a3s_gateway"])
     finally:
+        quick.close()
+
+
+def test_readme_quickstart_cold_starts_through_a_box_api_at_zero_replicas() -> None:
+    """The same file with a Box API on :9090 that runs no replica: the first request waits while Box is asked for
+    one, then goes to a server with X-A3S-Cold-Start: 1 (SPEC §15.1)."""
+    quick = QuickStart()
+    box = BoxApi()
+    try:
+        quick.run([sys.executable, "-m", "a3s_gateway"], box=box)
+    finally:
+        box.close()
         quick.close()
 
 

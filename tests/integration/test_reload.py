@@ -6,8 +6,10 @@ Real loopback sockets only; every process started here is stopped by PID in a ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -349,6 +351,104 @@ async def test_reload_can_switch_watching_off(tmp_path: Path, gateways: list[Gat
     cfg.write_text(watched_hcl(backend.url, "/three").replace("watch = true", "watch = false"))
     await asyncio.sleep(0.5)
     assert gw.generation == 2 and (await get(gateway_port(gw), "/two"))[0] == 200
+
+
+class _OnLog(logging.Handler):
+    """Runs ``action`` once, inside the logging call, when the gateway logs a message starting with ``prefix``."""
+
+    def __init__(self, prefix: str, action: Callable[[], object]) -> None:
+        super().__init__(logging.INFO)
+        self.prefix = prefix
+        self.action: Callable[[], object] | None = action
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.action is not None and record.getMessage().startswith(self.prefix):
+            action, self.action = self.action, None
+            action()
+
+
+@contextlib.contextmanager
+def on_log(prefix: str, action: Callable[[], object]) -> Iterator[_OnLog]:
+    """Save a file at a moment the gateway announces in its log (e.g. its ready signal), deterministically: the
+    save happens before the logging call returns, so before anything the gateway does after it."""
+    logger = logging.getLogger("a3s_gateway")
+    handler = _OnLog(prefix, action)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+async def test_a_save_at_the_ready_signal_is_applied(tmp_path: Path, gateways: list[Gateway]) -> None:
+    """Issue 16 item 3: the entrypoints listen before the watches exist; a save in between raises no event and was
+    lost until the next save. Once armed, the watcher compares the files with what was read (SPEC §13.6)."""
+    backend = await start_backend()
+    cfg = tmp_path / "gateway.hcl"
+    cfg.write_text(watched_hcl(backend.url, "/one"))
+    with on_log("entrypoint web listening", lambda: cfg.write_text(watched_hcl(backend.url, "/two"))) as hook:
+        gw = await start_from_file(cfg, gateways)
+    assert hook.action is None  # the save was made, at the ready signal
+    assert await eventually(lambda: gw.generation == 2), "the save made at the ready signal was lost"
+    port = gateway_port(gw)
+    assert (await get(port, "/two"))[0] == 200 and (await get(port, "/one"))[0] == 404
+    await asyncio.sleep(0.5)
+    assert gw.generation == 2 and gw.reload_successes == 1  # one reload for one save
+
+
+async def test_an_unchanged_file_is_not_reloaded_when_the_watcher_arms(tmp_path: Path, gateways: list[Gateway]) -> None:
+    backend = await start_backend()
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "a.hcl").write_text('routers "a" { rule = "Path(`/a`)"; service = "s" }\n')
+    cfg = tmp_path / "gateway.hcl"
+    cfg.write_text(watched_hcl(backend.url, "/main", directory="conf.d"))
+    gw = await start_from_file(cfg, gateways)
+    await asyncio.sleep(0.6)
+    assert gw.generation == 1 and gw.reload_successes == gw.reload_failures == 0
+
+
+async def test_a_directory_file_saved_at_the_ready_signal_is_applied(tmp_path: Path, gateways: list[Gateway]) -> None:
+    backend = await start_backend()
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "a.hcl").write_text('routers "a" { rule = "Path(`/a`)"; service = "s" }\n')
+    cfg = tmp_path / "gateway.hcl"
+    cfg.write_text(watched_hcl(backend.url, "/main", directory="conf.d"))
+
+    def save() -> None:
+        (conf_d / "a.hcl").write_text('routers "a" { rule = "Path(`/a2`)"; service = "s" }\n')
+        (conf_d / "b.hcl").write_text('routers "b" { rule = "Path(`/b`)"; service = "s" }\n')
+
+    with on_log("entrypoint web listening", save):
+        gw = await start_from_file(cfg, gateways)
+    assert await eventually(lambda: gw.generation == 2), "the directory files saved at the ready signal were lost"
+    port = gateway_port(gw)
+    assert [(await get(port, p))[0] for p in ("/a", "/a2", "/b")] == [404, 200, 200]
+
+
+async def test_a_save_in_a_new_directory_before_it_is_watched_is_applied(tmp_path: Path,
+                                                                          gateways: list[Gateway]) -> None:
+    """A reload that moves ``providers.file.directory``: a file saved there between the reload's read and the new
+    watch being armed (here: when the watcher logs its new paths, before its watch task runs) is picked up."""
+    backend = await start_backend()
+    for name in ("one.d", "two.d"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "two.d" / "b.hcl").write_text('routers "b" { rule = "Path(`/b`)"; service = "s" }\n')
+    cfg = tmp_path / "gateway.hcl"
+    cfg.write_text(watched_hcl(backend.url, "/main", directory="one.d"))
+    gw = await start_from_file(cfg, gateways)
+    save = lambda: (tmp_path / "two.d" / "c.hcl").write_text(  # noqa: E731
+        'routers "c" { rule = "Path(`/c`)"; service = "s" }\n')
+    with on_log("now watching", save) as hook:
+        cfg.write_text(watched_hcl(backend.url, "/main", directory="two.d"))
+        assert await eventually(lambda: gw.generation >= 2 and hook.action is None)
+        assert await eventually(lambda: gw.generation == 3), "the file saved before the new watch was lost"
+    port = gateway_port(gw)
+    assert [(await get(port, p))[0] for p in ("/b", "/c")] == [200, 200]
 
 
 # --- (e) directory files ------------------------------------------------------------------------------------------

@@ -263,6 +263,100 @@ async def test_box_executor_scales_from_zero_and_the_held_request_reaches_the_ne
             await b.stop()
 
 
+def quickstart_service(box_url: str, scaling: str = "") -> str:
+    """The README quick start's ``llm-backend`` (§15.1) on two loopback servers, its Box API at ``box_url``."""
+    return f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "llm" {{
+  rule    = "PathPrefix(`/v1`)"
+  service = "llm-backend"
+}}
+services "llm-backend" {{
+  load_balancer {{
+    strategy = "least-connections"
+    servers  = [{{ url = "{{s0}}" }}, {{ url = "{{s1}}" }}]
+    health_check {{ path = "/health" }}
+  }}
+  scaling {{
+    min_replicas          = 0
+    max_replicas          = 4
+    container_concurrency = 10
+    buffer_enabled        = true
+    executor              = "box"
+    {scaling}
+    box {{ url = "{box_url}" }}
+  }}
+}}
+'''
+
+
+class FakeBox:
+    """A Box API that runs ``replicas`` replicas (a POST sets the count) and lists no endpoints of its own."""
+
+    def __init__(self) -> None:
+        self.replicas = 0
+
+    async def __call__(self, req, writer) -> None:  # type: ignore[no-untyped-def]
+        if req.method == "POST":
+            self.replicas = json.loads(req.body)["desired_replicas"]
+            writer.write(response(200, {"accepted": True, "actual_replicas": self.replicas, "message": "ok"}))
+        else:
+            writer.write(response(200, {"replicas": self.replicas}))
+
+
+async def test_the_quickstart_with_box_at_zero_replicas_cold_starts_on_its_servers_and_scales_back(
+        start_gateway) -> None:
+    """SPEC §8.5, §15.1: while Box reports no replica nothing is eligible: the first request waits, Box is asked for
+    one at once, the request goes to a static server once Box reports it and the server is healthy, with
+    ``X-A3S-Cold-Start: 1``; after ``scale_down_delay_secs`` without traffic the target goes back to zero."""
+    servers = [await start_backend(), await start_backend()]
+    box = FakeBox()
+    async with FakeApi(box) as api:
+        hcl = quickstart_service(api.url, 'scale_down_delay_secs = 1\n    stable_window = "6s"')
+        gw = await start_gateway(hcl.replace("{s0}", servers[0].url).replace("{s1}", servers[1].url))
+        target = gw.runtime.scale_targets["llm-backend"][1]
+        assert await wait_until(lambda: any(r.method == "GET" for r in api.requests), 5)
+        await asyncio.sleep(0.3)  # time for the servers' readiness probes, were they endpoints already
+        assert target.backends == [] and not any(s.requests for s in servers)  # not even probed
+
+        status, headers, body = await chat(gateway_port(gw))
+        assert status == 200 and body == b"hello from backend" and headers.get("x-a3s-cold-start") == "1"
+        posts = [json.loads(r.body) for r in api.requests if r.method == "POST"]
+        assert posts == [{"service": "llm-backend", "direction": "Up", "current_replicas": 0, "desired_replicas": 1,
+                          "reason": "cold start: a request is waiting"}]
+        assert target.ready_count() == 2 and target.rejections["timeout"] == 0
+        status, headers, _ = await chat(gateway_port(gw))
+        assert status == 200 and "x-a3s-cold-start" not in headers  # the replica is up: no wait
+
+        # idle: once the stable window has only zero samples and the delay has passed, Box is told to go to zero
+        assert await wait_until(lambda: box.replicas == 0 and target.backends == [], 30)
+        down = json.loads(next(r for r in reversed(api.requests) if r.method == "POST").body)
+        assert (down["direction"], down["current_replicas"], down["desired_replicas"]) == ("Down", 1, 0)
+        assert gw.services()[0]["scaling"]["ready_replicas"] == 0
+
+        status, headers, _ = await chat(gateway_port(gw))  # and the next request cold-starts again
+        assert status == 200 and headers.get("x-a3s-cold-start") == "1" and box.replicas == 1
+    for server in servers:
+        await server.stop()
+
+
+async def test_the_quickstart_without_a_box_api_serves_from_its_servers(start_gateway) -> None:
+    """Box unreachable: the static servers serve once healthy; the failed calls are logged and counted (§8.5)."""
+    servers = [await start_backend(), await start_backend()]
+    gone = await start_backend()
+    await gone.stop()  # a port nobody listens on
+    hcl = quickstart_service(gone.url)
+    gw = await start_gateway(hcl.replace("{s0}", servers[0].url).replace("{s1}", servers[1].url))
+    target = gw.runtime.scale_targets["llm-backend"][1]
+    status, _, body = await chat(gateway_port(gw))
+    assert status == 200 and body == b"hello from backend"
+    assert await wait_until(lambda: target.ready_count() == 2, 5)
+    assert target.executor_errors >= 1
+    assert 'gateway_executor_errors_total{executor="box",service="llm-backend"}' in gw.metrics()
+    for server in servers:
+        await server.stop()
+
+
 async def test_a_scaled_revision_queues_its_share_until_its_server_is_ready(start_gateway) -> None:
     v1 = await start_backend()
     probe = await start_backend()

@@ -142,13 +142,43 @@ async def test_poll_listed_but_none_ready_reports_no_endpoints() -> None:
     assert sink.calls == [[]]
 
 
-@pytest.mark.parametrize("state", [{"replicas": 0}, {"replicas": 1, "endpoints": []},
-                                   {"replicas": 1, "endpoints": None}])
-async def test_poll_without_endpoints_reports_the_static_servers(state: dict[str, object]) -> None:
+@pytest.mark.parametrize("state", [{"replicas": 1}, {"replicas": 1, "endpoints": []},
+                                   {"replicas": 3, "endpoints": None}])
+async def test_poll_without_endpoints_reports_the_static_servers_for_boxs_replicas(state: dict[str, int]) -> None:
     sink = Sink()
     async with FakeApi(answer(200, state)) as api:
         assert await box(api, sink).poll() == state["replicas"]
-    assert sink.calls == [STATIC]
+    assert sink.calls == [STATIC] and sink.replicas == [state["replicas"]]  # two servers standing in for N replicas
+
+
+@pytest.mark.parametrize("state", [{"replicas": 0}, {"replicas": 0, "endpoints": []}])
+async def test_poll_of_zero_replicas_reports_no_endpoint(state: dict[str, object]) -> None:
+    """While Box runs no replica nothing is eligible: a request waits and asks Box for one (§8.4, §15.1)."""
+    sink = Sink()
+    async with FakeApi(answer(200, state)) as api:
+        assert await box(api, sink).poll() == 0
+    assert sink.calls == [[]]
+
+
+async def test_an_accepted_scale_to_zero_removes_the_standing_in_servers_at_once() -> None:
+    sink = Sink()
+    async with FakeApi(answer(200, {"accepted": True, "actual_replicas": 0, "message": "ok"})) as api:
+        await box(api, sink).scale(0, 1, "idle")
+    assert sink.calls == [[]]
+
+
+async def test_a_scale_to_zero_keeps_the_endpoints_box_listed_until_it_reports_them_gone() -> None:
+    state = {"replicas": 1, "endpoints": [{"url": "http://10.0.0.5:8000", "ready": True}]}
+
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(200, {"accepted": True, "actual_replicas": 0} if request.method == "POST" else state))
+
+    sink = Sink()
+    async with FakeApi(handler) as api:
+        executor = box(api, sink)
+        await executor.poll()
+        await executor.scale(0, 1, "idle")  # the replica drains and stops on Box's side; the next poll tells
+    assert sink.calls == [["http://10.0.0.5:8000"]]
 
 
 @pytest.mark.parametrize("body", [b'{"endpoints": []}', b'{"replicas": "2"}', b'{"replicas": 1, "endpoints": {}}',
@@ -197,12 +227,76 @@ async def test_run_keeps_polling_after_an_error() -> None:
     sink = Sink()
     async with FakeApi(flaky) as api:
         task = asyncio.create_task(box(api, sink).run(lambda: True, errors.append))
+        assert await sink.next(3.0) == STATIC  # Box cannot be used: the static servers serve meanwhile
         assert await sink.next(3.0) == ["http://10.0.0.9:80"]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
     assert len(errors) == 1 and "status 500" in errors[0]
     assert len(api.requests) == 2
+
+
+@pytest.mark.parametrize("first", [{"replicas": 0}, {"replicas": 2}])
+async def test_an_unreachable_api_falls_back_to_the_static_servers(first: dict[str, int]) -> None:
+    """Box down (from the start, or after it reported no endpoints of its own): the servers serve, errors go on."""
+    sink = Sink()
+    errors: list[str] = []
+    async with FakeApi(answer(200, first)) as api:
+        executor = box(api, sink)
+        await executor.poll()
+    task = asyncio.create_task(executor.run(lambda: True, errors.append))  # the API is gone now
+    try:
+        assert await sink.next() == ([] if first["replicas"] == 0 else STATIC)  # the answered poll
+        assert await sink.next() == STATIC and sink.replicas[-1] is None
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert errors and "box GET" in errors[0]
+
+
+async def test_an_unreachable_api_keeps_the_endpoints_box_listed() -> None:
+    sink = Sink()
+    errors: list[str] = []
+    state = {"replicas": 1, "endpoints": [{"url": "http://10.0.0.5:8000", "ready": True}]}
+    async with FakeApi(answer(200, state)) as api:
+        executor = box(api, sink)
+        await executor.poll()
+    task = asyncio.create_task(executor.run(lambda: True, errors.append))
+    try:
+        await asyncio.sleep(1.5)  # two failed polls
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert len(errors) == 2 and sink.calls == [["http://10.0.0.5:8000"]]
+
+
+async def test_run_polls_at_once_after_an_accepted_scale_request() -> None:
+    """The replica Box starts for a waiting request is seen without waiting for the next period (§8.4)."""
+    polls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        if request.method == "GET":
+            polls.append(loop.time())
+        writer.write(response(200, ACCEPTED if request.method == "POST" else {"replicas": 1}))
+
+    async with FakeApi(handler) as api:
+        executor = box(api)
+        task = asyncio.create_task(executor.run(lambda: False, lambda message: None))  # slow: every 10 s
+        try:
+            while not polls:
+                await asyncio.sleep(0.01)
+            asked = loop.time()
+            await executor.scale(1, 0, "cold start")
+            while len(polls) < 2 and loop.time() - asked < 3:
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert len(polls) == 2 and polls[1] - asked < 0.5
 
 
 async def test_close() -> None:

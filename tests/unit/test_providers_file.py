@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from watchfiles import Change
 
+from a3s_gateway import GatewayConfig
 from a3s_gateway.providers.file import FileWatcher
 
 
@@ -109,3 +111,48 @@ async def test_a_missing_directory_is_logged_not_raised(tmp_path: Path, caplog: 
     await asyncio.sleep(0.2)
     await watcher.close()
     assert "cannot watch" in caplog.text
+
+
+def _config_files(tmp_path: Path) -> tuple[Path, Path]:
+    main = tmp_path / "gateway.hcl"
+    main.write_text(
+        'providers { file { watch = true\n directory = "conf.d" } }\nentrypoints "web" { address = "127.0.0.1:0" }\n'
+        'routers "r" { rule = "Path(`/`)"; service = "s" }\n'
+        'services "s" { load_balancer { servers = [{ url = "http://127.0.0.1:9" }] } }\n')
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "a.hcl").write_text('routers "a" { rule = "Path(`/a`)"; service = "s" }\n')
+    return main, conf_d
+
+
+@pytest.mark.parametrize(
+    ("change", "differs"),
+    [
+        (lambda main, d: None, False),
+        (lambda main, d: main.write_text(main.read_text() + "# a comment\n"), True),
+        (lambda main, d: (d / "a.hcl").write_text('routers "a" { rule = "Path(`/b`)"; service = "s" }\n'), True),
+        (lambda main, d: (d / "b.hcl").write_text(""), True),  # a new directory file
+        (lambda main, d: (d / "a.hcl").unlink(), True),
+        (lambda main, d: (d / ".b.hcl").write_text("x"), False),  # not configuration (§2.5)
+        (lambda main, d: (d / "notes.txt").write_text("x"), False),
+        (lambda main, d: main.unlink(), True),
+    ],
+)
+async def test_catch_up_reloads_only_when_the_files_differ_from_what_was_read(
+        tmp_path: Path, change: Callable[[Path, Path], object], differs: bool) -> None:
+    main, conf_d = _config_files(tmp_path)
+    config = GatewayConfig.from_file(str(main))
+    assert config.providers.file is not None
+    directory = config.providers.file.directory
+    assert sorted(config.sources) == sorted([str(main), directory + "/a.hcl"])
+    change(main, conf_d)
+    rec = Recorder()
+    watcher = FileWatcher(str(main), directory, rec, debounce=0.05)
+    watcher.start()
+    try:
+        await watcher.armed()
+        assert watcher.catch_up(str(main), directory, config.sources) is differs
+        await asyncio.sleep(0.3)
+        assert len(rec.calls) == (1 if differs else 0)  # a difference reloads like a change event
+    finally:
+        await watcher.close()

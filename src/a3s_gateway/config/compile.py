@@ -131,12 +131,15 @@ def build_runtime(
                     group = target.backends
                 else:
                     urls = [s.url for s in servers] if svc.scaling.executor in ("box", "static") else []
-                    for url in urls:
+                    # a box target's endpoints come from its executor: the servers only once Box reports replicas
+                    # (or cannot be reached), so a target at zero replicas has none to serve from (§8.5)
+                    for url in urls if svc.scaling.executor == "static" else ():
                         backend = Backend(url)
                         backend.revision = revision_name
                         group.append(backend)
                         pools[url] = Pool(backend, loop, transport)
-                    target = _new_target(tname, name, svc, svc.scaling, group, pools, urls, loop, state)
+                    target = _new_target(tname, name, revision_name, svc, svc.scaling, group, pools, urls, loop,
+                                         state)
                 targets[tname] = (key, target)
                 balancer: Balancer = make_balancer(strategy, group)
                 if svc.scaling.container_concurrency > 0:
@@ -317,7 +320,7 @@ def _target_key(svc: ServiceConfig, scaling: ScalingConfig, servers: object) -> 
 
 
 def _new_target(
-    tname: str, service: str, svc: ServiceConfig, scaling: ScalingConfig, group: list[Backend],
+    tname: str, service: str, revision: str, svc: ServiceConfig, scaling: ScalingConfig, group: list[Backend],
     pools: dict[str, Pool], urls: list[str], loop: asyncio.AbstractEventLoop, health: HealthState,
 ) -> ScaleTarget:
     hc = svc.load_balancer.health_check
@@ -325,7 +328,8 @@ def _new_target(
     if scaling.process is not None and scaling.process.health_path:
         probe_path = scaling.process.health_path
     target = ScaleTarget(tname, service, scaling, group, pools, svc.transport, loop, health,
-                         probe_path=probe_path, probe_interval=hc.interval if hc is not None else 10.0)
+                         probe_path=probe_path, probe_interval=hc.interval if hc is not None else 10.0,
+                         revision=revision)
     kind = scaling.executor
     if kind == "process":
         from ..scaling.executors.process import ProcessExecutor

@@ -221,7 +221,7 @@ class TransportConfig:
     stream_idle_timeout: float = 300.0
     request_timeout: float = 0.0
     tunnel_idle_timeout: float = 3600.0
-    max_idle_connections_per_backend: int = 32
+    max_idle_connections_per_backend: int = 256
     idle_connection_timeout: float = 90.0
     tls_insecure_skip_verify: bool = False
     tls_ca_file: str = ""
@@ -474,7 +474,8 @@ class GatewayConfig:
 
     ``entrypoints``/``routers``/``services``/``middlewares`` map names to configs in source order.
     ``explicit`` holds the features the configuration explicitly uses (SPEC §13.3). ``locations`` maps key
-    paths (``services.llm.scaling``) to ``(file, line, col)`` for runtime messages.
+    paths (``services.llm.scaling``) to ``(file, line, col)`` for runtime messages. ``sources`` maps each file read
+    to a digest of the text read (the file watcher compares it with the files once it is armed, §13.6).
     """
 
     entrypoints: dict[str, EntrypointConfig] = field(default_factory=dict)
@@ -492,6 +493,7 @@ class GatewayConfig:
     files: tuple[str, ...] = ()
     explicit: frozenset[str] = frozenset()
     locations: Mapping[str, tuple[str, int, int]] = field(default_factory=lambda: EMPTY_MAP)
+    sources: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP, compare=False, repr=False)
 
     # -- loading (implemented in validate.py) ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import math
 import os
@@ -1180,7 +1181,7 @@ TRANSPORT: Final = _schema(
         _K("stream_idle_timeout", _dur(0, lo_open=True), 300.0),
         _K("request_timeout", _dur(0), 0.0),
         _K("tunnel_idle_timeout", _dur(0, lo_open=True), 3600.0),
-        _K("max_idle_connections_per_backend", _int(0), 32),
+        _K("max_idle_connections_per_backend", _int(0), 256),
         _K("idle_connection_timeout", _dur(0, lo_open=True), 90.0),
         _K("tls_insecure_skip_verify", BOOL, False),
         _K("tls_ca_file", STR, "", path=True),
@@ -2190,17 +2191,46 @@ def _directory_files(ctx: _Ctx, providers: ProvidersConfig) -> list[str]:
     if not ctx.ok(where):
         return []
     try:
-        names = os.listdir(directory)
+        return directory_files(directory)
     except OSError as exc:
         ctx.error(ctx.at(where), where, f"cannot read {_q(directory)}: {exc.strerror or exc}")
         return []
+
+
+def directory_files(directory: str) -> list[str]:
+    """The configuration files of ``directory`` (§2.5): ``*.hcl`` not starting with ``.``, in byte-wise name order;
+    raises OSError when the directory cannot be listed."""
     files = []
-    for name in sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape")):
+    for name in sorted(os.listdir(directory), key=lambda n: n.encode("utf-8", "surrogateescape")):
         full = os.path.join(directory, name)
         if name.startswith(".") or not name.endswith(".hcl") or not os.path.isfile(full):
             continue
         files.append(full)
     return files
+
+
+def source_digest(text: str) -> str:
+    """What ``GatewayConfig.sources`` records of one file's text (its SHA-256)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def current_sources(main: str, directory: str) -> dict[str, str]:
+    """What loading ``main`` with ``providers.file.directory = directory`` would read now, as path -> digest (the
+    shape of ``GatewayConfig.sources``); a file that cannot be read, or a directory that cannot be listed, is ``""``."""
+    paths = [main]
+    sources: dict[str, str] = {}
+    if directory:
+        try:
+            paths.extend(directory_files(directory))
+        except OSError:
+            sources[directory] = ""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                sources[path] = source_digest(f.read())
+        except (OSError, UnicodeDecodeError):
+            sources[path] = ""
+    return sources
 
 
 def _read(path: str, ctx: _Ctx, at: Pos | None) -> str | None:
@@ -2243,12 +2273,16 @@ def load_dict(data: Mapping[str, Any]) -> GatewayConfig:
 def _load(ctx: _Ctx, text: str, filename: str, *, load_directory: bool, is_file: bool = True) -> GatewayConfig:
     body, issues = parse(text, filename, ctx.env)
     ctx.issues.extend(issues)
-    return _assemble(ctx, [body], filename, main_path=filename if is_file else None, load_directory=load_directory)
+    sources = {filename: source_digest(text)} if is_file else {}
+    return _assemble(ctx, [body], filename, main_path=filename if is_file else None, load_directory=load_directory,
+                     sources=sources)
 
 
 def _assemble(
-    ctx: _Ctx, bodies: list[Body | None], main_name: str, *, main_path: str | None, load_directory: bool
+    ctx: _Ctx, bodies: list[Body | None], main_name: str, *, main_path: str | None, load_directory: bool,
+    sources: dict[str, str] | None = None,
 ) -> GatewayConfig:
+    sources = {} if sources is None else sources
     collected = _Collected()
     files = [main_name]
     main = bodies[0]
@@ -2269,6 +2303,7 @@ def _assemble(
             if text is None:
                 continue
             files.append(path)
+            sources[path] = source_digest(text)
             body, issues = parse(text, path, ctx.env)
             ctx.issues.extend(issues)
             if body is not None:
@@ -2276,7 +2311,7 @@ def _assemble(
     config = _build_all(ctx, collected, values, main_path, tuple(files))
     if ctx.errors:
         raise ConfigError(ctx.issues)
-    return config
+    return replace(config, sources=MappingProxyType(sources)) if sources else config
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ Change events are debounced on the trailing edge (a reload starts ``debounce`` s
 event that arrives while a reload runs schedules exactly one more reload afterwards, so no save is lost. Parent
 directories are watched (not the files themselves), so files created, deleted or replaced by an atomic rename are
 all seen; events are filtered by path.
+
+A save between reading the configuration and arming the watches (the gateway already listens by then) raises no
+event: once armed (:meth:`FileWatcher.armed`), :meth:`FileWatcher.catch_up` compares the files with what the
+running configuration was read from and reloads when they differ.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from watchfiles import Change, awatch
 
 from .._aio import cancel_and_wait
+from ..config.validate import current_sources
 
 log = logging.getLogger("a3s_gateway.providers.file")
 
@@ -44,6 +49,7 @@ class FileWatcher:
         self._wake = asyncio.Event()
         self._last_event = 0.0
         self._stop = asyncio.Event()
+        self._armed = asyncio.Event()  # the OS watches of the current targets exist
         self._events: asyncio.Task[None] | None = None
         self._old_events: set[asyncio.Task[None]] = set()
         self._reloader: asyncio.Task[None] | None = None
@@ -76,23 +82,40 @@ class FileWatcher:
         """Start watching (call from the running loop); the OS watches exist once the loop has run one step."""
         loop = asyncio.get_running_loop()
         self._reloader = loop.create_task(self._reload_loop())
-        self._events = loop.create_task(self._watch(self._stop))
+        self._events = loop.create_task(self._watch(self._stop, self._armed))
         log.info("watching %s for configuration changes", ", ".join(self._describe()))
 
-    def retarget(self, main: str, directory: str) -> None:
-        """Watch other paths (a reload changed ``providers.file.directory``); events keep the same debounce."""
+    def retarget(self, main: str, directory: str) -> bool:
+        """Watch other paths (a reload changed ``providers.file.directory``); events keep the same debounce.
+        False when the paths are the ones watched already (nothing to arm)."""
         main = os.path.abspath(main)
         directory = os.path.abspath(directory) if directory else ""
         if (main, directory) == self.targets and self._events is not None and not self._events.done():
-            return
+            return False
         self.main, self.directory = main, directory
         self._stop.set()
         if self._events is not None and not self._events.done():
             self._old_events.add(self._events)
             self._events.add_done_callback(self._old_events.discard)
         self._stop = asyncio.Event()
-        self._events = asyncio.get_running_loop().create_task(self._watch(self._stop))
+        self._armed = asyncio.Event()
+        self._events = asyncio.get_running_loop().create_task(self._watch(self._stop, self._armed))
         log.info("now watching %s for configuration changes", ", ".join(self._describe()))
+        return True
+
+    async def armed(self) -> None:
+        """Return once the OS watches of the current paths exist (or failed: then an error is logged)."""
+        await self._armed.wait()
+
+    def catch_up(self, main: str, directory: str, loaded: Mapping[str, str]) -> bool:
+        """After :meth:`armed`: reload (debounced, as for an event) when the configuration files ``main`` and
+        ``directory`` (as the configuration names them) differ from ``loaded`` (``GatewayConfig.sources``: what the
+        running configuration was read from): a save made before the watches existed. True when they differ."""
+        if current_sources(main, directory) == dict(loaded):
+            return False
+        log.info("%s changed since the configuration was read; reloading", ", ".join(self._describe()))
+        self.notify()
+        return True
 
     def notify(self) -> None:
         """One relevant change: (re)arm the trailing debounce timer."""
@@ -119,8 +142,11 @@ class FileWatcher:
     def _describe(self) -> list[str]:
         return [self.main] + ([os.path.join(self.directory, "*.hcl")] if self.directory else [])
 
-    async def _watch(self, stop: asyncio.Event) -> None:
+    async def _watch(self, stop: asyncio.Event, armed: asyncio.Event) -> None:
         dirs = self.watched_directories()
+        # Waiters on ``armed`` run after this task's first step, and in that step awatch installs the OS watches
+        # (its RustNotify is built before its first await): they see the watches in place, or the error logged.
+        armed.set()
         try:
             async for _changes in awatch(
                 *dirs, watch_filter=self.relevant, debounce=GROUP_MS, step=STEP_MS, stop_event=stop, recursive=False

@@ -775,7 +775,7 @@ class HttpConnection:
 
     async def _connect(self, pool: Pool) -> None:
         try:
-            conn = await pool.connect(self.grpc)
+            conn = await pool.connect(self.grpc, self.retried)  # a retry after a stale connection: a new one
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError) as e:

@@ -9,6 +9,7 @@ transport's reading while its own write buffer is above the high-water mark.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _compat
@@ -527,13 +528,21 @@ class UpstreamConnection:
 
 
 class Pool:
-    """Keep-alive connections to one backend (LIFO: the most recently used connection is the warmest)."""
+    """Keep-alive connections to one backend (LIFO: the most recently used connection is the warmest).
+
+    A request that finds no idle connection opens one and waits for it in ``waiters``; a connection released
+    meanwhile goes to the first waiter, before the idle list and whatever its size, and the new connection, once
+    open, is released in turn. So a healthy connection is never closed while a request waits for one; the idle
+    limit only closes connections nobody is waiting for.
+    """
 
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop, transport_cfg: TransportConfig) -> None:
         self.backend = backend
         self.loop = loop
         self.transport_cfg = transport_cfg
         self.idle: list[UpstreamConnection] = []
+        # requests waiting for a connection that is being opened for them, oldest first
+        self.waiters: deque[asyncio.Future[UpstreamConnection]] = deque()
         self.closed = False
         self.host_header = backend.host_header.encode("idna") if backend.host_header else b""
         self.base_path = backend.base_path.encode()
@@ -554,21 +563,29 @@ class Pool:
         return None
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        """Return ``conn`` after a complete exchange; pooled when reusable and there is room."""
+        """Return ``conn`` after a complete exchange: to a waiting request, else pooled when there is room."""
         tr = conn.transport
         if (
             reusable
             and not conn.multiplexed
             and not self.closed
             and tr is not None
-            and len(self.idle) < self.transport_cfg.max_idle_connections_per_backend
             and tr.get_write_buffer_size() == 0  # the whole request reached the backend
         ):
             # an exchange can end right after the client's backpressure paused this connection
             conn.resume_reading()
-            self.idle.append(conn)
-            conn.idle_in_pool()
-        elif conn.transport is not None:
+            waiters = self.waiters
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done() and not tr.is_closing():
+                    conn.reused = True
+                    waiter.set_result(conn)
+                    return
+            if len(self.idle) < self.transport_cfg.max_idle_connections_per_backend:
+                self.idle.append(conn)
+                conn.idle_in_pool()
+                return
+        if conn.transport is not None:
             conn.state = _CLOSED
             conn.transport.close()
 
@@ -578,12 +595,58 @@ class Pool:
         except ValueError:
             pass
 
-    async def connect(self, h2: bool = False) -> UpstreamConnection:
-        """Open a new connection (raises OSError / TimeoutError); with ``h2`` (or an ``h2c://`` backend) a new
-        stream on the backend's HTTP/2 connection (SPEC §9.2: gRPC goes HTTP/2 end to end)."""
+    async def connect(self, h2: bool = False, fresh: bool = False) -> UpstreamConnection:
+        """A connection for a request that found none idle: a new one (raises OSError / TimeoutError), or one
+        released while the new one opens (which then joins the pool, see the class docstring). ``fresh``: only a new
+        connection (the retry after a stale keep-alive connection, §7.8). With ``h2`` (or an ``h2c://`` backend) a
+        new stream on the backend's HTTP/2 connection (SPEC §9.2: gRPC goes HTTP/2 end to end)."""
         b = self.backend
         if h2 or b.scheme == "h2c" or (self.h2 is not None and self.h2.speaks_h2()):
             return await self._h2_stream()
+        if fresh:
+            return await self._open()
+        loop = self.loop
+        waiter: asyncio.Future[UpstreamConnection] = loop.create_future()
+        dial = loop.create_task(self._dial(waiter))
+        waiters = self.waiters
+        waiters.append(waiter)
+        try:
+            conn = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result(), True)  # it reached this request as the request was cancelled
+            dial.cancel()
+            raise
+        finally:
+            try:
+                waiters.remove(waiter)
+            except ValueError:  # release() took it out to hand it a connection
+                pass
+        tr = conn.transport
+        if tr is None or tr.is_closing():
+            # handed over, then closed by the backend before this request could use it: wait again (the connection
+            # being opened for this request is released to the first waiter when it is open)
+            return await self.connect(h2, fresh)
+        return conn
+
+    async def _dial(self, waiter: asyncio.Future[UpstreamConnection]) -> None:
+        """Open a connection for ``waiter``; if a released one reached it first, release the new one (§7.8)."""
+        try:
+            conn = await self._open()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # OSError, TimeoutError: the waiting request answers 502
+            if not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if waiter.done():
+            self.release(conn, True)
+        else:
+            waiter.set_result(conn)
+
+    async def _open(self) -> UpstreamConnection:
+        """Open a new connection (raises OSError / TimeoutError)."""
+        b = self.backend
         conn = UpstreamConnection(self)
         async with timeout(self.transport_cfg.connect_timeout):
             if b.scheme == "https":

@@ -58,11 +58,13 @@ class ScaleTarget:
         *,
         probe_path: str | None = None,
         probe_interval: float = SLOW_PROBE,
+        revision: str = "",
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.name = name  # passed to executors (§8.1)
         self.service = service  # health-state / metrics service name
+        self.revision = revision  # the revision the replicas belong to (§8.6), "" without revisions
         self.cfg = cfg
         self.backends = backends  # the live list the balancer reads (mutated in place)
         self.pools = pools  # the service's pools (mutated in place)
@@ -86,6 +88,8 @@ class ScaleTarget:
         self.desired = cfg.min_replicas  # last count sent to the executor
         self.actual = 0  # last count the executor reported
         self.scale_pending = False  # a scale-up was asked for and no replica is ready yet
+        # replicas the endpoints serve for when not one per endpoint (Box's count while the static servers stand in)
+        self.stand_in: int | None = None
         self._last_sent = -1e18
         self._scaling: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,6 +119,7 @@ class ScaleTarget:
             if backend.url == url:
                 return backend
         backend = Backend(url)
+        backend.revision = self.revision
         backend.passive = self.passive
         self.pools[url] = Pool(backend, self.loop, self.transport)
         self._adopt(backend)
@@ -142,20 +147,31 @@ class ScaleTarget:
             self.loop.create_task(self.checker.remove(backend))
         log.info("service %s: replica %s removed", self.name, url)
 
-    def set_endpoints(self, urls: list[str]) -> None:
-        """The executor's full list of replica endpoints (box, kubernetes)."""
+    def set_endpoints(self, urls: list[str], replicas: int | None = None) -> None:
+        """The executor's full list of replica endpoints (box, kubernetes); ``replicas`` when they serve for another
+        number of replicas (see :meth:`replicas_ready`)."""
+        self.stand_in = replicas
         wanted = set(urls)
         for backend in list(self.backends):
             if backend.url not in wanted:
                 self.remove_endpoint(backend.url)
         for url in urls:
             self.add_endpoint(url)
+        if self.scale_pending and 0 < self.desired <= self.replicas_ready():
+            self.scale_pending = False  # more replicas behind endpoints already ready (no probe will report it)
 
     def is_ready(self, backend: Backend) -> bool:
         return self.health.get(self.service, backend).ready
 
     def ready_count(self) -> int:
         return sum(1 for b in self.backends if self.health.get(self.service, b).ready)
+
+    def replicas_ready(self) -> int:
+        """R of the autoscaler (§8.2): the ready endpoints, at most the replicas they serve for. Two static servers
+        standing in for Box's one replica are one replica: counted as two, the scale-down rate limit
+        (``floor(R / max_scale_down_rate)``) would never let the target reach zero."""
+        ready = self.ready_count()
+        return ready if self.stand_in is None else min(ready, self.stand_in)
 
     def in_flight(self) -> int:
         return sum(b.in_flight for b in self.backends)
@@ -325,7 +341,7 @@ class ScaleTarget:
             return
         self.desired = desired
         self._last_sent = self.clock()
-        if desired > self.ready_count():
+        if desired > self.replicas_ready():
             self.scale_pending = True
         try:
             actual = await executor.scale(desired, self.actual, reason)
@@ -401,7 +417,7 @@ class ScaleTarget:
             n += 1
             if n % TICK_EVERY:
                 continue
-            decision = self.autoscaler.decide(now, self.ready_count(), len(self.queue))
+            decision = self.autoscaler.decide(now, self.replicas_ready(), len(self.queue))
             desired = decision.desired
             resend = desired != self.actual and now - self._last_sent >= RESEND_AFTER
             if (desired != self.desired or resend) and (self._scaling is None or self._scaling.done()):

@@ -10,5 +10,6 @@ class ExecutorError(Exception):
 
 
 class EndpointSink(Protocol):
-    def set_endpoints(self, urls: list[str]) -> None:
-        """The full current list of replica URLs reported by the executor."""
+    def set_endpoints(self, urls: list[str], replicas: int | None = None) -> None:
+        """The full current list of replica URLs reported by the executor; ``replicas``: how many replicas they
+        serve for when that is not one per URL (the static servers standing in for Box's replicas)."""

@@ -42,6 +42,8 @@ class BoxExecutor:
             headers.append((b"Authorization", b"Bearer " + _token_bytes(cfg.token)))
         self._get_headers = headers
         self._post_headers = [*headers, (b"Content-Type", b"application/json")]
+        self._listed = False  # the last answered poll listed endpoints of Box's own
+        self._poll_now = asyncio.Event()  # an accepted scale request: poll without waiting for the period
 
     async def scale(self, desired: int, current: int, reason: str) -> int:
         """Ask Box for ``desired`` replicas; the ``actual_replicas`` of an accepted request, else ExecutorError."""
@@ -67,10 +69,13 @@ class BoxExecutor:
         actual = _count(reply.get("actual_replicas"))
         if actual is None:
             raise ExecutorError(f"{what}: response has no valid 'actual_replicas'")
+        if desired == 0 and not self._listed:
+            self._sink.set_endpoints([])  # the static servers stood in for replicas that Box now stops
+        self._poll_now.set()
         return actual
 
     async def poll(self) -> int:
-        """GET the target's state, report its ready endpoints (or the static servers) to the sink; the replicas."""
+        """GET the target's state, report its replica endpoints to the sink (see the module docstring); the replicas."""
         reply = await self._call(b"GET", self._get_headers, b"")
         what = f"box GET {self._api.url}"
         replicas = _count(reply.get("replicas"))
@@ -89,23 +94,37 @@ class BoxExecutor:
             if endpoint.get("ready") is True and url not in urls:
                 urls.append(url)
         # "reports none" = no endpoints listed at all; listed but none ready means no replica is ready yet
-        self._sink.set_endpoints(urls if endpoints else list(self._static))
+        self._listed = bool(endpoints)
+        if endpoints:
+            self._sink.set_endpoints(urls)
+        elif replicas > 0:
+            self._sink.set_endpoints(list(self._static), replicas)
+        else:
+            self._sink.set_endpoints([])  # no replica runs: nothing is eligible until Box starts one
         return replicas
 
     async def run(self, fast: Callable[[], bool], on_error: Callable[[str], None]) -> None:
-        """Poll forever: again after 1 s while ``fast()``, else after 10 s; errors go to ``on_error``. Cancel to stop.
+        """Poll forever: again after 1 s while ``fast()``, else after 10 s, and at once after an accepted scale
+        request; errors go to ``on_error``. Cancel to stop.
 
         ``fast()`` is checked every second, so a request queued during a slow period is polled for within 1 s.
         """
         loop = asyncio.get_running_loop()
+        poll_now = self._poll_now
         while True:
             polled = loop.time()
+            poll_now.clear()
             try:
                 await self.poll()
             except ExecutorError as exc:
                 on_error(str(exc))
-            while True:
-                await asyncio.sleep(FAST_POLL)
+                if not self._listed:
+                    self._sink.set_endpoints(list(self._static))  # Box cannot be asked: the servers serve
+            while not poll_now.is_set():
+                try:
+                    await asyncio.wait_for(poll_now.wait(), FAST_POLL)
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+                    pass
                 if fast() or loop.time() - polled >= SLOW_POLL - 0.01:
                     break
 
