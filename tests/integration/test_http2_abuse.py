@@ -351,3 +351,16 @@ async def test_most_streams_reset_over_the_connections_life_gets_goaway(start_ga
         assert abuse_count(gw, "reset_ratio") == 1 and abuse_count(gw, "rapid_reset") == 0
     finally:
         client.close()
+
+
+async def test_max_connections_counts_connections_not_http2_streams(start_gateway) -> None:
+    backend = await start_backend(handler)
+    gw = await start_gateway(config(backend.url, "max_connections = 2"))
+    client = await RawH2.connect(gateway_port(gw))
+    try:
+        client.send(*[client.get(1 + 2 * i, f"/s{i}") for i in range(6)])
+        for i in range(6):
+            assert await client.response(1 + 2 * i) == (200, b"/s%d host=a" % i)
+        assert gw.connection_rejections().get("web", {}).get("limit", 0) == 0
+    finally:
+        client.close()

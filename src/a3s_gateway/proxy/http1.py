@@ -189,11 +189,10 @@ class HttpConnection:
         server = self.server
         server.connections.add(self)
         limit = self.entry.limits.max_connections
-        if limit and len(server.connections) > limit:
+        rejections = server.rejections  # None for the streams of an HTTP/2 connection: they are not connections
+        if limit and rejections is not None and len(server.connections) > limit:
             transport.abort()
-            rejections = server.rejections
-            if rejections is not None:
-                rejections.at_limit(limit)
+            rejections.at_limit(limit)
             return
         transport.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername")
