@@ -5,7 +5,13 @@ keyword). Durations and ``*_secs`` keys are float seconds; ``*_ms`` keys are flo
 their canonical spelling (``"least-connections"``, ``"rate-limit"``); relative file paths are already
 resolved against the directory of the file that named them.
 
-Objects are built by :mod:`a3s_gateway.config.validate`; only a validated configuration is ever returned.
+Objects are built by :mod:`a3s_gateway.config.load`; only a validated configuration is ever returned.
+
+This module is the leaf of the package: the schemas, the loader and the export import it, so it imports none of
+them, not even inside a function (that is an import edge too, and would close a cycle). ``GatewayConfig.from_file``,
+``from_hcl``, ``from_dict`` and ``to_dict`` call the :class:`Loader` and :class:`Exporter` that
+``a3s_gateway/config/__init__.py`` installs with :func:`install`; Python runs that package initialiser before any
+of its submodules, this one included, can be used, so the hooks are always set when a caller reaches them.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from a3s_gateway.errors import Issue
 
@@ -26,6 +32,7 @@ __all__ = [
     "DiscoveryProviderConfig",
     "DnsProviderConfig",
     "EntrypointConfig",
+    "Exporter",
     "FailoverConfig",
     "FileProviderConfig",
     "GatewayConfig",
@@ -33,6 +40,7 @@ __all__ = [
     "KubernetesExecutorConfig",
     "KubernetesProviderConfig",
     "LoadBalancerConfig",
+    "Loader",
     "MiddlewareConfig",
     "MirrorConfig",
     "PassiveConfig",
@@ -50,6 +58,7 @@ __all__ = [
     "TracingConfig",
     "TransportConfig",
     "format_duration",
+    "install",
 ]
 
 EMPTY_MAP: Final[Mapping[str, Any]] = MappingProxyType({})
@@ -488,28 +497,22 @@ class GatewayConfig:
     explicit: frozenset[str] = frozenset()
     locations: Mapping[str, tuple[str, int, int]] = field(default_factory=lambda: EMPTY_MAP)
 
-    # -- loading (implemented in validate.py) ---------------------------------------------------------------
+    # -- loading (implemented by config/load.py, installed by a3s_gateway.config) -------------------------
 
     @classmethod
     def from_file(cls, path: str, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Load ``path`` (plus ``providers.file.directory``) and validate; raises ``ConfigError``."""
-        from a3s_gateway.config.validate import load_file
-
-        return load_file(path, env=env)
+        return _installed_loader().load_file(path, env=env)
 
     @classmethod
     def from_hcl(cls, text: str, filename: str = "<string>", *, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Load HCL ``text``; diagnostics name ``filename``; relative paths resolve against the cwd."""
-        from a3s_gateway.config.validate import load_text
-
-        return load_text(text, filename, env=env)
+        return _installed_loader().load_text(text, filename, env=env)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GatewayConfig:
         """Load the JSON shape of ``to_dict()`` / ``GET /api/gateway/config``; diagnostics prefixed ``<dict>``."""
-        from a3s_gateway.config.validate import load_dict
-
-        return load_dict(data)
+        return _installed_loader().load_dict(data)
 
     # -- output ---------------------------------------------------------------------------------------------
 
@@ -530,9 +533,47 @@ class GatewayConfig:
         ``from_dict(to_dict(redact=False))`` gives back an equal configuration. With ``redact`` secrets are
         replaced by ``"<redacted>"``.
         """
-        from a3s_gateway.config.validate import config_to_dict
+        if _exporter is None:
+            raise RuntimeError(_NOT_INSTALLED)
+        return _exporter.config_to_dict(self, redact=redact)
 
-        return config_to_dict(self, redact=redact)
+
+# --- loading and export hooks (see the module docstring) --------------------------------------------------------
+
+
+class Loader(Protocol):
+    """What ``GatewayConfig.from_*`` call: the functions of :mod:`a3s_gateway.config.load`."""
+
+    def load_file(self, path: str, *, env: Mapping[str, str] | None = None) -> GatewayConfig: ...
+
+    def load_text(
+        self, text: str, filename: str = "<string>", *, env: Mapping[str, str] | None = None
+    ) -> GatewayConfig: ...
+
+    def load_dict(self, data: Mapping[str, Any]) -> GatewayConfig: ...
+
+
+class Exporter(Protocol):
+    """What ``GatewayConfig.to_dict`` calls: the function of :mod:`a3s_gateway.config.export`."""
+
+    def config_to_dict(self, config: GatewayConfig, *, redact: bool = True) -> dict[str, Any]: ...
+
+
+_NOT_INSTALLED: Final = "a3s_gateway.config has not finished importing"
+_loader: Loader | None = None
+_exporter: Exporter | None = None
+
+
+def install(loader: Loader, exporter: Exporter) -> None:
+    """Set the loader and exporter behind ``GatewayConfig``; called once, by ``a3s_gateway/config/__init__.py``."""
+    global _loader, _exporter
+    _loader, _exporter = loader, exporter
+
+
+def _installed_loader() -> Loader:
+    if _loader is None:
+        raise RuntimeError(_NOT_INSTALLED)
+    return _loader
 
 
 def format_duration(seconds: float) -> str:
