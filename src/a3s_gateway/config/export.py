@@ -7,8 +7,8 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from a3s_gateway.config.model import EntrypointConfig, GatewayConfig, format_duration
-from a3s_gateway.config.schema.engine import _T, STR, _Schema
-from a3s_gateway.config.schema.entrypoints import _PROTOCOL_KEYS, ENTRYPOINT
+from a3s_gateway.config.schema.engine import STR, Schema, T
+from a3s_gateway.config.schema.entrypoints import ENTRYPOINT, PROTOCOL_KEYS
 from a3s_gateway.config.schema.middlewares import MIDDLEWARE_SCHEMAS
 from a3s_gateway.config.schema.providers import PROVIDERS, SEED
 from a3s_gateway.config.schema.routers import ROUTER
@@ -28,7 +28,7 @@ def _redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:{_REDACTED}@{hostport}").geturl()
 
 
-def _export_value(t: _T, value: Any, redact: bool, secret: bool) -> Any:
+def _export_value(t: T, value: Any, redact: bool, secret: bool) -> Any:
     if value is None:
         return None
     kind = t.kind
@@ -58,7 +58,7 @@ def _export_value(t: _T, value: Any, redact: bool, secret: bool) -> Any:
     return value
 
 
-def _export_obj(schema: _Schema, obj: Any, redact: bool) -> dict[str, Any]:
+def _export_obj(schema: Schema, obj: Any, redact: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in schema.keys.items():
         value = getattr(obj, spec.field or key) if not isinstance(obj, Mapping) else obj.get(spec.field or key)
@@ -68,7 +68,7 @@ def _export_obj(schema: _Schema, obj: Any, redact: bool) -> dict[str, Any]:
 
 def _export_entrypoint(ep: EntrypointConfig, redact: bool) -> dict[str, Any]:
     out = _export_obj(ENTRYPOINT, ep, redact)
-    for key, protocols in _PROTOCOL_KEYS.items():
+    for key, protocols in PROTOCOL_KEYS.items():
         if ep.protocol not in protocols:
             del out[key]
     return out

@@ -23,26 +23,25 @@ from a3s_gateway.config.model import (
     RouterConfig,
     ServiceConfig,
 )
-from a3s_gateway.config.references import (
-    _check_admin,
-    _check_entrypoints,
-    _check_routers,
-    _check_services,
-    _warn_unused_entrypoints,
-)
-from a3s_gateway.config.schema.checks import _NAME_SHOWN, NAME_RE
-from a3s_gateway.config.schema.engine import SKIP, _build, _Ctx, _decode, _loc, _q, suggest
+from a3s_gateway.config.references import check_references
+from a3s_gateway.config.schema.checks import NAME_RE, NAME_SHOWN
+from a3s_gateway.config.schema.engine import SKIP, Ctx, build, decode, loc, quote, suggest
 from a3s_gateway.config.schema.entrypoints import ENTRYPOINT
-from a3s_gateway.config.schema.middlewares import _decode_middleware
+from a3s_gateway.config.schema.middlewares import decode_middleware
 from a3s_gateway.config.schema.routers import ROUTER
 from a3s_gateway.config.schema.services import SERVICE
-from a3s_gateway.config.schema.top import _ALIASES, _TOP_KEYS, LABELLED, TOP
+from a3s_gateway.config.schema.top import ALIASES, LABELLED, TOP, TOP_KEYS
 from a3s_gateway.errors import ConfigError
 
+__all__ = ["load_dict", "load_file", "load_text"]
 
-def _report_expressions(body: Body, ctx: _Ctx, path: str, top: bool = False) -> None:
+
+# --- interpolation / expression diagnostics (located at the attribute that uses them) ---------------------------
+
+
+def _report_expressions(body: Body, ctx: Ctx, path: str, top: bool = False) -> None:
     for entry in body.entries:
-        key = _ALIASES.get(entry.key, entry.key) if top else entry.key
+        key = ALIASES.get(entry.key, entry.key) if top else entry.key
         sub = f"{path}.{key}" if path else key
         if entry.is_block:
             for label, _ in entry.labels or ():
@@ -50,17 +49,20 @@ def _report_expressions(body: Body, ctx: _Ctx, path: str, top: bool = False) -> 
         _report_value(entry.value, ctx, sub, entry.pos)
 
 
-def _report_value(node: Node, ctx: _Ctx, path: str, at: Pos) -> None:
+def _report_value(node: Node, ctx: Ctx, path: str, at: Pos) -> None:
     if isinstance(node, Scalar):
         for message, hint in node.problems:
             ctx.error(at, path, message, hint)
     elif isinstance(node, Unsupported):
-        ctx.error(at, path, f"unsupported expression {_q(node.text)}: only literal values are allowed")
+        ctx.error(at, path, f"unsupported expression {quote(node.text)}: only literal values are allowed")
     elif isinstance(node, ListNode):
         for i, item in enumerate(node.items):
             _report_value(item, ctx, f"{path}[{i}]", at)
     else:
         _report_expressions(node, ctx, path)
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -79,11 +81,11 @@ class _Collected:
     singletons: list[Entry] = field(default_factory=list)
 
 
-def _collect(body: Body, ctx: _Ctx, out: _Collected, main: bool) -> None:
+def _collect(body: Body, ctx: Ctx, out: _Collected, main: bool) -> None:
     """Sort one file's top-level entries into labelled items and singletons; names are checked here."""
     _report_expressions(body, ctx, "", top=True)
     for entry in body.entries:
-        key = _ALIASES.get(entry.key, entry.key)
+        key = ALIASES.get(entry.key, entry.key)
         if key in LABELLED:
             if not entry.is_block:
                 ctx.error(entry.pos, key, f'{key} must be a block with a name: {key} "<name>" {{ ... }}')
@@ -95,11 +97,11 @@ def _collect(body: Body, ctx: _Ctx, out: _Collected, main: bool) -> None:
             name, label_pos = labels[0]
             path = f"{key}.{name}"
             if not NAME_RE.match(name):
-                ctx.error(label_pos, path, f"invalid name {_q(name)}; names match {_NAME_SHOWN}")
+                ctx.error(label_pos, path, f"invalid name {quote(name)}; names match {NAME_SHOWN}")
                 continue
             previous = out.items[key].get(name)
             if previous is not None:
-                ctx.error(entry.pos, path, f'duplicate {key} "{name}" (also defined at {_loc(previous.pos)})')
+                ctx.error(entry.pos, path, f'duplicate {key} "{name}" (also defined at {loc(previous.pos)})')
                 continue
             assert isinstance(entry.value, Body)
             out.items[key][name] = _Item(key, name, entry.pos, entry.value)
@@ -110,12 +112,12 @@ def _collect(body: Body, ctx: _Ctx, out: _Collected, main: bool) -> None:
                 continue
             out.singletons.append(replace(entry, key=key))
         else:
-            close = suggest(entry.key, _TOP_KEYS)
+            close = suggest(entry.key, TOP_KEYS)
             hint = f' (did you mean "{close}"?)' if close else ""
             ctx.error(entry.pos, entry.key, f'unknown key "{entry.key}"{hint}')
 
 
-def _directory_files(ctx: _Ctx, providers: ProvidersConfig) -> list[str]:
+def _directory_files(ctx: Ctx, providers: ProvidersConfig) -> list[str]:
     """The ``*.hcl`` files of ``providers.file.directory`` in byte-wise name order (§2.5)."""
     if providers.file is None or not providers.file.directory:
         return []
@@ -126,7 +128,7 @@ def _directory_files(ctx: _Ctx, providers: ProvidersConfig) -> list[str]:
     try:
         names = os.listdir(directory)
     except OSError as exc:
-        ctx.error(ctx.at(where), where, f"cannot read {_q(directory)}: {exc.strerror or exc}")
+        ctx.error(ctx.at(where), where, f"cannot read {quote(directory)}: {exc.strerror or exc}")
         return []
     files = []
     for name in sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape")):
@@ -137,21 +139,21 @@ def _directory_files(ctx: _Ctx, providers: ProvidersConfig) -> list[str]:
     return files
 
 
-def _read(path: str, ctx: _Ctx, at: Pos | None) -> str | None:
+def _read(path: str, ctx: Ctx, at: Pos | None) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError as exc:
-        ctx.error(Pos(path, 1, 1), "", f"cannot read {_q(path)}: not UTF-8 ({exc.reason} at byte {exc.start})")
+        ctx.error(Pos(path, 1, 1), "", f"cannot read {quote(path)}: not UTF-8 ({exc.reason} at byte {exc.start})")
     except OSError as exc:
         where = at or Pos(path, 0, 0)
-        ctx.error(where, "", f"cannot read {_q(path)}: {exc.strerror or exc}")
+        ctx.error(where, "", f"cannot read {quote(path)}: {exc.strerror or exc}")
     return None
 
 
 def load_file(path: str, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
     """``GatewayConfig.from_file``: the main file plus its directory files; raises ``ConfigError``."""
-    ctx = _Ctx(os.environ if env is None else env)
+    ctx = Ctx(os.environ if env is None else env)
     text = _read(path, ctx, None)
     if text is None:
         raise ConfigError(ctx.issues)
@@ -160,35 +162,35 @@ def load_file(path: str, *, env: Mapping[str, str] | None = None) -> GatewayConf
 
 def load_text(text: str, filename: str = "<string>", *, env: Mapping[str, str] | None = None) -> GatewayConfig:
     """``GatewayConfig.from_hcl``."""
-    ctx = _Ctx(os.environ if env is None else env)
+    ctx = Ctx(os.environ if env is None else env)
     return _load(ctx, text, filename, load_directory=True, is_file=False)
 
 
 def load_dict(data: Mapping[str, Any]) -> GatewayConfig:
     """``GatewayConfig.from_dict``: JSON-shaped data, diagnostics prefixed ``<dict>``."""
-    ctx = _Ctx(os.environ)
+    ctx = Ctx(os.environ)
     if not isinstance(data, Mapping):
         ctx.error(Pos("<dict>", 0, 0), "", f"expected an object, got {type(data).__name__}")
         raise ConfigError(ctx.issues)
-    body = from_python(data, "<dict>", frozenset(LABELLED) | frozenset(_ALIASES))
+    body = from_python(data, "<dict>", frozenset(LABELLED) | frozenset(ALIASES))
     return _assemble(ctx, [body], "<dict>", main_path=None, load_directory=False)
 
 
-def _load(ctx: _Ctx, text: str, filename: str, *, load_directory: bool, is_file: bool = True) -> GatewayConfig:
+def _load(ctx: Ctx, text: str, filename: str, *, load_directory: bool, is_file: bool = True) -> GatewayConfig:
     body, issues = parse(text, filename, ctx.env)
     ctx.issues.extend(issues)
     return _assemble(ctx, [body], filename, main_path=filename if is_file else None, load_directory=load_directory)
 
 
 def _assemble(
-    ctx: _Ctx, bodies: list[Body | None], main_name: str, *, main_path: str | None, load_directory: bool
+    ctx: Ctx, bodies: list[Body | None], main_name: str, *, main_path: str | None, load_directory: bool
 ) -> GatewayConfig:
     collected = _Collected()
     files = [main_name]
     main = bodies[0]
     if main is not None:
         _collect(main, ctx, collected, main=True)
-    top = _decode(Body(collected.singletons, Pos(main_name, 1, 1)), TOP, ctx, "")
+    top = decode(Body(collected.singletons, Pos(main_name, 1, 1)), TOP, ctx, "")
     values = top.values
     for key in ("providers", "admin", "access_log", "tracing", "workers", "shutdown_timeout"):
         if values.get(key) is SKIP:
@@ -213,37 +215,34 @@ def _assemble(
     return config
 
 
+# --- the whole configuration ------------------------------------------------------------------------------------
+
+
 def _build_all(
-    ctx: _Ctx, collected: _Collected, values: dict[str, Any], main_path: str | None, files: tuple[str, ...]
+    ctx: Ctx, collected: _Collected, values: dict[str, Any], main_path: str | None, files: tuple[str, ...]
 ) -> GatewayConfig:
     entrypoints: dict[str, EntrypointConfig] = {}
     for name, item in collected.items["entrypoints"].items():
-        ep = _build(ENTRYPOINT, _decode(item.body, ENTRYPOINT, ctx, f"entrypoints.{name}", item.pos), ctx)
+        ep = build(ENTRYPOINT, decode(item.body, ENTRYPOINT, ctx, f"entrypoints.{name}", item.pos), ctx)
         entrypoints[name] = ep
     middlewares: dict[str, MiddlewareConfig] = {}
     for name, item in collected.items["middlewares"].items():
-        mw = _decode_middleware(item.body, ctx, f"middlewares.{name}", item.pos)
+        mw = decode_middleware(item.body, ctx, f"middlewares.{name}", item.pos)
         if mw is not None:
             middlewares[name] = mw
     known_middlewares = set(collected.items["middlewares"])
     services: dict[str, ServiceConfig] = {}
     for name, item in collected.items["services"].items():
-        services[name] = _build(SERVICE, _decode(item.body, SERVICE, ctx, f"services.{name}", item.pos), ctx)
+        services[name] = build(SERVICE, decode(item.body, SERVICE, ctx, f"services.{name}", item.pos), ctx)
     routers: dict[str, RouterConfig] = {}
-    written_rules: dict[str, str] = {}
     for name, item in collected.items["routers"].items():
-        router = _build(ROUTER, _decode(item.body, ROUTER, ctx, f"routers.{name}", item.pos), ctx)
-        routers[name] = router
-        if router.rule is not None:
-            written_rules[name] = router.rule
+        routers[name] = build(ROUTER, decode(item.body, ROUTER, ctx, f"routers.{name}", item.pos), ctx)
     admin: AdminConfig = values["admin"]
     providers: ProvidersConfig = values["providers"]
 
-    _check_entrypoints(ctx, entrypoints, admin)
-    routers = _check_routers(ctx, routers, entrypoints, services, middlewares, known_middlewares)
-    services = _check_services(ctx, services, routers, providers)
-    _check_admin(ctx, admin, middlewares, known_middlewares)
-    _warn_unused_entrypoints(ctx, entrypoints, routers)
+    routers, services = check_references(
+        ctx, entrypoints, routers, services, middlewares, known_middlewares, admin, providers
+    )
 
     used_types = {middlewares[m].type for r in routers.values() for m in r.middlewares if m in middlewares}
     used_types |= {middlewares[m].type for m in admin.middlewares if m in middlewares}

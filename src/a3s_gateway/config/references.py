@@ -19,11 +19,32 @@ from a3s_gateway.config.model import (
     ServerConfig,
     ServiceConfig,
 )
-from a3s_gateway.config.schema.engine import _Ctx, _loc, _q, suggest
+from a3s_gateway.config.schema.engine import Ctx, loc, quote, suggest
+
+__all__ = ["check_references", "format_rule_error", "rule_matchers"]
 
 _TCP_MATCHERS: Final = frozenset({"HostSNI", "HostSNIRegexp", "ALPN"})
 _LEGACY_RULE: Final = re.compile(r"\s*(?:PathPrefix\(\s*`/`\s*\)|Method\(\s*`(?:TCP|UDP)`\s*\))\s*\Z")
 _CATCH_ALL: Final = re.compile(r"\s*HostSNI\(\s*`\*`\s*\)\s*\Z")
+
+
+def check_references(
+    ctx: Ctx,
+    entrypoints: dict[str, EntrypointConfig],
+    routers: dict[str, RouterConfig],
+    services: dict[str, ServiceConfig],
+    middlewares: dict[str, MiddlewareConfig],
+    known_middlewares: set[str],
+    admin: AdminConfig,
+    providers: ProvidersConfig,
+) -> tuple[dict[str, RouterConfig], dict[str, ServiceConfig]]:
+    """Check every reference between blocks; returns the routers and services with their protocols filled in."""
+    _check_entrypoints(ctx, entrypoints, admin)
+    routers = _check_routers(ctx, routers, entrypoints, services, middlewares, known_middlewares)
+    services = _check_services(ctx, services, routers, providers)
+    _check_admin(ctx, admin, middlewares, known_middlewares)
+    _warn_unused_entrypoints(ctx, entrypoints, routers)
+    return routers, services
 
 
 def rule_matchers(rule: str) -> set[str]:
@@ -69,7 +90,7 @@ def format_rule_error(rule: str, message: str, offset: int, hint: str | None) ->
     return f"{text}\n    {shown}\n    {caret}", extra
 
 
-def _check_rule(ctx: _Ctx, router: RouterConfig, written: str) -> None:
+def _check_rule(ctx: Ctx, router: RouterConfig, written: str) -> None:
     """Rule grammar and matcher/protocol checks, by the routing module (imported lazily: it is optional here)."""
     try:
         from a3s_gateway.routing import rules
@@ -109,7 +130,7 @@ def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
     return a[0].lower() == b[0].lower() or a[0] in wildcard or b[0] in wildcard
 
 
-def _check_entrypoints(ctx: _Ctx, entrypoints: dict[str, EntrypointConfig], admin: AdminConfig) -> None:
+def _check_entrypoints(ctx: Ctx, entrypoints: dict[str, EntrypointConfig], admin: AdminConfig) -> None:
     seen: list[EntrypointConfig] = []
     for ep in entrypoints.values():
         p = f"entrypoints.{ep.name}"
@@ -122,8 +143,8 @@ def _check_entrypoints(ctx: _Ctx, entrypoints: dict[str, EntrypointConfig], admi
                 ctx.error(
                     ctx.at(f"{p}.address"),
                     f"{p}.address",
-                    f'address {_q(ep.address)} is already used by entrypoint "{other.name}" '
-                    f"(defined at {_loc(ctx.at('entrypoints.' + other.name))})",
+                    f'address {quote(ep.address)} is already used by entrypoint "{other.name}" '
+                    f"(defined at {loc(ctx.at('entrypoints.' + other.name))})",
                 )
                 break
         seen.append(ep)
@@ -136,7 +157,7 @@ def _check_entrypoints(ctx: _Ctx, entrypoints: dict[str, EntrypointConfig], admi
             ctx.error(
                 ctx.at(f"{p}.address"),
                 f"{p}.address",
-                f"address {_q(ep.address)} is also the admin address {_q(admin.address)}",
+                f"address {quote(ep.address)} is also the admin address {quote(admin.address)}",
                 'move the admin listener with admin { address = "..." }',
             )
         if ep.redirect is not None and ctx.ok(f"{p}.redirect.entrypoint"):
@@ -156,7 +177,7 @@ def _check_entrypoints(ctx: _Ctx, entrypoints: dict[str, EntrypointConfig], admi
                 )
 
 
-def _router_protocol(ctx: _Ctx, router: RouterConfig, entrypoints: dict[str, EntrypointConfig]) -> str:
+def _router_protocol(ctx: Ctx, router: RouterConfig, entrypoints: dict[str, EntrypointConfig]) -> str:
     p = f"routers.{router.name}"
     protocols: dict[str, str] = {}
     for i, name in enumerate(router.entrypoints):
@@ -188,7 +209,7 @@ def _router_protocol(ctx: _Ctx, router: RouterConfig, entrypoints: dict[str, Ent
 
 
 def _check_routers(
-    ctx: _Ctx,
+    ctx: Ctx,
     routers: dict[str, RouterConfig],
     entrypoints: dict[str, EntrypointConfig],
     services: dict[str, ServiceConfig],
@@ -206,7 +227,7 @@ def _check_routers(
             ctx.warn(
                 ctx.at(f"{p}.rule"),
                 f"{p}.rule",
-                f"rule {_q(rule.strip())} is deprecated for {protocol} routers; use HostSNI(`*`)",
+                f"rule {quote(rule.strip())} is deprecated for {protocol} routers; use HostSNI(`*`)",
             )
             rule = "HostSNI(`*`)"
         if rule is None and protocol != "udp" and ctx.ok(f"{p}.rule"):
@@ -239,7 +260,7 @@ def _check_routers(
     return out
 
 
-def _check_chain(ctx: _Ctx, router: RouterConfig, middlewares: dict[str, MiddlewareConfig], known: set[str]) -> None:
+def _check_chain(ctx: Ctx, router: RouterConfig, middlewares: dict[str, MiddlewareConfig], known: set[str]) -> None:
     p = f"routers.{router.name}.middlewares"
     if not ctx.ok(p):
         return
@@ -268,7 +289,7 @@ def _check_chain(ctx: _Ctx, router: RouterConfig, middlewares: dict[str, Middlew
             ctx.error(ctx.at(where), where, "ws-mux must be the last middleware of the router")
 
 
-def _check_admin(ctx: _Ctx, admin: AdminConfig, middlewares: dict[str, MiddlewareConfig], known: set[str]) -> None:
+def _check_admin(ctx: Ctx, admin: AdminConfig, middlewares: dict[str, MiddlewareConfig], known: set[str]) -> None:
     for i, name in enumerate(admin.middlewares):
         where = f"admin.middlewares[{i}]"
         if name not in known:
@@ -283,7 +304,7 @@ def _check_admin(ctx: _Ctx, admin: AdminConfig, middlewares: dict[str, Middlewar
 
 
 def _service_protocols(
-    ctx: _Ctx, services: dict[str, ServiceConfig], routers: dict[str, RouterConfig]
+    ctx: Ctx, services: dict[str, ServiceConfig], routers: dict[str, RouterConfig]
 ) -> dict[str, str]:
     users: dict[str, dict[str, str]] = {}
     for router in routers.values():
@@ -312,7 +333,7 @@ def _all_servers(service: ServiceConfig) -> tuple[ServerConfig, ...]:
 
 
 def _check_services(
-    ctx: _Ctx, services: dict[str, ServiceConfig], routers: dict[str, RouterConfig], providers: ProvidersConfig
+    ctx: Ctx, services: dict[str, ServiceConfig], routers: dict[str, RouterConfig], providers: ProvidersConfig
 ) -> dict[str, ServiceConfig]:
     protocols = _service_protocols(ctx, services, routers)
     fed_by_dns: dict[str, int] = {}
@@ -376,7 +397,7 @@ def _check_services(
     return out
 
 
-def _check_schemes(ctx: _Ctx, service: ServiceConfig) -> None:
+def _check_schemes(ctx: Ctx, service: ServiceConfig) -> None:
     allowed = {"http": ("http", "https", "h2c"), "tcp": ("tcp", "http", "https", "h2c"), "udp": ("udp",)}[
         service.protocol
     ]
@@ -390,7 +411,7 @@ def _check_schemes(ctx: _Ctx, service: ServiceConfig) -> None:
                 ctx.error(
                     ctx.at(where),
                     where,
-                    f"scheme {_q(server.scheme)} is not allowed for a {service.protocol} service; use "
+                    f"scheme {quote(server.scheme)} is not allowed for a {service.protocol} service; use "
                     + ", ".join(allowed[:-1])
                     + (" or " if len(allowed) > 1 else "")
                     + allowed[-1],
@@ -398,7 +419,7 @@ def _check_schemes(ctx: _Ctx, service: ServiceConfig) -> None:
 
 
 def _check_service_refs(
-    ctx: _Ctx, service: ServiceConfig, services: dict[str, ServiceConfig], protocols: dict[str, str]
+    ctx: Ctx, service: ServiceConfig, services: dict[str, ServiceConfig], protocols: dict[str, str]
 ) -> None:
     p = f"services.{service.name}"
     for kind, ref in (("mirror", service.mirror), ("failover", service.failover)):
@@ -421,7 +442,7 @@ def _check_service_refs(
             ctx.error(ctx.at(where), where, f'mirror target "{target}" must be an http service')
 
 
-def _check_failover_cycles(ctx: _Ctx, services: dict[str, ServiceConfig]) -> None:
+def _check_failover_cycles(ctx: Ctx, services: dict[str, ServiceConfig]) -> None:
     reported: set[str] = set()
     for start in services:
         chain: list[str] = []
@@ -444,7 +465,7 @@ def _check_failover_cycles(ctx: _Ctx, services: dict[str, ServiceConfig]) -> Non
 
 
 def _warn_unused_entrypoints(
-    ctx: _Ctx, entrypoints: dict[str, EntrypointConfig], routers: dict[str, RouterConfig]
+    ctx: Ctx, entrypoints: dict[str, EntrypointConfig], routers: dict[str, RouterConfig]
 ) -> None:
     used: set[str] = set()
     for router in routers.values():

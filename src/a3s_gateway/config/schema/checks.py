@@ -7,11 +7,11 @@ import re
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from a3s_gateway.config.schema.engine import _Ctx, _Decoded, _q
+from a3s_gateway.config.schema.engine import Ctx, Decoded, quote
 
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-_NAME_SHOWN: Final = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+NAME_SHOWN: Final = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 def parse_address(text: str) -> tuple[str, int] | None:
@@ -36,65 +36,65 @@ def parse_address(text: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _check_address(value: Any) -> str | None:
+def check_address(value: Any) -> str | None:
     if parse_address(value) is None:
         _, sep, port = str(value).rpartition(":")
         if sep and port.isdigit() and int(port) > 65535:
-            return f"invalid address {_q(value)}: port must be between 0 and 65535"
-        return f'invalid address {_q(value)}; expected "host:port"'
+            return f"invalid address {quote(value)}: port must be between 0 and 65535"
+        return f'invalid address {quote(value)}; expected "host:port"'
     return None
 
 
-def _check_ip(value: Any) -> str | None:
+def check_ip(value: Any) -> str | None:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        return f"invalid CIDR {_q(value)}" if "/" in value else f"invalid IP address {_q(value)}"
+        return f"invalid CIDR {quote(value)}" if "/" in value else f"invalid IP address {quote(value)}"
     return None
 
 
-def _check_nonempty(value: Any) -> str | None:
+def check_nonempty(value: Any) -> str | None:
     return "must not be empty" if value == "" else None
 
 
-def _check_http_url(value: Any, *, empty_ok: bool = False) -> str | None:
+def check_http_url(value: Any, *, empty_ok: bool = False) -> str | None:
     if empty_ok and value == "":
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"invalid URL {_q(value)}; expected an http:// or https:// URL"
+        return f"invalid URL {quote(value)}; expected an http:// or https:// URL"
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        return f"invalid URL {_q(value)}: bad port"
+        return f"invalid URL {quote(value)}: bad port"
     return None
 
 
-def _check_abs_path(value: Any) -> str | None:
-    return None if value.startswith("/") else f'must start with "/", got {_q(value)}'
+def check_abs_path(value: Any) -> str | None:
+    return None if value.startswith("/") else f'must start with "/", got {quote(value)}'
 
 
-def _check_token(value: Any) -> str | None:
-    return None if _TOKEN_RE.match(value) else f"invalid header name {_q(value)}"
+def check_token(value: Any) -> str | None:
+    return None if TOKEN_RE.match(value) else f"invalid header name {quote(value)}"
 
 
-def _read_problem(path: str) -> str | None:
+def read_problem(path: str) -> str | None:
     """None when ``path`` is a readable file, else the diagnostic."""
     try:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as exc:
-        return f"cannot read {_q(path)}: {exc.strerror or exc}"
+        return f"cannot read {quote(path)}: {exc.strerror or exc}"
     return None
 
 
-def _file_check(ctx: _Ctx, decoded: _Decoded, key: str) -> str | None:
+def file_check(ctx: Ctx, decoded: Decoded, key: str) -> str | None:
     """Check that ``key`` of ``decoded`` names a readable file; returns the path when it does."""
     value = decoded.values.get(key)
     path = f"{decoded.path}.{key}"
     if not value or not ctx.ok(path):
         return None
-    problem = _read_problem(value)
+    problem = read_problem(value)
     if problem:
         ctx.error(ctx.at(path), path, problem)
         ctx.bad.add(path)

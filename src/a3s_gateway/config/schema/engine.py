@@ -30,11 +30,11 @@ _DURATION_HELP: Final = 'use e.g. "250ms", "10s", "1.5s", "5m", "1h"'
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _loc(pos: Pos) -> str:
+def loc(pos: Pos) -> str:
     return f"{pos.file}:{pos.line}:{pos.col}" if pos.line else pos.file
 
 
-class _Ctx:
+class Ctx:
     """Collects diagnostics, key locations, failed keys and explicitly used features during one load."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -119,14 +119,14 @@ SKIP: Final = _Skip()
 
 
 @dataclass(frozen=True)
-class _T:
+class T:
     """A value type. ``lo``/``hi`` are range bounds (``*_open``: exclusive); ``check`` a further rule."""
 
     kind: str
-    item: _T | None = None
+    item: T | None = None
     choices: tuple[str, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()
-    schema: _Schema | None = None
+    schema: Schema | None = None
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
@@ -136,11 +136,11 @@ class _T:
 
 
 @dataclass(frozen=True)
-class _K:
+class K:
     """A key of a schema; ``field`` is the model attribute when it differs from the key."""
 
     name: str
-    type: _T
+    type: T
     default: Any = None
     required: bool = False
     path: bool = False  # a file path: resolved against the directory of the file that names it
@@ -149,16 +149,16 @@ class _K:
 
 
 @dataclass(frozen=True)
-class _Legacy:
+class Legacy:
     """A deprecated key: converted with ``type`` and stored as ``target`` (None: ignored)."""
 
     target: str | None
-    type: _T
+    type: T
     message: Callable[[Any], str]
 
 
 @dataclass
-class _Decoded:
+class Decoded:
     """A decoded body: converted values (defaults applied) and the entries that were present."""
 
     path: str
@@ -170,78 +170,81 @@ class _Decoded:
         return key in self.present
 
 
-_Build = Callable[[_Decoded, _Ctx], Any]
+Build = Callable[[Decoded, Ctx], Any]
 
 
 @dataclass(frozen=True)
-class _Schema:
+class Schema:
+    """The key table of one block; ``build`` turns the decoded values into the block's model object."""
+
     name: str
-    keys: dict[str, _K]
-    build: _Build | None = None
-    legacy: dict[str, _Legacy] = field(default_factory=dict)
+    keys: dict[str, K]
+    build: Build | None = None
+    legacy: dict[str, Legacy] = field(default_factory=dict)
     repeatable: bool = False  # written as a repeated block: `servers { ... }` twice == a list
+    subject: str = ""  # when set, a missing required key reads '<subject> requires key "k"' (middleware types)
 
 
-def _schema(name: str, keys: Iterable[_K], build: _Build | None = None, **kw: Any) -> _Schema:
-    return _Schema(name, {k.name: k for k in keys}, build, **kw)
+def schema(name: str, keys: Iterable[K], build: Build | None = None, **kw: Any) -> Schema:
+    return Schema(name, {k.name: k for k in keys}, build, **kw)
 
 
-STR: Final = _T("str")
-BOOL: Final = _T("bool")
+STR: Final = T("str")
+BOOL: Final = T("bool")
 
 
-def _int(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> _T:
-    return _T("int", lo=lo, hi=hi, lo_open=lo_open)
+def integer(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> T:
+    return T("int", lo=lo, hi=hi, lo_open=lo_open)
 
 
-def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> _T:
-    return _T("num", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> T:
+    return T("num", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
-def _dur(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> _T:
-    return _T("duration", lo=lo, hi=hi, lo_open=lo_open)
+def duration(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> T:
+    return T("duration", lo=lo, hi=hi, lo_open=lo_open)
 
 
-def _secs(lo: float | None = None, *, lo_open: bool = False) -> _T:
-    return _T("secs", lo=lo, lo_open=lo_open)
+def seconds(lo: float | None = None, *, lo_open: bool = False) -> T:
+    return T("secs", lo=lo, lo_open=lo_open)
 
 
-def _ms(lo: float | None = None) -> _T:
-    return _T("ms", lo=lo)
+def millis(lo: float | None = None) -> T:
+    return T("ms", lo=lo)
 
 
-def _enum(*choices: str, aliases: tuple[tuple[str, str], ...] = ()) -> _T:
-    return _T("enum", choices=choices, aliases=aliases)
+def enum(*choices: str, aliases: tuple[tuple[str, str], ...] = ()) -> T:
+    return T("enum", choices=choices, aliases=aliases)
 
 
-def _list(item: _T, min_len: int = 0) -> _T:
-    return _T("list", item=item, min_len=min_len)
+def list_of(item: T, min_len: int = 0) -> T:
+    return T("list", item=item, min_len=min_len)
 
 
-def _map(item: _T = STR) -> _T:
-    return _T("map", item=item)
+def map_of(item: T = STR) -> T:
+    return T("map", item=item)
 
 
-def _block(schema: _Schema) -> _T:
-    return _T("block", schema=schema)
+def block(schema: Schema) -> T:
+    return T("block", schema=schema)
 
 
-def _blocks(schema: _Schema) -> _T:
-    return _T("blocks", schema=schema)
+def blocks(schema: Schema) -> T:
+    return T("blocks", schema=schema)
 
 
-def _str(check: Callable[[Any], str | None]) -> _T:
-    return _T("str", check=check)
+def string(check: Callable[[Any], str | None]) -> T:
+    return T("str", check=check)
 
 
-def _q(text: str) -> str:
+def quote(text: str) -> str:
     """``text`` in double quotes, escaped, shortened."""
     if len(text) > 80:
         text = text[:77] + "..."
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _fmt_num(value: float) -> str:
+def fmt_num(value: float) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value) if isinstance(value, float) else str(value)
@@ -253,15 +256,15 @@ def _describe(node: Node) -> str:
         if isinstance(v, bool):
             return f"bool {'true' if v else 'false'}"
         if isinstance(v, str):
-            return f"string {_q(v)}"
+            return f"string {quote(v)}"
         if v is None:
             return "null"
-        return f"number {_fmt_num(v)}"
+        return f"number {fmt_num(v)}"
     if isinstance(node, ListNode):
         return "list"
     if isinstance(node, Body):
         return "object" if node.is_object else "block"
-    return f"expression {_q(node.text)}"
+    return f"expression {quote(node.text)}"
 
 
 _TYPE_NAMES: Final = {
@@ -293,7 +296,7 @@ def _parse_duration(text: str) -> float | None:
     return sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
 
 
-def _scalar(t: _T, node: Node) -> Any:
+def _scalar(t: T, node: Node) -> Any:
     """Convert one scalar node to type ``t`` (no range checks); raises ``_Invalid``."""
     kind = t.kind
     if not isinstance(node, Scalar):
@@ -331,18 +334,18 @@ def _scalar(t: _T, node: Node) -> Any:
             pass
         elif isinstance(v, (int, float)):
             if v < 0 or not math.isfinite(v):
-                raise _Invalid(f"invalid duration {_fmt_num(v)}; {_DURATION_HELP}")
+                raise _Invalid(f"invalid duration {fmt_num(v)}; {_DURATION_HELP}")
             return float(v)
         elif isinstance(v, str):
             if kind != "duration" and _NUMBER_RE.match(v) and not v.startswith(("+", "-")):
                 return float(v)
             secs = _parse_duration(v)
             if secs is None:
-                raise _Invalid(f"invalid duration {_q(v)}; {_DURATION_HELP}")
+                raise _Invalid(f"invalid duration {quote(v)}; {_DURATION_HELP}")
             return secs * scale
     elif kind == "enum":
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = _fmt_num(v) if not isinstance(v, float) else repr(v)
+            v = fmt_num(v) if not isinstance(v, float) else repr(v)
         if isinstance(v, str):
             norm = v.strip().lower().replace("_", "-")
             for choice in t.choices:
@@ -351,13 +354,13 @@ def _scalar(t: _T, node: Node) -> Any:
             for alias, target in t.aliases:
                 if alias == norm:
                     return target
-        shown = _q(v) if isinstance(v, str) else _describe(node)
+        shown = quote(v) if isinstance(v, str) else _describe(node)
         raise _Invalid(f"invalid value {shown}; expected one of: {', '.join(t.choices)}")
     elif kind == "int_or_auto":
         if isinstance(v, str) and v.strip().lower() == "auto":
             return "auto"
         try:
-            return _scalar(_T("int"), node)
+            return _scalar(T("int"), node)
         except _Invalid:
             pass
     elif kind == "int_or_str":
@@ -368,7 +371,7 @@ def _scalar(t: _T, node: Node) -> Any:
     raise _Invalid(f"expected {_TYPE_NAMES.get(kind, kind)}, got {_describe(node)}")
 
 
-def _range_message(t: _T, value: Any) -> str | None:
+def _range_message(t: T, value: Any) -> str | None:
     if t.lo is None and t.hi is None:
         return None
     if t.kind in ("duration", "secs"):
@@ -376,7 +379,7 @@ def _range_message(t: _T, value: Any) -> str | None:
     elif t.kind == "ms":
         show = lambda x: format_duration(x / 1000)  # noqa: E731
     else:
-        show = _fmt_num
+        show = fmt_num
     lo_bad = t.lo is not None and (value <= t.lo if t.lo_open else value < t.lo)
     hi_bad = t.hi is not None and (value >= t.hi if t.hi_open else value > t.hi)
     if not (lo_bad or hi_bad):
@@ -395,7 +398,7 @@ def _range_message(t: _T, value: Any) -> str | None:
     return f"must be at most {show(t.hi or 0)}, got {got}"
 
 
-def _convert(t: _T, node: Node, ctx: _Ctx, path: str, pos: Pos) -> Any:
+def convert(t: T, node: Node, ctx: Ctx, path: str, pos: Pos) -> Any:
     """Convert ``node`` to ``t``, reporting problems at ``pos``; returns the value, ``SKIP`` or raises nothing."""
     if isinstance(node, Unsupported) or (isinstance(node, Scalar) and node.poisoned):
         ctx.bad.add(path)
@@ -407,7 +410,7 @@ def _convert(t: _T, node: Node, ctx: _Ctx, path: str, pos: Pos) -> Any:
             return _convert_map(t, node, ctx, path)
         if t.kind == "str_or_list":
             if isinstance(node, ListNode):
-                return _convert_list(_list(STR), node, ctx, path, pos)
+                return _convert_list(list_of(STR), node, ctx, path, pos)
             value = _scalar(STR, node)
             return (value,) if value else ()
         value = _scalar(t, node)
@@ -421,7 +424,7 @@ def _convert(t: _T, node: Node, ctx: _Ctx, path: str, pos: Pos) -> Any:
             written = node.value.strip().lower().replace("_", "-")
             if any(alias == written for alias, _ in t.aliases):
                 key = path.rsplit(".", 1)[-1]
-                ctx.warn(pos, path, f"{key} {_q(node.value)} is deprecated; use {_q(value)}")
+                ctx.warn(pos, path, f"{key} {quote(node.value)} is deprecated; use {quote(value)}")
         return value
     except _Invalid as exc:
         ctx.error(pos, path, str(exc))
@@ -429,7 +432,7 @@ def _convert(t: _T, node: Node, ctx: _Ctx, path: str, pos: Pos) -> Any:
         return SKIP
 
 
-def _convert_list(t: _T, node: Node, ctx: _Ctx, path: str, pos: Pos) -> Any:
+def _convert_list(t: T, node: Node, ctx: Ctx, path: str, pos: Pos) -> Any:
     if not isinstance(node, ListNode):
         raise _Invalid(f"expected list, got {_describe(node)}")
     assert t.item is not None
@@ -438,7 +441,7 @@ def _convert_list(t: _T, node: Node, ctx: _Ctx, path: str, pos: Pos) -> Any:
     for i, item in enumerate(node.items):
         item_pos = item.pos if item.pos.line else pos
         ctx.locations[f"{path}[{i}]"] = item_pos
-        value = _convert(t.item, item, ctx, f"{path}[{i}]", item_pos)
+        value = convert(t.item, item, ctx, f"{path}[{i}]", item_pos)
         if value is SKIP:
             failed = True
         else:
@@ -455,7 +458,7 @@ def _convert_list(t: _T, node: Node, ctx: _Ctx, path: str, pos: Pos) -> Any:
     return tuple(out)
 
 
-def _convert_map(t: _T, node: Node, ctx: _Ctx, path: str) -> Any:
+def _convert_map(t: T, node: Node, ctx: Ctx, path: str) -> Any:
     if not isinstance(node, Body):
         raise _Invalid(f"expected object, got {_describe(node)}")
     assert t.item is not None
@@ -465,7 +468,7 @@ def _convert_map(t: _T, node: Node, ctx: _Ctx, path: str) -> Any:
     for entry in node.entries:
         sub = f"{path}.{entry.key}"
         if entry.key in seen:
-            ctx.error(entry.pos, sub, f'duplicate key "{entry.key}" (also set at {_loc(seen[entry.key].pos)})')
+            ctx.error(entry.pos, sub, f'duplicate key "{entry.key}" (also set at {loc(seen[entry.key].pos)})')
             failed = True
             continue
         seen[entry.key] = entry
@@ -474,7 +477,7 @@ def _convert_map(t: _T, node: Node, ctx: _Ctx, path: str) -> Any:
             ctx.error(entry.pos, sub, f"expected {_TYPE_NAMES[t.item.kind]}, got block")
             failed = True
             continue
-        value = _convert(t.item, entry.value, ctx, sub, entry.pos)
+        value = convert(t.item, entry.value, ctx, sub, entry.pos)
         if value is SKIP:
             failed = True
         elif not (isinstance(entry.value, Scalar) and entry.value.value is None):
@@ -489,7 +492,7 @@ def _convert_map(t: _T, node: Node, ctx: _Ctx, path: str) -> Any:
     return MappingProxyType(out)
 
 
-def _is_null(entry: Entry) -> bool:
+def is_null(entry: Entry) -> bool:
     return not entry.is_block and isinstance(entry.value, Scalar) and entry.value.value is None
 
 
@@ -504,7 +507,7 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _decode(body: Body, schema: _Schema, ctx: _Ctx, path: str, pos: Pos | None = None) -> _Decoded:
+def decode(body: Body, schema: Schema, ctx: Ctx, path: str, pos: Pos | None = None) -> Decoded:
     """Decode ``body`` against ``schema``: unknown keys, duplicates, null, types, defaults, nested blocks."""
     groups: dict[str, list[Entry]] = {}
     for entry in body.entries:
@@ -514,7 +517,7 @@ def _decode(body: Body, schema: _Schema, ctx: _Ctx, path: str, pos: Pos | None =
             close = suggest(entry.key, schema.keys)
             hint = f' (did you mean "{close}"?)' if close else ""
             ctx.error(entry.pos, _join(path, entry.key), f'unknown key "{entry.key}"{hint}')
-    decoded = _Decoded(path, pos or body.pos, {}, {})
+    decoded = Decoded(path, pos or body.pos, {}, {})
     for key, spec in schema.keys.items():
         attr = spec.field or key
         entries = groups.get(key, [])
@@ -533,10 +536,7 @@ def _decode(body: Body, schema: _Schema, ctx: _Ctx, path: str, pos: Pos | None =
             else:
                 ctx.bad.add(sub)
         elif spec.required:
-            if schema.name.startswith("middleware "):
-                message = f'{schema.name.split(" ", 1)[1]} requires key "{key}"'
-            else:
-                message = f'missing required key "{key}"'
+            message = f'{schema.subject} requires key "{key}"' if schema.subject else f'missing required key "{key}"'
             ctx.error(decoded.pos, path, message)
             ctx.bad.add(sub)
         decoded.values[attr] = value
@@ -544,7 +544,7 @@ def _decode(body: Body, schema: _Schema, ctx: _Ctx, path: str, pos: Pos | None =
         for entry in groups.get(key, []):
             sub = _join(path, key)
             ctx.locations[sub] = entry.pos
-            value = _convert(legacy.type, entry.value, ctx, sub, entry.pos) if not entry.is_block else SKIP
+            value = convert(legacy.type, entry.value, ctx, sub, entry.pos) if not entry.is_block else SKIP
             if value is SKIP:
                 continue
             if legacy.target is not None and legacy.target in decoded.present:
@@ -558,22 +558,22 @@ def _decode(body: Body, schema: _Schema, ctx: _Ctx, path: str, pos: Pos | None =
     return decoded
 
 
-def _single(entries: list[Entry], spec: _K, ctx: _Ctx, path: str) -> Entry | None:
+def _single(entries: list[Entry], spec: K, ctx: Ctx, path: str) -> Entry | None:
     """The one entry of a key; duplicates are errors (repeated blocks are a list for ``blocks`` keys)."""
-    live = [e for e in entries if not _is_null(e)]
+    live = [e for e in entries if not is_null(e)]
     if spec.type.kind == "blocks" and all(e.is_block for e in entries):
         return live[0] if live else None
     first = entries[0]
     for dup in entries[1:]:
         what = "block" if dup.is_block and first.is_block else "key"
         verb = "defined" if what == "block" else "set"
-        ctx.error(dup.pos, path, f'duplicate {what} "{spec.name}" (also {verb} at {_loc(first.pos)})')
+        ctx.error(dup.pos, path, f'duplicate {what} "{spec.name}" (also {verb} at {loc(first.pos)})')
     if len(entries) > 1:
         return None
     return live[0] if live else None
 
 
-def _decode_entry(spec: _K, entries: list[Entry], ctx: _Ctx, path: str) -> Any:
+def _decode_entry(spec: K, entries: list[Entry], ctx: Ctx, path: str) -> Any:
     t = spec.type
     entry = entries[0]
     if t.kind in ("block", "blocks"):
@@ -590,7 +590,7 @@ def _decode_entry(spec: _K, entries: list[Entry], ctx: _Ctx, path: str) -> Any:
                     nodes.append((item, item.pos if item.pos.line else entry.pos, f"{path}[{i}]"))
             elif (
                 isinstance(entry.value, (Unsupported, Scalar))
-                and _convert(STR, entry.value, ctx, path, entry.pos) is SKIP
+                and convert(STR, entry.value, ctx, path, entry.pos) is SKIP
             ):
                 return SKIP
             else:
@@ -600,11 +600,11 @@ def _decode_entry(spec: _K, entries: list[Entry], ctx: _Ctx, path: str) -> Any:
             for node, pos, sub in nodes:
                 ctx.locations[sub] = pos
                 if not isinstance(node, Body):
-                    if _convert(STR, node, ctx, sub, pos) is not SKIP or not isinstance(node, (Scalar, Unsupported)):
+                    if convert(STR, node, ctx, sub, pos) is not SKIP or not isinstance(node, (Scalar, Unsupported)):
                         ctx.error(pos, sub, f"expected object, got {_describe(node)}")
                     ctx.bad.add(path)
                     continue
-                built = _build(t.schema, _decode(node, t.schema, ctx, sub, pos), ctx)
+                built = build(t.schema, decode(node, t.schema, ctx, sub, pos), ctx)
                 if built is SKIP:
                     ctx.bad.add(path)
                 else:
@@ -613,24 +613,24 @@ def _decode_entry(spec: _K, entries: list[Entry], ctx: _Ctx, path: str) -> Any:
         if entry.is_block and not _no_labels(entry, ctx, path):
             return SKIP
         if not isinstance(entry.value, Body):
-            if _convert(STR, entry.value, ctx, path, entry.pos) is not SKIP:
+            if convert(STR, entry.value, ctx, path, entry.pos) is not SKIP:
                 ctx.error(entry.pos, path, f"expected block or object, got {_describe(entry.value)}")
             return SKIP
-        return _build(t.schema, _decode(entry.value, t.schema, ctx, path, entry.pos), ctx)
+        return build(t.schema, decode(entry.value, t.schema, ctx, path, entry.pos), ctx)
     if entry.is_block and not (t.kind == "map" and not entry.labels):  # a map may be written as a block too
         ctx.error(entry.pos, path, f"expected {_TYPE_NAMES.get(t.kind, t.kind)}, got block")
         return SKIP
-    return _convert(t, entry.value, ctx, path, entry.pos)
+    return convert(t, entry.value, ctx, path, entry.pos)
 
 
-def _no_labels(entry: Entry, ctx: _Ctx, path: str) -> bool:
+def _no_labels(entry: Entry, ctx: Ctx, path: str) -> bool:
     if entry.labels:
         ctx.error(entry.labels[0][1], path, f'block "{entry.key}" takes no label')
         return False
     return True
 
 
-def _build(schema: _Schema, decoded: _Decoded, ctx: _Ctx) -> Any:
+def build(schema: Schema, decoded: Decoded, ctx: Ctx) -> Any:
     if schema.build is None:
         return decoded.values
     return schema.build(decoded, ctx)

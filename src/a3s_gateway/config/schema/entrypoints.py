@@ -9,45 +9,45 @@ from typing import Final
 
 from a3s_gateway.config.model import CertificateConfig, EntrypointConfig, RedirectConfig, TlsConfig
 from a3s_gateway.config.schema.checks import (
-    _check_address,
-    _check_http_url,
-    _check_ip,
-    _file_check,
-    _read_problem,
+    check_address,
+    check_http_url,
+    check_ip,
+    file_check,
     parse_address,
+    read_problem,
 )
 from a3s_gateway.config.schema.engine import (
-    _K,
     BOOL,
     STR,
-    _block,
-    _blocks,
-    _Ctx,
-    _Decoded,
-    _dur,
-    _enum,
-    _int,
-    _is_null,
-    _list,
-    _q,
-    _schema,
-    _secs,
-    _str,
+    Ctx,
+    Decoded,
+    K,
+    block,
+    blocks,
+    duration,
+    enum,
+    integer,
+    is_null,
+    list_of,
+    quote,
+    schema,
+    seconds,
+    string,
 )
 
 
-def _build_cert(d: _Decoded, ctx: _Ctx) -> CertificateConfig:
+def _build_cert(d: Decoded, ctx: Ctx) -> CertificateConfig:
     return CertificateConfig(d.values["cert_file"] or "", d.values["key_file"] or "")
 
 
-CERT: Final = _schema(
+CERT: Final = schema(
     "certificate",
-    [_K("cert_file", STR, required=True, path=True), _K("key_file", STR, required=True, path=True)],
+    [K("cert_file", STR, required=True, path=True), K("key_file", STR, required=True, path=True)],
     _build_cert,
 )
 
 
-def _build_tls(d: _Decoded, ctx: _Ctx) -> TlsConfig:
+def _build_tls(d: Decoded, ctx: Ctx) -> TlsConfig:
     v = d.values
     p = d.path
     if d.has("alpn"):
@@ -78,15 +78,15 @@ def _build_tls(d: _Decoded, ctx: _Ctx) -> TlsConfig:
         elif any(dom.startswith("*.") for dom in v["acme_domains"]):
             ctx.error(ctx.at(f"{p}.challenge"), f"{p}.challenge", 'wildcard domains require challenge = "dns-01"')
         if v["acme_ca_file"]:
-            _file_check(ctx, d, "acme_ca_file")
+            file_check(ctx, d, "acme_ca_file")
         _check_writable(ctx, d, "acme_storage_path")
     return TlsConfig(**v)  # alpn None: filled by the entrypoint, which knows http2 and the protocol
 
 
-def _check_pair(ctx: _Ctx, where: str, cert: str, key: str) -> None:
+def _check_pair(ctx: Ctx, where: str, cert: str, key: str) -> None:
     unreadable = False
     for name, file in (("cert_file", cert), ("key_file", key)):
-        problem = _read_problem(file)
+        problem = read_problem(file)
         if problem:
             ctx.error(ctx.at(f"{where}.{name}"), f"{where}.{name}", problem)
             unreadable = True
@@ -98,13 +98,13 @@ def _check_pair(ctx: _Ctx, where: str, cert: str, key: str) -> None:
     except (ssl.SSLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
         if "KEY_VALUES_MISMATCH" in str(reason).upper():
-            message = f"certificate {_q(cert)} does not match key {_q(key)}"
+            message = f"certificate {quote(cert)} does not match key {quote(key)}"
         else:
-            message = f"cannot load certificate {_q(cert)} with key {_q(key)}: {reason}"
+            message = f"cannot load certificate {quote(cert)} with key {quote(key)}: {reason}"
         ctx.error(ctx.at(f"{where}.cert_file"), f"{where}.cert_file", message)
 
 
-def _check_dns_credentials(ctx: _Ctx, d: _Decoded) -> None:
+def _check_dns_credentials(ctx: Ctx, d: Decoded) -> None:
     provider = d.values["dns_provider"]
     if provider is None:
         ctx.error(d.pos, d.path, 'challenge "dns-01" requires "dns_provider"')
@@ -122,7 +122,7 @@ def _check_dns_credentials(ctx: _Ctx, d: _Decoded) -> None:
         )
 
 
-def _check_writable(ctx: _Ctx, d: _Decoded, key: str) -> None:
+def _check_writable(ctx: Ctx, d: Decoded, key: str) -> None:
     value = d.values.get(key)
     path = f"{d.path}.{key}"
     if not value or not ctx.ok(path):
@@ -134,42 +134,40 @@ def _check_writable(ctx: _Ctx, d: _Decoded, key: str) -> None:
             break
         probe = parent
     if not os.access(probe, os.W_OK):
-        ctx.error(ctx.at(path, d.pos), path, f"{_q(value)} is not writable")
+        ctx.error(ctx.at(path, d.pos), path, f"{quote(value)} is not writable")
 
 
-TLS: Final = _schema(
+TLS: Final = schema(
     "tls",
     [
-        _K("cert_file", STR, "", path=True),
-        _K("key_file", STR, "", path=True),
-        _K("certificates", _blocks(CERT), ()),
-        _K("min_version", _enum("1.2", "1.3"), "1.2"),
-        _K("alpn", _list(STR), None),
-        _K("acme", BOOL, False),
-        _K("acme_email", STR, ""),
-        _K("acme_domains", _list(STR), ()),
-        _K("acme_ca_url", _str(_check_http_url), "https://acme-v02.api.letsencrypt.org/directory"),
-        _K("acme_staging", BOOL, False),
-        _K("acme_ca_file", STR, "", path=True),
-        _K("acme_storage_path", STR, "/etc/gateway/acme", path=True),
-        _K("challenge", _enum("http-01", "tls-alpn-01", "dns-01"), "http-01"),
-        _K("dns_provider", _enum("cloudflare", "route53"), None),
+        K("cert_file", STR, "", path=True),
+        K("key_file", STR, "", path=True),
+        K("certificates", blocks(CERT), ()),
+        K("min_version", enum("1.2", "1.3"), "1.2"),
+        K("alpn", list_of(STR), None),
+        K("acme", BOOL, False),
+        K("acme_email", STR, ""),
+        K("acme_domains", list_of(STR), ()),
+        K("acme_ca_url", string(check_http_url), "https://acme-v02.api.letsencrypt.org/directory"),
+        K("acme_staging", BOOL, False),
+        K("acme_ca_file", STR, "", path=True),
+        K("acme_storage_path", STR, "/etc/gateway/acme", path=True),
+        K("challenge", enum("http-01", "tls-alpn-01", "dns-01"), "http-01"),
+        K("dns_provider", enum("cloudflare", "route53"), None),
     ],
     _build_tls,
 )
 
 
-def _build_redirect(d: _Decoded, ctx: _Ctx) -> RedirectConfig:
+def _build_redirect(d: Decoded, ctx: Ctx) -> RedirectConfig:
     return RedirectConfig(d.values["entrypoint"] or "", d.values["permanent"])
 
 
-REDIRECT: Final = _schema(
-    "redirect", [_K("entrypoint", STR, required=True), _K("permanent", BOOL, True)], _build_redirect
-)
+REDIRECT: Final = schema("redirect", [K("entrypoint", STR, required=True), K("permanent", BOOL, True)], _build_redirect)
 
 
 #: entrypoint keys that apply to some protocols only
-_PROTOCOL_KEYS: Final = {
+PROTOCOL_KEYS: Final = {
     "http2": ("http",),
     "tcp_allowed_ips": ("tcp",),
     "udp_session_timeout_secs": ("udp",),
@@ -179,15 +177,15 @@ _PROTOCOL_KEYS: Final = {
 }
 
 
-def _build_entrypoint(d: _Decoded, ctx: _Ctx) -> EntrypointConfig:
+def _build_entrypoint(d: Decoded, ctx: Ctx) -> EntrypointConfig:
     v = dict(d.values)
     p = d.path
     name = p.split(".", 1)[1]
     proto = v["protocol"]
     address = v["address"] or ""
     host, port = parse_address(address) or ("", 0)
-    for key, allowed in _PROTOCOL_KEYS.items():
-        if d.has(key) and proto not in allowed and not _is_null(d.present[key]):
+    for key, allowed in PROTOCOL_KEYS.items():
+        if d.has(key) and proto not in allowed and not is_null(d.present[key]):
             where = f"{p}.{key}"
             ctx.error(ctx.at(where), where, f'"{key}" is not allowed on {proto} entrypoints')
             ctx.bad.add(where)
@@ -211,25 +209,25 @@ def _build_entrypoint(d: _Decoded, ctx: _Ctx) -> EntrypointConfig:
     return EntrypointConfig(name=name, host=host, port=port, **{**v, "address": address})
 
 
-ENTRYPOINT: Final = _schema(
+ENTRYPOINT: Final = schema(
     "entrypoint",
     [
-        _K("address", _str(_check_address), None, required=True),
-        _K("protocol", _enum("http", "tcp", "udp"), "http"),
-        _K("tls", _block(TLS), None),
-        _K("http2", BOOL, True),
-        _K("max_concurrent_streams", _int(1, 10000), 250),
-        _K("header_read_timeout", _dur(0, lo_open=True), 30.0),
-        _K("idle_timeout", _dur(0, lo_open=True), 90.0),
-        _K("max_request_line_bytes", _int(256), 8192),
-        _K("max_header_bytes", _int(1024), 65536),
-        _K("max_headers", _int(1), 100),
-        _K("trusted_ips", _list(_str(_check_ip)), ()),
-        _K("redirect", _block(REDIRECT), None),
-        _K("max_connections", _int(0), 0),
-        _K("tcp_allowed_ips", _list(_str(_check_ip)), ()),
-        _K("udp_session_timeout_secs", _secs(0, lo_open=True), 30.0),
-        _K("udp_max_sessions", _int(1), 10000),
+        K("address", string(check_address), None, required=True),
+        K("protocol", enum("http", "tcp", "udp"), "http"),
+        K("tls", block(TLS), None),
+        K("http2", BOOL, True),
+        K("max_concurrent_streams", integer(1, 10000), 250),
+        K("header_read_timeout", duration(0, lo_open=True), 30.0),
+        K("idle_timeout", duration(0, lo_open=True), 90.0),
+        K("max_request_line_bytes", integer(256), 8192),
+        K("max_header_bytes", integer(1024), 65536),
+        K("max_headers", integer(1), 100),
+        K("trusted_ips", list_of(string(check_ip)), ()),
+        K("redirect", block(REDIRECT), None),
+        K("max_connections", integer(0), 0),
+        K("tcp_allowed_ips", list_of(string(check_ip)), ()),
+        K("udp_session_timeout_secs", seconds(0, lo_open=True), 30.0),
+        K("udp_max_sessions", integer(1), 10000),
     ],
     _build_entrypoint,
 )

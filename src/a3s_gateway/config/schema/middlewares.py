@@ -17,37 +17,37 @@ from urllib.parse import urlsplit
 from a3s_gateway.config.hcl import Body, Pos
 from a3s_gateway.config.model import EMPTY_MAP, MiddlewareConfig
 from a3s_gateway.config.schema.checks import (
-    _TOKEN_RE,
-    _check_abs_path,
-    _check_http_url,
-    _check_ip,
-    _check_nonempty,
-    _check_token,
-    _file_check,
+    TOKEN_RE,
+    check_abs_path,
+    check_http_url,
+    check_ip,
+    check_nonempty,
+    check_token,
+    file_check,
 )
 from a3s_gateway.config.schema.engine import (
-    _K,
-    _T,
     BOOL,
     SKIP,
     STR,
-    _convert,
-    _Ctx,
-    _decode,
-    _Decoded,
-    _dur,
-    _enum,
-    _fmt_num,
-    _int,
-    _is_null,
-    _list,
-    _map,
-    _ms,
-    _num,
-    _q,
-    _schema,
-    _secs,
-    _str,
+    Ctx,
+    Decoded,
+    K,
+    T,
+    convert,
+    decode,
+    duration,
+    enum,
+    fmt_num,
+    integer,
+    is_null,
+    list_of,
+    map_of,
+    millis,
+    number,
+    quote,
+    schema,
+    seconds,
+    string,
     suggest,
 )
 
@@ -80,7 +80,7 @@ _PEM_BLOCK: Final = re.compile(
 )
 
 
-def _mw_error(ctx: _Ctx, d: _Decoded, key: str | None, message: str, hint: str | None = None) -> None:
+def _mw_error(ctx: Ctx, d: Decoded, key: str | None, message: str, hint: str | None = None) -> None:
     where = f"{d.path}.{key}" if key else d.path
     ctx.error(ctx.at(where, d.pos) if key else d.pos, where, message, hint)
 
@@ -90,20 +90,20 @@ def _check_pem_public_key(path: str) -> str | None:
         with open(path, encoding="ascii", errors="replace") as f:
             text = f.read(1 << 20)
     except OSError as exc:
-        return f"cannot read {_q(path)}: {exc.strerror or exc}"
+        return f"cannot read {quote(path)}: {exc.strerror or exc}"
     m = _PEM_BLOCK.search(text)
     if m is None:
-        return f"cannot parse {_q(path)}: expected a PEM public key or certificate"
+        return f"cannot parse {quote(path)}: expected a PEM public key or certificate"
     try:
         base64.b64decode("".join(m.group(2).split()), validate=True)
     except (binascii.Error, ValueError):
-        return f"cannot parse {_q(path)}: invalid PEM data"
+        return f"cannot parse {quote(path)}: invalid PEM data"
     return None
 
 
-def _jwt(d: _Decoded, ctx: _Ctx) -> None:
+def _jwt(d: Decoded, ctx: Ctx) -> None:
     v = d.values
-    sources = [k for k in ("value", "public_key_file", "jwks_url") if d.has(k) and not _is_null(d.present[k])]
+    sources = [k for k in ("value", "public_key_file", "jwks_url") if d.has(k) and not is_null(d.present[k])]
     if len(sources) != 1:
         _mw_error(ctx, d, None, 'jwt requires exactly one of "value", "public_key_file", "jwks_url"')
     if v["value"] == "" and d.has("value") and ctx.ok(f"{d.path}.value"):
@@ -113,7 +113,7 @@ def _jwt(d: _Decoded, ctx: _Ctx) -> None:
         if problem:
             _mw_error(ctx, d, "public_key_file", problem)
     if v["jwks_url"] is not None and ctx.ok(f"{d.path}.jwks_url"):
-        problem = _check_http_url(v["jwks_url"])
+        problem = check_http_url(v["jwks_url"])
         if problem:
             _mw_error(ctx, d, "jwks_url", problem)
     hmac = "value" in sources
@@ -127,15 +127,15 @@ def _jwt(d: _Decoded, ctx: _Ctx) -> None:
             elif alg not in _HS + _ASYMMETRIC:
                 close = suggest(alg, _HS + _ASYMMETRIC)
                 _mw_error(
-                    ctx, d, where, f"unknown algorithm {_q(alg)}" + (f' (did you mean "{close}"?)' if close else "")
+                    ctx, d, where, f"unknown algorithm {quote(alg)}" + (f' (did you mean "{close}"?)' if close else "")
                 )
             elif sources and (alg in _HS) != hmac:
                 need = "an HMAC secret (value)" if alg in _HS else "a public key (public_key_file or jwks_url)"
-                _mw_error(ctx, d, where, f"algorithm {_q(alg)} needs {need}")
+                _mw_error(ctx, d, where, f"algorithm {quote(alg)} needs {need}")
     if isinstance(v["forward_claims"], Mapping):
         for claim, header in v["forward_claims"].items():
-            if not _TOKEN_RE.match(header):
-                _mw_error(ctx, d, f"forward_claims.{claim}", f"invalid header name {_q(header)}")
+            if not TOKEN_RE.match(header):
+                _mw_error(ctx, d, f"forward_claims.{claim}", f"invalid header name {quote(header)}")
 
 
 def _htpasswd_problem(line: str) -> str | None:
@@ -147,7 +147,7 @@ def _htpasswd_problem(line: str) -> str | None:
     return None
 
 
-def _basic_auth(d: _Decoded, ctx: _Ctx) -> None:
+def _basic_auth(d: Decoded, ctx: Ctx) -> None:
     v = d.values
     if d.has("username") != d.has("password"):
         _mw_error(ctx, d, None, '"username" and "password" must be set together')
@@ -159,7 +159,7 @@ def _basic_auth(d: _Decoded, ctx: _Ctx) -> None:
             if problem:
                 _mw_error(ctx, d, f"users[{i}]", f"invalid htpasswd entry: {problem}")
     if v["users_file"]:
-        path = _file_check(ctx, d, "users_file")
+        path = file_check(ctx, d, "users_file")
         if path is not None:
             with open(path, encoding="utf-8", errors="replace") as f:
                 for n, raw in enumerate(f, 1):
@@ -169,7 +169,7 @@ def _basic_auth(d: _Decoded, ctx: _Ctx) -> None:
                     users += 1
                     problem = _htpasswd_problem(line)
                     if problem:
-                        _mw_error(ctx, d, "users_file", f"line {n} of {_q(path)}: invalid htpasswd entry: {problem}")
+                        _mw_error(ctx, d, "users_file", f"line {n} of {quote(path)}: invalid htpasswd entry: {problem}")
         else:
             users += 1  # already reported
     if users == 0 and ctx.ok(f"{d.path}.users"):
@@ -197,12 +197,12 @@ def _check_redis_url(value: Any) -> str | None:
 def _check_limit_key(value: Any) -> str | None:
     if value in ("client_ip", "global"):
         return None
-    if value.startswith("header:") and _TOKEN_RE.match(value[7:]):
+    if value.startswith("header:") and TOKEN_RE.match(value[7:]):
         return None
-    return f'invalid key {_q(value)}; expected "client_ip", "global" or "header:<Name>"'
+    return f'invalid key {quote(value)}; expected "client_ip", "global" or "header:<Name>"'
 
 
-def _rate_limit(d: _Decoded, ctx: _Ctx) -> None:
+def _rate_limit(d: Decoded, ctx: Ctx) -> None:
     v = d.values
     if v["burst"] is None:
         rate = v["rate"]
@@ -214,27 +214,27 @@ def _check_origin(value: Any) -> str | None:
         return None
     m = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://(\*\.)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?", value)
     if m is None:
-        return f'invalid origin {_q(value)}; expected "*", "scheme://host[:port]" or "scheme://*.domain"'
+        return f'invalid origin {quote(value)}; expected "*", "scheme://host[:port]" or "scheme://*.domain"'
     return None
 
 
-def _check_header_map(d: _Decoded, ctx: _Ctx, key: str) -> None:
+def _check_header_map(d: Decoded, ctx: Ctx, key: str) -> None:
     value = d.values[key]
     if not isinstance(value, Mapping):
         return
     for name, val in value.items():
-        if not _TOKEN_RE.match(name):
-            _mw_error(ctx, d, f"{key}.{name}", f"invalid header name {_q(name)}")
+        if not TOKEN_RE.match(name):
+            _mw_error(ctx, d, f"{key}.{name}", f"invalid header name {quote(name)}")
         elif any(c in val for c in "\r\n\x00"):
             _mw_error(ctx, d, f"{key}.{name}", "header values must not contain CR, LF or NUL")
 
 
-def _headers(d: _Decoded, ctx: _Ctx) -> None:
+def _headers(d: Decoded, ctx: Ctx) -> None:
     _check_header_map(d, ctx, "request_headers")
     _check_header_map(d, ctx, "response_headers")
 
 
-def _retry(d: _Decoded, ctx: _Ctx) -> None:
+def _retry(d: Decoded, ctx: Ctx) -> None:
     v = d.values
     if v["max_interval_ms"] is None:
         v["max_interval_ms"] = 10 * v["retry_interval_ms"]
@@ -246,8 +246,8 @@ def _retry(d: _Decoded, ctx: _Ctx) -> None:
             ctx,
             d,
             "max_interval_ms",
-            f"max_interval_ms ({_fmt_num(v['max_interval_ms'])}) must be at least retry_interval_ms "
-            f"({_fmt_num(v['retry_interval_ms'])})",
+            f"max_interval_ms ({fmt_num(v['max_interval_ms'])}) must be at least retry_interval_ms "
+            f"({fmt_num(v['retry_interval_ms'])})",
         )
 
 
@@ -255,13 +255,13 @@ def _check_retry_status(value: Any) -> str | None:
     return None if value == 429 or 500 <= value <= 599 else f"must be 429 or between 500 and 599, got {value}"
 
 
-def _ip_allow(d: _Decoded, ctx: _Ctx) -> None:
+def _ip_allow(d: Decoded, ctx: Ctx) -> None:
     v = d.values
     if v["depth"] and v["trusted_proxies"]:
         _mw_error(ctx, d, "depth", '"depth" and "trusted_proxies" are exclusive')
 
 
-def _tcp_filter(d: _Decoded, ctx: _Ctx) -> None:
+def _tcp_filter(d: Decoded, ctx: Ctx) -> None:
     v = d.values
     if (
         not v["allowed_ips"]
@@ -271,129 +271,129 @@ def _tcp_filter(d: _Decoded, ctx: _Ctx) -> None:
         _mw_error(ctx, d, None, 'tcp-filter requires "allowed_ips" or "max_connections"')
 
 
-def _ws_mux(d: _Decoded, ctx: _Ctx) -> None:
+def _ws_mux(d: Decoded, ctx: Ctx) -> None:
     path = d.values["upstream_path"]
     if path and ctx.ok(f"{d.path}.upstream_path") and not path.startswith("/"):
-        _mw_error(ctx, d, "upstream_path", f'must start with "/", got {_q(path)}')
+        _mw_error(ctx, d, "upstream_path", f'must start with "/", got {quote(path)}')
 
 
-def _noop(d: _Decoded, ctx: _Ctx) -> None:
+def _noop(d: Decoded, ctx: Ctx) -> None:
     pass
 
 
 _RATE_KEYS: Final = (
-    _K("rate", _num(0, lo_open=True), None, required=True),
-    _K("period", _dur(0, lo_open=True), 1.0),
-    _K("burst", _int(1), None),
-    _K("key", _str(_check_limit_key), "client_ip"),
+    K("rate", number(0, lo_open=True), None, required=True),
+    K("period", duration(0, lo_open=True), 1.0),
+    K("burst", integer(1), None),
+    K("key", string(_check_limit_key), "client_ip"),
 )
 
-MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[_K, ...], Callable[[_Decoded, _Ctx], None]]]] = {
+MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[K, ...], Callable[[Decoded, Ctx], None]]]] = {
     "jwt": (
         (
-            _K("value", STR, None, secret=True),
-            _K("public_key_file", STR, None, path=True),
-            _K("jwks_url", STR, None),
-            _K("jwks_refresh", _dur(0, lo_open=True), 600.0),
-            _K("algorithms", _list(STR, 1), None),
-            _K("header", _str(_check_token), "Authorization"),
-            _K("issuer", STR, ""),
-            _K("audience", _T("str_or_list"), ()),
-            _K("leeway", _dur(0), 60.0),
-            _K("require_exp", BOOL, True),
-            _K("forward_claims", _map(), MappingProxyType({"sub": "X-JWT-Subject"})),
+            K("value", STR, None, secret=True),
+            K("public_key_file", STR, None, path=True),
+            K("jwks_url", STR, None),
+            K("jwks_refresh", duration(0, lo_open=True), 600.0),
+            K("algorithms", list_of(STR, 1), None),
+            K("header", string(check_token), "Authorization"),
+            K("issuer", STR, ""),
+            K("audience", T("str_or_list"), ()),
+            K("leeway", duration(0), 60.0),
+            K("require_exp", BOOL, True),
+            K("forward_claims", map_of(), MappingProxyType({"sub": "X-JWT-Subject"})),
         ),
         _jwt,
     ),
     "api-key": (
         (
-            _K("header", _str(_check_token), "X-API-Key"),
-            _K("keys", _list(_str(_check_nonempty), 1), None, required=True, secret=True),
-            _K("strip_header", BOOL, False),
+            K("header", string(check_token), "X-API-Key"),
+            K("keys", list_of(string(check_nonempty), 1), None, required=True, secret=True),
+            K("strip_header", BOOL, False),
         ),
         _noop,  # keys: required, non-empty list of non-empty strings (schema)
     ),
     "basic-auth": (
         (
-            _K("username", _str(_check_nonempty), None),
-            _K("password", STR, None, secret=True),
-            _K("users", _list(STR), (), secret=True),
-            _K("users_file", STR, "", path=True),
-            _K("realm", STR, "a3s-gateway"),
-            _K("remove_header", BOOL, False),
+            K("username", string(check_nonempty), None),
+            K("password", STR, None, secret=True),
+            K("users", list_of(STR), (), secret=True),
+            K("users_file", STR, "", path=True),
+            K("realm", STR, "a3s-gateway"),
+            K("remove_header", BOOL, False),
         ),
         _basic_auth,
     ),
     "forward-auth": (
         (
-            _K("forward_auth_url", _str(_check_http_url), None, required=True),
-            _K("forward_auth_method", _enum("GET", "POST", "HEAD"), "GET"),
-            _K("forward_auth_timeout", _dur(0, lo_open=True), 5.0),
-            _K("forward_auth_request_headers", _list(_str(_check_token)), ()),
-            _K("forward_auth_response_headers", _list(_str(_check_token)), ()),
+            K("forward_auth_url", string(check_http_url), None, required=True),
+            K("forward_auth_method", enum("GET", "POST", "HEAD"), "GET"),
+            K("forward_auth_timeout", duration(0, lo_open=True), 5.0),
+            K("forward_auth_request_headers", list_of(string(check_token)), ()),
+            K("forward_auth_response_headers", list_of(string(check_token)), ()),
         ),
         _noop,
     ),
-    "rate-limit": ((*_RATE_KEYS, _K("max_keys", _int(1), 65536)), _rate_limit),
+    "rate-limit": ((*_RATE_KEYS, K("max_keys", integer(1), 65536)), _rate_limit),
     "rate-limit-redis": (
         (
             *_RATE_KEYS,
-            _K("redis_url", _str(_check_redis_url), None, required=True, secret=True),
-            _K("failure_mode", _enum("open", "closed"), "open"),
-            _K("redis_timeout", _dur(0, lo_open=True), 1.0),
-            _K("key_prefix", STR, "a3s:ratelimit:"),
+            K("redis_url", string(_check_redis_url), None, required=True, secret=True),
+            K("failure_mode", enum("open", "closed"), "open"),
+            K("redis_timeout", duration(0, lo_open=True), 1.0),
+            K("key_prefix", STR, "a3s:ratelimit:"),
         ),
         _rate_limit,
     ),
     "cors": (
         (
-            _K("allowed_origins", _list(_str(_check_origin)), ("*",)),
-            _K("allowed_methods", _list(_str(_check_token)), ("GET", "POST", "PUT", "DELETE", "OPTIONS")),
-            _K("allowed_headers", _list(STR), ("Content-Type", "Authorization")),
-            _K("expose_headers", _list(_str(_check_token)), ()),
-            _K("allow_credentials", BOOL, False),
-            _K("max_age", _secs(0), 86400.0),
+            K("allowed_origins", list_of(string(_check_origin)), ("*",)),
+            K("allowed_methods", list_of(string(check_token)), ("GET", "POST", "PUT", "DELETE", "OPTIONS")),
+            K("allowed_headers", list_of(STR), ("Content-Type", "Authorization")),
+            K("expose_headers", list_of(string(check_token)), ()),
+            K("allow_credentials", BOOL, False),
+            K("max_age", seconds(0), 86400.0),
         ),
         _noop,
     ),
-    "headers": ((_K("request_headers", _map(), EMPTY_MAP), _K("response_headers", _map(), EMPTY_MAP)), _headers),
-    "strip-prefix": ((_K("prefixes", _list(_str(_check_abs_path), 1), None, required=True),), _noop),
-    "body-limit": ((_K("max_body_bytes", _int(0, lo_open=True), None, required=True),), _noop),
+    "headers": ((K("request_headers", map_of(), EMPTY_MAP), K("response_headers", map_of(), EMPTY_MAP)), _headers),
+    "strip-prefix": ((K("prefixes", list_of(string(check_abs_path), 1), None, required=True),), _noop),
+    "body-limit": ((K("max_body_bytes", integer(0, lo_open=True), None, required=True),), _noop),
     "retry": (
         (
-            _K("max_retries", _int(1, 10), 3),
-            _K("retry_interval_ms", _ms(0), 100.0),
-            _K("max_interval_ms", _ms(0), None),
-            _K("retry_on_status", _list(_T("int", check=_check_retry_status)), (502, 503, 504)),
-            _K("retry_non_idempotent", BOOL, False),
-            _K("max_replay_bytes", _int(0), 1048576),
-            _K("max_retry_after", _dur(0), 10.0),
+            K("max_retries", integer(1, 10), 3),
+            K("retry_interval_ms", millis(0), 100.0),
+            K("max_interval_ms", millis(0), None),
+            K("retry_on_status", list_of(T("int", check=_check_retry_status)), (502, 503, 504)),
+            K("retry_non_idempotent", BOOL, False),
+            K("max_replay_bytes", integer(0), 1048576),
+            K("max_retry_after", duration(0), 10.0),
         ),
         _retry,
     ),
     "circuit-breaker": (
         (
-            _K("failure_threshold", _int(1), 5),
-            _K("cooldown_secs", _secs(0, lo_open=True), 30.0),
-            _K("success_threshold", _int(1), 1),
+            K("failure_threshold", integer(1), 5),
+            K("cooldown_secs", seconds(0, lo_open=True), 30.0),
+            K("success_threshold", integer(1), 1),
         ),
         _noop,
     ),
     "ip-allow": (
         (
-            _K("allowed_ips", _list(_str(_check_ip), 1), None, required=True),
-            _K("trusted_proxies", _list(_str(_check_ip)), ()),
-            _K("depth", _int(0), 0),
+            K("allowed_ips", list_of(string(check_ip), 1), None, required=True),
+            K("trusted_proxies", list_of(string(check_ip)), ()),
+            K("depth", integer(0), 0),
         ),
         _ip_allow,
     ),
     "compress": (
         (
-            _K("min_size", _int(0), 1024),
-            _K("encodings", _list(_enum("br", "gzip", "deflate"), 1), ("br", "gzip", "deflate")),
-            _K(
+            K("min_size", integer(0), 1024),
+            K("encodings", list_of(enum("br", "gzip", "deflate"), 1), ("br", "gzip", "deflate")),
+            K(
                 "content_types",
-                _list(STR),
+                list_of(STR),
                 (
                     "text/*",
                     "application/json",
@@ -405,44 +405,43 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[_K, ...], Callable[[_Decoded, _Ctx]
                     "image/svg+xml",
                 ),
             ),
-            _K("include_event_stream", BOOL, False),
+            K("include_event_stream", BOOL, False),
         ),
         _noop,
     ),
-    "tcp-filter": ((_K("allowed_ips", _list(_str(_check_ip)), ()), _K("max_connections", _int(0), 0)), _tcp_filter),
+    "tcp-filter": ((K("allowed_ips", list_of(string(check_ip)), ()), K("max_connections", integer(0), 0)), _tcp_filter),
     "ws-mux": (
         (
-            _K("max_channels", _int(1, 1024), 64),
-            _K("upstream_path", STR, ""),
-            _K("send_queue", _int(1), 256),
-            _K("max_message_bytes", _int(1), 1048576),
+            K("max_channels", integer(1, 1024), 64),
+            K("upstream_path", STR, ""),
+            K("send_queue", integer(1), 256),
+            K("max_message_bytes", integer(1), 1048576),
         ),
         _ws_mux,
     ),
 }
 
-_TYPE_KEY: Final = _K("type", _enum(*MIDDLEWARE_TYPES), None, required=True)
+_TYPE_KEY: Final = K("type", enum(*MIDDLEWARE_TYPES), None, required=True)
 MIDDLEWARE_SCHEMAS: Final = {
-    t: _schema(f"middleware {t}", (_TYPE_KEY, *keys)) for t, (keys, _) in MIDDLEWARE_KEYS.items()
+    t: schema(f"middleware {t}", (_TYPE_KEY, *keys), subject=t) for t, (keys, _) in MIDDLEWARE_KEYS.items()
 }
 
 
-def _decode_middleware(body: Body, ctx: _Ctx, path: str, pos: Pos) -> MiddlewareConfig | None:
+def decode_middleware(body: Body, ctx: Ctx, path: str, pos: Pos) -> MiddlewareConfig | None:
     name = path.split(".", 1)[1]
     type_entries = [e for e in body.entries if e.key == "type"]
-    if not type_entries or _is_null(type_entries[0]):
+    if not type_entries or is_null(type_entries[0]):
         ctx.error(pos, path, 'missing required key "type"', f"one of: {', '.join(MIDDLEWARE_TYPES)}")
         return None
     entry = type_entries[0]
     ctx.locations[f"{path}.type"] = entry.pos
-    mw_type = _convert(_TYPE_KEY.type, entry.value, ctx, f"{path}.type", entry.pos) if not entry.is_block else SKIP
+    mw_type = convert(_TYPE_KEY.type, entry.value, ctx, f"{path}.type", entry.pos) if not entry.is_block else SKIP
     if mw_type is SKIP:
         if entry.is_block:
             ctx.error(entry.pos, f"{path}.type", "expected string, got block")
         return None
     assert isinstance(mw_type, str)
-    schema = MIDDLEWARE_SCHEMAS[mw_type]
-    decoded = _decode(body, schema, ctx, path, pos)
+    decoded = decode(body, MIDDLEWARE_SCHEMAS[mw_type], ctx, path, pos)
     decoded.values.pop("type", None)
     MIDDLEWARE_KEYS[mw_type][1](decoded, ctx)
     params = {k: v for k, v in decoded.values.items()}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Final
 
 from a3s_gateway.config.model import RouterConfig
-from a3s_gateway.config.schema.engine import _K, STR, _Ctx, _Decoded, _int, _list, _schema
+from a3s_gateway.config.schema.engine import STR, Ctx, Decoded, K, integer, list_of, schema
 
 
-def _build_router(d: _Decoded, ctx: _Ctx) -> RouterConfig:
+def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
     v = d.values
     return RouterConfig(
         name=d.path.split(".", 1)[1],
@@ -20,14 +20,14 @@ def _build_router(d: _Decoded, ctx: _Ctx) -> RouterConfig:
     )
 
 
-ROUTER: Final = _schema(
+ROUTER: Final = schema(
     "router",
     [
-        _K("rule", STR, None),
-        _K("service", STR, None, required=True),
-        _K("entrypoints", _list(STR), ()),
-        _K("middlewares", _list(STR), ()),
-        _K("priority", _int(), 0),
+        K("rule", STR, None),
+        K("service", STR, None, required=True),
+        K("entrypoints", list_of(STR), ()),
+        K("middlewares", list_of(STR), ()),
+        K("priority", integer(), 0),
     ],
     _build_router,
 )

@@ -30,36 +30,36 @@ from a3s_gateway.config.model import (
     format_duration,
 )
 from a3s_gateway.config.schema.checks import (
-    _NAME_SHOWN,
-    _TOKEN_RE,
     NAME_RE,
-    _check_http_url,
-    _check_nonempty,
-    _file_check,
+    NAME_SHOWN,
+    TOKEN_RE,
+    check_http_url,
+    check_nonempty,
+    file_check,
 )
 from a3s_gateway.config.schema.engine import (
-    _K,
-    _T,
     BOOL,
     SKIP,
     STR,
-    _block,
-    _blocks,
-    _Ctx,
-    _Decoded,
-    _dur,
-    _enum,
-    _fmt_num,
-    _int,
-    _Legacy,
-    _list,
-    _map,
-    _ms,
-    _num,
-    _q,
-    _schema,
-    _secs,
-    _str,
+    Ctx,
+    Decoded,
+    K,
+    Legacy,
+    T,
+    block,
+    blocks,
+    duration,
+    enum,
+    fmt_num,
+    integer,
+    list_of,
+    map_of,
+    millis,
+    number,
+    quote,
+    schema,
+    seconds,
+    string,
     suggest,
 )
 
@@ -72,25 +72,26 @@ def parse_server_url(url: str) -> tuple[str, str, int, str] | str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        return f"invalid URL {_q(url)}: bad port"
+        return f"invalid URL {quote(url)}: bad port"
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https", "h2c", "tcp", "udp") or not parts.hostname or "://" not in url:
         return (
-            f'invalid URL {_q(url)}; expected "<scheme>://host[:port][/path]" with scheme http, https, h2c, tcp or udp'
+            f'invalid URL {quote(url)}; expected "<scheme>://host[:port][/path]" '
+            "with scheme http, https, h2c, tcp or udp"
         )
     if parts.query or parts.fragment or parts.username is not None:
-        return f"invalid URL {_q(url)}: a backend URL has no user, query or fragment"
+        return f"invalid URL {quote(url)}: a backend URL has no user, query or fragment"
     if port is None:
         if scheme not in _DEFAULT_PORTS:
-            return f"invalid URL {_q(url)}: {scheme}:// needs a port"
+            return f"invalid URL {quote(url)}: {scheme}:// needs a port"
         port = _DEFAULT_PORTS[scheme]
     path = parts.path.rstrip("/")
     if scheme in ("tcp", "udp") and path:
-        return f"invalid URL {_q(url)}: {scheme}:// takes no path"
+        return f"invalid URL {quote(url)}: {scheme}:// takes no path"
     return scheme, parts.hostname, port, path
 
 
-def _build_server(d: _Decoded, ctx: _Ctx) -> Any:
+def _build_server(d: Decoded, ctx: Ctx) -> Any:
     url = d.values["url"]
     if url is None:
         return SKIP
@@ -104,17 +105,17 @@ def _build_server(d: _Decoded, ctx: _Ctx) -> Any:
     return ServerConfig(url=url, weight=d.values["weight"], scheme=scheme, host=host, port=port, path=path)
 
 
-SERVER: Final = _schema(
-    "server", [_K("url", STR, None, required=True), _K("weight", _int(0, 1000000), 1)], _build_server
+SERVER: Final = schema(
+    "server", [K("url", STR, None, required=True), K("weight", integer(0, 1000000), 1)], _build_server
 )
 
-STRATEGY: Final = _enum("round-robin", "weighted", "least-connections", "random", "p2c")
+STRATEGY: Final = enum("round-robin", "weighted", "least-connections", "random", "p2c")
 
 
-def _build_health(d: _Decoded, ctx: _Ctx) -> HealthCheckConfig:
+def _build_health(d: Decoded, ctx: Ctx) -> HealthCheckConfig:
     v = d.values
     if v["path"] is not None and ctx.ok(f"{d.path}.path") and not v["path"].startswith("/"):
-        ctx.error(ctx.at(f"{d.path}.path"), f"{d.path}.path", f'must start with "/", got {_q(v["path"])}')
+        ctx.error(ctx.at(f"{d.path}.path"), f"{d.path}.path", f'must start with "/", got {quote(v["path"])}')
     if ctx.ok(f"{d.path}.timeout", f"{d.path}.interval") and v["timeout"] > v["interval"]:
         where = f"{d.path}.timeout"
         ctx.error(
@@ -127,39 +128,39 @@ def _build_health(d: _Decoded, ctx: _Ctx) -> HealthCheckConfig:
     return HealthCheckConfig(**v)
 
 
-HEALTH: Final = _schema(
+HEALTH: Final = schema(
     "health_check",
     [
-        _K("path", STR, None),
-        _K("interval", _dur(0, lo_open=True), 10.0),
-        _K("timeout", _dur(0, lo_open=True), 5.0),
-        _K("unhealthy_threshold", _int(1), 3),
-        _K("healthy_threshold", _int(1), 1),
-        _K("expected_status", _list(_int(100, 599)), ()),
+        K("path", STR, None),
+        K("interval", duration(0, lo_open=True), 10.0),
+        K("timeout", duration(0, lo_open=True), 5.0),
+        K("unhealthy_threshold", integer(1), 3),
+        K("healthy_threshold", integer(1), 1),
+        K("expected_status", list_of(integer(100, 599)), ()),
     ],
     _build_health,
 )
 
 
-def _build_passive(d: _Decoded, ctx: _Ctx) -> PassiveConfig:
+def _build_passive(d: Decoded, ctx: Ctx) -> PassiveConfig:
     if d.values["enabled"]:
         ctx.explicit.add("passive health")
     return PassiveConfig(**d.values)
 
 
-PASSIVE: Final = _schema(
+PASSIVE: Final = schema(
     "passive",
     [
-        _K("enabled", BOOL, True),
-        _K("max_failures", _int(1), 5),
-        _K("window", _dur(0, lo_open=True), 30.0),
-        _K("ejection", _dur(0, lo_open=True), 30.0),
+        K("enabled", BOOL, True),
+        K("max_failures", integer(1), 5),
+        K("window", duration(0, lo_open=True), 30.0),
+        K("ejection", duration(0, lo_open=True), 30.0),
     ],
     _build_passive,
 )
 
 
-def _build_sticky(d: _Decoded, ctx: _Ctx) -> StickyConfig:
+def _build_sticky(d: Decoded, ctx: Ctx) -> StickyConfig:
     v = d.values
     if v["same_site"] == "none" and not v["secure"] and ctx.ok(f"{d.path}.secure"):
         where = f"{d.path}.secure"
@@ -169,24 +170,24 @@ def _build_sticky(d: _Decoded, ctx: _Ctx) -> StickyConfig:
 
 
 def _check_cookie(value: Any) -> str | None:
-    return None if _TOKEN_RE.match(value) else f"invalid cookie name {_q(value)}; use an RFC 6265 token"
+    return None if TOKEN_RE.match(value) else f"invalid cookie name {quote(value)}; use an RFC 6265 token"
 
 
-STICKY: Final = _schema(
+STICKY: Final = schema(
     "sticky",
     [
-        _K("cookie", _str(_check_cookie), None, required=True),
-        _K("ttl", _dur(0, lo_open=True), 3600.0),
-        _K("max_sessions", _int(1), 100000),
-        _K("secure", BOOL, False),
-        _K("http_only", BOOL, True),
-        _K("same_site", _enum("lax", "strict", "none"), "lax"),
+        K("cookie", string(_check_cookie), None, required=True),
+        K("ttl", duration(0, lo_open=True), 3600.0),
+        K("max_sessions", integer(1), 100000),
+        K("secure", BOOL, False),
+        K("http_only", BOOL, True),
+        K("same_site", enum("lax", "strict", "none"), "lax"),
     ],
     _build_sticky,
 )
 
 
-def _build_lb(d: _Decoded, ctx: _Ctx) -> LoadBalancerConfig:
+def _build_lb(d: Decoded, ctx: Ctx) -> LoadBalancerConfig:
     v = d.values
     servers = v["servers"]
     if servers and all(s.weight == 0 for s in servers) and ctx.ok(f"{d.path}.servers"):
@@ -195,21 +196,21 @@ def _build_lb(d: _Decoded, ctx: _Ctx) -> LoadBalancerConfig:
     return LoadBalancerConfig(**v)
 
 
-LB: Final = _schema(
+LB: Final = schema(
     "load_balancer",
     [
-        _K("strategy", STRATEGY, "round-robin"),
-        _K("servers", _blocks(SERVER), ()),
-        _K("pass_host_header", BOOL, True),
-        _K("health_check", _block(HEALTH), None),
-        _K("passive", _block(PASSIVE), PassiveConfig()),
-        _K("sticky", _block(STICKY), None),
+        K("strategy", STRATEGY, "round-robin"),
+        K("servers", blocks(SERVER), ()),
+        K("pass_host_header", BOOL, True),
+        K("health_check", block(HEALTH), None),
+        K("passive", block(PASSIVE), PassiveConfig()),
+        K("sticky", block(STICKY), None),
     ],
     _build_lb,
 )
 
 
-def _build_transport(d: _Decoded, ctx: _Ctx) -> TransportConfig:
+def _build_transport(d: Decoded, ctx: Ctx) -> TransportConfig:
     v = d.values
     if (
         (d.has("tls_insecure_skip_verify") and v["tls_insecure_skip_verify"])
@@ -218,63 +219,63 @@ def _build_transport(d: _Decoded, ctx: _Ctx) -> TransportConfig:
     ):
         ctx.explicit.add("transport tls")
     if v["tls_ca_file"]:
-        _file_check(ctx, d, "tls_ca_file")
+        file_check(ctx, d, "tls_ca_file")
     return TransportConfig(**v)
 
 
-TRANSPORT: Final = _schema(
+TRANSPORT: Final = schema(
     "transport",
     [
-        _K("connect_timeout", _dur(0, lo_open=True), 5.0),
-        _K("response_header_timeout", _dur(0, lo_open=True), 300.0),
-        _K("stream_idle_timeout", _dur(0, lo_open=True), 300.0),
-        _K("request_timeout", _dur(0), 0.0),
-        _K("tunnel_idle_timeout", _dur(0, lo_open=True), 3600.0),
-        _K("max_idle_connections_per_backend", _int(0), 32),
-        _K("idle_connection_timeout", _dur(0, lo_open=True), 90.0),
-        _K("tls_insecure_skip_verify", BOOL, False),
-        _K("tls_ca_file", STR, "", path=True),
-        _K("tls_server_name", STR, ""),
+        K("connect_timeout", duration(0, lo_open=True), 5.0),
+        K("response_header_timeout", duration(0, lo_open=True), 300.0),
+        K("stream_idle_timeout", duration(0, lo_open=True), 300.0),
+        K("request_timeout", duration(0), 0.0),
+        K("tunnel_idle_timeout", duration(0, lo_open=True), 3600.0),
+        K("max_idle_connections_per_backend", integer(0), 32),
+        K("idle_connection_timeout", duration(0, lo_open=True), 90.0),
+        K("tls_insecure_skip_verify", BOOL, False),
+        K("tls_ca_file", STR, "", path=True),
+        K("tls_server_name", STR, ""),
     ],
     _build_transport,
 )
 
 
-def _build_mirror(d: _Decoded, ctx: _Ctx) -> MirrorConfig:
+def _build_mirror(d: Decoded, ctx: Ctx) -> MirrorConfig:
     ctx.explicit.add("mirror")
     return MirrorConfig(**{**d.values, "service": d.values["service"] or ""})
 
 
-MIRROR: Final = _schema(
+MIRROR: Final = schema(
     "mirror",
     [
-        _K("service", STR, None, required=True),
-        _K("percentage", _num(0, 100), 100.0),
-        _K("max_body_bytes", _int(0), 1048576),
-        _K("max_in_flight", _int(1), 128),
+        K("service", STR, None, required=True),
+        K("percentage", number(0, 100), 100.0),
+        K("max_body_bytes", integer(0), 1048576),
+        K("max_in_flight", integer(1), 128),
     ],
     _build_mirror,
 )
 
 
-def _build_failover(d: _Decoded, ctx: _Ctx) -> FailoverConfig:
+def _build_failover(d: Decoded, ctx: Ctx) -> FailoverConfig:
     ctx.explicit.add("failover")
     return FailoverConfig(d.values["service"] or "")
 
 
-FAILOVER: Final = _schema("failover", [_K("service", STR, None, required=True)], _build_failover)
+FAILOVER: Final = schema("failover", [K("service", STR, None, required=True)], _build_failover)
 
 
-def _build_box(d: _Decoded, ctx: _Ctx) -> BoxExecutorConfig:
+def _build_box(d: Decoded, ctx: Ctx) -> BoxExecutorConfig:
     return BoxExecutorConfig(**d.values)
 
 
-BOX: Final = _schema(
+BOX: Final = schema(
     "box",
     [
-        _K("url", _str(_check_http_url), "http://127.0.0.1:9090"),
-        _K("token", STR, "", secret=True),
-        _K("timeout", _dur(0, lo_open=True), 10.0),
+        K("url", string(check_http_url), "http://127.0.0.1:9090"),
+        K("token", STR, "", secret=True),
+        K("timeout", duration(0, lo_open=True), 10.0),
     ],
     _build_box,
 )
@@ -283,53 +284,53 @@ BOX: Final = _schema(
 def _check_port_range(value: Any) -> str | None:
     m = re.fullmatch(r"(\d{1,5})-(\d{1,5})", value)
     if m is None or not (1 <= int(m.group(1)) <= int(m.group(2)) <= 65535):
-        return f'invalid port range {_q(value)}; expected "A-B" with 1 <= A <= B <= 65535'
+        return f'invalid port range {quote(value)}; expected "A-B" with 1 <= A <= B <= 65535'
     return None
 
 
-def _build_process(d: _Decoded, ctx: _Ctx) -> ProcessExecutorConfig:
+def _build_process(d: Decoded, ctx: Ctx) -> ProcessExecutorConfig:
     v = dict(d.values)
     if not v["working_dir"]:
         v["working_dir"] = os.getcwd() if d.pos.file.startswith("<") else os.path.dirname(os.path.abspath(d.pos.file))
     if v["health_path"] and ctx.ok(f"{d.path}.health_path") and not v["health_path"].startswith("/"):
         where = f"{d.path}.health_path"
-        ctx.error(ctx.at(where), where, f'must start with "/", got {_q(v["health_path"])}')
+        ctx.error(ctx.at(where), where, f'must start with "/", got {quote(v["health_path"])}')
     return ProcessExecutorConfig(**{**v, "command": v["command"] or ()})
 
 
-PROCESS: Final = _schema(
+PROCESS: Final = schema(
     "process",
     [
-        _K("command", _list(_str(_check_nonempty), 1), None, required=True),
-        _K("env", _map(), EMPTY_MAP),
-        _K("working_dir", STR, "", path=True),
-        _K("health_path", STR, ""),
-        _K("port_range", _str(_check_port_range), "20000-20999"),
-        _K("host", STR, "127.0.0.1"),
-        _K("scheme", _enum("http", "h2c"), "http"),
-        _K("startup_timeout", _dur(0, lo_open=True), 300.0),
-        _K("drain_timeout", _dur(0), 60.0),
-        _K("stop_timeout", _dur(0), 10.0),
+        K("command", list_of(string(check_nonempty), 1), None, required=True),
+        K("env", map_of(), EMPTY_MAP),
+        K("working_dir", STR, "", path=True),
+        K("health_path", STR, ""),
+        K("port_range", string(_check_port_range), "20000-20999"),
+        K("host", STR, "127.0.0.1"),
+        K("scheme", enum("http", "h2c"), "http"),
+        K("startup_timeout", duration(0, lo_open=True), 300.0),
+        K("drain_timeout", duration(0), 60.0),
+        K("stop_timeout", duration(0), 10.0),
     ],
     _build_process,
 )
 
 
-def _build_k8s_executor(d: _Decoded, ctx: _Ctx) -> KubernetesExecutorConfig:
+def _build_k8s_executor(d: Decoded, ctx: Ctx) -> KubernetesExecutorConfig:
     return KubernetesExecutorConfig(**d.values)
 
 
-K8S_EXECUTOR: Final = _schema(
+K8S_EXECUTOR: Final = schema(
     "kubernetes",
     [
-        _K("namespace", STR, ""),
-        _K("deployment", STR, ""),
-        _K("service_name", STR, ""),
-        _K("port", _T("int_or_str"), None),
-        _K("scheme", _enum("http", "https", "h2c"), "http"),
-        _K("api_url", _str(lambda v: _check_http_url(v, empty_ok=True)), ""),
-        _K("token_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/token", path=True),
-        _K("ca_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", path=True),
+        K("namespace", STR, ""),
+        K("deployment", STR, ""),
+        K("service_name", STR, ""),
+        K("port", T("int_or_str"), None),
+        K("scheme", enum("http", "https", "h2c"), "http"),
+        K("api_url", string(lambda v: check_http_url(v, empty_ok=True)), ""),
+        K("token_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/token", path=True),
+        K("ca_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", path=True),
     ],
     _build_k8s_executor,
 )
@@ -337,14 +338,14 @@ K8S_EXECUTOR: Final = _schema(
 _EXECUTOR_BLOCKS: Final = ("box", "process", "kubernetes")
 
 
-def _build_scaling(d: _Decoded, ctx: _Ctx) -> ScalingConfig:
+def _build_scaling(d: Decoded, ctx: Ctx) -> ScalingConfig:
     v = dict(d.values)
     p = d.path
     ex = v["executor"]
-    for block in _EXECUTOR_BLOCKS:
-        if d.has(block) and block != ex and ctx.ok(f"{p}.executor"):
-            where = f"{p}.{block}"
-            ctx.error(ctx.at(where), where, f'a {block} block requires executor = "{block}", but executor is "{ex}"')
+    for name in _EXECUTOR_BLOCKS:
+        if d.has(name) and name != ex and ctx.ok(f"{p}.executor"):
+            where = f"{p}.{name}"
+            ctx.error(ctx.at(where), where, f'a {name} block requires executor = "{name}", but executor is "{ex}"')
     if ex == "box" and v["box"] is None:
         v["box"] = BoxExecutorConfig()
     if ex == "kubernetes" and v["kubernetes"] is None:
@@ -372,49 +373,49 @@ def _build_scaling(d: _Decoded, ctx: _Ctx) -> ScalingConfig:
 
 
 def _check_utilization(value: Any) -> str | None:
-    return None if 0 < value <= 1 else f"target_utilization must be in (0, 1], got {_fmt_num(value)}"
+    return None if 0 < value <= 1 else f"target_utilization must be in (0, 1], got {fmt_num(value)}"
 
 
-SCALING: Final = _schema(
+SCALING: Final = schema(
     "scaling",
     [
-        _K("min_replicas", _int(0), 0),
-        _K("max_replicas", _int(1), 10),
-        _K("container_concurrency", _int(0), 0),
-        _K("target_utilization", _T("num", check=_check_utilization), 0.7),
-        _K("buffer_enabled", BOOL, False),
-        _K("buffer_size", _int(1), 100),
-        _K("buffer_timeout_secs", _secs(0, lo_open=True), 30.0),
-        _K("scale_down_delay_secs", _secs(0), 300.0),
-        _K("executor", _enum("box", "process", "kubernetes", "static", aliases=(("k8s", "kubernetes"),)), "box"),
-        _K("stable_window", _dur(6, 3600), 60.0),
-        _K("panic_window", _dur(1), 6.0),
-        _K("panic_threshold", _num(1.0), 2.0),
-        _K("max_scale_up_rate", _num(1.0, lo_open=True), 1000.0),
-        _K("max_scale_down_rate", _num(1.0, lo_open=True), 2.0),
-        _K("box", _block(BOX), None),
-        _K("process", _block(PROCESS), None),
-        _K("kubernetes", _block(K8S_EXECUTOR), None),
+        K("min_replicas", integer(0), 0),
+        K("max_replicas", integer(1), 10),
+        K("container_concurrency", integer(0), 0),
+        K("target_utilization", T("num", check=_check_utilization), 0.7),
+        K("buffer_enabled", BOOL, False),
+        K("buffer_size", integer(1), 100),
+        K("buffer_timeout_secs", seconds(0, lo_open=True), 30.0),
+        K("scale_down_delay_secs", seconds(0), 300.0),
+        K("executor", enum("box", "process", "kubernetes", "static", aliases=(("k8s", "kubernetes"),)), "box"),
+        K("stable_window", duration(6, 3600), 60.0),
+        K("panic_window", duration(1), 6.0),
+        K("panic_threshold", number(1.0), 2.0),
+        K("max_scale_up_rate", number(1.0, lo_open=True), 1000.0),
+        K("max_scale_down_rate", number(1.0, lo_open=True), 2.0),
+        K("box", block(BOX), None),
+        K("process", block(PROCESS), None),
+        K("kubernetes", block(K8S_EXECUTOR), None),
     ],
     _build_scaling,
     legacy={
-        "scale_to_zero_grace": _Legacy(
+        "scale_to_zero_grace": Legacy(
             "scale_down_delay_secs",
-            _dur(0),
-            lambda v: f'"scale_to_zero_grace" is deprecated; use scale_down_delay_secs = {_fmt_num(v)}',
+            duration(0),
+            lambda v: f'"scale_to_zero_grace" is deprecated; use scale_down_delay_secs = {fmt_num(v)}',
         )
     },
 )
 
 
-def _build_revision(d: _Decoded, ctx: _Ctx) -> Any:
+def _build_revision(d: Decoded, ctx: Ctx) -> Any:
     v = d.values
     name = v["name"]
     if name is None:
         return SKIP
     if not NAME_RE.match(name) and ctx.ok(f"{d.path}.name"):
         where = f"{d.path}.name"
-        ctx.error(ctx.at(where, d.pos), where, f"invalid name {_q(name)}; names match {_NAME_SHOWN}")
+        ctx.error(ctx.at(where, d.pos), where, f"invalid name {quote(name)}; names match {NAME_SHOWN}")
     return RevisionConfig(
         name=name,
         traffic_percent=v["traffic_percent"],
@@ -423,40 +424,40 @@ def _build_revision(d: _Decoded, ctx: _Ctx) -> Any:
     )
 
 
-REVISION: Final = _schema(
+REVISION: Final = schema(
     "revision",
     [
-        _K("name", STR, None, required=True),
-        _K("traffic_percent", _int(0, 100), 100),
-        _K("servers", _blocks(SERVER), ()),
-        _K("strategy", STRATEGY, None),
+        K("name", STR, None, required=True),
+        K("traffic_percent", integer(0, 100), 100),
+        K("servers", blocks(SERVER), ()),
+        K("strategy", STRATEGY, None),
     ],
     _build_revision,
 )
 
 
-def _build_rollout(d: _Decoded, ctx: _Ctx) -> RolloutConfig:
+def _build_rollout(d: Decoded, ctx: Ctx) -> RolloutConfig:
     v = d.values
     ctx.explicit.add("rollout")
     return RolloutConfig(**{**v, "from_": v["from_"] or "", "to": v["to"] or ""})
 
 
-ROLLOUT: Final = _schema(
+ROLLOUT: Final = schema(
     "rollout",
     [
-        _K("from", STR, None, required=True, field="from_"),
-        _K("to", STR, None, required=True),
-        _K("step_percent", _int(1, 100), 10),
-        _K("step_interval_secs", _secs(1), 60.0),
-        _K("error_rate_threshold", _num(0, 1), 0.05),
-        _K("latency_threshold_ms", _ms(1), 5000.0),
-        _K("min_requests", _int(1), 10),
+        K("from", STR, None, required=True, field="from_"),
+        K("to", STR, None, required=True),
+        K("step_percent", integer(1, 100), 10),
+        K("step_interval_secs", seconds(1), 60.0),
+        K("error_rate_threshold", number(0, 1), 0.05),
+        K("latency_threshold_ms", millis(1), 5000.0),
+        K("min_requests", integer(1), 10),
     ],
     _build_rollout,
 )
 
 
-def _build_service(d: _Decoded, ctx: _Ctx) -> ServiceConfig:
+def _build_service(d: Decoded, ctx: Ctx) -> ServiceConfig:
     v = dict(d.values)
     p = d.path
     name = p.split(".", 1)[1]
@@ -525,16 +526,16 @@ def _build_service(d: _Decoded, ctx: _Ctx) -> ServiceConfig:
     return ServiceConfig(name=name, **v)
 
 
-SERVICE: Final = _schema(
+SERVICE: Final = schema(
     "service",
     [
-        _K("load_balancer", _block(LB), LoadBalancerConfig()),
-        _K("transport", _block(TRANSPORT), TransportConfig()),
-        _K("scaling", _block(SCALING), None),
-        _K("revisions", _blocks(REVISION), ()),
-        _K("rollout", _block(ROLLOUT), None),
-        _K("mirror", _block(MIRROR), None),
-        _K("failover", _block(FAILOVER), None),
+        K("load_balancer", block(LB), LoadBalancerConfig()),
+        K("transport", block(TRANSPORT), TransportConfig()),
+        K("scaling", block(SCALING), None),
+        K("revisions", blocks(REVISION), ()),
+        K("rollout", block(ROLLOUT), None),
+        K("mirror", block(MIRROR), None),
+        K("failover", block(FAILOVER), None),
     ],
     _build_service,
 )

@@ -13,25 +13,25 @@ from a3s_gateway.config.model import (
     TracingConfig,
     format_duration,
 )
-from a3s_gateway.config.schema.checks import _check_address, _check_http_url, _check_nonempty, parse_address
+from a3s_gateway.config.schema.checks import check_address, check_http_url, check_nonempty, parse_address
 from a3s_gateway.config.schema.engine import (
-    _K,
-    _T,
     BOOL,
     STR,
-    _block,
-    _Ctx,
-    _Decoded,
-    _dur,
-    _enum,
-    _Legacy,
-    _list,
-    _map,
-    _num,
-    _q,
-    _schema,
-    _secs,
-    _str,
+    Ctx,
+    Decoded,
+    K,
+    Legacy,
+    T,
+    block,
+    duration,
+    enum,
+    list_of,
+    map_of,
+    number,
+    quote,
+    schema,
+    seconds,
+    string,
 )
 from a3s_gateway.config.schema.entrypoints import ENTRYPOINT
 from a3s_gateway.config.schema.providers import PROVIDERS
@@ -39,25 +39,25 @@ from a3s_gateway.config.schema.routers import ROUTER
 from a3s_gateway.config.schema.services import SERVICE
 
 
-def _build_admin(d: _Decoded, ctx: _Ctx) -> AdminConfig:
+def _build_admin(d: Decoded, ctx: Ctx) -> AdminConfig:
     v = d.values
     host, port = parse_address(v["address"]) or ("", 0)
     ctx.explicit.add("admin")
     return AdminConfig(enabled=v["enabled"], address=v["address"], host=host, port=port, middlewares=v["middlewares"])
 
 
-ADMIN: Final = _schema(
+ADMIN: Final = schema(
     "admin",
     [
-        _K("enabled", BOOL, True),
-        _K("address", _str(_check_address), "127.0.0.1:9901"),
-        _K("middlewares", _list(STR), ()),
+        K("enabled", BOOL, True),
+        K("address", string(check_address), "127.0.0.1:9901"),
+        K("middlewares", list_of(STR), ()),
     ],
     _build_admin,
 )
 
 
-def _build_access_log(d: _Decoded, ctx: _Ctx) -> AccessLogConfig:
+def _build_access_log(d: Decoded, ctx: Ctx) -> AccessLogConfig:
     v = d.values
     ctx.explicit.add("access_log")
     if v["path"] != "-" and ctx.ok(f"{d.path}.path"):
@@ -66,16 +66,16 @@ def _build_access_log(d: _Decoded, ctx: _Ctx) -> AccessLogConfig:
         else:
             parent = os.path.dirname(os.path.abspath(v["path"]))
             if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-                ctx.error(ctx.at(f"{d.path}.path"), f"{d.path}.path", f"directory {_q(parent)} is not writable")
+                ctx.error(ctx.at(f"{d.path}.path"), f"{d.path}.path", f"directory {quote(parent)} is not writable")
     return AccessLogConfig(**v)
 
 
-ACCESS_LOG: Final = _schema(
+ACCESS_LOG: Final = schema(
     "access_log",
     [
-        _K("path", STR, "-", path=True),
-        _K("format", _enum("json"), "json"),
-        _K("flush_interval", _dur(0, lo_open=True), 1.0),
+        K("path", STR, "-", path=True),
+        K("format", enum("json"), "json"),
+        K("flush_interval", duration(0, lo_open=True), 1.0),
     ],
     _build_access_log,
 )
@@ -86,52 +86,52 @@ def _check_propagation(value: Any) -> str | None:
     return f'duplicate format "{dup[0]}"' if dup else None
 
 
-def _build_tracing(d: _Decoded, ctx: _Ctx) -> TracingConfig:
+def _build_tracing(d: Decoded, ctx: Ctx) -> TracingConfig:
     ctx.explicit.add("tracing")
     return TracingConfig(**d.values)
 
 
-TRACING: Final = _schema(
+TRACING: Final = schema(
     "tracing",
     [
-        _K(
+        K(
             "propagation",
-            _T("list", item=_enum("w3c", "b3", "b3multi"), min_len=1, check=_check_propagation),
+            T("list", item=enum("w3c", "b3", "b3multi"), min_len=1, check=_check_propagation),
             ("w3c", "b3"),
         ),
-        _K("sample_rate", _num(0, 1), 1.0),
-        _K("otlp_endpoint", _str(lambda v: _check_http_url(v, empty_ok=True)), ""),
-        _K("otlp_headers", _map(), EMPTY_MAP, secret=True),
-        _K("service_name", _str(_check_nonempty), "a3s-gateway"),
+        K("sample_rate", number(0, 1), 1.0),
+        K("otlp_endpoint", string(lambda v: check_http_url(v, empty_ok=True)), ""),
+        K("otlp_headers", map_of(), EMPTY_MAP, secret=True),
+        K("service_name", string(check_nonempty), "a3s-gateway"),
     ],
     _build_tracing,
 )
 
-TOP: Final = _schema(
+TOP: Final = schema(
     "gateway",
     [
-        _K("providers", _block(PROVIDERS), ProvidersConfig()),
-        _K("admin", _block(ADMIN), AdminConfig()),
-        _K("access_log", _block(ACCESS_LOG), None),
-        _K("tracing", _block(TRACING), TracingConfig()),
-        _K("workers", _T("int_or_auto", lo=1), 1),
-        _K("shutdown_timeout", _dur(0), 30.0),
+        K("providers", block(PROVIDERS), ProvidersConfig()),
+        K("admin", block(ADMIN), AdminConfig()),
+        K("access_log", block(ACCESS_LOG), None),
+        K("tracing", block(TRACING), TracingConfig()),
+        K("workers", T("int_or_auto", lo=1), 1),
+        K("shutdown_timeout", duration(0), 30.0),
     ],
     legacy={
-        "shutdown_timeout_secs": _Legacy(
+        "shutdown_timeout_secs": Legacy(
             "shutdown_timeout",
-            _secs(0),
+            seconds(0),
             lambda v: f'"shutdown_timeout_secs" is deprecated; use shutdown_timeout = "{format_duration(v)}"',
         )
     },
 )
 
 LABELLED: Final = {"entrypoints": ENTRYPOINT, "routers": ROUTER, "services": SERVICE, "middlewares": None}
-_ALIASES: Final = {
+ALIASES: Final = {
     "entrypoint": "entrypoints",
     "router": "routers",
     "service": "services",
     "middleware": "middlewares",
     "provider": "providers",
 }
-_TOP_KEYS: Final = tuple(LABELLED) + tuple(TOP.keys) + tuple(TOP.legacy)
+TOP_KEYS: Final = tuple(LABELLED) + tuple(TOP.keys) + tuple(TOP.legacy)
