@@ -108,7 +108,7 @@ def test_service_defaults() -> None:
         stream_idle_timeout=300.0,
         request_timeout=0.0,
         tunnel_idle_timeout=3600.0,
-        max_idle_connections_per_backend=32,
+        max_idle_connections_per_backend=256,
         idle_connection_timeout=90.0,
         tls_insecure_skip_verify=False,
         tls_ca_file="",

@@ -5,7 +5,9 @@ keyword). Durations and ``*_secs`` keys are float seconds; ``*_ms`` keys are flo
 their canonical spelling (``"least-connections"``, ``"rate-limit"``); relative file paths are already
 resolved against the directory of the file that named them.
 
-Objects are built by :mod:`a3s_gateway.config.load`; only a validated configuration is ever returned.
+Objects are built by :mod:`a3s_gateway.config.load`; only a validated configuration is ever returned. The
+defaults written here are the only ones: a schema key without a written default takes its field's default
+(:func:`a3s_gateway.config.schema.engine.schema`).
 
 This module is the leaf of the package: the schemas, the loader and the export import it, so it imports none of
 them, not even inside a function (that is an import edge too, and would close a cycle). ``GatewayConfig.from_file``,
@@ -228,7 +230,7 @@ class TransportConfig:
     stream_idle_timeout: float = 300.0
     request_timeout: float = 0.0
     tunnel_idle_timeout: float = 3600.0
-    max_idle_connections_per_backend: int = 32
+    max_idle_connections_per_backend: int = 256
     idle_connection_timeout: float = 90.0
     tls_insecure_skip_verify: bool = False
     tls_ca_file: str = ""

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -135,13 +135,24 @@ class T:
     check: Callable[[Any], str | None] | None = None
 
 
+class _ModelDefault:
+    """Marker: the key's default is that of the model field (see :func:`schema`)."""
+
+
+MODEL_DEFAULT: Final = _ModelDefault()
+
+
 @dataclass(frozen=True)
 class K:
-    """A key of a schema; ``field`` is the model attribute when it differs from the key."""
+    """A key of a schema; ``field`` is the model attribute when it differs from the key.
+
+    ``default`` is written only where the model has no field for the key (middleware parameters) or where the
+    schema's default differs from the model's; otherwise the model's default applies (:func:`schema`).
+    """
 
     name: str
     type: T
-    default: Any = None
+    default: Any = MODEL_DEFAULT
     required: bool = False
     path: bool = False  # a file path: resolved against the directory of the file that names it
     secret: bool = False
@@ -185,8 +196,33 @@ class Schema:
     subject: str = ""  # when set, a missing required key reads '<subject> requires key "k"' (middleware types)
 
 
-def schema(name: str, keys: Iterable[K], build: Build | None = None, **kw: Any) -> Schema:
-    return Schema(name, {k.name: k for k in keys}, build, **kw)
+def schema(name: str, keys: Iterable[K], build: Build | None = None, *, model: type | None = None, **kw: Any) -> Schema:
+    """A schema of ``keys``. A key without a written default takes the default of the field of dataclass ``model``
+    it fills (None for a field without default, or without ``model``): each default is written once, in the model.
+    """
+    defaults = _field_defaults(model) if model is not None else {}
+    table: dict[str, K] = {}
+    for key in keys:
+        if key.default is MODEL_DEFAULT:
+            attr = key.field or key.name
+            if model is not None and attr not in defaults:
+                raise KeyError(f"schema {name!r}: {model.__name__} has no field {attr!r}")
+            key = replace(key, default=defaults.get(attr))
+        table[key.name] = key
+    return Schema(name, table, build, **kw)
+
+
+def _field_defaults(model: type) -> dict[str, Any]:
+    """Field name -> default of dataclass ``model`` (None when the field has none)."""
+    out: dict[str, Any] = {}
+    for f in fields(model):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = None
+    return out
 
 
 STR: Final = T("str")

@@ -44,6 +44,7 @@ CERT: Final = schema(
     "certificate",
     [K("cert_file", STR, required=True, path=True), K("key_file", STR, required=True, path=True)],
     _build_cert,
+    model=CertificateConfig,
 )
 
 
@@ -140,22 +141,23 @@ def _check_writable(ctx: Ctx, d: Decoded, key: str) -> None:
 TLS: Final = schema(
     "tls",
     [
-        K("cert_file", STR, "", path=True),
-        K("key_file", STR, "", path=True),
-        K("certificates", blocks(CERT), ()),
-        K("min_version", enum("1.2", "1.3"), "1.2"),
-        K("alpn", list_of(STR), None),
-        K("acme", BOOL, False),
-        K("acme_email", STR, ""),
-        K("acme_domains", list_of(STR), ()),
-        K("acme_ca_url", string(check_http_url), "https://acme-v02.api.letsencrypt.org/directory"),
-        K("acme_staging", BOOL, False),
-        K("acme_ca_file", STR, "", path=True),
-        K("acme_storage_path", STR, "/etc/gateway/acme", path=True),
-        K("challenge", enum("http-01", "tls-alpn-01", "dns-01"), "http-01"),
-        K("dns_provider", enum("cloudflare", "route53"), None),
+        K("cert_file", STR, path=True),
+        K("key_file", STR, path=True),
+        K("certificates", blocks(CERT)),
+        K("min_version", enum("1.2", "1.3")),
+        K("alpn", list_of(STR), None),  # None: the entrypoint fills it from http2 and the protocol
+        K("acme", BOOL),
+        K("acme_email", STR),
+        K("acme_domains", list_of(STR)),
+        K("acme_ca_url", string(check_http_url)),
+        K("acme_staging", BOOL),
+        K("acme_ca_file", STR, path=True),
+        K("acme_storage_path", STR, path=True),
+        K("challenge", enum("http-01", "tls-alpn-01", "dns-01")),
+        K("dns_provider", enum("cloudflare", "route53")),
     ],
     _build_tls,
+    model=TlsConfig,
 )
 
 
@@ -163,7 +165,9 @@ def _build_redirect(d: Decoded, ctx: Ctx) -> RedirectConfig:
     return RedirectConfig(d.values["entrypoint"] or "", d.values["permanent"])
 
 
-REDIRECT: Final = schema("redirect", [K("entrypoint", STR, required=True), K("permanent", BOOL, True)], _build_redirect)
+REDIRECT: Final = schema(
+    "redirect", [K("entrypoint", STR, required=True), K("permanent", BOOL)], _build_redirect, model=RedirectConfig
+)
 
 
 #: entrypoint keys that apply to some protocols only
@@ -212,22 +216,23 @@ def _build_entrypoint(d: Decoded, ctx: Ctx) -> EntrypointConfig:
 ENTRYPOINT: Final = schema(
     "entrypoint",
     [
-        K("address", string(check_address), None, required=True),
-        K("protocol", enum("http", "tcp", "udp"), "http"),
-        K("tls", block(TLS), None),
-        K("http2", BOOL, True),
-        K("max_concurrent_streams", integer(1, 10000), 250),
-        K("header_read_timeout", duration(0, lo_open=True), 30.0),
-        K("idle_timeout", duration(0, lo_open=True), 90.0),
-        K("max_request_line_bytes", integer(256), 8192),
-        K("max_header_bytes", integer(1024), 65536),
-        K("max_headers", integer(1), 100),
-        K("trusted_ips", list_of(string(check_ip)), ()),
-        K("redirect", block(REDIRECT), None),
-        K("max_connections", integer(0), 0),
-        K("tcp_allowed_ips", list_of(string(check_ip)), ()),
-        K("udp_session_timeout_secs", seconds(0, lo_open=True), 30.0),
-        K("udp_max_sessions", integer(1), 10000),
+        K("address", string(check_address), required=True),
+        K("protocol", enum("http", "tcp", "udp")),
+        K("tls", block(TLS)),
+        K("http2", BOOL),
+        K("max_concurrent_streams", integer(1, 10000)),
+        K("header_read_timeout", duration(0, lo_open=True)),
+        K("idle_timeout", duration(0, lo_open=True)),
+        K("max_request_line_bytes", integer(256)),
+        K("max_header_bytes", integer(1024)),
+        K("max_headers", integer(1)),
+        K("trusted_ips", list_of(string(check_ip))),
+        K("redirect", block(REDIRECT)),
+        K("max_connections", integer(0)),
+        K("tcp_allowed_ips", list_of(string(check_ip))),
+        K("udp_session_timeout_secs", seconds(0, lo_open=True)),
+        K("udp_max_sessions", integer(1)),
     ],
     _build_entrypoint,
+    model=EntrypointConfig,
 )

@@ -41,7 +41,7 @@ def _build_file_provider(d: Decoded, ctx: Ctx) -> FileProviderConfig:
 
 
 FILE_PROVIDER: Final = schema(
-    "file", [K("watch", BOOL, True), K("directory", STR, "", path=True)], _build_file_provider
+    "file", [K("watch", BOOL), K("directory", STR, path=True)], _build_file_provider, model=FileProviderConfig
 )
 
 
@@ -62,11 +62,12 @@ def _build_discovery(d: Decoded, ctx: Ctx) -> DiscoveryProviderConfig:
 DISCOVERY: Final = schema(
     "discovery",
     [
-        K("seeds", blocks(SEED), ()),
-        K("poll_interval_secs", seconds(0, lo_open=True), 30.0),
-        K("timeout_secs", seconds(0, lo_open=True), 5.0),
+        K("seeds", blocks(SEED)),
+        K("poll_interval_secs", seconds(0, lo_open=True)),
+        K("timeout_secs", seconds(0, lo_open=True)),
     ],
     _build_discovery,
+    model=DiscoveryProviderConfig,
 )
 
 
@@ -81,15 +82,16 @@ def _build_dns(d: Decoded, ctx: Ctx) -> Any:
 DNS: Final = schema(
     "dns",
     [
-        K("service", STR, None, required=True),
-        K("name", string(check_nonempty), None, required=True),
-        K("type", enum("A", "AAAA", "SRV"), "A"),
-        K("port", integer(1, 65535), 80),
-        K("scheme", enum("http", "https", "h2c", "tcp", "udp"), "http"),
-        K("refresh", duration(0, lo_open=True), 30.0),
-        K("honor_ttl", BOOL, True),
+        K("service", STR, required=True),
+        K("name", string(check_nonempty), required=True),
+        K("type", enum("A", "AAAA", "SRV")),
+        K("port", integer(1, 65535)),
+        K("scheme", enum("http", "https", "h2c", "tcp", "udp")),
+        K("refresh", duration(0, lo_open=True)),
+        K("honor_ttl", BOOL),
     ],
     _build_dns,
+    model=DnsProviderConfig,
 )
 
 
@@ -101,11 +103,11 @@ def _build_k8s_provider(d: Decoded, ctx: Ctx) -> KubernetesProviderConfig:
 K8S_PROVIDER: Final = schema(
     "kubernetes",
     [
-        K("namespace", STR, ""),
-        K("label_selector", STR, ""),
-        K("ingress_class", STR, "a3s-gateway"),
-        K("ingress_route_crd", BOOL, False),
-        K("kubeconfig", STR, "", path=True),
+        K("namespace", STR),
+        K("label_selector", STR),
+        K("ingress_class", STR),
+        K("ingress_route_crd", BOOL),
+        K("kubeconfig", STR, path=True),
     ],
     _build_k8s_provider,
     legacy={
@@ -113,6 +115,7 @@ K8S_PROVIDER: Final = schema(
             None, seconds(0), lambda v: '"watch_interval_secs" is deprecated and ignored: the provider watches'
         )
     },
+    model=KubernetesProviderConfig,
 )
 
 
@@ -123,10 +126,11 @@ def _build_providers(d: Decoded, ctx: Ctx) -> ProvidersConfig:
 PROVIDERS: Final = schema(
     "providers",
     [
-        K("file", block(FILE_PROVIDER), None),
-        K("discovery", block(DISCOVERY), None),
-        K("dns", blocks(DNS), ()),
-        K("kubernetes", block(K8S_PROVIDER), None),
+        K("file", block(FILE_PROVIDER)),
+        K("discovery", block(DISCOVERY)),
+        K("dns", blocks(DNS)),
+        K("kubernetes", block(K8S_PROVIDER)),
     ],
     _build_providers,
+    model=ProvidersConfig,
 )

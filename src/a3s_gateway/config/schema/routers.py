@@ -23,11 +23,12 @@ def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
 ROUTER: Final = schema(
     "router",
     [
-        K("rule", STR, None),
-        K("service", STR, None, required=True),
-        K("entrypoints", list_of(STR), ()),
-        K("middlewares", list_of(STR), ()),
-        K("priority", integer(), 0),
+        K("rule", STR),
+        K("service", STR, required=True),
+        K("entrypoints", list_of(STR)),
+        K("middlewares", list_of(STR)),
+        K("priority", integer()),
     ],
     _build_router,
+    model=RouterConfig,
 )

@@ -11,7 +11,6 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from a3s_gateway.config.model import (
-    EMPTY_MAP,
     BoxExecutorConfig,
     FailoverConfig,
     HealthCheckConfig,
@@ -106,7 +105,7 @@ def _build_server(d: Decoded, ctx: Ctx) -> Any:
 
 
 SERVER: Final = schema(
-    "server", [K("url", STR, None, required=True), K("weight", integer(0, 1000000), 1)], _build_server
+    "server", [K("url", STR, required=True), K("weight", integer(0, 1000000))], _build_server, model=ServerConfig
 )
 
 STRATEGY: Final = enum("round-robin", "weighted", "least-connections", "random", "p2c")
@@ -131,14 +130,15 @@ def _build_health(d: Decoded, ctx: Ctx) -> HealthCheckConfig:
 HEALTH: Final = schema(
     "health_check",
     [
-        K("path", STR, None),
-        K("interval", duration(0, lo_open=True), 10.0),
-        K("timeout", duration(0, lo_open=True), 5.0),
-        K("unhealthy_threshold", integer(1), 3),
-        K("healthy_threshold", integer(1), 1),
-        K("expected_status", list_of(integer(100, 599)), ()),
+        K("path", STR),
+        K("interval", duration(0, lo_open=True)),
+        K("timeout", duration(0, lo_open=True)),
+        K("unhealthy_threshold", integer(1)),
+        K("healthy_threshold", integer(1)),
+        K("expected_status", list_of(integer(100, 599))),
     ],
     _build_health,
+    model=HealthCheckConfig,
 )
 
 
@@ -151,12 +151,13 @@ def _build_passive(d: Decoded, ctx: Ctx) -> PassiveConfig:
 PASSIVE: Final = schema(
     "passive",
     [
-        K("enabled", BOOL, True),
-        K("max_failures", integer(1), 5),
-        K("window", duration(0, lo_open=True), 30.0),
-        K("ejection", duration(0, lo_open=True), 30.0),
+        K("enabled", BOOL),
+        K("max_failures", integer(1)),
+        K("window", duration(0, lo_open=True)),
+        K("ejection", duration(0, lo_open=True)),
     ],
     _build_passive,
+    model=PassiveConfig,
 )
 
 
@@ -176,14 +177,15 @@ def _check_cookie(value: Any) -> str | None:
 STICKY: Final = schema(
     "sticky",
     [
-        K("cookie", string(_check_cookie), None, required=True),
-        K("ttl", duration(0, lo_open=True), 3600.0),
-        K("max_sessions", integer(1), 100000),
-        K("secure", BOOL, False),
-        K("http_only", BOOL, True),
-        K("same_site", enum("lax", "strict", "none"), "lax"),
+        K("cookie", string(_check_cookie), required=True),
+        K("ttl", duration(0, lo_open=True)),
+        K("max_sessions", integer(1)),
+        K("secure", BOOL),
+        K("http_only", BOOL),
+        K("same_site", enum("lax", "strict", "none")),
     ],
     _build_sticky,
+    model=StickyConfig,
 )
 
 
@@ -199,14 +201,15 @@ def _build_lb(d: Decoded, ctx: Ctx) -> LoadBalancerConfig:
 LB: Final = schema(
     "load_balancer",
     [
-        K("strategy", STRATEGY, "round-robin"),
-        K("servers", blocks(SERVER), ()),
-        K("pass_host_header", BOOL, True),
-        K("health_check", block(HEALTH), None),
-        K("passive", block(PASSIVE), PassiveConfig()),
-        K("sticky", block(STICKY), None),
+        K("strategy", STRATEGY),
+        K("servers", blocks(SERVER)),
+        K("pass_host_header", BOOL),
+        K("health_check", block(HEALTH)),
+        K("passive", block(PASSIVE)),
+        K("sticky", block(STICKY)),
     ],
     _build_lb,
+    model=LoadBalancerConfig,
 )
 
 
@@ -226,18 +229,19 @@ def _build_transport(d: Decoded, ctx: Ctx) -> TransportConfig:
 TRANSPORT: Final = schema(
     "transport",
     [
-        K("connect_timeout", duration(0, lo_open=True), 5.0),
-        K("response_header_timeout", duration(0, lo_open=True), 300.0),
-        K("stream_idle_timeout", duration(0, lo_open=True), 300.0),
-        K("request_timeout", duration(0), 0.0),
-        K("tunnel_idle_timeout", duration(0, lo_open=True), 3600.0),
-        K("max_idle_connections_per_backend", integer(0), 32),
-        K("idle_connection_timeout", duration(0, lo_open=True), 90.0),
-        K("tls_insecure_skip_verify", BOOL, False),
-        K("tls_ca_file", STR, "", path=True),
-        K("tls_server_name", STR, ""),
+        K("connect_timeout", duration(0, lo_open=True)),
+        K("response_header_timeout", duration(0, lo_open=True)),
+        K("stream_idle_timeout", duration(0, lo_open=True)),
+        K("request_timeout", duration(0)),
+        K("tunnel_idle_timeout", duration(0, lo_open=True)),
+        K("max_idle_connections_per_backend", integer(0)),
+        K("idle_connection_timeout", duration(0, lo_open=True)),
+        K("tls_insecure_skip_verify", BOOL),
+        K("tls_ca_file", STR, path=True),
+        K("tls_server_name", STR),
     ],
     _build_transport,
+    model=TransportConfig,
 )
 
 
@@ -249,12 +253,13 @@ def _build_mirror(d: Decoded, ctx: Ctx) -> MirrorConfig:
 MIRROR: Final = schema(
     "mirror",
     [
-        K("service", STR, None, required=True),
-        K("percentage", number(0, 100), 100.0),
-        K("max_body_bytes", integer(0), 1048576),
-        K("max_in_flight", integer(1), 128),
+        K("service", STR, required=True),
+        K("percentage", number(0, 100)),
+        K("max_body_bytes", integer(0)),
+        K("max_in_flight", integer(1)),
     ],
     _build_mirror,
+    model=MirrorConfig,
 )
 
 
@@ -263,7 +268,7 @@ def _build_failover(d: Decoded, ctx: Ctx) -> FailoverConfig:
     return FailoverConfig(d.values["service"] or "")
 
 
-FAILOVER: Final = schema("failover", [K("service", STR, None, required=True)], _build_failover)
+FAILOVER: Final = schema("failover", [K("service", STR, required=True)], _build_failover, model=FailoverConfig)
 
 
 def _build_box(d: Decoded, ctx: Ctx) -> BoxExecutorConfig:
@@ -273,11 +278,12 @@ def _build_box(d: Decoded, ctx: Ctx) -> BoxExecutorConfig:
 BOX: Final = schema(
     "box",
     [
-        K("url", string(check_http_url), "http://127.0.0.1:9090"),
-        K("token", STR, "", secret=True),
-        K("timeout", duration(0, lo_open=True), 10.0),
+        K("url", string(check_http_url)),
+        K("token", STR, secret=True),
+        K("timeout", duration(0, lo_open=True)),
     ],
     _build_box,
+    model=BoxExecutorConfig,
 )
 
 
@@ -301,18 +307,19 @@ def _build_process(d: Decoded, ctx: Ctx) -> ProcessExecutorConfig:
 PROCESS: Final = schema(
     "process",
     [
-        K("command", list_of(string(check_nonempty), 1), None, required=True),
-        K("env", map_of(), EMPTY_MAP),
-        K("working_dir", STR, "", path=True),
-        K("health_path", STR, ""),
-        K("port_range", string(_check_port_range), "20000-20999"),
-        K("host", STR, "127.0.0.1"),
-        K("scheme", enum("http", "h2c"), "http"),
-        K("startup_timeout", duration(0, lo_open=True), 300.0),
-        K("drain_timeout", duration(0), 60.0),
-        K("stop_timeout", duration(0), 10.0),
+        K("command", list_of(string(check_nonempty), 1), required=True),
+        K("env", map_of()),
+        K("working_dir", STR, path=True),
+        K("health_path", STR),
+        K("port_range", string(_check_port_range)),
+        K("host", STR),
+        K("scheme", enum("http", "h2c")),
+        K("startup_timeout", duration(0, lo_open=True)),
+        K("drain_timeout", duration(0)),
+        K("stop_timeout", duration(0)),
     ],
     _build_process,
+    model=ProcessExecutorConfig,
 )
 
 
@@ -323,16 +330,17 @@ def _build_k8s_executor(d: Decoded, ctx: Ctx) -> KubernetesExecutorConfig:
 K8S_EXECUTOR: Final = schema(
     "kubernetes",
     [
-        K("namespace", STR, ""),
-        K("deployment", STR, ""),
-        K("service_name", STR, ""),
-        K("port", T("int_or_str"), None),
-        K("scheme", enum("http", "https", "h2c"), "http"),
-        K("api_url", string(lambda v: check_http_url(v, empty_ok=True)), ""),
-        K("token_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/token", path=True),
-        K("ca_file", STR, "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", path=True),
+        K("namespace", STR),
+        K("deployment", STR),
+        K("service_name", STR),
+        K("port", T("int_or_str")),
+        K("scheme", enum("http", "https", "h2c")),
+        K("api_url", string(lambda v: check_http_url(v, empty_ok=True))),
+        K("token_file", STR, path=True),
+        K("ca_file", STR, path=True),
     ],
     _build_k8s_executor,
+    model=KubernetesExecutorConfig,
 )
 
 _EXECUTOR_BLOCKS: Final = ("box", "process", "kubernetes")
@@ -379,23 +387,23 @@ def _check_utilization(value: Any) -> str | None:
 SCALING: Final = schema(
     "scaling",
     [
-        K("min_replicas", integer(0), 0),
-        K("max_replicas", integer(1), 10),
-        K("container_concurrency", integer(0), 0),
-        K("target_utilization", T("num", check=_check_utilization), 0.7),
-        K("buffer_enabled", BOOL, False),
-        K("buffer_size", integer(1), 100),
-        K("buffer_timeout_secs", seconds(0, lo_open=True), 30.0),
-        K("scale_down_delay_secs", seconds(0), 300.0),
-        K("executor", enum("box", "process", "kubernetes", "static", aliases=(("k8s", "kubernetes"),)), "box"),
-        K("stable_window", duration(6, 3600), 60.0),
-        K("panic_window", duration(1), 6.0),
-        K("panic_threshold", number(1.0), 2.0),
-        K("max_scale_up_rate", number(1.0, lo_open=True), 1000.0),
-        K("max_scale_down_rate", number(1.0, lo_open=True), 2.0),
-        K("box", block(BOX), None),
-        K("process", block(PROCESS), None),
-        K("kubernetes", block(K8S_EXECUTOR), None),
+        K("min_replicas", integer(0)),
+        K("max_replicas", integer(1)),
+        K("container_concurrency", integer(0)),
+        K("target_utilization", T("num", check=_check_utilization)),
+        K("buffer_enabled", BOOL),
+        K("buffer_size", integer(1)),
+        K("buffer_timeout_secs", seconds(0, lo_open=True)),
+        K("scale_down_delay_secs", seconds(0)),
+        K("executor", enum("box", "process", "kubernetes", "static", aliases=(("k8s", "kubernetes"),))),
+        K("stable_window", duration(6, 3600)),
+        K("panic_window", duration(1)),
+        K("panic_threshold", number(1.0)),
+        K("max_scale_up_rate", number(1.0, lo_open=True)),
+        K("max_scale_down_rate", number(1.0, lo_open=True)),
+        K("box", block(BOX)),
+        K("process", block(PROCESS)),
+        K("kubernetes", block(K8S_EXECUTOR)),
     ],
     _build_scaling,
     legacy={
@@ -405,6 +413,7 @@ SCALING: Final = schema(
             lambda v: f'"scale_to_zero_grace" is deprecated; use scale_down_delay_secs = {fmt_num(v)}',
         )
     },
+    model=ScalingConfig,
 )
 
 
@@ -427,12 +436,13 @@ def _build_revision(d: Decoded, ctx: Ctx) -> Any:
 REVISION: Final = schema(
     "revision",
     [
-        K("name", STR, None, required=True),
-        K("traffic_percent", integer(0, 100), 100),
-        K("servers", blocks(SERVER), ()),
-        K("strategy", STRATEGY, None),
+        K("name", STR, required=True),
+        K("traffic_percent", integer(0, 100)),
+        K("servers", blocks(SERVER)),
+        K("strategy", STRATEGY, None),  # None: the service fills in its load balancer's
     ],
     _build_revision,
+    model=RevisionConfig,
 )
 
 
@@ -445,15 +455,16 @@ def _build_rollout(d: Decoded, ctx: Ctx) -> RolloutConfig:
 ROLLOUT: Final = schema(
     "rollout",
     [
-        K("from", STR, None, required=True, field="from_"),
-        K("to", STR, None, required=True),
-        K("step_percent", integer(1, 100), 10),
-        K("step_interval_secs", seconds(1), 60.0),
-        K("error_rate_threshold", number(0, 1), 0.05),
-        K("latency_threshold_ms", millis(1), 5000.0),
-        K("min_requests", integer(1), 10),
+        K("from", STR, required=True, field="from_"),
+        K("to", STR, required=True),
+        K("step_percent", integer(1, 100)),
+        K("step_interval_secs", seconds(1)),
+        K("error_rate_threshold", number(0, 1)),
+        K("latency_threshold_ms", millis(1)),
+        K("min_requests", integer(1)),
     ],
     _build_rollout,
+    model=RolloutConfig,
 )
 
 
@@ -529,13 +540,14 @@ def _build_service(d: Decoded, ctx: Ctx) -> ServiceConfig:
 SERVICE: Final = schema(
     "service",
     [
-        K("load_balancer", block(LB), LoadBalancerConfig()),
-        K("transport", block(TRANSPORT), TransportConfig()),
-        K("scaling", block(SCALING), None),
-        K("revisions", blocks(REVISION), ()),
-        K("rollout", block(ROLLOUT), None),
-        K("mirror", block(MIRROR), None),
-        K("failover", block(FAILOVER), None),
+        K("load_balancer", block(LB)),
+        K("transport", block(TRANSPORT)),
+        K("scaling", block(SCALING)),
+        K("revisions", blocks(REVISION)),
+        K("rollout", block(ROLLOUT)),
+        K("mirror", block(MIRROR)),
+        K("failover", block(FAILOVER)),
     ],
     _build_service,
+    model=ServiceConfig,
 )

@@ -6,10 +6,9 @@ import os
 from typing import Any, Final
 
 from a3s_gateway.config.model import (
-    EMPTY_MAP,
     AccessLogConfig,
     AdminConfig,
-    ProvidersConfig,
+    GatewayConfig,
     TracingConfig,
     format_duration,
 )
@@ -49,11 +48,12 @@ def _build_admin(d: Decoded, ctx: Ctx) -> AdminConfig:
 ADMIN: Final = schema(
     "admin",
     [
-        K("enabled", BOOL, True),
-        K("address", string(check_address), "127.0.0.1:9901"),
-        K("middlewares", list_of(STR), ()),
+        K("enabled", BOOL),
+        K("address", string(check_address)),
+        K("middlewares", list_of(STR)),
     ],
     _build_admin,
+    model=AdminConfig,
 )
 
 
@@ -73,11 +73,12 @@ def _build_access_log(d: Decoded, ctx: Ctx) -> AccessLogConfig:
 ACCESS_LOG: Final = schema(
     "access_log",
     [
-        K("path", STR, "-", path=True),
-        K("format", enum("json"), "json"),
-        K("flush_interval", duration(0, lo_open=True), 1.0),
+        K("path", STR, path=True),
+        K("format", enum("json")),
+        K("flush_interval", duration(0, lo_open=True)),
     ],
     _build_access_log,
+    model=AccessLogConfig,
 )
 
 
@@ -97,25 +98,25 @@ TRACING: Final = schema(
         K(
             "propagation",
             T("list", item=enum("w3c", "b3", "b3multi"), min_len=1, check=_check_propagation),
-            ("w3c", "b3"),
         ),
-        K("sample_rate", number(0, 1), 1.0),
-        K("otlp_endpoint", string(lambda v: check_http_url(v, empty_ok=True)), ""),
-        K("otlp_headers", map_of(), EMPTY_MAP, secret=True),
-        K("service_name", string(check_nonempty), "a3s-gateway"),
+        K("sample_rate", number(0, 1)),
+        K("otlp_endpoint", string(lambda v: check_http_url(v, empty_ok=True))),
+        K("otlp_headers", map_of(), secret=True),
+        K("service_name", string(check_nonempty)),
     ],
     _build_tracing,
+    model=TracingConfig,
 )
 
 TOP: Final = schema(
     "gateway",
     [
-        K("providers", block(PROVIDERS), ProvidersConfig()),
-        K("admin", block(ADMIN), AdminConfig()),
-        K("access_log", block(ACCESS_LOG), None),
-        K("tracing", block(TRACING), TracingConfig()),
-        K("workers", T("int_or_auto", lo=1), 1),
-        K("shutdown_timeout", duration(0), 30.0),
+        K("providers", block(PROVIDERS)),
+        K("admin", block(ADMIN)),
+        K("access_log", block(ACCESS_LOG)),
+        K("tracing", block(TRACING)),
+        K("workers", T("int_or_auto", lo=1)),
+        K("shutdown_timeout", duration(0)),
     ],
     legacy={
         "shutdown_timeout_secs": Legacy(
@@ -124,6 +125,7 @@ TOP: Final = schema(
             lambda v: f'"shutdown_timeout_secs" is deprecated; use shutdown_timeout = "{format_duration(v)}"',
         )
     },
+    model=GatewayConfig,
 )
 
 LABELLED: Final = {"entrypoints": ENTRYPOINT, "routers": ROUTER, "services": SERVICE, "middlewares": None}
