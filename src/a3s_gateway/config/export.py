@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlsplit
 
-from a3s_gateway.config.model import EntrypointConfig, GatewayConfig, format_duration
+from a3s_gateway.config.model import REDACTED, EntrypointConfig, GatewayConfig, format_duration
 from a3s_gateway.config.schema.engine import STR, Schema, T
 from a3s_gateway.config.schema.entrypoints import ENTRYPOINT, PROTOCOL_KEYS
 from a3s_gateway.config.schema.middlewares import MIDDLEWARE_SCHEMAS
@@ -15,7 +15,7 @@ from a3s_gateway.config.schema.routers import ROUTER
 from a3s_gateway.config.schema.services import SERVICE
 from a3s_gateway.config.schema.top import ACCESS_LOG, ADMIN, TRACING
 
-_REDACTED: Final = "<redacted>"
+__all__ = ["config_to_dict"]
 
 
 def _redact_url(url: str) -> str:
@@ -25,7 +25,7 @@ def _redact_url(url: str) -> str:
     netloc = parts.netloc
     userinfo, _, hostport = netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:{_REDACTED}@{hostport}").geturl()
+    return parts._replace(netloc=f"{user}:{REDACTED}@{hostport}").geturl()
 
 
 def _export_value(t: T, value: Any, redact: bool, secret: bool) -> Any:
@@ -46,12 +46,12 @@ def _export_value(t: T, value: Any, redact: bool, secret: bool) -> Any:
         return [_export_obj(t.schema, v, redact) for v in value]
     if kind == "map":
         if secret and redact:
-            return {k: _REDACTED for k in value}
+            return {k: REDACTED for k in value}
         return dict(value)
     if secret and redact:
         if kind == "list":
-            return [_REDACTED for _ in value]
-        return _REDACTED
+            return [REDACTED for _ in value]
+        return REDACTED
     if kind in ("list", "str_or_list"):
         assert t.item is not None or kind == "str_or_list"
         return [_export_value(t.item or STR, v, redact, False) for v in value]

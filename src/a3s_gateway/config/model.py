@@ -27,6 +27,8 @@ from typing import Any, Final, Protocol
 from a3s_gateway.errors import Issue
 
 __all__ = [
+    "DEFAULT_PORTS",
+    "REDACTED",
     "AccessLogConfig",
     "AdminConfig",
     "BoxExecutorConfig",
@@ -65,6 +67,7 @@ __all__ = [
 
 EMPTY_MAP: Final[Mapping[str, Any]] = MappingProxyType({})
 _SECRET_PARAMS: Final = frozenset({"value", "password", "users", "keys", "redis_url"})
+REDACTED: Final = "<redacted>"  # what a secret shows in logs, reprs and GET /api/gateway/config
 LETSENCRYPT: Final = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING: Final = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
@@ -161,6 +164,9 @@ class RouterConfig:
 
 
 # --- services (§3.3, §7, §8) ------------------------------------------------------------------------------------
+
+#: the port of a backend URL that names none, by scheme (tcp:// and udp:// URLs must name one)
+DEFAULT_PORTS: Final[dict[str, int]] = {"http": 80, "https": 443, "h2c": 80}
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +384,7 @@ class MiddlewareConfig:
 
     def __repr__(self) -> str:
         # secrets stay out of logs and tracebacks
-        shown = {k: ("<redacted>" if k in _SECRET_PARAMS and v else v) for k, v in self.params.items()}
+        shown = {k: (REDACTED if k in _SECRET_PARAMS and v else v) for k, v in self.params.items()}
         return f"MiddlewareConfig(name={self.name!r}, type={self.type!r}, params={shown!r})"
 
 

@@ -11,6 +11,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from a3s_gateway.config.model import (
+    DEFAULT_PORTS,
     BoxExecutorConfig,
     FailoverConfig,
     HealthCheckConfig,
@@ -62,8 +63,6 @@ from a3s_gateway.config.schema.engine import (
     suggest,
 )
 
-_DEFAULT_PORTS: Final = {"http": 80, "h2c": 80, "https": 443}
-
 
 def parse_server_url(url: str) -> tuple[str, str, int, str] | str:
     """``url`` -> (scheme, host, port, base path), or the diagnostic."""
@@ -81,9 +80,9 @@ def parse_server_url(url: str) -> tuple[str, str, int, str] | str:
     if parts.query or parts.fragment or parts.username is not None:
         return f"invalid URL {quote(url)}: a backend URL has no user, query or fragment"
     if port is None:
-        if scheme not in _DEFAULT_PORTS:
+        if scheme not in DEFAULT_PORTS:
             return f"invalid URL {quote(url)}: {scheme}:// needs a port"
-        port = _DEFAULT_PORTS[scheme]
+        port = DEFAULT_PORTS[scheme]
     path = parts.path.rstrip("/")
     if scheme in ("tcp", "udp") and path:
         return f"invalid URL {quote(url)}: {scheme}:// takes no path"
