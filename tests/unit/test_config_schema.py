@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 
+import a3s_gateway.config
 from a3s_gateway.config import GatewayConfig
 from a3s_gateway.config.hcl import parse
 from a3s_gateway.config.model import TransportConfig
@@ -57,3 +60,59 @@ def test_transport_pool_default_is_the_model_one() -> None:
     )
     assert config.services["s"].transport.max_idle_connections_per_backend == 256
     assert TransportConfig().max_idle_connections_per_backend == 256
+
+
+# --- import structure of config/ ----------------------------------------------------------------------------------
+
+CONFIG = Path(a3s_gateway.config.__file__).parent
+
+
+def _config_imports(path: Path) -> set[str]:
+    """The ``a3s_gateway.config`` modules ``path`` imports, anywhere in it (functions and TYPE_CHECKING too)."""
+    package = "a3s_gateway." + ".".join(path.relative_to(CONFIG.parent).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.startswith("a3s_gateway.config.") and _module(n) is not None)
+    return {m for m in (_module(n) for n in found) if m is not None}
+
+
+def _module(name: str) -> Path | None:
+    rel = Path(*name.split(".")[2:])
+    for candidate in (CONFIG / rel.with_suffix(".py"), CONFIG / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_model_imports_no_other_config_module() -> None:
+    assert _config_imports(CONFIG / "model.py") == set()
+
+
+def test_config_modules_form_no_import_cycle() -> None:
+    modules = [p for p in CONFIG.rglob("*.py") if p.name != "__init__.py"]
+    graph = {p: _config_imports(p) - {CONFIG / "__init__.py", CONFIG / "schema" / "__init__.py"} for p in modules}
+    visiting: list[Path] = []
+    done: set[Path] = set()
+
+    def visit(p: Path) -> None:
+        assert p not in visiting, "import cycle: " + " -> ".join(str(q.relative_to(CONFIG)) for q in [*visiting, p])
+        if p in done:
+            return
+        visiting.append(p)
+        for q in graph.get(p, set()):
+            visit(q)
+        visiting.pop()
+        done.add(p)
+
+    for p in modules:
+        visit(p)

@@ -1,9 +1,6 @@
-"""Loading a configuration: ``load_file`` / ``load_text`` / ``load_dict`` (SPEC §2).
-
-Parses the main file and the ``providers.file.directory`` files, sorts their top-level blocks, decodes each with
-its schema, runs the cross-checks of :mod:`.references` and returns the frozen :class:`GatewayConfig`. Every
-diagnostic is collected; any error raises one ``ConfigError``.
-"""
+"""Loading (SPEC §2): ``load_file`` / ``load_text`` / ``load_dict`` parse the main and directory files, decode each
+block with its schema, run :mod:`a3s_gateway.config.references` and return the frozen ``GatewayConfig``; every
+diagnostic is collected and any error raises one ``ConfigError``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""The schema engine: decodes a positioned HCL body against a declarative table of keys (SPEC §2.3-§2.6).
-
-Owns value types and their conversion (durations, ranges, enums, lists, maps, nested blocks), defaults, unknown and
-duplicate keys with suggestions, deprecated keys, and the diagnostics context of one load. It knows no block.
-"""
+"""The schema engine (SPEC §2.3-§2.6): decodes a positioned HCL body against a key table given as a parameter —
+value types and conversion, defaults (from the model), unknown/duplicate/deprecated keys with suggestions, and the
+diagnostics context of one load. It knows no block."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Schemas of ``middlewares "<name>"`` (SPEC §6): one key table and one rule function per middleware type.
-
-The defaults written here are the only ones: middleware implementations read every key from the validated params.
-"""
+"""Schemas of ``middlewares "<name>"`` (SPEC §6): one key table and one rule function per middleware type. Their
+defaults are written only here: the middleware implementations read every key from the validated params."""
 
 from __future__ import annotations
 

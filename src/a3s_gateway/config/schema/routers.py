@@ -1,4 +1,4 @@
-"""Schema of ``routers "<name>"`` (SPEC §3.2); references and rules are checked in :mod:`..references`."""
+"""Schema of ``routers "<name>"`` (SPEC §3.2); references and rules: :mod:`a3s_gateway.config.references`."""
 
 from __future__ import annotations
 
