@@ -114,9 +114,18 @@ def _check_rule(ctx: Ctx, router: RouterConfig, written: str) -> None:
         ctx.error(ctx.at(where), where, message, hint)
 
 
-def _reference_hint(name: str, candidates: Iterable[str], define: str) -> str:
+_DEFINE: Final = {
+    "entrypoint": 'define entrypoints "{}" {{ ... }}',
+    "service": 'define services "{}" {{ ... }}',
+    "middleware": 'define middlewares "{}" {{ type = "..." }}',
+}
+
+
+def _unknown(ctx: Ctx, where: str, kind: str, name: str, candidates: Iterable[str], alternative: str = "") -> None:
+    """``unknown <kind> "<name>"`` at ``where``; the hint names the closest candidate, else how to define it."""
     close = suggest(name, candidates)
-    return f'did you mean "{close}"?' if close else define
+    hint = f'did you mean "{close}"?' if close else _DEFINE[kind].format(name) + alternative
+    ctx.error(ctx.at(where), where, f'unknown {kind} "{name}"', hint)
 
 
 def _transport(protocol: str) -> str:
@@ -165,12 +174,7 @@ def _check_entrypoints(ctx: Ctx, entrypoints: dict[str, EntrypointConfig], admin
             where = f"{p}.redirect.entrypoint"
             target = entrypoints.get(target_name)
             if target is None:
-                ctx.error(
-                    ctx.at(where),
-                    where,
-                    f'unknown entrypoint "{target_name}"',
-                    _reference_hint(target_name, entrypoints, f'define entrypoints "{target_name}" {{ ... }}'),
-                )
+                _unknown(ctx, where, "entrypoint", target_name, entrypoints)
             elif target.protocol != "http" or target.tls is None or target_name == ep.name:
                 ctx.error(
                     ctx.at(where), where, f'redirect target "{target_name}" must be another http entrypoint with tls'
@@ -184,12 +188,7 @@ def _router_protocol(ctx: Ctx, router: RouterConfig, entrypoints: dict[str, Entr
         ep = entrypoints.get(name)
         if ep is None:
             where = f"{p}.entrypoints[{i}]"
-            ctx.error(
-                ctx.at(where),
-                where,
-                f'unknown entrypoint "{name}"',
-                _reference_hint(name, entrypoints, f'define entrypoints "{name}" {{ ... }}'),
-            )
+            _unknown(ctx, where, "entrypoint", name, entrypoints)
             ctx.bad.add(f"{p}.entrypoints")
         else:
             protocols.setdefault(ep.protocol, name)
@@ -249,12 +248,7 @@ def _check_routers(
         elif rule is not None and ctx.ok(f"{p}.rule", f"{p}.entrypoints"):
             _check_rule(ctx, router, written or rule)
         if ctx.ok(f"{p}.service") and router.service not in services:
-            ctx.error(
-                ctx.at(f"{p}.service"),
-                f"{p}.service",
-                f'unknown service "{router.service}"',
-                _reference_hint(router.service, services, f'define services "{router.service}" {{ ... }}'),
-            )
+            _unknown(ctx, f"{p}.service", "service", router.service, services)
         _check_chain(ctx, router, middlewares, known_middlewares)
         out[router.name] = router
     return out
@@ -271,12 +265,7 @@ def _check_chain(ctx: Ctx, router: RouterConfig, middlewares: dict[str, Middlewa
     for i, name in enumerate(router.middlewares):
         where = f"{p}[{i}]"
         if name not in known:
-            ctx.error(
-                ctx.at(where),
-                where,
-                f'unknown middleware "{name}"',
-                _reference_hint(name, known, f'define middlewares "{name}" {{ type = "..." }}'),
-            )
+            _unknown(ctx, where, "middleware", name, known)
             continue
         mw = middlewares.get(name)
         if mw is None:
@@ -293,12 +282,7 @@ def _check_admin(ctx: Ctx, admin: AdminConfig, middlewares: dict[str, Middleware
     for i, name in enumerate(admin.middlewares):
         where = f"admin.middlewares[{i}]"
         if name not in known:
-            ctx.error(
-                ctx.at(where),
-                where,
-                f'unknown middleware "{name}"',
-                _reference_hint(name, known, f'define middlewares "{name}" {{ type = "..." }}'),
-            )
+            _unknown(ctx, where, "middleware", name, known)
         elif name in middlewares and middlewares[name].type in ("tcp-filter", "ws-mux"):
             ctx.error(ctx.at(where), where, f"{middlewares[name].type} cannot be used by the admin API")
 
@@ -340,12 +324,7 @@ def _check_services(
     for i, dns in enumerate(providers.dns):
         where = f"providers.dns[{i}].service"
         if dns.service not in services:
-            ctx.error(
-                ctx.at(where),
-                where,
-                f'unknown service "{dns.service}"',
-                _reference_hint(dns.service, services, f'define services "{dns.service}" {{ ... }}'),
-            )
+            _unknown(ctx, where, "service", dns.service, services)
         elif services[dns.service].load_balancer.servers or services[dns.service].revisions:
             ctx.error(ctx.at(where), where, f'service "{dns.service}" is fed by DNS and must not list servers')
         fed_by_dns.setdefault(dns.service, i)
@@ -430,12 +409,7 @@ def _check_service_refs(
             continue
         target = ref.service
         if target not in services:
-            ctx.error(
-                ctx.at(where),
-                where,
-                f'unknown service "{target}"',
-                _reference_hint(target, services, f'define services "{target}" {{ ... }} or remove the {kind} block'),
-            )
+            _unknown(ctx, where, "service", target, services, f" or remove the {kind} block")
         elif target == service.name:
             ctx.error(ctx.at(where), where, f"a service cannot be its own {kind} target")
         elif kind == "mirror" and protocols.get(target) != "http":
