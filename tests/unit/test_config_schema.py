@@ -14,7 +14,7 @@ import a3s_gateway.config
 from a3s_gateway.config import GatewayConfig
 from a3s_gateway.config.hcl import parse
 from a3s_gateway.config.model import TransportConfig
-from a3s_gateway.config.schema.engine import STR, Ctx, K, decode, integer, map_of, schema
+from a3s_gateway.config.schema.engine import STR, Ctx, K, T, decode, schema
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,12 @@ class _Model:
 def test_keys_take_the_model_defaults_unless_written() -> None:
     table = schema(
         "thing",
-        [K("required", STR, required=True), K("count", integer(0)), K("labels", map_of()), K("name", STR, "schema")],
+        [
+            K("required", STR, required=True),
+            K("count", T.integer(0)),
+            K("labels", T.map_of()),
+            K("name", STR, "schema"),
+        ],
         model=_Model,
     )
     assert {k: v.default for k, v in table.keys.items()} == {
@@ -47,7 +52,7 @@ def test_keys_take_the_model_defaults_unless_written() -> None:
 
 def test_a_key_the_model_lacks_is_refused() -> None:
     with pytest.raises(KeyError, match="_Model has no field 'cuont'"):
-        schema("thing", [K("cuont", integer(0))], model=_Model)
+        schema("thing", [K("cuont", T.integer(0))], model=_Model)
 
 
 def test_without_a_model_an_unwritten_default_is_none() -> None:

@@ -132,6 +132,53 @@ class T:
     min_len: int = 0
     check: Callable[[Any], str | None] | None = None
 
+    # the constructors the key tables are written with
+
+    @staticmethod
+    def integer(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> T:
+        return T("int", lo=lo, hi=hi, lo_open=lo_open)
+
+    @staticmethod
+    def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> T:
+        return T("num", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+
+    @staticmethod
+    def duration(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> T:
+        return T("duration", lo=lo, hi=hi, lo_open=lo_open)
+
+    @staticmethod
+    def seconds(lo: float | None = None, *, lo_open: bool = False) -> T:
+        return T("secs", lo=lo, lo_open=lo_open)
+
+    @staticmethod
+    def millis(lo: float | None = None) -> T:
+        return T("ms", lo=lo)
+
+    @staticmethod
+    def enum(*choices: str, aliases: tuple[tuple[str, str], ...] = ()) -> T:
+        return T("enum", choices=choices, aliases=aliases)
+
+    @staticmethod
+    def list_of(item: T, min_len: int = 0) -> T:
+        return T("list", item=item, min_len=min_len)
+
+    @staticmethod
+    def map_of(item: T | None = None) -> T:
+        """An object whose values are ``item`` (strings when None)."""
+        return T("map", item=item if item is not None else STR)
+
+    @staticmethod
+    def block(schema: Schema) -> T:
+        return T("block", schema=schema)
+
+    @staticmethod
+    def blocks(schema: Schema) -> T:
+        return T("blocks", schema=schema)
+
+    @staticmethod
+    def string(check: Callable[[Any], str | None]) -> T:
+        return T("str", check=check)
+
 
 class _ModelDefault:
     """Marker: the key's default is that of the model field (see :func:`schema`)."""
@@ -225,50 +272,6 @@ def _field_defaults(model: type) -> dict[str, Any]:
 
 STR: Final = T("str")
 BOOL: Final = T("bool")
-
-
-def integer(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> T:
-    return T("int", lo=lo, hi=hi, lo_open=lo_open)
-
-
-def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> T:
-    return T("num", lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
-
-
-def duration(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> T:
-    return T("duration", lo=lo, hi=hi, lo_open=lo_open)
-
-
-def seconds(lo: float | None = None, *, lo_open: bool = False) -> T:
-    return T("secs", lo=lo, lo_open=lo_open)
-
-
-def millis(lo: float | None = None) -> T:
-    return T("ms", lo=lo)
-
-
-def enum(*choices: str, aliases: tuple[tuple[str, str], ...] = ()) -> T:
-    return T("enum", choices=choices, aliases=aliases)
-
-
-def list_of(item: T, min_len: int = 0) -> T:
-    return T("list", item=item, min_len=min_len)
-
-
-def map_of(item: T = STR) -> T:
-    return T("map", item=item)
-
-
-def block(schema: Schema) -> T:
-    return T("block", schema=schema)
-
-
-def blocks(schema: Schema) -> T:
-    return T("blocks", schema=schema)
-
-
-def string(check: Callable[[Any], str | None]) -> T:
-    return T("str", check=check)
 
 
 def quote(text: str) -> str:
@@ -444,7 +447,7 @@ def convert(t: T, node: Node, ctx: Ctx, path: str, pos: Pos) -> Any:
             return _convert_map(t, node, ctx, path)
         if t.kind == "str_or_list":
             if isinstance(node, ListNode):
-                return _convert_list(list_of(STR), node, ctx, path, pos)
+                return _convert_list(T.list_of(STR), node, ctx, path, pos)
             value = _scalar(STR, node)
             return (value,) if value else ()
         value = _scalar(t, node)

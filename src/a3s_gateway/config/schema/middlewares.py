@@ -33,19 +33,10 @@ from a3s_gateway.config.schema.engine import (
     T,
     convert,
     decode,
-    duration,
-    enum,
     fmt_num,
-    integer,
     is_null,
-    list_of,
-    map_of,
-    millis,
-    number,
     quote,
     schema,
-    seconds,
-    string,
     suggest,
 )
 
@@ -280,10 +271,10 @@ def _noop(d: Decoded, ctx: Ctx) -> None:
 
 
 _RATE_KEYS: Final = (
-    K("rate", number(0, lo_open=True), None, required=True),
-    K("period", duration(0, lo_open=True), 1.0),
-    K("burst", integer(1), None),
-    K("key", string(_check_limit_key), "client_ip"),
+    K("rate", T.number(0, lo_open=True), None, required=True),
+    K("period", T.duration(0, lo_open=True), 1.0),
+    K("burst", T.integer(1), None),
+    K("key", T.string(_check_limit_key), "client_ip"),
 )
 
 MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[K, ...], Callable[[Decoded, Ctx], None]]]] = {
@@ -292,30 +283,30 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[K, ...], Callable[[Decoded, Ctx], N
             K("value", STR, None, secret=True),
             K("public_key_file", STR, None, path=True),
             K("jwks_url", STR, None),
-            K("jwks_refresh", duration(0, lo_open=True), 600.0),
-            K("algorithms", list_of(STR, 1), None),
-            K("header", string(check_token), "Authorization"),
+            K("jwks_refresh", T.duration(0, lo_open=True), 600.0),
+            K("algorithms", T.list_of(STR, 1), None),
+            K("header", T.string(check_token), "Authorization"),
             K("issuer", STR, ""),
             K("audience", T("str_or_list"), ()),
-            K("leeway", duration(0), 60.0),
+            K("leeway", T.duration(0), 60.0),
             K("require_exp", BOOL, True),
-            K("forward_claims", map_of(), MappingProxyType({"sub": "X-JWT-Subject"})),
+            K("forward_claims", T.map_of(), MappingProxyType({"sub": "X-JWT-Subject"})),
         ),
         _jwt,
     ),
     "api-key": (
         (
-            K("header", string(check_token), "X-API-Key"),
-            K("keys", list_of(string(check_nonempty), 1), None, required=True, secret=True),
+            K("header", T.string(check_token), "X-API-Key"),
+            K("keys", T.list_of(T.string(check_nonempty), 1), None, required=True, secret=True),
             K("strip_header", BOOL, False),
         ),
         _noop,  # keys: required, non-empty list of non-empty strings (schema)
     ),
     "basic-auth": (
         (
-            K("username", string(check_nonempty), None),
+            K("username", T.string(check_nonempty), None),
             K("password", STR, None, secret=True),
-            K("users", list_of(STR), (), secret=True),
+            K("users", T.list_of(STR), (), secret=True),
             K("users_file", STR, "", path=True),
             K("realm", STR, "a3s-gateway"),
             K("remove_header", BOOL, False),
@@ -324,74 +315,74 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[K, ...], Callable[[Decoded, Ctx], N
     ),
     "forward-auth": (
         (
-            K("forward_auth_url", string(check_http_url), None, required=True),
-            K("forward_auth_method", enum("GET", "POST", "HEAD"), "GET"),
-            K("forward_auth_timeout", duration(0, lo_open=True), 5.0),
-            K("forward_auth_request_headers", list_of(string(check_token)), ()),
-            K("forward_auth_response_headers", list_of(string(check_token)), ()),
+            K("forward_auth_url", T.string(check_http_url), None, required=True),
+            K("forward_auth_method", T.enum("GET", "POST", "HEAD"), "GET"),
+            K("forward_auth_timeout", T.duration(0, lo_open=True), 5.0),
+            K("forward_auth_request_headers", T.list_of(T.string(check_token)), ()),
+            K("forward_auth_response_headers", T.list_of(T.string(check_token)), ()),
         ),
         _noop,
     ),
-    "rate-limit": ((*_RATE_KEYS, K("max_keys", integer(1), 65536)), _rate_limit),
+    "rate-limit": ((*_RATE_KEYS, K("max_keys", T.integer(1), 65536)), _rate_limit),
     "rate-limit-redis": (
         (
             *_RATE_KEYS,
-            K("redis_url", string(_check_redis_url), None, required=True, secret=True),
-            K("failure_mode", enum("open", "closed"), "open"),
-            K("redis_timeout", duration(0, lo_open=True), 1.0),
+            K("redis_url", T.string(_check_redis_url), None, required=True, secret=True),
+            K("failure_mode", T.enum("open", "closed"), "open"),
+            K("redis_timeout", T.duration(0, lo_open=True), 1.0),
             K("key_prefix", STR, "a3s:ratelimit:"),
         ),
         _rate_limit,
     ),
     "cors": (
         (
-            K("allowed_origins", list_of(string(_check_origin)), ("*",)),
-            K("allowed_methods", list_of(string(check_token)), ("GET", "POST", "PUT", "DELETE", "OPTIONS")),
-            K("allowed_headers", list_of(STR), ("Content-Type", "Authorization")),
-            K("expose_headers", list_of(string(check_token)), ()),
+            K("allowed_origins", T.list_of(T.string(_check_origin)), ("*",)),
+            K("allowed_methods", T.list_of(T.string(check_token)), ("GET", "POST", "PUT", "DELETE", "OPTIONS")),
+            K("allowed_headers", T.list_of(STR), ("Content-Type", "Authorization")),
+            K("expose_headers", T.list_of(T.string(check_token)), ()),
             K("allow_credentials", BOOL, False),
-            K("max_age", seconds(0), 86400.0),
+            K("max_age", T.seconds(0), 86400.0),
         ),
         _noop,
     ),
-    "headers": ((K("request_headers", map_of(), EMPTY_MAP), K("response_headers", map_of(), EMPTY_MAP)), _headers),
-    "strip-prefix": ((K("prefixes", list_of(string(check_abs_path), 1), None, required=True),), _noop),
-    "body-limit": ((K("max_body_bytes", integer(0, lo_open=True), None, required=True),), _noop),
+    "headers": ((K("request_headers", T.map_of(), EMPTY_MAP), K("response_headers", T.map_of(), EMPTY_MAP)), _headers),
+    "strip-prefix": ((K("prefixes", T.list_of(T.string(check_abs_path), 1), None, required=True),), _noop),
+    "body-limit": ((K("max_body_bytes", T.integer(0, lo_open=True), None, required=True),), _noop),
     "retry": (
         (
-            K("max_retries", integer(1, 10), 3),
-            K("retry_interval_ms", millis(0), 100.0),
-            K("max_interval_ms", millis(0), None),
-            K("retry_on_status", list_of(T("int", check=_check_retry_status)), (502, 503, 504)),
+            K("max_retries", T.integer(1, 10), 3),
+            K("retry_interval_ms", T.millis(0), 100.0),
+            K("max_interval_ms", T.millis(0), None),
+            K("retry_on_status", T.list_of(T("int", check=_check_retry_status)), (502, 503, 504)),
             K("retry_non_idempotent", BOOL, False),
-            K("max_replay_bytes", integer(0), 1048576),
-            K("max_retry_after", duration(0), 10.0),
+            K("max_replay_bytes", T.integer(0), 1048576),
+            K("max_retry_after", T.duration(0), 10.0),
         ),
         _retry,
     ),
     "circuit-breaker": (
         (
-            K("failure_threshold", integer(1), 5),
-            K("cooldown_secs", seconds(0, lo_open=True), 30.0),
-            K("success_threshold", integer(1), 1),
+            K("failure_threshold", T.integer(1), 5),
+            K("cooldown_secs", T.seconds(0, lo_open=True), 30.0),
+            K("success_threshold", T.integer(1), 1),
         ),
         _noop,
     ),
     "ip-allow": (
         (
-            K("allowed_ips", list_of(string(check_ip), 1), None, required=True),
-            K("trusted_proxies", list_of(string(check_ip)), ()),
-            K("depth", integer(0), 0),
+            K("allowed_ips", T.list_of(T.string(check_ip), 1), None, required=True),
+            K("trusted_proxies", T.list_of(T.string(check_ip)), ()),
+            K("depth", T.integer(0), 0),
         ),
         _ip_allow,
     ),
     "compress": (
         (
-            K("min_size", integer(0), 1024),
-            K("encodings", list_of(enum("br", "gzip", "deflate"), 1), ("br", "gzip", "deflate")),
+            K("min_size", T.integer(0), 1024),
+            K("encodings", T.list_of(T.enum("br", "gzip", "deflate"), 1), ("br", "gzip", "deflate")),
             K(
                 "content_types",
-                list_of(STR),
+                T.list_of(STR),
                 (
                     "text/*",
                     "application/json",
@@ -407,19 +398,22 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[K, ...], Callable[[Decoded, Ctx], N
         ),
         _noop,
     ),
-    "tcp-filter": ((K("allowed_ips", list_of(string(check_ip)), ()), K("max_connections", integer(0), 0)), _tcp_filter),
+    "tcp-filter": (
+        (K("allowed_ips", T.list_of(T.string(check_ip)), ()), K("max_connections", T.integer(0), 0)),
+        _tcp_filter,
+    ),
     "ws-mux": (
         (
-            K("max_channels", integer(1, 1024), 64),
+            K("max_channels", T.integer(1, 1024), 64),
             K("upstream_path", STR, ""),
-            K("send_queue", integer(1), 256),
-            K("max_message_bytes", integer(1), 1048576),
+            K("send_queue", T.integer(1), 256),
+            K("max_message_bytes", T.integer(1), 1048576),
         ),
         _ws_mux,
     ),
 }
 
-_TYPE_KEY: Final = K("type", enum(*MIDDLEWARE_TYPES), None, required=True)
+_TYPE_KEY: Final = K("type", T.enum(*MIDDLEWARE_TYPES), None, required=True)
 MIDDLEWARE_SCHEMAS: Final = {
     t: schema(f"middleware {t}", (_TYPE_KEY, *keys), subject=t) for t, (keys, _) in MIDDLEWARE_KEYS.items()
 }

@@ -12,23 +12,7 @@ from a3s_gateway.config.model import (
     ProvidersConfig,
 )
 from a3s_gateway.config.schema.checks import check_http_url, check_nonempty
-from a3s_gateway.config.schema.engine import (
-    BOOL,
-    SKIP,
-    STR,
-    Ctx,
-    Decoded,
-    K,
-    Legacy,
-    block,
-    blocks,
-    duration,
-    enum,
-    integer,
-    schema,
-    seconds,
-    string,
-)
+from a3s_gateway.config.schema.engine import BOOL, SKIP, STR, Ctx, Decoded, K, Legacy, T, schema
 
 
 def _build_file_provider(d: Decoded, ctx: Ctx) -> FileProviderConfig:
@@ -49,7 +33,7 @@ def _build_seed(d: Decoded, ctx: Ctx) -> Any:
     return d.values["url"] if d.values["url"] is not None else SKIP
 
 
-SEED: Final = schema("seed", [K("url", string(check_http_url), None, required=True)], _build_seed)
+SEED: Final = schema("seed", [K("url", T.string(check_http_url), None, required=True)], _build_seed)
 
 
 def _build_discovery(d: Decoded, ctx: Ctx) -> DiscoveryProviderConfig:
@@ -62,9 +46,9 @@ def _build_discovery(d: Decoded, ctx: Ctx) -> DiscoveryProviderConfig:
 DISCOVERY: Final = schema(
     "discovery",
     [
-        K("seeds", blocks(SEED)),
-        K("poll_interval_secs", seconds(0, lo_open=True)),
-        K("timeout_secs", seconds(0, lo_open=True)),
+        K("seeds", T.blocks(SEED)),
+        K("poll_interval_secs", T.seconds(0, lo_open=True)),
+        K("timeout_secs", T.seconds(0, lo_open=True)),
     ],
     _build_discovery,
     model=DiscoveryProviderConfig,
@@ -83,11 +67,11 @@ DNS: Final = schema(
     "dns",
     [
         K("service", STR, required=True),
-        K("name", string(check_nonempty), required=True),
-        K("type", enum("A", "AAAA", "SRV")),
-        K("port", integer(1, 65535)),
-        K("scheme", enum("http", "https", "h2c", "tcp", "udp")),
-        K("refresh", duration(0, lo_open=True)),
+        K("name", T.string(check_nonempty), required=True),
+        K("type", T.enum("A", "AAAA", "SRV")),
+        K("port", T.integer(1, 65535)),
+        K("scheme", T.enum("http", "https", "h2c", "tcp", "udp")),
+        K("refresh", T.duration(0, lo_open=True)),
         K("honor_ttl", BOOL),
     ],
     _build_dns,
@@ -112,7 +96,7 @@ K8S_PROVIDER: Final = schema(
     _build_k8s_provider,
     legacy={
         "watch_interval_secs": Legacy(
-            None, seconds(0), lambda v: '"watch_interval_secs" is deprecated and ignored: the provider watches'
+            None, T.seconds(0), lambda v: '"watch_interval_secs" is deprecated and ignored: the provider watches'
         )
     },
     model=KubernetesProviderConfig,
@@ -126,10 +110,10 @@ def _build_providers(d: Decoded, ctx: Ctx) -> ProvidersConfig:
 PROVIDERS: Final = schema(
     "providers",
     [
-        K("file", block(FILE_PROVIDER)),
-        K("discovery", block(DISCOVERY)),
-        K("dns", blocks(DNS)),
-        K("kubernetes", block(K8S_PROVIDER)),
+        K("file", T.block(FILE_PROVIDER)),
+        K("discovery", T.block(DISCOVERY)),
+        K("dns", T.blocks(DNS)),
+        K("kubernetes", T.block(K8S_PROVIDER)),
     ],
     _build_providers,
     model=ProvidersConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from a3s_gateway.config.model import RouterConfig
-from a3s_gateway.config.schema.engine import STR, Ctx, Decoded, K, integer, list_of, schema
+from a3s_gateway.config.schema.engine import STR, Ctx, Decoded, K, T, schema
 
 
 def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
@@ -25,9 +25,9 @@ ROUTER: Final = schema(
     [
         K("rule", STR),
         K("service", STR, required=True),
-        K("entrypoints", list_of(STR)),
-        K("middlewares", list_of(STR)),
-        K("priority", integer()),
+        K("entrypoints", T.list_of(STR)),
+        K("middlewares", T.list_of(STR)),
+        K("priority", T.integer()),
     ],
     _build_router,
     model=RouterConfig,

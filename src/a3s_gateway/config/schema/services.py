@@ -29,14 +29,7 @@ from a3s_gateway.config.model import (
     TransportConfig,
     format_duration,
 )
-from a3s_gateway.config.schema.checks import (
-    NAME_RE,
-    NAME_SHOWN,
-    TOKEN_RE,
-    check_http_url,
-    check_nonempty,
-    file_check,
-)
+from a3s_gateway.config.schema.checks import NAME_RE, NAME_SHOWN, TOKEN_RE, check_http_url, check_nonempty, file_check
 from a3s_gateway.config.schema.engine import (
     BOOL,
     SKIP,
@@ -46,20 +39,9 @@ from a3s_gateway.config.schema.engine import (
     K,
     Legacy,
     T,
-    block,
-    blocks,
-    duration,
-    enum,
     fmt_num,
-    integer,
-    list_of,
-    map_of,
-    millis,
-    number,
     quote,
     schema,
-    seconds,
-    string,
     suggest,
 )
 
@@ -104,10 +86,10 @@ def _build_server(d: Decoded, ctx: Ctx) -> Any:
 
 
 SERVER: Final = schema(
-    "server", [K("url", STR, required=True), K("weight", integer(0, 1000000))], _build_server, model=ServerConfig
+    "server", [K("url", STR, required=True), K("weight", T.integer(0, 1000000))], _build_server, model=ServerConfig
 )
 
-STRATEGY: Final = enum("round-robin", "weighted", "least-connections", "random", "p2c")
+STRATEGY: Final = T.enum("round-robin", "weighted", "least-connections", "random", "p2c")
 
 
 def _build_health(d: Decoded, ctx: Ctx) -> HealthCheckConfig:
@@ -130,11 +112,11 @@ HEALTH: Final = schema(
     "health_check",
     [
         K("path", STR),
-        K("interval", duration(0, lo_open=True)),
-        K("timeout", duration(0, lo_open=True)),
-        K("unhealthy_threshold", integer(1)),
-        K("healthy_threshold", integer(1)),
-        K("expected_status", list_of(integer(100, 599))),
+        K("interval", T.duration(0, lo_open=True)),
+        K("timeout", T.duration(0, lo_open=True)),
+        K("unhealthy_threshold", T.integer(1)),
+        K("healthy_threshold", T.integer(1)),
+        K("expected_status", T.list_of(T.integer(100, 599))),
     ],
     _build_health,
     model=HealthCheckConfig,
@@ -151,9 +133,9 @@ PASSIVE: Final = schema(
     "passive",
     [
         K("enabled", BOOL),
-        K("max_failures", integer(1)),
-        K("window", duration(0, lo_open=True)),
-        K("ejection", duration(0, lo_open=True)),
+        K("max_failures", T.integer(1)),
+        K("window", T.duration(0, lo_open=True)),
+        K("ejection", T.duration(0, lo_open=True)),
     ],
     _build_passive,
     model=PassiveConfig,
@@ -176,12 +158,12 @@ def _check_cookie(value: Any) -> str | None:
 STICKY: Final = schema(
     "sticky",
     [
-        K("cookie", string(_check_cookie), required=True),
-        K("ttl", duration(0, lo_open=True)),
-        K("max_sessions", integer(1)),
+        K("cookie", T.string(_check_cookie), required=True),
+        K("ttl", T.duration(0, lo_open=True)),
+        K("max_sessions", T.integer(1)),
         K("secure", BOOL),
         K("http_only", BOOL),
-        K("same_site", enum("lax", "strict", "none")),
+        K("same_site", T.enum("lax", "strict", "none")),
     ],
     _build_sticky,
     model=StickyConfig,
@@ -201,11 +183,11 @@ LB: Final = schema(
     "load_balancer",
     [
         K("strategy", STRATEGY),
-        K("servers", blocks(SERVER)),
+        K("servers", T.blocks(SERVER)),
         K("pass_host_header", BOOL),
-        K("health_check", block(HEALTH)),
-        K("passive", block(PASSIVE)),
-        K("sticky", block(STICKY)),
+        K("health_check", T.block(HEALTH)),
+        K("passive", T.block(PASSIVE)),
+        K("sticky", T.block(STICKY)),
     ],
     _build_lb,
     model=LoadBalancerConfig,
@@ -228,13 +210,13 @@ def _build_transport(d: Decoded, ctx: Ctx) -> TransportConfig:
 TRANSPORT: Final = schema(
     "transport",
     [
-        K("connect_timeout", duration(0, lo_open=True)),
-        K("response_header_timeout", duration(0, lo_open=True)),
-        K("stream_idle_timeout", duration(0, lo_open=True)),
-        K("request_timeout", duration(0)),
-        K("tunnel_idle_timeout", duration(0, lo_open=True)),
-        K("max_idle_connections_per_backend", integer(0)),
-        K("idle_connection_timeout", duration(0, lo_open=True)),
+        K("connect_timeout", T.duration(0, lo_open=True)),
+        K("response_header_timeout", T.duration(0, lo_open=True)),
+        K("stream_idle_timeout", T.duration(0, lo_open=True)),
+        K("request_timeout", T.duration(0)),
+        K("tunnel_idle_timeout", T.duration(0, lo_open=True)),
+        K("max_idle_connections_per_backend", T.integer(0)),
+        K("idle_connection_timeout", T.duration(0, lo_open=True)),
         K("tls_insecure_skip_verify", BOOL),
         K("tls_ca_file", STR, path=True),
         K("tls_server_name", STR),
@@ -253,9 +235,9 @@ MIRROR: Final = schema(
     "mirror",
     [
         K("service", STR, required=True),
-        K("percentage", number(0, 100)),
-        K("max_body_bytes", integer(0)),
-        K("max_in_flight", integer(1)),
+        K("percentage", T.number(0, 100)),
+        K("max_body_bytes", T.integer(0)),
+        K("max_in_flight", T.integer(1)),
     ],
     _build_mirror,
     model=MirrorConfig,
@@ -277,9 +259,9 @@ def _build_box(d: Decoded, ctx: Ctx) -> BoxExecutorConfig:
 BOX: Final = schema(
     "box",
     [
-        K("url", string(check_http_url)),
+        K("url", T.string(check_http_url)),
         K("token", STR, secret=True),
-        K("timeout", duration(0, lo_open=True)),
+        K("timeout", T.duration(0, lo_open=True)),
     ],
     _build_box,
     model=BoxExecutorConfig,
@@ -306,16 +288,16 @@ def _build_process(d: Decoded, ctx: Ctx) -> ProcessExecutorConfig:
 PROCESS: Final = schema(
     "process",
     [
-        K("command", list_of(string(check_nonempty), 1), required=True),
-        K("env", map_of()),
+        K("command", T.list_of(T.string(check_nonempty), 1), required=True),
+        K("env", T.map_of()),
         K("working_dir", STR, path=True),
         K("health_path", STR),
-        K("port_range", string(_check_port_range)),
+        K("port_range", T.string(_check_port_range)),
         K("host", STR),
-        K("scheme", enum("http", "h2c")),
-        K("startup_timeout", duration(0, lo_open=True)),
-        K("drain_timeout", duration(0)),
-        K("stop_timeout", duration(0)),
+        K("scheme", T.enum("http", "h2c")),
+        K("startup_timeout", T.duration(0, lo_open=True)),
+        K("drain_timeout", T.duration(0)),
+        K("stop_timeout", T.duration(0)),
     ],
     _build_process,
     model=ProcessExecutorConfig,
@@ -333,8 +315,8 @@ K8S_EXECUTOR: Final = schema(
         K("deployment", STR),
         K("service_name", STR),
         K("port", T("int_or_str")),
-        K("scheme", enum("http", "https", "h2c")),
-        K("api_url", string(lambda v: check_http_url(v, empty_ok=True))),
+        K("scheme", T.enum("http", "https", "h2c")),
+        K("api_url", T.string(lambda v: check_http_url(v, empty_ok=True))),
         K("token_file", STR, path=True),
         K("ca_file", STR, path=True),
     ],
@@ -386,29 +368,29 @@ def _check_utilization(value: Any) -> str | None:
 SCALING: Final = schema(
     "scaling",
     [
-        K("min_replicas", integer(0)),
-        K("max_replicas", integer(1)),
-        K("container_concurrency", integer(0)),
+        K("min_replicas", T.integer(0)),
+        K("max_replicas", T.integer(1)),
+        K("container_concurrency", T.integer(0)),
         K("target_utilization", T("num", check=_check_utilization)),
         K("buffer_enabled", BOOL),
-        K("buffer_size", integer(1)),
-        K("buffer_timeout_secs", seconds(0, lo_open=True)),
-        K("scale_down_delay_secs", seconds(0)),
-        K("executor", enum("box", "process", "kubernetes", "static", aliases=(("k8s", "kubernetes"),))),
-        K("stable_window", duration(6, 3600)),
-        K("panic_window", duration(1)),
-        K("panic_threshold", number(1.0)),
-        K("max_scale_up_rate", number(1.0, lo_open=True)),
-        K("max_scale_down_rate", number(1.0, lo_open=True)),
-        K("box", block(BOX)),
-        K("process", block(PROCESS)),
-        K("kubernetes", block(K8S_EXECUTOR)),
+        K("buffer_size", T.integer(1)),
+        K("buffer_timeout_secs", T.seconds(0, lo_open=True)),
+        K("scale_down_delay_secs", T.seconds(0)),
+        K("executor", T.enum("box", "process", "kubernetes", "static", aliases=(("k8s", "kubernetes"),))),
+        K("stable_window", T.duration(6, 3600)),
+        K("panic_window", T.duration(1)),
+        K("panic_threshold", T.number(1.0)),
+        K("max_scale_up_rate", T.number(1.0, lo_open=True)),
+        K("max_scale_down_rate", T.number(1.0, lo_open=True)),
+        K("box", T.block(BOX)),
+        K("process", T.block(PROCESS)),
+        K("kubernetes", T.block(K8S_EXECUTOR)),
     ],
     _build_scaling,
     legacy={
         "scale_to_zero_grace": Legacy(
             "scale_down_delay_secs",
-            duration(0),
+            T.duration(0),
             lambda v: f'"scale_to_zero_grace" is deprecated; use scale_down_delay_secs = {fmt_num(v)}',
         )
     },
@@ -436,8 +418,8 @@ REVISION: Final = schema(
     "revision",
     [
         K("name", STR, required=True),
-        K("traffic_percent", integer(0, 100)),
-        K("servers", blocks(SERVER)),
+        K("traffic_percent", T.integer(0, 100)),
+        K("servers", T.blocks(SERVER)),
         K("strategy", STRATEGY, None),  # None: the service fills in its load balancer's
     ],
     _build_revision,
@@ -456,11 +438,11 @@ ROLLOUT: Final = schema(
     [
         K("from", STR, required=True, field="from_"),
         K("to", STR, required=True),
-        K("step_percent", integer(1, 100)),
-        K("step_interval_secs", seconds(1)),
-        K("error_rate_threshold", number(0, 1)),
-        K("latency_threshold_ms", millis(1)),
-        K("min_requests", integer(1)),
+        K("step_percent", T.integer(1, 100)),
+        K("step_interval_secs", T.seconds(1)),
+        K("error_rate_threshold", T.number(0, 1)),
+        K("latency_threshold_ms", T.millis(1)),
+        K("min_requests", T.integer(1)),
     ],
     _build_rollout,
     model=RolloutConfig,
@@ -539,13 +521,13 @@ def _build_service(d: Decoded, ctx: Ctx) -> ServiceConfig:
 SERVICE: Final = schema(
     "service",
     [
-        K("load_balancer", block(LB)),
-        K("transport", block(TRANSPORT)),
-        K("scaling", block(SCALING)),
-        K("revisions", blocks(REVISION)),
-        K("rollout", block(ROLLOUT)),
-        K("mirror", block(MIRROR)),
-        K("failover", block(FAILOVER)),
+        K("load_balancer", T.block(LB)),
+        K("transport", T.block(TRANSPORT)),
+        K("scaling", T.block(SCALING)),
+        K("revisions", T.blocks(REVISION)),
+        K("rollout", T.block(ROLLOUT)),
+        K("mirror", T.block(MIRROR)),
+        K("failover", T.block(FAILOVER)),
     ],
     _build_service,
     model=ServiceConfig,

@@ -5,33 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
-from a3s_gateway.config.model import (
-    AccessLogConfig,
-    AdminConfig,
-    GatewayConfig,
-    TracingConfig,
-    format_duration,
-)
+from a3s_gateway.config.model import AccessLogConfig, AdminConfig, GatewayConfig, TracingConfig, format_duration
 from a3s_gateway.config.schema.checks import check_address, check_http_url, check_nonempty, parse_address
-from a3s_gateway.config.schema.engine import (
-    BOOL,
-    STR,
-    Ctx,
-    Decoded,
-    K,
-    Legacy,
-    T,
-    block,
-    duration,
-    enum,
-    list_of,
-    map_of,
-    number,
-    quote,
-    schema,
-    seconds,
-    string,
-)
+from a3s_gateway.config.schema.engine import BOOL, STR, Ctx, Decoded, K, Legacy, T, quote, schema
 from a3s_gateway.config.schema.entrypoints import ENTRYPOINT
 from a3s_gateway.config.schema.providers import PROVIDERS
 from a3s_gateway.config.schema.routers import ROUTER
@@ -49,8 +25,8 @@ ADMIN: Final = schema(
     "admin",
     [
         K("enabled", BOOL),
-        K("address", string(check_address)),
-        K("middlewares", list_of(STR)),
+        K("address", T.string(check_address)),
+        K("middlewares", T.list_of(STR)),
     ],
     _build_admin,
     model=AdminConfig,
@@ -74,8 +50,8 @@ ACCESS_LOG: Final = schema(
     "access_log",
     [
         K("path", STR, path=True),
-        K("format", enum("json")),
-        K("flush_interval", duration(0, lo_open=True)),
+        K("format", T.enum("json")),
+        K("flush_interval", T.duration(0, lo_open=True)),
     ],
     _build_access_log,
     model=AccessLogConfig,
@@ -97,12 +73,12 @@ TRACING: Final = schema(
     [
         K(
             "propagation",
-            T("list", item=enum("w3c", "b3", "b3multi"), min_len=1, check=_check_propagation),
+            T("list", item=T.enum("w3c", "b3", "b3multi"), min_len=1, check=_check_propagation),
         ),
-        K("sample_rate", number(0, 1)),
-        K("otlp_endpoint", string(lambda v: check_http_url(v, empty_ok=True))),
-        K("otlp_headers", map_of(), secret=True),
-        K("service_name", string(check_nonempty)),
+        K("sample_rate", T.number(0, 1)),
+        K("otlp_endpoint", T.string(lambda v: check_http_url(v, empty_ok=True))),
+        K("otlp_headers", T.map_of(), secret=True),
+        K("service_name", T.string(check_nonempty)),
     ],
     _build_tracing,
     model=TracingConfig,
@@ -111,17 +87,17 @@ TRACING: Final = schema(
 TOP: Final = schema(
     "gateway",
     [
-        K("providers", block(PROVIDERS)),
-        K("admin", block(ADMIN)),
-        K("access_log", block(ACCESS_LOG)),
-        K("tracing", block(TRACING)),
+        K("providers", T.block(PROVIDERS)),
+        K("admin", T.block(ADMIN)),
+        K("access_log", T.block(ACCESS_LOG)),
+        K("tracing", T.block(TRACING)),
         K("workers", T("int_or_auto", lo=1)),
-        K("shutdown_timeout", duration(0)),
+        K("shutdown_timeout", T.duration(0)),
     ],
     legacy={
         "shutdown_timeout_secs": Legacy(
             "shutdown_timeout",
-            seconds(0),
+            T.seconds(0),
             lambda v: f'"shutdown_timeout_secs" is deprecated; use shutdown_timeout = "{format_duration(v)}"',
         )
     },
