@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,3 +123,17 @@ def test_config_modules_form_no_import_cycle() -> None:
 
     for p in modules:
         visit(p)
+
+
+@pytest.mark.parametrize(
+    "get", ["from a3s_gateway.config.model import GatewayConfig", "from a3s_gateway import GatewayConfig"]
+)
+def test_gateway_config_loads_whichever_module_it_comes_from(get: str) -> None:
+    """A fresh interpreter that reaches GatewayConfig through model.py still has the loader and the exporter."""
+    code = (
+        f"{get}\n"
+        "c = GatewayConfig.from_hcl('entrypoints \"web\" { address = \":8080\" }', env={})\n"
+        "print(c.summary(), GatewayConfig.from_dict(c.to_dict(redact=False)).to_dict() == c.to_dict())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "1 entrypoint, 0 routers, 0 services, 0 middlewares True"
