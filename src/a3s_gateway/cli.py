@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _setup_logging(args.log_level, args.log_format)
     if args.admin not in (None, "off"):
-        from .config.validate import parse_address
+        from .config.schema.checks import parse_address
 
         if parse_address(args.admin) is None:
             print(f"error: --admin {args.admin!r}: use host:port (e.g. 127.0.0.1:9901) or off", file=sys.stderr)

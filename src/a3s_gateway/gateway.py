@@ -55,7 +55,7 @@ def _override_admin(config: GatewayConfig, admin: str | None) -> GatewayConfig:
         return config
     if admin == "off":
         return dataclasses.replace(config, admin=dataclasses.replace(config.admin, enabled=False))
-    from .config.validate import parse_address
+    from .config.schema.checks import parse_address
 
     parsed = parse_address(admin)
     if parsed is None:

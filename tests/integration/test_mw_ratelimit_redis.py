@@ -18,6 +18,7 @@ import redis
 
 from a3s_gateway.middleware.chain import Chain, Reply, Request, Response
 from a3s_gateway.middleware.ratelimit_redis import BUCKET_SHA, RateLimitRedis
+from mw_support import params
 from redis_server import RedisServer, free_port, redis_server
 
 HOUR = 3600.0
@@ -45,9 +46,13 @@ async def made() -> AsyncIterator[list[RateLimitRedis]]:
 
 
 def limiter(
-    made: list[RateLimitRedis], url: str, name: str = "rl", router: str = "r1", **params: Any
+    made: list[RateLimitRedis], url: str, name: str = "rl", router: str = "r1", **keys: Any
 ) -> RateLimitRedis:
-    mw = RateLimitRedis(name, router, {"redis_url": url, "rate": 1, "period": HOUR, "burst": 3, **params})
+    """A limiter with the params the validator gives for ``keys`` (every default applied; a key set to None is not
+    written)."""
+    written = {"redis_url": url, "rate": 1, "period": HOUR, "burst": 3, **keys}
+    body = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in written.items() if v is not None)
+    mw = RateLimitRedis(name, router, params("rate-limit-redis", body))
     Chain([mw])
     made.append(mw)
     return mw

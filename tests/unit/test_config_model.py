@@ -32,7 +32,7 @@ from a3s_gateway.config.model import (
     TransportConfig,
     format_duration,
 )
-from a3s_gateway.config.validate import parse_address
+from a3s_gateway.config.schema.checks import parse_address
 from a3s_gateway.errors import ConfigError
 from certs import make_cert
 

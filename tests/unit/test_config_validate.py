@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from a3s_gateway.config import GatewayConfig, format_validate_report, validate_file
-from a3s_gateway.config.validate import format_rule_error, suggest
+from a3s_gateway.config.references import format_rule_error
+from a3s_gateway.config.schema.engine import suggest
 from a3s_gateway.errors import ConfigError, Issue
 from certs import make_cert
 

@@ -11,12 +11,13 @@ import pytest
 
 from a3s_gateway.middleware.chain import Chain, Request, Response
 from a3s_gateway.middleware.compress import Compress, choose_encoding
+from mw_support import params as validated
 
 DEFAULT = ("br", "gzip", "deflate")
 
 
 def make(params: Mapping[str, Any] | None = None) -> Compress:
-    mw = Compress("gz", "r1", params or {})
+    mw = Compress("gz", "r1", {**validated("compress"), **(params or {})})
     Chain([mw])
     return mw
 

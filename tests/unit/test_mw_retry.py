@@ -7,12 +7,11 @@ from types import MappingProxyType
 import pytest
 
 from a3s_gateway.middleware.retry import CONNECT, SENT, STATUS, Retry, parse_retry_after
+from mw_support import params as validated
 
 
 def policy(rng: float = 0.5, **params: object) -> Retry:
-    base = {"max_retries": 3, "retry_interval_ms": 100.0, "max_interval_ms": None, "retry_on_status": (502, 503, 504),
-            "retry_non_idempotent": False, "max_replay_bytes": 1048576, "max_retry_after": 10.0}
-    base.update(params)
+    base = {**validated("retry"), **params}  # the defaults: 3 retries, 100 ms, at most 1 s (10 × 100 ms), ...
     return Retry("retry", "r", MappingProxyType(base), rng=lambda: rng)
 
 

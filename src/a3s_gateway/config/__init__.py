@@ -1,12 +1,22 @@
-"""Configuration: HCL loading (SPEC §2), the model (§3) and validation (§2.6); `validate` output (§2.7)."""
+"""Configuration: HCL loading (SPEC §2), the model (§3) and validation (§2.6); `validate` output (§2.7).
+
+The package: ``hcl`` (text → positioned tree), ``model`` (frozen dataclasses, the leaf), ``schema/`` (the schema
+engine and one module per block family), ``references`` (checks across blocks), ``load`` and ``export``, and
+``compile`` (model → Runtime). Importing the package installs ``load`` and ``export`` behind ``GatewayConfig``'s
+``from_*`` / ``to_dict`` (:func:`a3s_gateway.config.model.install`), so ``model`` imports neither.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from a3s_gateway.config import export, load, model
+from a3s_gateway.config.load import load_dict, load_file, load_text
 from a3s_gateway.config.model import GatewayConfig
-from a3s_gateway.config.validate import MIDDLEWARE_TYPES, load_dict, load_file, load_text
+from a3s_gateway.config.schema.middlewares import MIDDLEWARE_TYPES
 from a3s_gateway.errors import ConfigError, Issue
+
+model.install(load, export)
 
 __all__ = [
     "MIDDLEWARE_TYPES",

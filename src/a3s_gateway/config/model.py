@@ -5,7 +5,15 @@ keyword). Durations and ``*_secs`` keys are float seconds; ``*_ms`` keys are flo
 their canonical spelling (``"least-connections"``, ``"rate-limit"``); relative file paths are already
 resolved against the directory of the file that named them.
 
-Objects are built by :mod:`a3s_gateway.config.validate`; only a validated configuration is ever returned.
+Objects are built by :mod:`a3s_gateway.config.load`; only a validated configuration is ever returned. The
+defaults written here are the only ones: a schema key without a written default takes its field's default
+(:func:`a3s_gateway.config.schema.engine.schema`).
+
+This module is the leaf of the package: the schemas, the loader and the export import it, so it imports none of
+them, not even inside a function (that is an import edge too, and would close a cycle). ``GatewayConfig.from_file``,
+``from_hcl``, ``from_dict`` and ``to_dict`` call the :class:`Loader` and :class:`Exporter` that
+``a3s_gateway/config/__init__.py`` installs with :func:`install`; Python runs that package initialiser before any
+of its submodules, this one included, can be used, so the hooks are always set when a caller reaches them.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from a3s_gateway.errors import Issue
 from a3s_gateway.observability.redact import redact_url
 
 __all__ = [
+    "DEFAULT_PORTS",
+    "REDACTED",
     "AccessLogConfig",
     "AdminConfig",
     "BoxExecutorConfig",
@@ -27,6 +37,7 @@ __all__ = [
     "DiscoveryProviderConfig",
     "DnsProviderConfig",
     "EntrypointConfig",
+    "Exporter",
     "FailoverConfig",
     "FileProviderConfig",
     "GatewayConfig",
@@ -34,6 +45,7 @@ __all__ = [
     "KubernetesExecutorConfig",
     "KubernetesProviderConfig",
     "LoadBalancerConfig",
+    "Loader",
     "MiddlewareConfig",
     "MirrorConfig",
     "PassiveConfig",
@@ -51,11 +63,13 @@ __all__ = [
     "TracingConfig",
     "TransportConfig",
     "format_duration",
+    "install",
 ]
 
 EMPTY_MAP: Final[Mapping[str, Any]] = MappingProxyType({})
 _SECRET_PARAMS: Final = frozenset({"value", "password", "users", "keys"})
 _URL_PARAMS: Final = frozenset({"redis_url", "forward_auth_url", "jwks_url"})  # shown through redact_url
+REDACTED: Final = "<redacted>"  # what a secret shows in logs, reprs and GET /api/gateway/config
 LETSENCRYPT: Final = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING: Final = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
@@ -152,6 +166,9 @@ class RouterConfig:
 
 
 # --- services (§3.3, §7, §8) ------------------------------------------------------------------------------------
+
+#: the port of a backend URL that names none, by scheme (tcp:// and udp:// URLs must name one)
+DEFAULT_PORTS: Final[dict[str, int]] = {"http": 80, "https": 443, "h2c": 80}
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +387,7 @@ class MiddlewareConfig:
     def __repr__(self) -> str:
         # secrets stay out of logs and tracebacks
         shown = {
-            k: "<redacted>" if k in _SECRET_PARAMS and v else redact_url(v) if k in _URL_PARAMS and v else v
+            k: REDACTED if k in _SECRET_PARAMS and v else redact_url(v) if k in _URL_PARAMS and v else v
             for k, v in self.params.items()
         }
         return f"MiddlewareConfig(name={self.name!r}, type={self.type!r}, params={shown!r})"
@@ -495,28 +512,22 @@ class GatewayConfig:
     locations: Mapping[str, tuple[str, int, int]] = field(default_factory=lambda: EMPTY_MAP)
     sources: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP, compare=False, repr=False)
 
-    # -- loading (implemented in validate.py) ---------------------------------------------------------------
+    # -- loading (implemented by config/load.py, installed by a3s_gateway.config) -------------------------
 
     @classmethod
     def from_file(cls, path: str, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Load ``path`` (plus ``providers.file.directory``) and validate; raises ``ConfigError``."""
-        from a3s_gateway.config.validate import load_file
-
-        return load_file(path, env=env)
+        return _installed_loader().load_file(path, env=env)
 
     @classmethod
     def from_hcl(cls, text: str, filename: str = "<string>", *, env: Mapping[str, str] | None = None) -> GatewayConfig:
         """Load HCL ``text``; diagnostics name ``filename``; relative paths resolve against the cwd."""
-        from a3s_gateway.config.validate import load_text
-
-        return load_text(text, filename, env=env)
+        return _installed_loader().load_text(text, filename, env=env)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GatewayConfig:
         """Load the JSON shape of ``to_dict()`` / ``GET /api/gateway/config``; diagnostics prefixed ``<dict>``."""
-        from a3s_gateway.config.validate import load_dict
-
-        return load_dict(data)
+        return _installed_loader().load_dict(data)
 
     # -- output ---------------------------------------------------------------------------------------------
 
@@ -537,9 +548,47 @@ class GatewayConfig:
         ``from_dict(to_dict(redact=False))`` gives back an equal configuration. With ``redact`` secrets are
         replaced by ``"<redacted>"``.
         """
-        from a3s_gateway.config.validate import config_to_dict
+        if _exporter is None:
+            raise RuntimeError(_NOT_INSTALLED)
+        return _exporter.config_to_dict(self, redact=redact)
 
-        return config_to_dict(self, redact=redact)
+
+# --- loading and export hooks (see the module docstring) --------------------------------------------------------
+
+
+class Loader(Protocol):
+    """What ``GatewayConfig.from_*`` call: the functions of :mod:`a3s_gateway.config.load`."""
+
+    def load_file(self, path: str, *, env: Mapping[str, str] | None = None) -> GatewayConfig: ...
+
+    def load_text(
+        self, text: str, filename: str = "<string>", *, env: Mapping[str, str] | None = None
+    ) -> GatewayConfig: ...
+
+    def load_dict(self, data: Mapping[str, Any]) -> GatewayConfig: ...
+
+
+class Exporter(Protocol):
+    """What ``GatewayConfig.to_dict`` calls: the function of :mod:`a3s_gateway.config.export`."""
+
+    def config_to_dict(self, config: GatewayConfig, *, redact: bool = True) -> dict[str, Any]: ...
+
+
+_NOT_INSTALLED: Final = "a3s_gateway.config has not finished importing"
+_loader: Loader | None = None
+_exporter: Exporter | None = None
+
+
+def install(loader: Loader, exporter: Exporter) -> None:
+    """Set the loader and exporter behind ``GatewayConfig``; called once, by ``a3s_gateway/config/__init__.py``."""
+    global _loader, _exporter
+    _loader, _exporter = loader, exporter
+
+
+def _installed_loader() -> Loader:
+    if _loader is None:
+        raise RuntimeError(_NOT_INSTALLED)
+    return _loader
 
 
 def format_duration(seconds: float) -> str:

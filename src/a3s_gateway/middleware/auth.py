@@ -199,9 +199,9 @@ class BasicAuth(Middleware):
         self._users = users
         # Unknown users are compared against this so the answer takes as long as for a known plain-text user.
         self._dummy = _User("plain", hashlib.sha256(b"\0").digest())
-        realm = str(params.get("realm", "a3s-gateway")).replace("\\", "\\\\").replace('"', '\\"')
+        realm = str(params["realm"]).replace("\\", "\\\\").replace('"', '\\"')
         self._challenge = ((b"WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode()),)
-        self._remove: bool = bool(params.get("remove_header", False))
+        self._remove: bool = bool(params["remove_header"])
         self._cache: dict[bytes, float] = {}  # SHA-256 of the credentials -> expiry (monotonic)
 
     def _parse(self, req: Request) -> tuple[bytes, bytes, bytes] | Reply:

@@ -21,8 +21,6 @@ except ImportError:  # optional dependency: without it "br" is never negotiated
     brotli = None
 
 __all__ = [
-    "DEFAULT_CONTENT_TYPES",
-    "DEFAULT_ENCODINGS",
     "BrotliFilter",
     "Compress",
     "DeflateFilter",
@@ -31,17 +29,6 @@ __all__ = [
     "choose_encoding",
 ]
 
-DEFAULT_ENCODINGS: Final = ("br", "gzip", "deflate")
-DEFAULT_CONTENT_TYPES: Final = (
-    "text/*",
-    "application/json",
-    "application/*+json",
-    "application/x-ndjson",
-    "application/javascript",
-    "application/xml",
-    "application/*+xml",
-    "image/svg+xml",
-)
 EVENT_STREAM: Final = "text/event-stream"
 ZLIB_LEVEL: Final = 6
 BROTLI_QUALITY: Final = 4
@@ -208,12 +195,12 @@ class Compress(Middleware):
 
     def __init__(self, name: str, router: str, params: Mapping[str, Any]) -> None:
         super().__init__(name, router)
-        self.min_size = int(params.get("min_size", 1024))
-        encodings = tuple(str(e) for e in params.get("encodings", DEFAULT_ENCODINGS))
+        self.min_size = int(params["min_size"])
+        encodings = tuple(str(e) for e in params["encodings"])
         # decided here, once: without the brotli package "br" is simply not offered
         self.encodings = tuple(e for e in encodings if e in _FILTERS and (e != "br" or brotli is not None))
-        self.content_types = tuple(str(t) for t in params.get("content_types", DEFAULT_CONTENT_TYPES))
-        self.include_event_stream = bool(params.get("include_event_stream", False))
+        self.content_types = tuple(str(t) for t in params["content_types"])
+        self.include_event_stream = bool(params["include_event_stream"])
         self._exact, self._wild = _type_matcher(self.content_types)
         self._coding_bytes = {e: e.encode("ascii") for e in self.encodings}
 

@@ -81,11 +81,11 @@ class ForwardAuth(Middleware):
         self._target = Target(params["forward_auth_url"], ssl_context)  # its ``url`` is redacted (SPEC §11.1)
         # one failing auth service fails every request: one warning per kind every 10 s (SPEC §11.5)
         self._log = RateLimitedLog(log, clock=clock)
-        self._method: bytes = params.get("forward_auth_method", "GET").encode("ascii")
-        self._timeout = float(params.get("forward_auth_timeout", 5.0))
-        selected = params.get("forward_auth_request_headers") or ()
+        self._method: bytes = params["forward_auth_method"].encode("ascii")
+        self._timeout = float(params["forward_auth_timeout"])
+        selected = params["forward_auth_request_headers"]
         self._selected = frozenset(h.lower().encode("latin-1") for h in selected) if selected else None
-        copied = params.get("forward_auth_response_headers") or ()
+        copied = params["forward_auth_response_headers"]
         self._copied = tuple((h.encode("latin-1"), h.lower().encode("latin-1")) for h in copied)
         # POST without a body still says so: some servers wait for a body when neither framing header is present.
         self._extra = ((b"Content-Length", b"0"),) if self._method == b"POST" else ()

@@ -156,14 +156,14 @@ class Jwt(Middleware):
         self._clock = clock
         algorithms = [a for a in params["algorithms"] if a.lower() != "none"]
         self._algorithms = frozenset(algorithms)
-        self._header: bytes = params.get("header", "Authorization").encode("latin-1")
+        self._header: bytes = params["header"].encode("latin-1")
         self._is_authorization = self._header.lower() == b"authorization"
-        self._issuer: str = params.get("issuer") or ""
-        audience = params.get("audience") or ()
+        self._issuer: str = params["issuer"]
+        audience = params["audience"]
         self._audience = frozenset((audience,) if isinstance(audience, str) else audience)
-        self._leeway = float(params.get("leeway", 60.0))
-        self._require_exp = bool(params.get("require_exp", True))
-        claims = params.get("forward_claims") or {}
+        self._leeway = float(params["leeway"])
+        self._require_exp = bool(params["require_exp"])
+        claims = params["forward_claims"]
         self._forward = tuple((claim, header.encode("latin-1")) for claim, header in claims.items())
         self._keys: KeySet | None = None
         self._target: Target | None = None
@@ -182,7 +182,7 @@ class Jwt(Middleware):
             self._target = Target(params["jwks_url"], ssl_context)
             self.is_async = True
         self._algorithm_list = algorithms
-        self._refresh = float(params.get("jwks_refresh", 600.0))
+        self._refresh = float(params["jwks_refresh"])
         self._task: asyncio.Task[None] | None = None
         self._next_fetch = -math.inf  # monotonic time of the next periodic refresh or retry
         self._last_kid_refresh = -math.inf

@@ -7,7 +7,6 @@ attributes and one ``take`` method, no closures; constants are ``Final``. ``Rate
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -132,9 +131,7 @@ class RateLimit(Middleware):
     def __init__(self, name: str, router: str, params: Mapping[str, Any]) -> None:
         super().__init__(name, router)
         rate = float(params["rate"])
-        burst = params.get("burst")
-        if burst is None:  # the validator fills it in; kept for configs built by hand
-            burst = max(1, math.ceil(rate))
+        burst = params["burst"]  # the validator fills it in when not written: ceil(rate), at least 1
         self.buckets = TokenBuckets(rate, float(params["period"]), int(burst), int(params["max_keys"]))
         self.limit_value = str(int(burst)).encode()
         key = str(params["key"])

@@ -104,16 +104,15 @@ class RateLimitRedis(Middleware):
         )
 
         rate = float(params["rate"])
-        period = float(params.get("period", 1.0))
-        burst = params.get("burst")
-        self.burst = int(burst) if burst is not None else max(1, math.ceil(rate))
+        period = float(params["period"])
+        self.burst = int(params["burst"])  # the validator fills it in when not written: ceil(rate), at least 1
         self.refill = rate / period  # tokens per second
         self.ttl = math.ceil(self.burst / self.refill) + 10
         self.redis_url = str(params["redis_url"])
-        self.failure_mode = str(params.get("failure_mode", "open"))
-        self.redis_timeout = float(params.get("redis_timeout", 1.0))
-        self.key_prefix = str(params.get("key_prefix", "a3s:ratelimit:"))
-        key = str(params.get("key", "client_ip"))
+        self.failure_mode = str(params["failure_mode"])
+        self.redis_timeout = float(params["redis_timeout"])
+        self.key_prefix = str(params["key_prefix"])
+        key = str(params["key"])
         self.key = key
         self._global = key == "global"
         self._header = key[7:].encode("latin-1").lower() if key.startswith("header:") else None

@@ -30,8 +30,7 @@ class Retry(Middleware):
         super().__init__(name, router)
         self.max_retries = int(params["max_retries"])
         self.interval = float(params["retry_interval_ms"]) / 1000.0
-        max_ms = params.get("max_interval_ms")
-        self.max_interval = (float(max_ms) / 1000.0) if max_ms is not None else self.interval * 10
+        self.max_interval = float(params["max_interval_ms"]) / 1000.0  # the validator's default: 10 × the interval
         self.on_status = frozenset(int(s) for s in params["retry_on_status"])
         self.non_idempotent = bool(params["retry_non_idempotent"])
         self.max_replay_bytes = int(params["max_replay_bytes"])

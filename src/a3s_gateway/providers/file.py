@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from watchfiles import Change, awatch
 
 from .._aio import cancel_and_wait
-from ..config.validate import current_sources
+from ..config.load import current_sources
 
 log = logging.getLogger("a3s_gateway.providers.file")
 

@@ -11,9 +11,9 @@ import random
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from ..config.model import DEFAULT_PORTS
 from ..observability.stats import CodeCounter
 
-DEFAULT_PORTS: Final[dict[str, int]] = {"http": 80, "https": 443, "h2c": 80}
 SCHEMES: Final = ("http", "https", "h2c", "tcp", "udp")
 STRATEGIES: Final = ("round-robin", "weighted", "least-connections", "random", "p2c")
 

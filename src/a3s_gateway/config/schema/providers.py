@@ -1,0 +1,120 @@
+"""Schemas of the ``providers`` block: file, discovery, dns, kubernetes (SPEC §3.5, §12)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from a3s_gateway.config.model import (
+    DiscoveryProviderConfig,
+    DnsProviderConfig,
+    FileProviderConfig,
+    KubernetesProviderConfig,
+    ProvidersConfig,
+)
+from a3s_gateway.config.schema.checks import check_http_url, check_nonempty
+from a3s_gateway.config.schema.engine import BOOL, SKIP, STR, Ctx, Decoded, K, Legacy, T, schema
+
+
+def _build_file_provider(d: Decoded, ctx: Ctx) -> FileProviderConfig:
+    v = d.values
+    if v["watch"]:
+        ctx.explicit.add("providers.file.watch")
+    if v["directory"]:
+        ctx.explicit.add("providers.file.directory")
+    return FileProviderConfig(**v)
+
+
+FILE_PROVIDER: Final = schema(
+    "file", [K("watch", BOOL), K("directory", STR, path=True)], _build_file_provider, model=FileProviderConfig
+)
+
+
+def _build_seed(d: Decoded, ctx: Ctx) -> Any:
+    return d.values["url"] if d.values["url"] is not None else SKIP
+
+
+SEED: Final = schema("seed", [K("url", T.string(check_http_url), None, required=True, url=True)], _build_seed)
+
+
+def _build_discovery(d: Decoded, ctx: Ctx) -> DiscoveryProviderConfig:
+    if not d.values["seeds"] and ctx.ok(f"{d.path}.seeds"):
+        ctx.error(d.pos, d.path, 'discovery requires at least one entry in "seeds"')
+    ctx.explicit.add("providers.discovery")
+    return DiscoveryProviderConfig(**d.values)
+
+
+DISCOVERY: Final = schema(
+    "discovery",
+    [
+        K("seeds", T.blocks(SEED)),
+        K("poll_interval_secs", T.seconds(0, lo_open=True)),
+        K("timeout_secs", T.seconds(0, lo_open=True)),
+    ],
+    _build_discovery,
+    model=DiscoveryProviderConfig,
+)
+
+
+def _build_dns(d: Decoded, ctx: Ctx) -> Any:
+    v = d.values
+    ctx.explicit.add("providers.dns")
+    if v["service"] is None or v["name"] is None:
+        return SKIP
+    return DnsProviderConfig(**v)
+
+
+DNS: Final = schema(
+    "dns",
+    [
+        K("service", STR, required=True),
+        K("name", T.string(check_nonempty), required=True),
+        K("type", T.enum("A", "AAAA", "SRV")),
+        K("port", T.integer(1, 65535)),
+        K("scheme", T.enum("http", "https", "h2c", "tcp", "udp")),
+        K("refresh", T.duration(0, lo_open=True)),
+        K("honor_ttl", BOOL),
+    ],
+    _build_dns,
+    model=DnsProviderConfig,
+)
+
+
+def _build_k8s_provider(d: Decoded, ctx: Ctx) -> KubernetesProviderConfig:
+    ctx.explicit.add("providers.kubernetes")
+    return KubernetesProviderConfig(**d.values)
+
+
+K8S_PROVIDER: Final = schema(
+    "kubernetes",
+    [
+        K("namespace", STR),
+        K("label_selector", STR),
+        K("ingress_class", STR),
+        K("ingress_route_crd", BOOL),
+        K("kubeconfig", STR, path=True),
+    ],
+    _build_k8s_provider,
+    legacy={
+        "watch_interval_secs": Legacy(
+            None, T.seconds(0), lambda v: '"watch_interval_secs" is deprecated and ignored: the provider watches'
+        )
+    },
+    model=KubernetesProviderConfig,
+)
+
+
+def _build_providers(d: Decoded, ctx: Ctx) -> ProvidersConfig:
+    return ProvidersConfig(**d.values)
+
+
+PROVIDERS: Final = schema(
+    "providers",
+    [
+        K("file", T.block(FILE_PROVIDER)),
+        K("discovery", T.block(DISCOVERY)),
+        K("dns", T.blocks(DNS)),
+        K("kubernetes", T.block(K8S_PROVIDER)),
+    ],
+    _build_providers,
+    model=ProvidersConfig,
+)

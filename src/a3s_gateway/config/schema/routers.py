@@ -1,0 +1,34 @@
+"""Schema of ``routers "<name>"`` (SPEC §3.2); references and rules: :mod:`a3s_gateway.config.references`."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from a3s_gateway.config.model import RouterConfig
+from a3s_gateway.config.schema.engine import STR, Ctx, Decoded, K, T, schema
+
+
+def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
+    v = d.values
+    return RouterConfig(
+        name=d.path.split(".", 1)[1],
+        rule=v["rule"],
+        service=v["service"] or "",
+        entrypoints=v["entrypoints"],
+        middlewares=v["middlewares"],
+        priority=v["priority"],
+    )
+
+
+ROUTER: Final = schema(
+    "router",
+    [
+        K("rule", STR),
+        K("service", STR, required=True),
+        K("entrypoints", T.list_of(STR)),
+        K("middlewares", T.list_of(STR)),
+        K("priority", T.integer()),
+    ],
+    _build_router,
+    model=RouterConfig,
+)
