@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from a3s_gateway.middleware.http_client import Target
+from a3s_gateway.http.client import Target
 from a3s_gateway.observability.redact import CREDENTIAL_PARAMS, redact_url
 
 VECTORS = [

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ..http import hdrs
+from ..http.client import MAX_BODY, ConnectError, FetchError, Target, fetch
 from ..observability.log_limit import RateLimitedLog
 from .chain import Middleware, Reply, Request, json_reply
-from .http_client import MAX_BODY, ConnectError, FetchError, Target, fetch
 
 log = logging.getLogger("a3s_gateway.middleware.forward_auth")
 

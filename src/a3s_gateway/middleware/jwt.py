@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import get_default_algorithms
 
 from .._aio import cancel_and_wait
+from ..http.client import FetchError, Target, fetch
 from .chain import Middleware, Reply, Request, json_reply
-from .http_client import FetchError, Target, fetch
 
 log = logging.getLogger("a3s_gateway.middleware.jwt")
 

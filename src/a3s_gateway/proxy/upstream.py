@@ -667,7 +667,7 @@ class Pool:
     def _tls(self, alpn: list[str]) -> Any:
         """The client TLS context of an https:// backend: system trust or ``tls_ca_file``; verification off only
         with ``tls_insecure_skip_verify`` (a verification failure is a connect failure, 502)."""
-        from ..middleware.http_client import client_context
+        from ..http.client import client_context
 
         return client_context(self.transport_cfg, alpn)
 

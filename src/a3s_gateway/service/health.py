@@ -24,7 +24,7 @@ from typing import Final
 from .._aio import cancel_and_wait
 from .._version import __version__
 from ..config.model import HealthCheckConfig, PassiveConfig, TransportConfig
-from ..middleware.http_client import FetchError, Target, client_context, fetch
+from ..http.client import FetchError, Target, client_context, fetch
 from .balancer import Backend
 
 log: Final = logging.getLogger("a3s_gateway.health")

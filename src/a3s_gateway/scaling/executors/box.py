@@ -3,7 +3,7 @@
 :meth:`BoxExecutor.scale` POSTs a scale request; :meth:`BoxExecutor.poll` GETs the target's replica count and
 endpoints and reports the ready ones to the sink (the target's static ``servers`` when Box reports none);
 :meth:`BoxExecutor.run` polls every second while the autoscaler is active, else every 10 s. Each call is one
-:func:`~a3s_gateway.middleware.http_client.fetch` bounded by ``timeout``; every failure is an :class:`ExecutorError`
+:func:`~a3s_gateway.http.client.fetch` bounded by ``timeout``; every failure is an :class:`ExecutorError`
 whose message names the call, the URL and what went wrong.
 """
 
@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from ..._version import __version__
 from ...config.model import BoxExecutorConfig
-from ...middleware.http_client import FetchError, Target, fetch
+from ...http.client import FetchError, Target, fetch
 from . import EndpointSink, ExecutorError
 
 FAST_POLL: Final = 1.0  # while requests are queued or desired != actual

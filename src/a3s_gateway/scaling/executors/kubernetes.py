@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 from ..._aio import timeout
 from ..._version import __version__
 from ...config.model import KubernetesExecutorConfig
-from ...middleware.http_client import MAX_HEAD, FetchError, ProtocolError, Target, _parse_head, fetch
+from ...http.client import MAX_HEAD, FetchError, ProtocolError, Target, fetch, parse_head
 from . import EndpointSink, ExecutorError
 
 NAMESPACE_FILE: Final = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -358,7 +358,7 @@ class _Body:
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[bytes, bytes]]]:
     while True:
-        status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+        status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
         if status >= 200:
             return status, headers
         if status == 101:

@@ -1,18 +1,21 @@
-"""A minimal asyncio HTTP/1.1 client for the auth middlewares (forward-auth requests, JWKS fetches).
+"""A minimal asyncio HTTP/1.1 client for the control plane: forward-auth requests, JWKS fetches, active health
+probes, the scaling executors' APIs.
 
-One request per connection (``Connection: close``), no redirects, no pooling: auth services and JWKS endpoints are
-called with small bodies, and the caller bounds the whole exchange with one timeout. The response head is parsed
-strictly; the body may be framed by ``Content-Length``, chunked, or the end of the connection, and is bounded.
+One request per connection (``Connection: close``), no redirects, no pooling: these peers are called with small
+bodies, and the caller bounds the whole exchange with one timeout. Responses are read with the proxy's own strict
+parser (the compiled head scanner and chunked decoder, or their pure twins): the body may be framed by
+``Content-Length``, chunked, or the end of the connection, and is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from .. import _compat
+from ..errors import ProtocolError as WireError
 from ..observability.redact import redact_url
 
 if TYPE_CHECKING:
@@ -20,10 +23,7 @@ if TYPE_CHECKING:
 
 MAX_HEAD: Final = 64 * 1024
 MAX_BODY: Final = 1 << 20
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2})(?: [\t !-~\x80-\xff]*)?\Z")
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+_parser: Any = _compat.load("http parser")
 _BODY_METHODS: Final = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
@@ -119,79 +119,84 @@ async def fetch(
 
 
 async def _read_response(reader: asyncio.StreamReader, head_request: bool, max_body: int) -> Result:
+    buf = b""
     while True:
-        status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+        resp = _parse(buf)
+        if resp is None:
+            if len(buf) > MAX_HEAD:
+                raise ProtocolError("response head too large")
+            data = await reader.read(65536)
+            if not data:
+                raise ProtocolError("connection closed before a complete response head")
+            buf += data
+            continue
+        buf = buf[resp.head_len :]
+        status = resp.status
         if status >= 200:
             break
         if status == 101:
             raise ProtocolError("unexpected 101 Switching Protocols")
         # other 1xx: interim responses, the final one follows
+    headers = list(resp.headers)
     if head_request or status in (204, 304):
         return Result(status, headers, b"")
-    te = [v for n, v in headers if n.lower() == b"transfer-encoding"]
-    if te:
-        if b",".join(te).rsplit(b",", 1)[-1].strip().lower() == b"chunked":
-            return Result(status, headers, await _read_chunked(reader, max_body))
-        return Result(status, headers, await _read_to_eof(reader, max_body))
-    lengths = {v.strip() for n, v in headers if n.lower() == b"content-length"}
-    if lengths:
-        if len(lengths) != 1:
-            raise ProtocolError("conflicting Content-Length")
-        text = lengths.pop()
-        if not text.isdigit() or len(text) > 18:
-            raise ProtocolError("invalid Content-Length")
-        size = int(text)
+    if resp.chunked:
+        return Result(status, headers, await _read_chunked(reader, buf, max_body))
+    size = resp.content_length
+    if size >= 0:
         if size > max_body:
             raise ProtocolError("response body too large")
-        return Result(status, headers, await reader.readexactly(size))
-    return Result(status, headers, await _read_to_eof(reader, max_body))
+        if len(buf) >= size:
+            return Result(status, headers, buf[:size])
+        return Result(status, headers, buf + await reader.readexactly(size - len(buf)))
+    return Result(status, headers, await _read_to_eof(reader, buf, max_body))
 
 
-def _parse_head(data: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
-    lines = data[:-4].split(b"\r\n")
-    m = _STATUS_LINE.match(lines[0])
-    if m is None:
-        raise ProtocolError("malformed status line")
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise ProtocolError("malformed header line")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):  # bare CR/LF or control characters could split the head we forward
-            raise ProtocolError("invalid characters in header value")
-        headers.append((name, value))
-    return int(m.group(1)), headers
+def _parse(buf: bytes) -> Any:
+    try:
+        return _parser.parse_response(buf, MAX_HEAD) if buf else None
+    except WireError as exc:
+        raise ProtocolError("malformed response head") from exc
 
 
-async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
+def parse_head(data: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """Status and headers of one complete response head (as read up to its blank line); raises ProtocolError."""
+    resp = _parse(data)
+    if resp is None:
+        raise ProtocolError("incomplete response head")
+    return resp.status, list(resp.headers)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, buf: bytes, max_body: int) -> bytes:
+    decoder = _parser.ChunkedDecoder()
     body = bytearray()
+    data = buf
     while True:
-        line = (await reader.readuntil(b"\r\n"))[:-2]
-        size_text = line.split(b";", 1)[0].strip(b" \t")
-        if not _HEX.match(size_text):
-            raise ProtocolError("invalid chunk size")
-        size = int(size_text, 16)
-        if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers are read and dropped
-                pass
-            return bytes(body)
-        if len(body) + size > max_body:
+        if data:
+            try:
+                pieces, _ = decoder.feed(data)
+            except WireError as exc:
+                raise ProtocolError("invalid chunked encoding") from exc
+            for piece in pieces:
+                body += piece
+            if len(body) > max_body:
+                raise ProtocolError("response body too large")
+            if decoder.done:  # trailers are read and dropped
+                return bytes(body)
+        data = await reader.read(65536)
+        if not data:
+            raise ProtocolError("connection closed inside a chunked body")
+
+
+async def _read_to_eof(reader: asyncio.StreamReader, buf: bytes, max_body: int) -> bytes:
+    body = bytearray(buf)
+    while True:
+        if len(body) > max_body:
             raise ProtocolError("response body too large")
-        body += await reader.readexactly(size)
-        if await reader.readexactly(2) != b"\r\n":
-            raise ProtocolError("missing CRLF after chunk data")
-
-
-async def _read_to_eof(reader: asyncio.StreamReader, max_body: int) -> bytes:
-    body = bytearray()
-    while True:
         data = await reader.read(65536)
         if not data:
             return bytes(body)
         body += data
-        if len(body) > max_body:
-            raise ProtocolError("response body too large")
 
 
 _contexts: dict[tuple[bool, str, tuple[str, ...]], ssl.SSLContext] = {}
