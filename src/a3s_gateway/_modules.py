@@ -13,6 +13,7 @@ CYTHON_MODULES: dict[str, tuple[str, str]] = {
 #: role -> module compiled by mypyc in one group (the same .py runs interpreted in a pure build). The connection
 #: protocols are plain classes (no asyncio.Protocol base) so that mypyc makes them native.
 MYPYC_MODULES: dict[str, str] = {
+    "ip addresses": "a3s_gateway.netaddr",
     "rule matchers": "a3s_gateway.routing.matchers",
     "router": "a3s_gateway.routing.router",
     "balancer": "a3s_gateway.service.balancer",

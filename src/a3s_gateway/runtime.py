@@ -16,11 +16,11 @@ from .observability.log_limit import RateLimitedLog
 if TYPE_CHECKING:
     from .config.model import EntrypointConfig, MiddlewareConfig, TransportConfig
     from .middleware.chain import Chain, Middleware
+    from .netaddr import IPSet
     from .observability.access_log import AccessLog
     from .observability.stats import RouteStats
     from .observability.tracing import Tracer
     from .proxy.upstream import Pool
-    from .routing.matchers import ClientIPMatcher
     from .routing.router import Router
     from .scaling.target import ScaleTarget
     from .service.balancer import Backend, Balancer
@@ -73,7 +73,7 @@ class EntrypointRuntime:
     router: Router
     limits: EntrypointConfig  # parsing limits and timeouts (SPEC §3.1), read as is on the request path
     proto: bytes = b"http"
-    trusted: ClientIPMatcher | None = None  # trusted_ips (SPEC §5.2)
+    trusted: IPSet | None = None  # trusted_ips (SPEC §5.2)
     unmatched: RouteStats | None = None  # counters of requests no route matched (router="", service="")
     access_log: AccessLog | None = None
     tracer: Tracer | None = None

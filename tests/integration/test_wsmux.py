@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from a3s_gateway.proxy.wsmux import Hub, MuxConfig, MuxConnection, accept_key, handshake_response
+from a3s_gateway.wsmux.hub import Hub, MuxConfig, MuxConnection, accept_key, handshake_response
 
 pytestmark = pytest.mark.timeout(15)  # every async test runs under both loops (tests/integration/conftest.py)
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import StartupError
 from ..middleware import catalog
+from ..netaddr import IPSet
 from ..observability.stats import RouteStats
 from ..proxy.listeners import TcpEntryRuntime, UdpEntryRuntime
 from ..proxy.tcp import TcpTarget
 from ..proxy.upstream import Pool
 from ..routing import rules
-from ..routing.matchers import ClientIPMatcher
 from ..routing.router import Route, Router
 from ..routing.tcp import TcpRoute, TcpRouter
 from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
@@ -225,7 +225,7 @@ def build_runtime(
             router=Router(routes),
             limits=ep,
             proto=b"https" if ep.tls is not None else b"http",
-            trusted=ClientIPMatcher(list(ep.trusted_ips)) if ep.trusted_ips else None,
+            trusted=IPSet(list(ep.trusted_ips)) if ep.trusted_ips else None,
             unmatched=unmatched,
             access_log=access_log,
             tracer=tracer,

@@ -11,23 +11,23 @@ from .chain import Chain, Middleware
 if TYPE_CHECKING:
     from ..config.model import MiddlewareConfig
 
-#: type → (module of a3s_gateway.middleware, class); types absent here are refused at start ("not supported yet")
+#: type → (module, class); types absent here are refused at start ("not supported yet")
 IMPLEMENTATIONS: Mapping[str, tuple[str, str]] = {
-    "api-key": ("auth", "ApiKey"),
-    "basic-auth": ("auth", "BasicAuth"),
-    "jwt": ("jwt", "Jwt"),
-    "forward-auth": ("forward_auth", "ForwardAuth"),
-    "rate-limit": ("ratelimit", "RateLimit"),
-    "rate-limit-redis": ("ratelimit_redis", "RateLimitRedis"),
-    "cors": ("cors", "Cors"),
-    "headers": ("headers", "Headers"),
-    "strip-prefix": ("rewrite", "StripPrefix"),
-    "body-limit": ("bodylimit", "BodyLimit"),
-    "retry": ("retry", "Retry"),
-    "circuit-breaker": ("breaker", "CircuitBreaker"),
-    "ip-allow": ("ipallow", "IpAllow"),
-    "compress": ("compress", "Compress"),
-    "ws-mux": ("wsmux", "WsMux"),
+    "api-key": ("a3s_gateway.middleware.auth", "ApiKey"),
+    "basic-auth": ("a3s_gateway.middleware.auth", "BasicAuth"),
+    "jwt": ("a3s_gateway.middleware.jwt", "Jwt"),
+    "forward-auth": ("a3s_gateway.middleware.forward_auth", "ForwardAuth"),
+    "rate-limit": ("a3s_gateway.middleware.ratelimit", "RateLimit"),
+    "rate-limit-redis": ("a3s_gateway.middleware.ratelimit_redis", "RateLimitRedis"),
+    "cors": ("a3s_gateway.middleware.cors", "Cors"),
+    "headers": ("a3s_gateway.middleware.headers", "Headers"),
+    "strip-prefix": ("a3s_gateway.middleware.rewrite", "StripPrefix"),
+    "body-limit": ("a3s_gateway.middleware.bodylimit", "BodyLimit"),
+    "retry": ("a3s_gateway.middleware.retry", "Retry"),
+    "circuit-breaker": ("a3s_gateway.middleware.breaker", "CircuitBreaker"),
+    "ip-allow": ("a3s_gateway.middleware.ipallow", "IpAllow"),
+    "compress": ("a3s_gateway.middleware.compress", "Compress"),
+    "ws-mux": ("a3s_gateway.wsmux.middleware", "WsMux"),
 }
 
 
@@ -38,7 +38,7 @@ def is_implemented(kind: str) -> bool:
         return False
     module, cls = entry
     try:
-        getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+        getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError):
         return False
     return True
@@ -52,7 +52,7 @@ def implemented() -> frozenset[str]:
 def build(config: MiddlewareConfig, router: str) -> Middleware:
     """A new instance of ``config`` for ``router``."""
     module, cls = IMPLEMENTATIONS[config.type]
-    factory: Any = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    factory: Any = getattr(importlib.import_module(module), cls)
     instance: Middleware = factory(config.name, router, config.params)
     return instance
 

@@ -1,7 +1,7 @@
 """``ip-allow`` (SPEC §6.13): 403 unless the client address lies in ``allowed_ips``.
 
 Compiled by mypyc (the same source runs interpreted): the address choice is a plain function over ``str``/``bytes``
-and the network test is the compiled ``ClientIPMatcher``. ``IpAllow`` subclasses the interpreted
+and the network test is the compiled ``netaddr.IPSet``. ``IpAllow`` subclasses the interpreted
 ``chain.Middleware``, so it stays a regular Python class under mypyc.
 
 The request's ``X-Forwarded-For`` is the one the client (peer) sent: the proxy appends the peer address only when it
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ..routing.matchers import ClientIPMatcher
+from ..netaddr import IPSet
 from .chain import Middleware, Reply, Request, json_reply
 
 _XFF: Final = b"X-Forwarded-For"
@@ -33,7 +33,7 @@ def forwarded_entries(req: Request) -> list[str]:
     return out
 
 
-def pick_address(req: Request, trusted: ClientIPMatcher | None, depth: int) -> str:
+def pick_address(req: Request, trusted: IPSet | None, depth: int) -> str:
     """The address to check; ``""`` when there is none (``depth`` beyond the header), which is never allowed."""
     if depth > 0:
         entries = forwarded_entries(req)
@@ -64,9 +64,9 @@ class IpAllow(Middleware):
 
     def __init__(self, name: str, router: str, params: Mapping[str, Any]) -> None:
         super().__init__(name, router)
-        self.allowed = ClientIPMatcher([str(n) for n in params["allowed_ips"]])
+        self.allowed = IPSet([str(n) for n in params["allowed_ips"]])
         proxies = [str(n) for n in params["trusted_proxies"]]
-        self.trusted: ClientIPMatcher | None = ClientIPMatcher(proxies) if proxies else None
+        self.trusted: IPSet | None = IPSet(proxies) if proxies else None
         self.depth = int(params["depth"])
         self._seen: dict[str, bool] = {}
 

@@ -20,7 +20,7 @@ from .. import _compat
 from ..errors import ProtocolError
 from ..http import hdrs
 from ..middleware.chain import JSON, Chain, Request, Response
-from ..routing.matchers import parse_ip
+from ..netaddr import normalize_ip, parse_ip
 from . import responses
 from .upstream import CHUNKED, HIGH_WATER, LENGTH, BodyReader, ChunkedDecoder, Pool, UpstreamConnection
 
@@ -68,13 +68,6 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n"
 _COLD = b"X-A3S-Cold-Start: 1\r\n"  # on every response to a request that waited in a cold-start queue
 _DRAIN_LIMIT = 65536
 _HOST_BIT = 1 << hdrs.HOST  # in Request.edited
-
-
-def normalize_ip(text: str) -> str:
-    """An address as it is reported: IPv4-mapped IPv6 as IPv4."""
-    if text.startswith("::ffff:") and "." in text:
-        return text[7:]
-    return text
 
 
 def upstream_host(head: Any, pass_host_header: bool, backend_host: bytes) -> bytes | None:
@@ -947,7 +940,7 @@ class HttpConnection:
     # -- ws-mux (SPEC §9.4) -------------------------------------------------------------------------------------
     def _mux_accept(self, mw: Any, upto: int) -> None:
         """The gateway answers the upgrade itself and hands the connection to the router's hub."""
-        from .wsmux import MuxConnection, handshake_response
+        from ..wsmux.hub import MuxConnection, handshake_response
 
         req = cast("Request", self.mreq)
         key = b""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from .._aio import timeout as deadline
-from ..routing.matchers import parse_ip, parse_network
+from ..netaddr import parse_ip, parse_network
 from ..routing.tcp import TcpRouter
 from ..service.balancer import Backend
 from .sni import NEED_MORE, Hello, peek_hello

@@ -8,16 +8,15 @@ compares.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Final
 from urllib.parse import parse_qsl
 
+from ..netaddr import IPSet, parse_ip
+
 _HEX: Final = b"0123456789abcdefABCDEF"
 _OWS: Final = b" \t"
 # IPv4-mapped IPv6 addresses are ::ffff:a.b.c.d, i.e. the integer range below.
-_V4_MAPPED_BASE: Final = 0xFFFF00000000
-_V4_MAPPED_MASK: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFF00000000
 
 
 def normalize_host(raw: bytes) -> str:
@@ -107,20 +106,6 @@ def match_path(raw_path: bytes) -> str:
         return raw_path.decode("utf-8", "surrogateescape")
     decoded = _percent_decode_path(raw_path) if b"%" in raw_path else raw_path
     return remove_dot_segments(decoded.decode("utf-8", "surrogateescape"))
-
-
-def parse_ip(text: str) -> tuple[int, int]:
-    """``(version, integer)`` of an IP address, IPv4-mapped IPv6 as IPv4; ``(0, 0)`` when not an IP address."""
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return (0, 0)
-    value = int(addr)
-    if addr.version == 6:
-        if value & _V4_MAPPED_MASK == _V4_MAPPED_BASE:
-            return (4, value & 0xFFFFFFFF)
-        return (6, value)
-    return (4, value)
 
 
 class MatchRequest:
@@ -409,43 +394,15 @@ class QueryRegexpMatcher(Matcher):
         return False
 
 
-def parse_network(text: str) -> tuple[int, int, int]:
-    """An IP or CIDR -> ``(version, network integer, mask)``; IPv4-mapped IPv6 becomes IPv4. Raises ValueError."""
-    text = text.strip()
-    if not text:
-        raise ValueError("empty IP address")
-    net = ipaddress.ip_network(text, strict=False)
-    version = net.version
-    bits = 32 if version == 4 else 128
-    prefix = net.prefixlen
-    value = int(net.network_address)
-    if version == 6 and prefix >= 96 and value & _V4_MAPPED_MASK == _V4_MAPPED_BASE:
-        version, bits, prefix, value = 4, 32, prefix - 96, value & 0xFFFFFFFF
-    full = (1 << bits) - 1
-    mask = full ^ ((1 << (bits - prefix)) - 1)
-    return (version, value & mask, mask)
-
-
 class ClientIPMatcher(Matcher):
     """``ClientIP(ip_or_cidr, ...)``: the client IP equals an IP or lies in a network."""
 
     def __init__(self, networks: list[str]) -> None:
-        self.networks: list[tuple[int, int, int]] = [parse_network(n) for n in networks]
-
-    def contains(self, ip: str) -> bool:
-        """True when the address ``ip`` lies in one of the networks (also used for ``trusted_ips``)."""
-        version, value = parse_ip(ip)
-        if version == 0:
-            return False
-        for net_version, net_value, mask in self.networks:
-            if net_version == version and value & mask == net_value:
-                return True
-        return False
+        self.ips = IPSet(networks)
 
     def match(self, req: MatchRequest) -> bool:
         version, value = req.ip()
-        if version == 0:
-            return False
+        return self.ips.contains_value(version, value)
         for net_version, net_value, mask in self.networks:
             if net_version == version and value & mask == net_value:
                 return True

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from a3s_gateway.errors import GatewayError
+from a3s_gateway.netaddr import parse_network
 from a3s_gateway.routing import matchers as m
 
 HTTP: Final = "http"
@@ -392,7 +393,7 @@ def _validate_call(text: str, call: Call, low: int, high: int | None) -> None:
     if call.name == "ClientIP":
         for index, arg in enumerate(call.args):
             try:
-                m.parse_network(arg)
+                parse_network(arg)
             except ValueError:
                 raise RuleError(
                     f"invalid IP address or CIDR {arg!r} in ClientIP",

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..netaddr import parse_ip, parse_network
 from . import rules
-from .matchers import parse_ip, parse_network
 
 
 class TcpInput:

@@ -1,5 +1,5 @@
 """``ws-mux`` (SPEC §6.16, §9.4): the last middleware of a router whose WebSocket upgrades the gateway terminates
-itself and attaches to the router's hub of named channels (``proxy/wsmux.py``). Requests that are not upgrades
+itself and attaches to the router's hub of named channels (``wsmux/hub.py``). Requests that are not upgrades
 pass through unchanged."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from ..proxy.wsmux import Hub, MuxConfig
-from .chain import Middleware
+from ..middleware.chain import Middleware
+from .hub import Hub, MuxConfig
 
 
 class WsMux(Middleware):
