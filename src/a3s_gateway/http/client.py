@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from .. import _compat
 from ..errors import ProtocolError as WireError
 from ..observability.redact import redact_url
 
-if TYPE_CHECKING:
-    from ..config.model import TransportConfig
+
+class TlsSettings(Protocol):
+    """The upstream TLS keys of a service's ``transport`` block (``config.model.TransportConfig`` has them)."""
+
+    @property
+    def tls_insecure_skip_verify(self) -> bool: ...
+
+    @property
+    def tls_ca_file(self) -> str: ...
 
 MAX_HEAD: Final = 64 * 1024
 MAX_BODY: Final = 1 << 20
@@ -202,7 +209,7 @@ async def _read_to_eof(reader: asyncio.StreamReader, buf: bytes, max_body: int) 
 _contexts: dict[tuple[bool, str, tuple[str, ...]], ssl.SSLContext] = {}
 
 
-def client_context(cfg: TransportConfig, alpn: list[str]) -> ssl.SSLContext:
+def client_context(cfg: TlsSettings, alpn: list[str]) -> ssl.SSLContext:
     """Client TLS to https:// backends and their probes (SPEC §10.5): the system trust store or ``tls_ca_file``
     (the caller's server name is verified), no verification only with ``tls_insecure_skip_verify``; cached."""
     key = (cfg.tls_insecure_skip_verify, cfg.tls_ca_file, tuple(alpn))
