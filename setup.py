@@ -34,15 +34,15 @@ def extensions() -> list[Extension]:
     cflags = ["-O3"] if sys.platform != "win32" else []
     cython_exts = [
         Extension(
-            "a3s_gateway.http._parser",
-            ["src/a3s_gateway/http/_parser.pyx", "csrc/http1.c"],
+            "a3s_gateway.http._parser_c",
+            ["src/a3s_gateway/http/_parser_c.pyx", "csrc/http1.c"],
             include_dirs=["csrc"],
             extra_compile_args=cflags,
         ),
-        # Cython pure mode: `_headers_c.py` / `_relay_c.py` are links to the interpreted twins; the `.pxd`
+        # Cython pure mode: `_headers_c.py` / `_framing_c.py` are links to the interpreted twins; the `.pxd`
         # beside them gives the compiled types.
         Extension("a3s_gateway.http._headers_c", ["src/a3s_gateway/http/_headers_c.py"], extra_compile_args=cflags),
-        Extension("a3s_gateway.proxy._relay_c", ["src/a3s_gateway/proxy/_relay_c.py"], extra_compile_args=cflags),
+        Extension("a3s_gateway.http._framing_c", ["src/a3s_gateway/http/_framing_c.py"], extra_compile_args=cflags),
     ]
     compiled = cythonize(
         cython_exts,

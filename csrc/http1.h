@@ -1,6 +1,6 @@
 /* http1.h - strict HTTP/1.x scanner for a3s-gateway (RFC 9112, SPEC §5.5).
  *
- * Written for this project; the Cython wrapper is src/a3s_gateway/http/_parser.pyx and its pure-Python twin is
+ * Written for this project; the Cython wrapper is src/a3s_gateway/http/_parser_c.pyx and its pure-Python twin is
  * src/a3s_gateway/http/_parser_py.py (both must behave identically; tests/unit/test_parser_differential.py checks).
  *
  * Nothing here allocates: every function fills caller-provided structs with offsets into the caller's buffer.

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 #: role -> (compiled module, pure twin): Cython modules have two names, the pure twin is chosen at run time.
 CYTHON_MODULES: dict[str, tuple[str, str]] = {
-    "http parser": ("a3s_gateway.http._parser", "a3s_gateway.http._parser_py"),
-    "header filter": ("a3s_gateway.http._headers_c", "a3s_gateway.http._headers"),
-    "body relay": ("a3s_gateway.proxy._relay_c", "a3s_gateway.proxy._relay"),
+    "http parser": ("a3s_gateway.http._parser_c", "a3s_gateway.http._parser_py"),
+    "header filter": ("a3s_gateway.http._headers_c", "a3s_gateway.http._headers_py"),
+    "body relay": ("a3s_gateway.http._framing_c", "a3s_gateway.http._framing_py"),
 }
 
 #: role -> module compiled by mypyc in one group (the same .py runs interpreted in a pure build). The connection

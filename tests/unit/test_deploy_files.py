@@ -920,11 +920,11 @@ def test_dockerignore_keeps_local_state_out_and_sources_in() -> None:
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.strip().startswith("#")]
     for path in (".venv/bin/python", ".git/HEAD", "build/lib/x.py", "dist/a.whl", ".bench/x",
-                 ".mypy_cache/x", ".pytest_cache/x", "src/a3s_gateway/http/_parser.c",
-                 "src/a3s_gateway/http/_parser.cpython-311-x86_64-linux-gnu.so", "tests/__pycache__/x.pyc"):
+                 ".mypy_cache/x", ".pytest_cache/x", "src/a3s_gateway/http/_parser_c.c",
+                 "src/a3s_gateway/http/_parser_c.cpython-311-x86_64-linux-gnu.so", "tests/__pycache__/x.pyc"):
         assert _docker_ignored(path, patterns), f"{path} must not be sent to the image build"
     for path in ("Makefile", "pyproject.toml", "setup.py", "README.md", "csrc/http1.c", "csrc/http1.h",
-                 "src/a3s_gateway/__init__.py", "src/a3s_gateway/http/_parser.pyx", "src/a3s_gateway/py.typed"):
+                 "src/a3s_gateway/__init__.py", "src/a3s_gateway/http/_parser_c.pyx", "src/a3s_gateway/py.typed"):
         assert (ROOT / path).exists(), path
         assert not _docker_ignored(path, patterns), f"the build needs {path}"
 

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture(params=twins("http parser"))
 def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     module = load(request.param)
-    monkeypatch.setattr(client, "_parser", module)
+    monkeypatch.setattr(client.parser, "parse_response", module.parse_response)
+    monkeypatch.setattr(client.parser, "new_chunked_decoder", module.ChunkedDecoder)
     yield module
 
 

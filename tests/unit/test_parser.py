@@ -28,8 +28,8 @@ from vectors import http1_responses as response_vectors
 REPO = Path(__file__).resolve().parents[2]
 COMPILED, PURE = _compat.CYTHON_MODULES["http parser"]
 BUILD_HINT = (
-    "build it with `make build`, or this extension alone: `.venv/bin/cython -3 src/a3s_gateway/http/_parser.pyx` "
-    "then compile the .c together with csrc/http1.c (-Icsrc) into src/a3s_gateway/http/_parser<EXT_SUFFIX>"
+    "build it with `make build`, or this extension alone: `.venv/bin/cython -3 src/a3s_gateway/http/_parser_c.pyx` "
+    "then compile the .c together with csrc/http1.c (-Icsrc) into src/a3s_gateway/http/_parser_c<EXT_SUFFIX>"
 )
 
 REQUEST_FIELDS = ("method", "target", "path", "query", "authority", "version", "headers", "header_ids", "host",

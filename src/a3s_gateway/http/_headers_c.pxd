@@ -1,4 +1,4 @@
-# Compiled signatures of a3s_gateway/http/_headers.py (Cython pure mode).
+# Compiled signatures of a3s_gateway/http/_headers_py.py (Cython pure mode).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy

@@ -1,1 +1,1 @@
-_headers.py
+_headers_py.py

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
-from .. import _compat
 from ..errors import ProtocolError as WireError
 from ..observability.redact import redact_url
+from . import parser
 
 
 class TlsSettings(Protocol):
@@ -30,7 +30,6 @@ class TlsSettings(Protocol):
 
 MAX_HEAD: Final = 64 * 1024
 MAX_BODY: Final = 1 << 20
-_parser: Any = _compat.load("http parser")
 _BODY_METHODS: Final = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
@@ -159,9 +158,9 @@ async def _read_response(reader: asyncio.StreamReader, head_request: bool, max_b
     return Result(status, headers, await _read_to_eof(reader, buf, max_body))
 
 
-def _parse(buf: bytes) -> Any:
+def _parse(buf: bytes) -> parser.ResponseHead | None:
     try:
-        return _parser.parse_response(buf, MAX_HEAD) if buf else None
+        return parser.parse_response(buf, MAX_HEAD) if buf else None
     except WireError as exc:
         raise ProtocolError("malformed response head") from exc
 
@@ -175,7 +174,7 @@ def parse_head(data: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
 
 
 async def _read_chunked(reader: asyncio.StreamReader, buf: bytes, max_body: int) -> bytes:
-    decoder = _parser.ChunkedDecoder()
+    decoder = parser.new_chunked_decoder()
     body = bytearray()
     data = buf
     while True:

@@ -3,7 +3,7 @@
 Control plane, plain Python (not compiled: it serves a dashboard, not traffic). Every endpoint is synchronous, so a
 connection answers pipelined requests in order straight from ``data_received``: no task per request, one write per
 response, reading paused while the client does not read its answers. The request parser is the data plane's
-(``_compat.load("http parser")``), so the admin port is exactly as strict as the proxy ports.
+(``http.parser``), so the admin port is exactly as strict as the proxy ports.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from .. import _compat
 from ..errors import ProtocolError
+from ..http.parser import parse_request
 from ..middleware.chain import Chain, Reply, Request, Response
 from ..proxy import responses
 
@@ -26,7 +26,6 @@ __all__ = ["AdminServer", "AdminSource"]
 
 log = logging.getLogger("a3s_gateway.admin")
 
-_parser: Any = _compat.load("http parser")
 
 MAX_REQUEST_LINE_BYTES: Final = 8 * 1024
 MAX_HEADER_BYTES: Final = 32 * 1024
@@ -271,7 +270,7 @@ class _AdminConnection(asyncio.Protocol):
             if not self._buf:
                 break
             try:
-                head = _parser.parse_request(self._buf, MAX_REQUEST_LINE_BYTES, MAX_HEADER_BYTES, MAX_HEADERS)
+                head = parse_request(self._buf, MAX_REQUEST_LINE_BYTES, MAX_HEADER_BYTES, MAX_HEADERS)
             except ProtocolError as e:
                 self._reject(e)
                 return

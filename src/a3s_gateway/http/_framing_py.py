@@ -1,8 +1,8 @@
 # cython: annotation_typing=False
 """Body framing for the relay: read a message body in any framing, re-frame it for the other side.
 
-Cython pure mode: runs interpreted as ``a3s_gateway.proxy._relay`` and compiled as ``a3s_gateway.proxy._relay_c``
-(``_relay_c.py`` links here; ``_relay_c.pxd`` gives the C types). Nothing is buffered: every call returns the
+Cython pure mode: runs interpreted as ``a3s_gateway.http._framing_py`` and compiled as ``a3s_gateway.http._framing_c``
+(``_framing_c.py`` links here; ``_framing_c.pxd`` gives the C types). Nothing is buffered: every call returns the
 payload pieces found in the bytes it was given, as slices of them. A chunked request body is re-encoded from those
 pieces, never forwarded as received (SPEC §5.5).
 """

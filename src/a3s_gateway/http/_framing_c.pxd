@@ -1,4 +1,4 @@
-# Compiled types of a3s_gateway/proxy/_relay.py (Cython pure mode).
+# Compiled types of a3s_gateway/http/_framing_py.py (Cython pure mode).
 cimport cython
 
 cdef int _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE

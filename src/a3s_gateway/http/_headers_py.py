@@ -1,7 +1,7 @@
 # cython: annotation_typing=False
 """Header filtering and one-buffer head serialisation (SPEC §5.2, §5.3, §5.4).
 
-Cython pure mode: this file runs interpreted as ``a3s_gateway.http._headers`` and is compiled as
+Cython pure mode: this file runs interpreted as ``a3s_gateway.http._headers_py`` and is compiled as
 ``a3s_gateway.http._headers_c`` (``_headers_c.py`` links here; ``_headers_c.pxd`` gives the C types).
 Header names are never lower-cased here: the parser classified every line into a ``hdrs`` id.
 """
