@@ -27,8 +27,7 @@ from .observability.tracing import Tracer
 from .proxy.listeners import TcpListener, UdpListener
 from .proxy.server import ConnectionRejections, HttpServer
 from .proxy.tls import CertStore, TlsError
-from .runtime import Runtime
-from .service.health import HealthState
+from .runtime import Retired, Runtime, State, watch_rollout
 from .service.revision import RevisionSplit
 
 if TYPE_CHECKING:
@@ -86,8 +85,7 @@ class Gateway:
         self._retiring: dict[HttpServer, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: set[asyncio.Future[Any]] = set()
-        self._rollouts: dict[str, asyncio.Future[None]] = {}  # rollout evaluation tasks by service (§8.7)
-        self._rollout_objs: dict[str, Any] = {}
+        self._rollouts: dict[str, tuple[Any, asyncio.Future[None]]] = {}  # rollout evaluation tasks by service (§8.7)
         self._shutdown_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher: FileWatcher | None = None
@@ -107,7 +105,8 @@ class Gateway:
         # admin { middlewares } instances by ("@admin", name), carried across reloads like a router's
         self._admin_mws: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._version: dict[str, Any] | None = None
-        self._health = HealthState()  # backend health, carried across reloads by (service, URL)
+        #: the live objects carried across reloads (pools, health, middleware instances, scale targets, ...)
+        self.live = State()
         self.registry = metrics_mod.make_registry(self)
 
     @property
@@ -130,9 +129,8 @@ class Gateway:
             compile_config.check_supported(config)
             self._access_log = self._open_access_log(config.access_log, None)
             self._tracer = Tracer(config.tracing)
-            runtime = compile_config.build_runtime(
-                config, loop, None, 1, access_log=self._access_log, tracer=self._tracer, health=self._health
-            )
+            runtime = compile_config.build_runtime(config, loop, self.live, 1, access_log=self._access_log,
+                                                   tracer=self._tracer)
             for name, entry in _entries(runtime).items():
                 self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
             admin_chain, self._admin_mws = self._build_admin_chain(config)
@@ -152,8 +150,8 @@ class Gateway:
             raise
         self._tracer.start()
         self._generation = 1
+        self.live.carry(None, runtime)
         self.runtime = runtime
-        compile_config.activate(runtime)
         self._start_health(runtime)
         self._started_at = self.clock()
         self.last_success_time = time.time()
@@ -283,10 +281,8 @@ class Gateway:
         observers = _Observers(access_log, new_tracer, self._admin, False, admin_chain, admin_mws)
         added: dict[str, HttpServer] = {}
         try:
-            runtime = compile_config.build_runtime(
-                new_config, loop, self.runtime, self._generation + 1, access_log=access_log, tracer=new_tracer,
-                health=self._health,
-            )
+            runtime = compile_config.build_runtime(new_config, loop, self.live, self._generation + 1,
+                                                   access_log=access_log, tracer=new_tracer)
             for name, entry in _entries(runtime).items():
                 ep = new_config.entrypoints[name]
                 if not self._keeps_listener(name, ep):
@@ -351,17 +347,15 @@ class Gateway:
             servers[name] = server
         gone = [(name, server) for name, server in self._servers.items() if servers.get(name) is not server]
         self._servers = servers
+        retired = self.live.carry(old, runtime)
         self.runtime = runtime
         self._generation = runtime.generation
         self._config = new_config
-        compile_config.activate(runtime)
-        if old is not None:
-            for mw in compile_config.retire(old, runtime):
-                self._background(mw.close())
-            self._background(self._stop_health(old))
-            for target in compile_config.retired_targets(old, runtime):
-                self._background(target.close())  # its replicas stop (a new target of the same name starts its own)
-        self._health.forget_except({(name, b.url) for name, svc in runtime.services.items() for b in svc.backends})
+        for mw in retired.middlewares:
+            self._background(mw.close())
+        self._background(self._close_retired(retired))
+        for target in retired.targets:
+            self._background(target.close())  # its replicas stop (a new target of the same name starts its own)
         self._start_health(runtime)
         for name, server in gone:
             server.close_listener()
@@ -388,23 +382,23 @@ class Gateway:
         """Start the active checkers and passive re-admission tasks of a generation that was swapped in."""
         for svc in runtime.services.values():
             if svc.rollout is not None and svc.rollout.state == "progressing":
-                task = self._rollouts.get(svc.name)
-                if task is None or task.done() or self._rollout_objs.get(svc.name) is not svc.rollout:
-                    if task is not None:
-                        task.cancel()
-                    self._rollout_objs[svc.name] = svc.rollout
-                    self._rollouts[svc.name] = asyncio.ensure_future(self._run_rollout(svc.name, svc.rollout))
+                running = self._rollouts.get(svc.name)
+                if running is None or running[1].done() or running[0] is not svc.rollout:
+                    if running is not None:
+                        running[1].cancel()
+                    self._rollouts[svc.name] = (svc.rollout,
+                                                asyncio.ensure_future(self._run_rollout(svc.name, svc.rollout)))
             for target in svc.targets:
                 target.start()
             if svc.checker is not None:
                 svc.checker.start()
             if svc.passive is not None:
                 svc.passive.start()
-        for name in list(self._rollouts):
+        for name, (rollout, task) in list(self._rollouts.items()):
             found = runtime.services.get(name)
-            if found is None or found.rollout is not self._rollout_objs.get(name):
-                self._rollouts.pop(name).cancel()
-                self._rollout_objs.pop(name, None)
+            if found is None or found.rollout is not rollout:
+                del self._rollouts[name]
+                task.cancel()
 
     async def _run_rollout(self, name: str, rollout: Any) -> None:
         """Evaluate a rollout at the end of each step interval until it completes or rolls back (§8.7)."""
@@ -414,7 +408,17 @@ class Gateway:
             runtime = self.runtime
             svc = runtime.services.get(name) if runtime is not None else None
             if svc is not None and svc.rollout is rollout and isinstance(svc.balancer, RevisionSplit):
-                compile_config.watch_rollout(rollout, svc.balancer)
+                watch_rollout(rollout, svc.balancer)
+
+    @staticmethod
+    async def _close_retired(retired: Retired) -> None:
+        """Stop the mirrors and health checks a generation no longer uses."""
+        for mirror in retired.mirrors:
+            await mirror.close()
+        for checker in retired.checkers:
+            await checker.close()
+        for passive in retired.passives:
+            await passive.close()
 
     @staticmethod
     async def _stop_health(runtime: Runtime) -> None:
@@ -500,9 +504,8 @@ class Gateway:
                     pool.close()
         if self._admin is not None:
             await self._admin.close()
-        rollouts = list(self._rollouts.values())
+        rollouts = [task for _, task in self._rollouts.values()]
         self._rollouts.clear()
-        self._rollout_objs.clear()
         await cancel_and_wait(rollouts)
         if self.runtime is not None:
             await self._stop_health(self.runtime)

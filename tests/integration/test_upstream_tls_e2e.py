@@ -131,7 +131,7 @@ async def test_health_probes_use_the_transport_tls_settings(start_gateway, tmp_p
     assert checker is not None
     for _ in range(50):  # several probe rounds: a probe that ignored tls_ca_file would fail verification
         await asyncio.sleep(0.02)
-    health = gw._health.get("s", backend)
+    health = gw.live.health.get("s", backend)
     assert health.successes >= 2 and health.failures == 0 and backend.eligible
     assert (await get(gateway_port(gw)))[0] == 200
     server.close()
