@@ -27,7 +27,7 @@ from .observability.tracing import Tracer
 from .proxy.listeners import TcpListener, UdpListener
 from .proxy.server import ConnectionRejections, HttpServer
 from .proxy.tls import CertStore, TlsError
-from .runtime import Retired, Runtime, State, watch_rollout
+from .runtime import Runtime, State, watch_rollout
 from .service.revision import RevisionSplit
 
 if TYPE_CHECKING:
@@ -102,8 +102,6 @@ class Gateway:
         self._access_log: AccessLog | None = None
         self._tracer: Tracer | None = None
         self._admin: AdminServer | None = None
-        # admin { middlewares } instances by ("@admin", name), carried across reloads like a router's
-        self._admin_mws: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._version: dict[str, Any] | None = None
         #: the live objects carried across reloads (pools, health, middleware instances, scale targets, ...)
         self.live = State()
@@ -133,7 +131,7 @@ class Gateway:
                                                    tracer=self._tracer)
             for name, entry in _entries(runtime).items():
                 self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
-            admin_chain, self._admin_mws = self._build_admin_chain(config)
+            admin_chain, admin_mws = self._build_admin_chain(config)
             self._admin = await self._bind_admin(loop, config.admin)
             if self._admin is not None:
                 self._admin.chain = admin_chain
@@ -151,6 +149,7 @@ class Gateway:
         self._tracer.start()
         self._generation = 1
         self.live.carry(None, runtime)
+        self.live.carry_admin(admin_mws)
         self.runtime = runtime
         self._start_health(runtime)
         self._started_at = self.clock()
@@ -227,7 +226,8 @@ class Gateway:
     def _build_admin_chain(self, config: GatewayConfig) -> tuple[Chain | None, dict[tuple[str, str], Any]]:
         """The admin listener's middlewares (SPEC §3.6), instances reused while unchanged."""
         out: dict[tuple[str, str], Any] = {}
-        chain = catalog.compile_chain("@admin", config.admin.middlewares, config.middlewares, self._admin_mws, out)
+        chain = catalog.compile_chain("@admin", config.admin.middlewares, config.middlewares,
+                                      self.live.admin_middlewares, out)
         return chain, out
 
     def _open_access_log(self, cfg: AccessLogConfig | None, current: AccessLog | None) -> AccessLog | None:
@@ -335,11 +335,8 @@ class Gateway:
             self._admin.chain = observers.admin_chain
             if observers.admin_changed or new_config.admin.middlewares != self._config.admin.middlewares:
                 self._warn_if_admin_exposed(new_config.admin.middlewares)
-        kept_admin = {id(mw) for _, mw in observers.admin_mws.values()}
-        for _, mw in self._admin_mws.values():
-            if id(mw) not in kept_admin:
-                self._background(mw.close())
-        self._admin_mws = observers.admin_mws
+        for mw in self.live.carry_admin(observers.admin_mws):
+            self._background(mw.close())
         servers: dict[str, Any] = {}
         for name, entry in _entries(runtime).items():
             server = added.get(name) or self._servers[name]
@@ -351,11 +348,7 @@ class Gateway:
         self.runtime = runtime
         self._generation = runtime.generation
         self._config = new_config
-        for mw in retired.middlewares:
-            self._background(mw.close())
-        self._background(self._close_retired(retired))
-        for target in retired.targets:
-            self._background(target.close())  # its replicas stop (a new target of the same name starts its own)
+        self._background(retired.close())
         self._start_health(runtime)
         for name, server in gone:
             server.close_listener()
@@ -379,7 +372,8 @@ class Gateway:
         task.add_done_callback(lambda _: self._retiring.pop(server, None))
 
     def _start_health(self, runtime: Runtime) -> None:
-        """Start the active checkers and passive re-admission tasks of a generation that was swapped in."""
+        """Start the health checks, scale targets and rollout evaluations of a generation that was swapped in."""
+        State.start(runtime)
         for svc in runtime.services.values():
             if svc.rollout is not None and svc.rollout.state == "progressing":
                 running = self._rollouts.get(svc.name)
@@ -388,12 +382,6 @@ class Gateway:
                         running[1].cancel()
                     self._rollouts[svc.name] = (svc.rollout,
                                                 asyncio.ensure_future(self._run_rollout(svc.name, svc.rollout)))
-            for target in svc.targets:
-                target.start()
-            if svc.checker is not None:
-                svc.checker.start()
-            if svc.passive is not None:
-                svc.passive.start()
         for name, (rollout, task) in list(self._rollouts.items()):
             found = runtime.services.get(name)
             if found is None or found.rollout is not rollout:
@@ -409,26 +397,6 @@ class Gateway:
             svc = runtime.services.get(name) if runtime is not None else None
             if svc is not None and svc.rollout is rollout and isinstance(svc.balancer, RevisionSplit):
                 watch_rollout(rollout, svc.balancer)
-
-    @staticmethod
-    async def _close_retired(retired: Retired) -> None:
-        """Stop the mirrors and health checks a generation no longer uses."""
-        for mirror in retired.mirrors:
-            await mirror.close()
-        for checker in retired.checkers:
-            await checker.close()
-        for passive in retired.passives:
-            await passive.close()
-
-    @staticmethod
-    async def _stop_health(runtime: Runtime) -> None:
-        for svc in runtime.services.values():
-            if svc.mirror is not None:
-                await svc.mirror.close()
-            if svc.checker is not None:
-                await svc.checker.close()
-            if svc.passive is not None:
-                await svc.passive.close()
 
     def _background(self, coro: Any) -> None:
         """Run a closing coroutine in the background, keeping a reference until it ends."""
@@ -498,22 +466,13 @@ class Gateway:
         # listeners already retired by a reload drain within the shutdown's limit too
         await asyncio.gather(*(s.drain(limit) for s in [*self._servers.values(), *retiring]))
         await cancel_and_wait(retiring.values())
-        if self.runtime is not None:
-            for svc in self.runtime.services.values():
-                for pool in svc.pools.values():
-                    pool.close()
+        live = self.live.close(self.runtime)  # the pools close now
         if self._admin is not None:
             await self._admin.close()
         rollouts = [task for _, task in self._rollouts.values()]
         self._rollouts.clear()
         await cancel_and_wait(rollouts)
-        if self.runtime is not None:
-            await self._stop_health(self.runtime)
-            await asyncio.gather(*(t.close() for _, t in self.runtime.scale_targets.values()), return_exceptions=True)
-            for _, mw in self.runtime.middlewares.values():
-                self._background(mw.close())
-        for _, mw in self._admin_mws.values():
-            self._background(mw.close())
+        await live.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         if self._access_log is not None:

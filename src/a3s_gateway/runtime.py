@@ -13,14 +13,17 @@ old generation used and the new one does not (``Retired``, closed by the caller)
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .observability.log_limit import RateLimitedLog
 from .service.health import HealthState
 from .service.revision import RevisionSplit
+
+log = logging.getLogger("a3s_gateway")
 
 if TYPE_CHECKING:
     from .config.model import EntrypointConfig, MiddlewareConfig, ServiceConfig, TransportConfig
@@ -163,13 +166,24 @@ class Runtime:
 
 @dataclass(slots=True)
 class Retired:
-    """What the old generation used and the new one does not; the caller closes it (closing may await)."""
+    """What the old generation used and the new one does not; the caller runs ``close()`` in the background."""
 
     middlewares: list[Middleware] = field(default_factory=list)
-    targets: list[Scaled] = field(default_factory=list)  # their replicas stop
+    targets: list[Scaled] = field(default_factory=list)  # their replicas stop (a new target of the name starts its own)
     checkers: list[ActiveChecker] = field(default_factory=list)
     passives: list[PassiveHealth] = field(default_factory=list)
     mirrors: list[Mirror] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Stop the mirrors and health checks, close the middleware instances, stop the scale targets."""
+        closing: list[Awaitable[None]] = [m.close() for m in self.mirrors]
+        closing += [c.close() for c in self.checkers]
+        closing += [p.close() for p in self.passives]
+        closing += [mw.close() for mw in self.middlewares]
+        closing += [t.close() for t in self.targets]
+        for result in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("closing an object of a retired generation failed: %r", result)
 
 
 class State:
@@ -191,6 +205,8 @@ class State:
         self.scale_targets: dict[str, tuple[object, Scaled]] = {}
         #: rollouts by service (kept while the rollout block is unchanged)
         self.rollouts: dict[str, Rollout] = {}
+        #: the admin listener's middleware instances by ("@admin", name) with their configuration
+        self.admin_middlewares: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]] = {}
         #: counters by (router, service) and mirror counters by service: never dropped (monotonic metrics)
         self.route_stats: dict[tuple[str, str], RouteStats] = {}
         self.mirror_counts: dict[str, MirrorCounts] = {}
@@ -250,6 +266,42 @@ class State:
         self.route_stats.update(new.route_stats)
         self.mirror_counts.update(new.mirror_counts)
         self.health.forget_except({(name, b.url) for name, svc in new.services.items() for b in svc.backends})
+        return retired
+
+
+    def carry_admin(self, new: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]]) -> list[Middleware]:
+        """Make ``new`` the admin listener's middleware instances; return the old ones it does not use."""
+        used = {id(mw) for _, mw in new.values()}
+        retired = [mw for _, mw in self.admin_middlewares.values() if id(mw) not in used]
+        self.admin_middlewares = new
+        return retired
+
+    @staticmethod
+    def start(runtime: Runtime) -> None:
+        """Start the scale targets, active checkers and passive re-admission of a generation that was swapped in
+        (objects carried over run already: starting them again does nothing)."""
+        for svc in runtime.services.values():
+            for target in svc.targets:
+                target.start()
+            if svc.checker is not None:
+                svc.checker.start()
+            if svc.passive is not None:
+                svc.passive.start()
+
+    def close(self, runtime: Runtime | None) -> Retired:
+        """At shutdown: close every pool now; return the rest of the running generation's objects to close."""
+        for _, pools in self.pools.values():
+            for pool in pools.values():
+                pool.close()
+        retired = Retired(middlewares=[mw for _, mw in [*self.middlewares.values(), *self.admin_middlewares.values()]],
+                          targets=[t for _, t in self.scale_targets.values()])
+        for _, checker, passive in self.checks.values():
+            if checker is not None:
+                retired.checkers.append(checker)
+            if passive is not None:
+                retired.passives.append(passive)
+        if runtime is not None:
+            retired.mirrors = [svc.mirror for svc in runtime.services.values() if svc.mirror is not None]
         return retired
 
 

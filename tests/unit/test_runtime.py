@@ -10,7 +10,8 @@ import pytest
 
 from a3s_gateway import GatewayConfig
 from a3s_gateway.config.compile import build_runtime
-from a3s_gateway.runtime import Runtime, State
+from a3s_gateway.runtime import Retired, Runtime, State
+from loops import Run
 
 HC = 'health_check { path = "/h"; interval = "10s" }\n passive { max_failures = 3 }'
 
@@ -136,3 +137,47 @@ def test_the_runtime_is_frozen_and_links_failover_and_mirror(loop: asyncio.Abstr
         runtime.generation = 2  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         sa.failover = None  # type: ignore[misc]
+
+
+def probing() -> set[str]:
+    """Names of the running health-check tasks ("health-check <service> <url>")."""
+    return {t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("health-check") and not t.done()}
+
+
+def test_a_kept_checker_keeps_probing_and_retired_ones_stop(run: Run) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        state = State()
+        old = started(state, config({"kept": lb("http://127.0.0.1:9"), "gone": lb("http://127.0.0.1:9")}), loop)
+        State.start(old)
+        await asyncio.sleep(0)
+        assert probing() == {"health-check kept http://127.0.0.1:9", "health-check gone http://127.0.0.1:9"}
+        new = build_runtime(config({"kept": lb("http://127.0.0.1:9")}), loop, state, 2)
+        retired = state.carry(old, new)
+        State.start(new)
+        await retired.close()
+        assert probing() == {"health-check kept http://127.0.0.1:9"}
+        await state.close(new).close()
+        assert probing() == set()
+        assert new.services["kept"].pools["http://127.0.0.1:9"].closed
+
+    run(main())
+
+
+def test_retired_close_logs_a_failure_and_closes_the_rest(run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    closed: list[str] = []
+
+    class Closing:
+        def __init__(self, name: str, fail: bool = False) -> None:
+            self.name, self.fail = name, fail
+
+        async def close(self) -> None:
+            closed.append(self.name)
+            if self.fail:
+                raise OSError("boom")
+
+    retired = Retired(middlewares=[Closing("mw", fail=True)], targets=[Closing("target")],  # type: ignore[list-item]
+                      mirrors=[Closing("mirror")])  # type: ignore[list-item]
+    run(retired.close())
+    assert sorted(closed) == ["mirror", "mw", "target"]
+    assert "OSError('boom')" in caplog.text
