@@ -27,8 +27,7 @@ from .observability.tracing import Tracer
 from .proxy.listeners import TcpListener, UdpListener
 from .proxy.server import ConnectionRejections, HttpServer
 from .proxy.tls import CertStore, TlsError
-from .runtime import Runtime
-from .service.health import HealthState
+from .runtime import Runtime, State, watch_rollout
 from .service.revision import RevisionSplit
 
 if TYPE_CHECKING:
@@ -86,8 +85,7 @@ class Gateway:
         self._retiring: dict[HttpServer, asyncio.Task[None]] = {}
         self._stopped = asyncio.Event()
         self._closing: set[asyncio.Future[Any]] = set()
-        self._rollouts: dict[str, asyncio.Future[None]] = {}  # rollout evaluation tasks by service (§8.7)
-        self._rollout_objs: dict[str, Any] = {}
+        self._rollouts: dict[str, tuple[Any, asyncio.Future[None]]] = {}  # rollout evaluation tasks by service (§8.7)
         self._shutdown_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher: FileWatcher | None = None
@@ -104,10 +102,9 @@ class Gateway:
         self._access_log: AccessLog | None = None
         self._tracer: Tracer | None = None
         self._admin: AdminServer | None = None
-        # admin { middlewares } instances by ("@admin", name), carried across reloads like a router's
-        self._admin_mws: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._version: dict[str, Any] | None = None
-        self._health = HealthState()  # backend health, carried across reloads by (service, URL)
+        #: the live objects carried across reloads (pools, health, middleware instances, scale targets, ...)
+        self.live = State()
         self.registry = metrics_mod.make_registry(self)
 
     @property
@@ -130,12 +127,11 @@ class Gateway:
             compile_config.check_supported(config)
             self._access_log = self._open_access_log(config.access_log, None)
             self._tracer = Tracer(config.tracing)
-            runtime = compile_config.build_runtime(
-                config, loop, None, 1, access_log=self._access_log, tracer=self._tracer, health=self._health
-            )
+            runtime = compile_config.build_runtime(config, loop, self.live, 1, access_log=self._access_log,
+                                                   tracer=self._tracer)
             for name, entry in _entries(runtime).items():
                 self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
-            admin_chain, self._admin_mws = self._build_admin_chain(config)
+            admin_chain, admin_mws = self._build_admin_chain(config)
             self._admin = await self._bind_admin(loop, config.admin)
             if self._admin is not None:
                 self._admin.chain = admin_chain
@@ -152,8 +148,9 @@ class Gateway:
             raise
         self._tracer.start()
         self._generation = 1
+        self.live.carry(None, runtime)
+        self.live.carry_admin(admin_mws)
         self.runtime = runtime
-        compile_config.activate(runtime)
         self._start_health(runtime)
         self._started_at = self.clock()
         self.last_success_time = time.time()
@@ -229,7 +226,8 @@ class Gateway:
     def _build_admin_chain(self, config: GatewayConfig) -> tuple[Chain | None, dict[tuple[str, str], Any]]:
         """The admin listener's middlewares (SPEC §3.6), instances reused while unchanged."""
         out: dict[tuple[str, str], Any] = {}
-        chain = catalog.compile_chain("@admin", config.admin.middlewares, config.middlewares, self._admin_mws, out)
+        chain = catalog.compile_chain("@admin", config.admin.middlewares, config.middlewares,
+                                      self.live.admin_middlewares, out)
         return chain, out
 
     def _open_access_log(self, cfg: AccessLogConfig | None, current: AccessLog | None) -> AccessLog | None:
@@ -283,10 +281,8 @@ class Gateway:
         observers = _Observers(access_log, new_tracer, self._admin, False, admin_chain, admin_mws)
         added: dict[str, HttpServer] = {}
         try:
-            runtime = compile_config.build_runtime(
-                new_config, loop, self.runtime, self._generation + 1, access_log=access_log, tracer=new_tracer,
-                health=self._health,
-            )
+            runtime = compile_config.build_runtime(new_config, loop, self.live, self._generation + 1,
+                                                   access_log=access_log, tracer=new_tracer)
             for name, entry in _entries(runtime).items():
                 ep = new_config.entrypoints[name]
                 if not self._keeps_listener(name, ep):
@@ -339,11 +335,8 @@ class Gateway:
             self._admin.chain = observers.admin_chain
             if observers.admin_changed or new_config.admin.middlewares != self._config.admin.middlewares:
                 self._warn_if_admin_exposed(new_config.admin.middlewares)
-        kept_admin = {id(mw) for _, mw in observers.admin_mws.values()}
-        for _, mw in self._admin_mws.values():
-            if id(mw) not in kept_admin:
-                self._background(mw.close())
-        self._admin_mws = observers.admin_mws
+        for mw in self.live.carry_admin(observers.admin_mws):
+            self._background(mw.close())
         servers: dict[str, Any] = {}
         for name, entry in _entries(runtime).items():
             server = added.get(name) or self._servers[name]
@@ -351,17 +344,11 @@ class Gateway:
             servers[name] = server
         gone = [(name, server) for name, server in self._servers.items() if servers.get(name) is not server]
         self._servers = servers
+        retired = self.live.carry(old, runtime)
         self.runtime = runtime
         self._generation = runtime.generation
         self._config = new_config
-        compile_config.activate(runtime)
-        if old is not None:
-            for mw in compile_config.retire(old, runtime):
-                self._background(mw.close())
-            self._background(self._stop_health(old))
-            for target in compile_config.retired_targets(old, runtime):
-                self._background(target.close())  # its replicas stop (a new target of the same name starts its own)
-        self._health.forget_except({(name, b.url) for name, svc in runtime.services.items() for b in svc.backends})
+        self._background(retired.close())
         self._start_health(runtime)
         for name, server in gone:
             server.close_listener()
@@ -385,26 +372,21 @@ class Gateway:
         task.add_done_callback(lambda _: self._retiring.pop(server, None))
 
     def _start_health(self, runtime: Runtime) -> None:
-        """Start the active checkers and passive re-admission tasks of a generation that was swapped in."""
+        """Start the health checks, scale targets and rollout evaluations of a generation that was swapped in."""
+        State.start(runtime)
         for svc in runtime.services.values():
             if svc.rollout is not None and svc.rollout.state == "progressing":
-                task = self._rollouts.get(svc.name)
-                if task is None or task.done() or self._rollout_objs.get(svc.name) is not svc.rollout:
-                    if task is not None:
-                        task.cancel()
-                    self._rollout_objs[svc.name] = svc.rollout
-                    self._rollouts[svc.name] = asyncio.ensure_future(self._run_rollout(svc.name, svc.rollout))
-            for target in svc.targets:
-                target.start()
-            if svc.checker is not None:
-                svc.checker.start()
-            if svc.passive is not None:
-                svc.passive.start()
-        for name in list(self._rollouts):
+                running = self._rollouts.get(svc.name)
+                if running is None or running[1].done() or running[0] is not svc.rollout:
+                    if running is not None:
+                        running[1].cancel()
+                    self._rollouts[svc.name] = (svc.rollout,
+                                                asyncio.ensure_future(self._run_rollout(svc.name, svc.rollout)))
+        for name, (rollout, task) in list(self._rollouts.items()):
             found = runtime.services.get(name)
-            if found is None or found.rollout is not self._rollout_objs.get(name):
-                self._rollouts.pop(name).cancel()
-                self._rollout_objs.pop(name, None)
+            if found is None or found.rollout is not rollout:
+                del self._rollouts[name]
+                task.cancel()
 
     async def _run_rollout(self, name: str, rollout: Any) -> None:
         """Evaluate a rollout at the end of each step interval until it completes or rolls back (§8.7)."""
@@ -414,17 +396,7 @@ class Gateway:
             runtime = self.runtime
             svc = runtime.services.get(name) if runtime is not None else None
             if svc is not None and svc.rollout is rollout and isinstance(svc.balancer, RevisionSplit):
-                compile_config.watch_rollout(rollout, svc.balancer)
-
-    @staticmethod
-    async def _stop_health(runtime: Runtime) -> None:
-        for svc in runtime.services.values():
-            if svc.mirror is not None:
-                await svc.mirror.close()
-            if svc.checker is not None:
-                await svc.checker.close()
-            if svc.passive is not None:
-                await svc.passive.close()
+                watch_rollout(rollout, svc.balancer)
 
     def _background(self, coro: Any) -> None:
         """Run a closing coroutine in the background, keeping a reference until it ends."""
@@ -494,23 +466,13 @@ class Gateway:
         # listeners already retired by a reload drain within the shutdown's limit too
         await asyncio.gather(*(s.drain(limit) for s in [*self._servers.values(), *retiring]))
         await cancel_and_wait(retiring.values())
-        if self.runtime is not None:
-            for svc in self.runtime.services.values():
-                for pool in svc.pools.values():
-                    pool.close()
+        live = self.live.close(self.runtime)  # the pools close now
         if self._admin is not None:
             await self._admin.close()
-        rollouts = list(self._rollouts.values())
+        rollouts = [task for _, task in self._rollouts.values()]
         self._rollouts.clear()
-        self._rollout_objs.clear()
         await cancel_and_wait(rollouts)
-        if self.runtime is not None:
-            await self._stop_health(self.runtime)
-            await asyncio.gather(*(t.close() for _, t in self.runtime.scale_targets.values()), return_exceptions=True)
-            for _, mw in self.runtime.middlewares.values():
-                self._background(mw.close())
-        for _, mw in self._admin_mws.values():
-            self._background(mw.close())
+        await live.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         if self._access_log is not None:

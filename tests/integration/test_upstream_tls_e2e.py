@@ -9,9 +9,9 @@ import ssl
 from pathlib import Path
 
 import pytest
-from support import Client, gateway_port
 
 from certs import make_san_cert
+from support import Client, gateway_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,9 +84,8 @@ async def test_an_unverifiable_backend_is_a_502_unless_verification_is_skipped(s
 
 async def test_an_https_backend_that_selects_h2_is_spoken_to_in_http2(start_gateway, tmp_path: Path) -> None:
     """§9.1: upstream HTTP/2 over TLS when the backend's ALPN says h2 — here the backend is another gateway."""
-    from support import start_backend
-
     from a3s_gateway.proxy.http2 import H2Protocol
+    from support import start_backend
 
     origin = await start_backend()
     cert, key = make_san_cert(tmp_path, "inner-", ["inner.example"])
@@ -131,7 +130,7 @@ async def test_health_probes_use_the_transport_tls_settings(start_gateway, tmp_p
     assert checker is not None
     for _ in range(50):  # several probe rounds: a probe that ignored tls_ca_file would fail verification
         await asyncio.sleep(0.02)
-    health = gw._health.get("s", backend)
+    health = gw.live.health.get("s", backend)
     assert health.successes >= 2 and health.failures == 0 and backend.eligible
     assert (await get(gateway_port(gw)))[0] == 200
     server.close()

@@ -38,7 +38,6 @@ KNOWN: set[tuple[str, str]] = {
     ("a3s_gateway.proxy.http2", "a3s_gateway.runtime"),
     ("a3s_gateway.proxy.server", "a3s_gateway.runtime"),
     ("a3s_gateway.scaling.target", "a3s_gateway.proxy.upstream"),
-    ("a3s_gateway.service.mirror", "a3s_gateway.runtime"),
 }
 
 #: import cycles inside one layer still present (the connection classes of proxy/ reach into each other until the

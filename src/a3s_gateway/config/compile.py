@@ -7,7 +7,7 @@ previous Runtime for unchanged (service, backend URL) pairs.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import StartupError
 from ..middleware import catalog
@@ -19,7 +19,7 @@ from ..proxy.upstream import Pool
 from ..routing import rules
 from ..routing.router import Route, Router
 from ..routing.tcp import TcpRoute, TcpRouter
-from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime
+from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime, State
 from ..scaling.rollout import Rollout
 from ..scaling.target import ScaleTarget
 from ..service.balancer import Backend, Balancer, CappedBalancer, make_balancer
@@ -73,24 +73,22 @@ def check_supported(config: GatewayConfig) -> None:
 def build_runtime(
     config: GatewayConfig,
     loop: asyncio.AbstractEventLoop,
-    previous: Runtime | None = None,
+    state: State,
     generation: int = 1,
     *,
     access_log: AccessLog | None = None,
     tracer: Tracer | None = None,
-    health: HealthState | None = None,
 ) -> Runtime:
-    """Compile ``config`` into a complete Runtime (pools of unchanged backends are carried over).
+    """Compile ``config`` into a complete Runtime, reusing the State's live objects of unchanged items.
 
-    Nothing shared with ``previous`` is changed here: a build that is never swapped in leaves the running generation
-    exactly as it was (SPEC §13.6 guarantee 1). New weights of carried-over backends wait in ``Runtime.weights``
-    until ``activate``.
+    Nothing of ``state`` is changed here: a build that is never swapped in leaves the running generation exactly as
+    it was (SPEC §13.6 guarantee 1). ``State.carry`` hands the objects over at the swap (new weights of carried-over
+    backends wait in ``Runtime.weights`` until then).
     """
-    stats = dict(previous.route_stats) if previous is not None else {}
-    previous_mws = previous.middlewares if previous is not None else {}
+    stats = dict(state.route_stats)
     middlewares: dict[tuple[str, str], tuple[MiddlewareConfig, Middleware]] = {}
     chains = {
-        name: catalog.compile_chain(name, router.middlewares, config.middlewares, previous_mws, middlewares)
+        name: catalog.compile_chain(name, router.middlewares, config.middlewares, state.middlewares, middlewares)
         for name, router in config.routers.items()
         if router.protocol == "http"
     }
@@ -103,106 +101,34 @@ def build_runtime(
 
     unmatched = stats_of("", "")
     need_wall = access_log is not None or (tracer is not None and tracer.exporting)
-    services: dict[str, ServiceRuntime] = {}
+    parts: dict[str, dict[str, Any]] = {}  # the fields of each service's ServiceRuntime but failover and mirror
     weights: list[tuple[Backend, int]] = []
     targets: dict[str, tuple[object, ScaleTarget]] = {}
     for name, svc in config.services.items():
-        transport = svc.transport
-        old = previous.services.get(name) if previous is not None else None
-        backends: list[Backend] = []
-        pools: dict[str, Pool] = {}
-        lb = svc.load_balancer
-        # plain services have one group of servers; with revisions (§8.6) each revision is a group of its own
-        groups = [(r.name, r.servers, r.strategy) for r in svc.revisions] or [("", lb.servers, lb.strategy)]
-        state = health if health is not None else HealthState()
-        revisions: list[Revision] = []
-        checked: list[Backend] = []  # backends the active checker starts with (replicas join it when ready)
-        group_balancers: list[Balancer] = []
-        for revision_name, servers, strategy in groups:
-            group: list[Backend] = []
-            if svc.scaling is not None:
-                tname = f"{name}-{revision_name}" if revision_name else name
-                key = _target_key(svc, svc.scaling, servers)
-                carried = previous.scale_targets.get(tname) if previous is not None else None
-                if carried is not None and carried[0] == key:
-                    target = carried[1]
-                    for backend in target.backends:
-                        pools[backend.url] = target.pools[backend.url]
-                    group = target.backends
-                else:
-                    urls = [s.url for s in servers] if svc.scaling.executor in ("box", "static") else []
-                    # a box target's endpoints come from its executor: the servers only once Box reports replicas
-                    # (or cannot be reached), so a target at zero replicas has none to serve from (§8.5)
-                    for url in urls if svc.scaling.executor == "static" else ():
-                        backend = Backend(url)
-                        backend.revision = revision_name
-                        group.append(backend)
-                        pools[url] = Pool(backend, loop, transport)
-                    target = _new_target(tname, name, revision_name, svc, svc.scaling, group, pools, urls, loop,
-                                         state)
-                targets[tname] = (key, target)
-                balancer: Balancer = make_balancer(strategy, group)
-                if svc.scaling.container_concurrency > 0:
-                    balancer = CappedBalancer(balancer, svc.scaling.container_concurrency)
-                group_balancers.append(balancer)
-                backends.extend(group)
-                if revision_name:
-                    percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
-                    revisions.append(Revision(revision_name, percent, balancer))
-                continue
-            for server in servers:
-                backend = Backend(server.url, server.weight)
-                old_pool = old.pools.get(server.url) if old is not None and old.transport == transport else None
-                if old_pool is not None:
-                    backend = old_pool.backend
-                    if backend.weight != server.weight:
-                        weights.append((backend, server.weight))
-                    pool = old_pool
-                else:
-                    pool = Pool(backend, loop, transport)
-                    backend.revision = revision_name
-                group.append(backend)
-                pools[server.url] = pool
-            backends.extend(group)
-            checked.extend(group)
-            if revision_name:
-                percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
-                revisions.append(Revision(revision_name, percent, make_balancer(strategy, group)))
-        state.attach(name, backends)  # backends carried over keep their health; new ones start healthy (§7.3)
-        if revisions:
-            dispatch: Balancer | RevisionSplit = RevisionSplit(revisions)
-        elif group_balancers:
-            dispatch = group_balancers[0]
-        else:
-            dispatch = make_balancer(lb.strategy, backends)
-        services[name] = ServiceRuntime(
-            name=name,
-            balancer=dispatch,
-            pools=pools,
-            transport=transport,
-            pass_host_header=lb.pass_host_header,
-            checker=ActiveChecker(name, checked, lb.health_check, state, transport=transport)
-            if lb.health_check is not None else None,
-            passive=PassiveHealth(name, lb.passive, state) if lb.passive.enabled else None,
-            sticky=Sticky(name, lb.sticky, backends) if lb.sticky is not None else None,
-        )
-    for name, svc in config.services.items():
-        split = services[name].balancer
-        if svc.rollout is not None and isinstance(split, RevisionSplit):
-            old = previous.services.get(name) if previous is not None else None
-            if old is not None and old.rollout is not None and old.rollout.cfg == svc.rollout:
-                services[name].rollout = old.rollout  # unchanged block: the rollout goes on (adopted at activate)
-            else:
-                services[name].rollout = Rollout(name, svc.rollout, split.revisions, loop.time())
-    mirror_counts = dict(previous.mirror_counts) if previous is not None else {}
-    for name, svc in config.services.items():
-        if svc.failover is not None:  # validation rejected unknown targets and cycles
-            services[name].failover = services[svc.failover.service]
+        parts[name] = _service_parts(name, svc, loop, state, weights, targets)
+
+    mirror_counts = dict(state.mirror_counts)
+    services: dict[str, ServiceRuntime] = {}
+
+    def service(name: str) -> ServiceRuntime:
+        """The ServiceRuntime of ``name``, its failover's first (validation rejected failover cycles)."""
+        found = services.get(name)
+        if found is not None:
+            return found
+        svc = config.services[name]
+        mirror = None
         if svc.mirror is not None:
             counts = mirror_counts.get(name)
             if counts is None:
                 counts = mirror_counts[name] = MirrorCounts()
-            services[name].mirror = Mirror(name, svc.mirror, services[svc.mirror.service], counts, loop)
+            # the shadow service is looked up when a copy leaves: mirrors may point at each other
+            mirror = Mirror(name, svc.mirror, services, counts, loop)
+        failover = service(svc.failover.service) if svc.failover is not None else None
+        found = services[name] = ServiceRuntime(name=name, failover=failover, mirror=mirror, **parts[name])
+        return found
+
+    for name in config.services:
+        service(name)
 
     entrypoints: dict[str, EntrypointRuntime] = {}
     l4: dict[str, TcpEntryRuntime | UdpEntryRuntime] = {}
@@ -232,14 +158,117 @@ def build_runtime(
             need_wall=need_wall,
             redirect=_redirect(config, ep.redirect) if ep.redirect is not None else None,
         )
-    for _, target in targets.values():
-        owner = services[target.service]
-        owner.targets.append(target)
-        if target.buffered:
-            owner.scaling = owner.balancer if isinstance(owner.balancer, RevisionSplit) else target
-    return Runtime(entrypoints=entrypoints, services=services, generation=generation, weights=tuple(weights),
-                   route_stats=stats, middlewares=middlewares, mirror_counts=mirror_counts, scale_targets=targets,
-                   l4=l4)
+    return Runtime(entrypoints=entrypoints, services=services, generation=generation, l4=l4, route_stats=stats,
+                   mirror_counts=mirror_counts, middlewares=middlewares, scale_targets=targets,
+                   service_configs=dict(config.services), weights=tuple(weights))
+
+
+def _service_parts(
+    name: str, svc: ServiceConfig, loop: asyncio.AbstractEventLoop, state: State,
+    weights: list[tuple[Backend, int]], targets: dict[str, tuple[object, ScaleTarget]],
+) -> dict[str, Any]:
+    """The fields of service ``name``'s ServiceRuntime but failover and mirror; its scale targets go to
+    ``targets``, new weights of its carried-over backends to ``weights``."""
+    transport = svc.transport
+    carried_pools = state.pools.get(name)
+    old_pools = carried_pools[1] if carried_pools is not None and carried_pools[0] == transport else {}
+    backends: list[Backend] = []
+    pools: dict[str, Any] = {}
+    lb = svc.load_balancer
+    # plain services have one group of servers; with revisions (§8.6) each revision is a group of its own
+    groups = [(r.name, r.servers, r.strategy) for r in svc.revisions] or [("", lb.servers, lb.strategy)]
+    health = state.health
+    revisions: list[Revision] = []
+    checked: list[Backend] = []  # backends the active checker starts with (replicas join it when ready)
+    group_balancers: list[Balancer] = []
+    mine: list[ScaleTarget] = []
+    for revision_name, servers, strategy in groups:
+        group: list[Backend] = []
+        if svc.scaling is not None:
+            tname = f"{name}-{revision_name}" if revision_name else name
+            key = _target_key(svc, svc.scaling, servers)
+            carried = state.scale_targets.get(tname)
+            if carried is not None and carried[0] == key:
+                target = cast("ScaleTarget", carried[1])
+                for backend in target.backends:
+                    pools[backend.url] = target.pools[backend.url]
+                group = target.backends
+            else:
+                urls = [s.url for s in servers] if svc.scaling.executor in ("box", "static") else []
+                # a box target's endpoints come from its executor: the servers only once Box reports replicas
+                # (or cannot be reached), so a target at zero replicas has none to serve from (§8.5)
+                for url in urls if svc.scaling.executor == "static" else ():
+                    backend = Backend(url)
+                    backend.revision = revision_name
+                    group.append(backend)
+                    pools[url] = Pool(backend, loop, transport)
+                target = _new_target(tname, name, revision_name, svc, svc.scaling, group, pools, urls, loop, health)
+            targets[tname] = (key, target)
+            mine.append(target)
+            balancer: Balancer = make_balancer(strategy, group)
+            if svc.scaling.container_concurrency > 0:
+                balancer = CappedBalancer(balancer, svc.scaling.container_concurrency)
+            group_balancers.append(balancer)
+            backends.extend(group)
+            if revision_name:
+                percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
+                revisions.append(Revision(revision_name, percent, balancer))
+            continue
+        for server in servers:
+            old_pool = old_pools.get(server.url)
+            if old_pool is not None:
+                backend = old_pool.backend
+                if backend.weight != server.weight:
+                    weights.append((backend, server.weight))
+                pool = old_pool
+            else:
+                backend = Backend(server.url, server.weight)
+                pool = Pool(backend, loop, transport)
+                backend.revision = revision_name
+            group.append(backend)
+            pools[server.url] = pool
+        backends.extend(group)
+        checked.extend(group)
+        if revision_name:
+            percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
+            revisions.append(Revision(revision_name, percent, make_balancer(strategy, group)))
+    health.attach(name, backends)  # backends carried over keep their health; new ones start healthy (§7.3)
+    if revisions:
+        dispatch: Balancer | RevisionSplit = RevisionSplit(revisions)
+    elif group_balancers:
+        dispatch = group_balancers[0]
+    else:
+        dispatch = make_balancer(lb.strategy, backends)
+    checks = state.checks.get(name)
+    if checks is not None and checks[0] == svc:  # an unchanged service keeps its checker and passive health
+        checker, passive = checks[1], checks[2]
+    else:
+        checker = ActiveChecker(name, checked, lb.health_check, health, transport=transport) \
+            if lb.health_check is not None else None
+        passive = PassiveHealth(name, lb.passive, health) if lb.passive.enabled else None
+    rollout = None
+    if svc.rollout is not None and isinstance(dispatch, RevisionSplit):
+        old_rollout = state.rollouts.get(name)
+        if old_rollout is not None and old_rollout.cfg == svc.rollout:
+            rollout = old_rollout  # unchanged block: the rollout goes on (adopted by State.carry)
+        else:
+            rollout = Rollout(name, svc.rollout, dispatch.revisions, loop.time())
+    buffered = next((t for t in mine if t.buffered), None)
+    scaling: object = None
+    if buffered is not None:
+        scaling = dispatch if isinstance(dispatch, RevisionSplit) else buffered
+    return {
+        "balancer": dispatch,
+        "pools": pools,
+        "transport": transport,
+        "pass_host_header": lb.pass_host_header,
+        "checker": checker,
+        "passive": passive,
+        "sticky": Sticky(name, lb.sticky, backends) if lb.sticky is not None else None,
+        "targets": tuple(mine),
+        "scaling": scaling,
+        "rollout": rollout,
+    }
 
 
 def _l4_entry(
@@ -270,47 +299,6 @@ def _l4_entry(
 def _redirect(config: GatewayConfig, redirect: RedirectConfig) -> tuple[int, bytes]:
     port = config.entrypoints[redirect.entrypoint].port  # validation: an http entrypoint with tls
     return (308 if redirect.permanent else 307, b"" if port == 443 else b":%d" % port)
-
-
-def activate(new: Runtime) -> None:
-    """Apply what a Runtime changes in carried-over State; called at the swap, never for a build that failed."""
-    for backend, weight in new.weights:
-        backend.weight = weight
-    for svc in new.services.values():
-        for backend in svc.backends:
-            backend.passive = svc.passive  # the data plane reports each attempt's outcome to it
-        rollout = svc.rollout
-        if rollout is not None and isinstance(svc.balancer, RevisionSplit):
-            rollout.adopt(svc.balancer.revisions)
-            watch_rollout(rollout, svc.balancer)
-        for target in svc.targets:
-            # a carried-over target serves the new generation: its pools, checkers and balancer are the new ones
-            target.pools = svc.pools
-            target.checker = svc.checker
-            target.passive = svc.passive
-            target.balancer = _balancer_of(svc, target)
-            if svc.checker is not None:
-                for backend in target.backends:
-                    if target.is_ready(backend):
-                        svc.checker.add(backend)
-
-
-def watch_rollout(rollout: Rollout, split: RevisionSplit) -> None:
-    """Point the data plane of the rollout's ``to`` revision at its window while it progresses (§8.7)."""
-    window = rollout.window if rollout.state == "progressing" else None
-    for revision in split.revisions:
-        for backend in revision.backends:
-            backend.window = window if revision.name == rollout.cfg.to else None
-
-
-def _balancer_of(svc: ServiceRuntime, target: ScaleTarget) -> object:
-    split = svc.balancer
-    if isinstance(split, RevisionSplit):
-        for revision in split.revisions:
-            if revision.balancer.backends is target.backends:
-                revision.target = target
-                return revision.balancer
-    return split
 
 
 def _target_key(svc: ServiceConfig, scaling: ScalingConfig, servers: object) -> object:
@@ -351,21 +339,3 @@ def _new_target(
 
         target.executor = StaticExecutor(urls)
     return target
-
-
-def retire(old: Runtime, new: Runtime) -> list[Middleware]:
-    """Close the pools of backends that the new Runtime no longer uses; return the middleware instances it no
-    longer uses (the caller closes them: closing may await)."""
-    kept = {id(p) for s in new.services.values() for p in s.pools.values()}
-    for svc in old.services.values():
-        for pool in svc.pools.values():
-            if id(pool) not in kept:
-                pool.close()
-    used = {id(mw) for _, mw in new.middlewares.values()}
-    return [mw for _, mw in old.middlewares.values() if id(mw) not in used]
-
-
-def retired_targets(old: Runtime, new: Runtime) -> list[ScaleTarget]:
-    """Scale targets of ``old`` that ``new`` does not carry over (the caller closes them: their replicas stop)."""
-    kept = {id(t) for _, t in new.scale_targets.values()}
-    return [t for _, t in old.scale_targets.values() if id(t) not in kept]

@@ -10,17 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from .._aio import cancel_and_wait, timeout
 
 if TYPE_CHECKING:
-    from ..config.model import MirrorConfig
-    from ..runtime import ServiceRuntime
+    from ..config.model import MirrorConfig, TransportConfig
+    from .balancer import Backend
 
 log = logging.getLogger("a3s_gateway.mirror")
 
 _READ_LIMIT = 1 << 20  # bytes of a shadow response read before the connection is dropped
+
+
+class Picker(Protocol):
+    def pick(self) -> Backend | None: ...
+
+
+class MirrorTarget(Protocol):
+    """What a mirror needs of its shadow service (a runtime.ServiceRuntime)."""
+
+    @property
+    def balancer(self) -> Picker: ...
+
+    @property
+    def transport(self) -> TransportConfig: ...
 
 
 class MirrorCounts:
@@ -35,18 +50,23 @@ class MirrorCounts:
 class Mirror:
     """One service's mirror: deterministic sampling, a bound on copies in flight, the sending task."""
 
-    def __init__(self, service: str, cfg: MirrorConfig, target: ServiceRuntime, counts: MirrorCounts,
+    def __init__(self, service: str, cfg: MirrorConfig, services: Mapping[str, MirrorTarget], counts: MirrorCounts,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.service = service
         self.percentage = cfg.percentage
         self.max_body_bytes = cfg.max_body_bytes
         self.max_in_flight = cfg.max_in_flight
-        self.target = target
+        self._services = services  # the generation's services: the shadow one is looked up when a copy leaves
+        self._target = cfg.service
         self.counts = counts
         self.loop = loop
         self.n = 0  # requests of the service seen (sampling position)
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def target(self) -> MirrorTarget:
+        return self._services[self._target]
 
     def sample(self) -> bool:
         """Request ``n`` is mirrored iff floor((n+1)·p/100) > floor(n·p/100): 5 % = every 20th, exactly."""
