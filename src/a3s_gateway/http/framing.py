@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .. import _compat
+from .._compat import load
 from .parser import ChunkedDecoder
 
 __all__ = ["CHUNKED", "IMPLEMENTATION", "LENGTH", "NONE", "UNTIL_CLOSE", "BodyReader", "allowed_trailers",
@@ -32,7 +32,7 @@ class BodyReader(Protocol):
     def trailers(self) -> list[tuple[bytes, bytes]]: ...
 
 
-_impl: Any = _compat.load("body relay")
+_impl: Any = load("body relay")
 IMPLEMENTATION: Final[str] = _impl.__name__
 assert (_impl.NONE, _impl.LENGTH, _impl.CHUNKED, _impl.UNTIL_CLOSE) == (NONE, LENGTH, CHUNKED, UNTIL_CLOSE)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from .. import _compat
+from .._compat import load
 
 __all__ = ["IMPLEMENTATION", "interim_head", "request_head", "response_head"]
 
-_impl: Any = _compat.load("header filter")
+_impl: Any = load("header filter")
 IMPLEMENTATION: Final[str] = _impl.__name__
 
 if TYPE_CHECKING:

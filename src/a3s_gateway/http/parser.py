@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .. import _compat
+from .._compat import load
 
 __all__ = ["IMPLEMENTATION", "ChunkedDecoder", "RequestHead", "ResponseHead", "new_chunked_decoder",
            "parse_request", "parse_response"]
@@ -66,7 +66,7 @@ class ChunkedDecoder(Protocol):
     def feed(self, data: bytes) -> tuple[list[bytes], int]: ...
 
 
-_impl: Any = _compat.load("http parser")
+_impl: Any = load("http parser")
 #: the module in use (``version -v`` and the tests report it)
 IMPLEMENTATION: Final[str] = _impl.__name__
 
