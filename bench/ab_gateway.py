@@ -4,7 +4,7 @@
         --a "interpreted-protocols:BENCH_INTERPRET=a3s_gateway.proxy.http1,a3s_gateway.proxy.upstream" \
         --b "compiled:"
 
-A variant is ``name:ENV=VALUE;ENV=VALUE``. With ``BENCH_INTERPRET`` set, ``bench/_interpret`` goes on PYTHONPATH
+A variant is ``name:ENV=VALUE;ENV=VALUE``. With ``BENCH_INTERPRET`` set, ``tests/support/interpret`` goes on PYTHONPATH
 so the named modules load from their ``.py`` sources (the compiled install otherwise unchanged). Runs alternate
 A, B, A, B… so drift on a shared machine hits both sides; the ratio B/A of the medians is printed, with nginx
 measured in the same run as the common reference. With ``--together`` A and B are loaded at the same time on the
@@ -31,6 +31,7 @@ from _peers import Lab, Target, cpu_times, free_port, plan_cpus
 from load_compare import SCENARIOS, measure, wrk_script
 
 HERE = Path(__file__).resolve().parent
+INTERPRET = HERE.parent / "tests" / "support" / "interpret"  # shared with the tests (tests never import bench)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -40,7 +41,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
         key, _, value = item.partition("=")
         env[key] = value
     if "BENCH_INTERPRET" in env:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE / "_interpret"), os.environ.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INTERPRET), os.environ.get("PYTHONPATH")) if p)
     return name, env
 
 

@@ -2,7 +2,7 @@
 
 ``A3S_TEST_PURE_MYPYC=1`` makes the mypyc-compiled modules load from their ``.py`` sources, so the same tests run
 against the interpreted twins in one install (tests/unit/test_mypyc_twins.py does that in a subprocess). The finder
-is the one the benchmarks use for the same purpose (bench/_interpret/sitecustomize.py).
+is the one the benchmarks use for the same purpose (tests/support/interpret/sitecustomize.py, which bench/ab_gateway.py puts on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if os.environ.get("A3S_TEST_PURE_MYPYC") == "1":
     from a3s_gateway._compat import MYPYC_MODULES
 
     os.environ["BENCH_INTERPRET"] = ",".join(MYPYC_MODULES.values())
-    runpy.run_path(str(TESTS.parent / "bench" / "_interpret" / "sitecustomize.py"))
+    runpy.run_path(str(TESTS / "support" / "interpret" / "sitecustomize.py"))
 
 # ``run``: a fixture running a coroutine under both event loops (tests/loops.py), for any test module
 from loops import run  # noqa: E402,F401

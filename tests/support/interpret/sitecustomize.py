@@ -1,7 +1,8 @@
-"""Bench-only: load the modules named in ``BENCH_INTERPRET`` (comma-separated) from their ``.py`` sources.
+"""Load the modules named in ``BENCH_INTERPRET`` (comma-separated) from their ``.py`` sources.
 
 Put this directory on PYTHONPATH to run an installed, compiled gateway with some mypyc modules interpreted —
-the "before" side of an A/B comparison of a compilation change (bench/ab_gateway.py).
+the "before" side of an A/B comparison of a compilation change (bench/ab_gateway.py), and the interpreted run of
+the mypyc modules in the tests (tests/unit/test_mypyc_twins.py).
 """
 
 from __future__ import annotations
