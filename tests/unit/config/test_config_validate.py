@@ -13,7 +13,7 @@ from a3s_gateway.config.schema.engine import suggest
 from a3s_gateway.errors import ConfigError, Issue
 from certs import make_cert
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 QUICKSTART = (FIXTURES.parents[1] / "examples" / "readme-quickstart.hcl").read_text()
 FULL = (FIXTURES / "readme_full.hcl").read_text()
 

@@ -16,7 +16,7 @@ from a3s_gateway.config import GatewayConfig, grammar
 from a3s_gateway.config.hcl import Body, Entry, ListNode, Pos, Scalar, Unsupported, parse
 from a3s_gateway.errors import ConfigError
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(__file__).resolve().parents[3] / "src"
 
 
 def attrs(text: str, env: dict[str, str] | None = None) -> dict[str, Entry]:
@@ -296,7 +296,7 @@ def test_build_ships_the_grammar_tables_and_a_fresh_process_parses_fast(tmp_path
     """SPEC §13.3: first request within 1 s, also on the first run after installation (empty user cache)."""
     shipped = grammar.package_dir() / grammar.grammar_file_name()
     assert shipped.is_file(), "the build did not write the grammar tables: run `make build`"
-    readme = Path(__file__).resolve().parents[1] / "fixtures" / "readme_full.hcl"
+    readme = Path(__file__).resolve().parents[2] / "fixtures" / "readme_full.hcl"
     script = (
         "import time; t = time.perf_counter()\n"
         "from a3s_gateway.config.hcl import parse\n"

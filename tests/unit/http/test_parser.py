@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from a3s_gateway import _compat
 from a3s_gateway.errors import ProtocolError
 from a3s_gateway.http import hdrs
@@ -25,7 +25,7 @@ from vectors import chunked as chunk_vectors
 from vectors import http1_requests as request_vectors
 from vectors import http1_responses as response_vectors
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 COMPILED, PURE = _compat.CYTHON_MODULES["http parser"]
 BUILD_HINT = (
     "build it with `make build`, or this extension alone: `.venv/bin/cython -3 src/a3s_gateway/http/_parser_c.pyx` "
