@@ -14,6 +14,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "support"))  # the shared helpers (loops, impls, certs, stand-ins, ...), by bare name
 
 if os.environ.get("A3S_TEST_PURE_MYPYC") == "1":
     # importing _compat loads no accelerated module (the package __init__ imports only errors)
@@ -22,5 +23,5 @@ if os.environ.get("A3S_TEST_PURE_MYPYC") == "1":
     os.environ["BENCH_INTERPRET"] = ",".join(MYPYC_MODULES.values())
     runpy.run_path(str(TESTS / "support" / "interpret" / "sitecustomize.py"))
 
-# ``run``: a fixture running a coroutine under both event loops (tests/loops.py), for any test module
+# ``run``: a fixture running a coroutine under both event loops (tests/support/loops.py), for any test module
 from loops import run  # noqa: E402,F401

@@ -75,7 +75,7 @@ def test_validate_readme_quickstart() -> None:
 
 
 def test_readme_quickstart_runs_verbatim() -> None:
-    """The README's quick-start file as written (tests/quickstart.py: ports 8080, 8001/8002, admin 9901)."""
+    """The README's quick-start file as written (tests/support/quickstart.py: ports 8080, 8001/8002, admin 9901)."""
     quick = QuickStart()
     try:
         quick.run([sys.executable, "-m", "a3s_gateway"])

@@ -1,4 +1,4 @@
-"""rate-limit-redis middleware (SPEC §6.6) against a real redis-server (tests/redis_server.py).
+"""rate-limit-redis middleware (SPEC §6.6) against a real redis-server (tests/support/redis_server.py).
 
 The bucket lives on the Redis server clock, which a test cannot fake; tests that need elapsed time move the
 bucket's stored timestamp back instead of sleeping.

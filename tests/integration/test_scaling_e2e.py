@@ -1,5 +1,5 @@
 """Scale-to-zero, cold-start buffering, panic scale-up (SPEC §8.2–§8.5) through a real gateway whose ``process``
-executor starts a small streaming OpenAI-style stand-in (tests/model_standin.py) as its replicas."""
+executor starts a small streaming OpenAI-style stand-in (tests/support/model_standin.py) as its replicas."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from support import Backend, Client, gateway_port, read_response, start_backend
 
 from fake_scale_api import FakeApi, response
 
-STANDIN = Path(__file__).resolve().parent.parent / "model_standin.py"
+STANDIN = Path(__file__).resolve().parent.parent / "support" / "model_standin.py"
 CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,6 +1,6 @@
 """A small OpenAI-style model server for the scaling tests, run as a child process by the ``process`` executor.
 
-    python tests/model_standin.py --port 20001 [--startup-delay 0.5] [--tokens 5] [--token-gap 0.01]
+    python tests/support/model_standin.py --port 20001 [--startup-delay 0.5] [--tokens 5] [--token-gap 0.01]
                                   [--status 200] [--ttfb 0] [--name v1] [--never-ready]
 
 ``GET /health`` answers 200 once started (503 forever with --never-ready); ``POST /v1/chat/completions`` streams

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README_QUICKSTART = ROOT / "examples" / "readme-quickstart.hcl"
 SECRET = "a-test-secret-of-at-least-32-bytes!"  # HS256 keys shorter than the hash are refused by PyJWT's warning
 PORTS = (8080, 8001, 8002, 9901)
@@ -87,7 +87,7 @@ class QuickStart:
     def __init__(self) -> None:
         for port in PORTS:
             assert not port_taken(port), f"port {port} is in use: the README quick start needs it free"
-        standin = str(ROOT / "tests" / "model_standin.py")
+        standin = str(ROOT / "tests" / "support" / "model_standin.py")
         self.backends = [subprocess.Popen([sys.executable, standin, "--port", str(p), "--name", f"b{p}"])
                          for p in (8001, 8002)]
         import jwt
