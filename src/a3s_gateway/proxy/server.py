@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ..observability.log_limit import RateLimitedLog
+from . import http2
 from .http1 import HttpConnection
 
 if TYPE_CHECKING:
@@ -66,12 +67,16 @@ class HttpServer:
         self.host = host
         self.port = port
         self.port_b = str(port).encode()
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[Any] = set()  # HttpConnection and http2.H2Protocol
         self.certs: Any = None  # the CertStore behind ``ssl``
         self.cert_watch: asyncio.Future[None] | None = None  # its file watcher (§10.3), stopped with the listener
         self._server: asyncio.base_events.Server | None = None
         # HTTP/2 connections closed for abuse (SPEC §9.1): (entrypoint, kind) -> count
         self.abuse: dict[tuple[str, str], int] = {}
+
+    def take_over_h2(self, conn: HttpConnection, initial: bytes) -> None:
+        """Hand an accepted connection to HTTP/2 (ALPN h2, or the h2c preface seen on a plain connection)."""
+        http2.take_over(self, conn, initial)
 
     async def start(self) -> None:
         """Bind the listener (raises OSError)."""

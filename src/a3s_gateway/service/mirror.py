@@ -10,17 +10,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._aio import cancel_and_wait, timeout
 
 if TYPE_CHECKING:
-    from ..config.model import MirrorConfig
-    from ..runtime import ServiceRuntime
+    from ..config.model import MirrorConfig, TransportConfig
 
 log = logging.getLogger("a3s_gateway.mirror")
 
 _READ_LIMIT = 1 << 20  # bytes of a shadow response read before the connection is dropped
+
+
+class ShadowService(Protocol):
+    """What a mirror needs of its shadow service (a ``runtime.ServiceRuntime``; typed here so that service/ does not
+    import the runtime that holds it)."""
+
+    @property
+    def balancer(self) -> Any: ...
+
+    @property
+    def transport(self) -> TransportConfig: ...
 
 
 class MirrorCounts:
@@ -35,7 +45,7 @@ class MirrorCounts:
 class Mirror:
     """One service's mirror: deterministic sampling, a bound on copies in flight, the sending task."""
 
-    def __init__(self, service: str, cfg: MirrorConfig, target: ServiceRuntime, counts: MirrorCounts,
+    def __init__(self, service: str, cfg: MirrorConfig, target: ShadowService, counts: MirrorCounts,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.service = service
         self.percentage = cfg.percentage
