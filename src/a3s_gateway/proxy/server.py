@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ..observability.log_limit import RateLimitedLog
-from . import http2
 from .http1 import HttpConnection
 
 if TYPE_CHECKING:
@@ -76,6 +75,8 @@ class HttpServer:
 
     def take_over_h2(self, conn: HttpConnection, initial: bytes) -> None:
         """Hand an accepted connection to HTTP/2 (ALPN h2, or the h2c preface seen on a plain connection)."""
+        from . import http2  # imported on first use: the h2 library costs ~30 ms of startup
+
         http2.take_over(self, conn, initial)
 
     async def start(self) -> None:
