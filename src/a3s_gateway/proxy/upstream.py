@@ -1,7 +1,8 @@
 """Upstream HTTP/1.1 connections: keep-alive pool per backend and the response relay (SPEC §5.4, §7.8).
 
-An ``UpstreamConnection`` serves one client exchange at a time. It parses the response head with the same
-parser as requests, builds the client head in one buffer and relays body pieces to the client transport as they
+An ``UpstreamConnection`` serves one client exchange at a time and reports to it through :class:`Client` (the
+exchange of proxy/exchange.py overrides it; this module does not know the client side). It parses the response head
+with the same parser as requests, builds the client head in one buffer and relays body pieces to the client as they
 arrive: nothing is buffered, whatever the content type. Backpressure: the client connection pauses this
 transport's reading while its own write buffer is above the high-water mark.
 """
@@ -508,7 +509,7 @@ class UpstreamConnection:
             client.write(_SSE_ERROR_CHUNK)
         client.response_end(sse, self.reader.received)
 
-    # -- used by the client connection --------------------------------------------------------------------
+    # -- used by the exchange ----------------------------------------------------------------------------------
     def begin(self, client: Client, data: list[bytes]) -> None:
         """Start an exchange: send the request head (and any body bytes already read) in one write."""
         self.client = client
