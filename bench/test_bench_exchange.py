@@ -1,10 +1,11 @@
 """Micro benchmark: one whole keep-alive exchange through the proxy's connection objects, no sockets.
 
-A client connection (``HttpConnection``) and a pooled upstream connection (``UpstreamConnection``) run on fake
-transports that only collect what is written: each round feeds a small GET in and a small response back, so the
-figure is the gateway's own CPU per request without syscalls — parsing, routing, the middleware chain, head
-building, relay and accounting. Parametrised by the benchmark middleware chain of ``_peers.BENCH_CHAIN``
-(``none``, each middleware alone, all five), so the cost of a chain reads as a difference in one run::
+A client connection (``HttpConnection``, with the ``Exchange`` it reuses for every request) and a pooled upstream
+connection (``UpstreamConnection``, reporting to that exchange) run on fake transports that only collect what is
+written: each round feeds a small GET in and a small response back, so the figure is the gateway's own CPU per
+request without syscalls — parsing, routing, the middleware chain, head building, relay and accounting.
+Parametrised by the benchmark middleware chain of ``_peers.BENCH_CHAIN`` (``none``, each middleware alone, all
+five), so the cost of a chain reads as a difference in one run::
 
     .venv/bin/python -m pytest bench/test_bench_exchange.py --benchmark-only --benchmark-columns=min,median
 """
@@ -83,6 +84,7 @@ def make_exchange(chain: str) -> tuple[Callable[[], None], Callable[[], None]]:
     upstream_tr = FakeTransport()
     upstream.connection_made(upstream_tr)
     pool.idle.append(upstream)
+    exchange_object = client.ex  # one per connection, reset for each request
 
     def exchange() -> None:
         client.data_received(REQUEST)
@@ -94,6 +96,7 @@ def make_exchange(chain: str) -> tuple[Callable[[], None], Callable[[], None]]:
     def check() -> None:
         assert client_tr.out[-1].startswith(b"HTTP/1.1 200 OK") and not client_tr.closing
         assert pool.idle == [upstream]  # every round reused the same connection
+        assert client.ex is exchange_object and exchange_object.stats is None  # and the same exchange, accounted
         loop.close()
 
     return exchange, check

@@ -2,7 +2,7 @@
 
 ``A3S_TEST_PURE_MYPYC=1`` makes the mypyc-compiled modules load from their ``.py`` sources, so the same tests run
 against the interpreted twins in one install (tests/unit/test_mypyc_twins.py does that in a subprocess). The finder
-is the one the benchmarks use for the same purpose (tests/support/interpret/sitecustomize.py, which bench/ab_gateway.py puts on PYTHONPATH).
+is tests/support/interpret/sitecustomize.py, which bench/ab_gateway.py puts on PYTHONPATH for the same purpose.
 """
 
 from __future__ import annotations

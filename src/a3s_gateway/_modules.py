@@ -27,6 +27,7 @@ MYPYC_MODULES: dict[str, str] = {
     "circuit breaker": "a3s_gateway.middleware.breaker",
     "token buckets": "a3s_gateway.middleware.ratelimit",
     "upstream relay": "a3s_gateway.proxy.upstream",
+    "request exchange": "a3s_gateway.proxy.exchange",
     "client connection": "a3s_gateway.proxy.http1",
 }
 

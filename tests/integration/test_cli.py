@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from quickstart import BoxApi, QuickStart
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from mw_support import params
+from redis_server import RedisServer, free_port, redis_server
 
 from a3s_gateway.middleware.chain import Chain, Reply, Request, Response
 from a3s_gateway.middleware.ratelimit_redis import BUCKET_SHA, RateLimitRedis
-from mw_support import params
-from redis_server import RedisServer, free_port, redis_server
 
 HOUR = 3600.0
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Backend, Client, gateway_port, read_response, start_backend
-
 from fake_scale_api import FakeApi, response
+
+from support import Backend, Client, gateway_port, read_response, start_backend
 
 STANDIN = Path(__file__).resolve().parent.parent / "support" / "model_standin.py"
 CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

@@ -9,8 +9,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from certs import make_san_cert
+
 from support import Client, gateway_port
 
 pytestmark = pytest.mark.timeout(60)

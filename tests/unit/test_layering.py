@@ -25,8 +25,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("a3s_gateway.config",)),
     ("domain", ("a3s_gateway.middleware", "a3s_gateway.service", "a3s_gateway.scaling", "a3s_gateway.wsmux",
                 "a3s_gateway.observability.access_log", "a3s_gateway.observability.tracing")),
+    ("generation", ("a3s_gateway.runtime",)),
     ("proxy", ("a3s_gateway.proxy",)),
-    ("assembly", ("a3s_gateway.runtime", "a3s_gateway.config.compile")),
+    ("assembly", ("a3s_gateway.config.compile",)),
     ("control", ("a3s_gateway.gateway", "a3s_gateway.providers", "a3s_gateway.observability.admin",
                  "a3s_gateway.observability.metrics", "a3s_gateway.observability")),
     ("entry", ("a3s_gateway.cli", "a3s_gateway.__main__", "a3s_gateway")),
@@ -34,18 +35,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 #: (importer, imported) edges against the layering still present; remove an entry when its edge is gone
 KNOWN: set[tuple[str, str]] = {
-    ("a3s_gateway.proxy.http1", "a3s_gateway.runtime"),
-    ("a3s_gateway.proxy.http2", "a3s_gateway.runtime"),
-    ("a3s_gateway.proxy.server", "a3s_gateway.runtime"),
-    ("a3s_gateway.scaling.target", "a3s_gateway.proxy.upstream"),
+    ("a3s_gateway.scaling.target", "a3s_gateway.proxy.upstream"),  # a scale target builds its replicas' pools
 }
 
-#: import cycles inside one layer still present (the connection classes of proxy/ reach into each other until the
-#: Exchange of issue 17 takes the request out of them); the test fails on any other cycle and when this one changes
-KNOWN_CYCLES: list[list[str]] = [
-    ["a3s_gateway.proxy.http1", "a3s_gateway.proxy.http2", "a3s_gateway.proxy.server", "a3s_gateway.proxy.upstream",
-     "a3s_gateway.proxy.upstream_h2"],
-]
+#: import cycles still present (none now: any cycle fails the test)
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def _modules() -> dict[str, tuple[Path, list[str]]]:

@@ -10,10 +10,13 @@ from pathlib import Path
 from a3s_gateway import _compat
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITES = ["tests/unit/routing/test_rules.py", "tests/unit/routing/test_matchers.py", "tests/unit/routing/test_router.py",
-          "tests/unit/observability/test_stats.py", "tests/unit/middleware/test_mw_ratelimit.py", "tests/unit/middleware/test_mw_local.py",
-          "tests/unit/middleware/test_mw_cors.py", "tests/unit/middleware/test_mw_breaker.py", "tests/integration/test_middlewares.py",
-          "tests/unit/service/test_balancer.py", "tests/integration/test_proxy_http1.py"]
+SUITES = [
+    "tests/unit/routing/test_rules.py", "tests/unit/routing/test_matchers.py", "tests/unit/routing/test_router.py",
+    "tests/unit/observability/test_stats.py", "tests/unit/middleware/test_mw_ratelimit.py",
+    "tests/unit/middleware/test_mw_local.py", "tests/unit/middleware/test_mw_cors.py",
+    "tests/unit/middleware/test_mw_breaker.py", "tests/integration/test_middlewares.py",
+    "tests/unit/service/test_balancer.py", "tests/integration/test_proxy_http1.py",
+]
 
 
 def test_interpreted_twins_pass_the_same_tests() -> None:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from loops import Run
 
-import a3s_gateway
 from a3s_gateway import GatewayConfig
 from a3s_gateway.config.compile import build_runtime
 from a3s_gateway.runtime import Retired, Runtime, State
-from loops import Run
 
 HC = 'health_check { path = "/h"; interval = "10s" }\n passive { max_failures = 3 }'
 
@@ -184,50 +181,3 @@ def test_retired_close_logs_a_failure_and_closes_the_rest(run: Run, caplog: pyte
     run(retired.close())
     assert sorted(closed) == ["mirror", "mw", "target"]
     assert "OSError('boom')" in caplog.text
-
-
-def imported_modules(path: Path, package: str) -> set[str]:
-    """Every module ``path`` imports (at the top, in functions and under TYPE_CHECKING), as dotted names."""
-    tree = ast.parse(path.read_text())
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = package.split(".")
-            if node.level:
-                base = base[: len(base) - node.level + 1]
-                module = ".".join([*base, node.module] if node.module else base)
-            else:
-                module = node.module or ""
-            out.add(module)
-            out.update(f"{module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
-    return out
-
-
-def test_runtime_is_in_no_import_cycle() -> None:
-    """runtime.py sits below proxy/, scaling/ and the gateway: nothing it imports, counting imports inside functions
-    and under TYPE_CHECKING, leads back to it (the supervisor ships the Runtime and State without the data plane)."""
-    src = Path(a3s_gateway.__file__).parent
-    modules: dict[str, Path] = {}
-    for path in src.rglob("*.py"):
-        parts = path.relative_to(src.parent).with_suffix("").parts
-        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-
-    def edges(name: str) -> set[str]:
-        path = modules[name]
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        return {m for m in imported_modules(path, package) if m in modules and m != name}
-
-    runtime = "a3s_gateway.runtime"
-    direct = edges(runtime)
-    assert not direct & {m for m in modules if m.startswith(("a3s_gateway.proxy", "a3s_gateway.scaling"))}
-    seen: set[str] = set()
-    todo = list(direct)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        todo.extend(edges(name))
-    assert runtime not in seen, "an import of runtime.py leads back to it"

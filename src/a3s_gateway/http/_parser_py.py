@@ -1,11 +1,11 @@
 """Strict HTTP/1.x head parser and chunked decoder (RFC 9112, SPEC §5.5), pure Python.
 
-Twin of the compiled ``_parser_c`` (``_parser_c.pyx`` over ``csrc/http1.c``): same API, same results — the same fields,
-or the same ``ProtocolError`` status and message — which ``tests/unit/http/test_parser_differential.py`` checks. This one
-is written the Python way: lines are located with ``bytes.find`` and checked with regular expressions compiled once,
-never byte by byte. A valid head takes a fast path (one regex for the request line, one for the whole field section,
-then ``split`` / ``partition``); only an invalid or incomplete one is walked line by line to name its first
-violation.
+Twin of the compiled ``_parser_c`` (``_parser_c.pyx`` over ``csrc/http1.c``): same API, same results — the same
+fields, or the same ``ProtocolError`` status and message — which ``tests/unit/http/test_parser_differential.py``
+checks. This one is written the Python way: lines are located with ``bytes.find`` and checked with regular
+expressions compiled once, never byte by byte. A valid head takes a fast path (one regex for the request line, one
+for the whole field section, then ``split`` / ``partition``); only an invalid or incomplete one is walked line by
+line to name its first violation.
 
 Rules both twins follow, beyond the RFC grammar:
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -40,7 +40,6 @@ from .. import _compat
 from ..errors import ProtocolError
 from ..observability.log_limit import RateLimitedLog
 from .http1 import HttpConnection
-from .server import HttpServer
 from .stream_transport import MessageTransport
 
 if TYPE_CHECKING:
@@ -152,20 +151,32 @@ class _ServerConnection(h2.connection.H2Connection):
         return frames, [StreamMalformed(sid, why, length)]
 
 
-class StreamServer(HttpServer):
+class Listener(Protocol):
+    """The HTTP server whose connection turned HTTP/2 (proxy/server.py's ``HttpServer``; typed here so that this
+    module does not import it)."""
+
+    loop: asyncio.AbstractEventLoop
+    entry: EntrypointRuntime
+    connections: set[Any]
+    port_b: bytes
+    abuse: dict[tuple[str, str], int]  # HTTP/2 connections closed for abuse: (entrypoint, kind) -> count
+
+
+class StreamServer:
     """What a stream's HttpConnection sees as its server: the real entrypoint's live ``entry``, its own set."""
 
-    def __init__(self, real: HttpServer) -> None:
+    #: the streams of an HTTP/2 connection are not connections: never rejected at max_connections
+    rejections: None = None
+
+    def __init__(self, real: Listener) -> None:
         self.real = real
         self.loop = real.loop
-        self.host = real.host
-        self.port = real.port
         self.port_b = real.port_b
-        self.connections = set()
-        self.ssl = None
-        self.certs = None
-        self.cert_watch = None
-        self._server = None
+        self.connections: set[Any] = set()
+        self.ssl: Any = None
+
+    def take_over_h2(self, conn: HttpConnection, initial: bytes) -> None:
+        take_over(self.real, conn, initial)
 
     @property
     def entry(self) -> EntrypointRuntime:
@@ -348,7 +359,7 @@ class StreamTransport(MessageTransport):
 class H2Protocol(asyncio.Protocol):
     """One downstream HTTP/2 connection."""
 
-    def __init__(self, server: HttpServer, transport: Any, initial: bytes = b"") -> None:
+    def __init__(self, server: Listener, transport: Any, initial: bytes = b"") -> None:
         self.server = server
         self.loop = server.loop
         self.transport = transport
@@ -380,7 +391,7 @@ class H2Protocol(asyncio.Protocol):
         self.floods = [0, 0, 0]  # SETTINGS, PING, empty DATA in the current FLOOD_WINDOW
         self._idle: asyncio.TimerHandle | None = None
         self.stream_server = StreamServer(server)
-        server.connections.add(self)  # type: ignore[arg-type]
+        server.connections.add(self)
         self.flush()
         if initial:
             self.data_received(initial)
@@ -620,7 +631,7 @@ class H2Protocol(asyncio.Protocol):
         protocol = HttpConnection(self.stream_server)
         protocol.grpc = stream.grpc  # §9.2: HTTP/2 to the backend, trailers-only gateway errors
         if stream.deadline_at > 0.0:
-            protocol.deadline_at = stream.deadline_at
+            protocol.ex.deadline_at = stream.deadline_at
         stream.protocol = protocol
         protocol.connection_made(stream)
         protocol.data_received(early[0] if len(early) == 1 else b"".join(early))
@@ -763,16 +774,16 @@ def grpc_timeout(value: bytes) -> float | None:
 _ABUSE_LOG: Final = RateLimitedLog(log)
 
 
-def _abuse_log(server: HttpServer, kind: str, peer: Any) -> None:
+def _abuse_log(server: Listener, kind: str, peer: Any) -> None:
     name = server.entry.name
     _ABUSE_LOG.warning((name, kind), "HTTP/2 connection closed with ENHANCE_YOUR_CALM (%s)", kind,
                        fields={"entrypoint": name, "kind": kind, "peer": str(peer)})
 
 
-def take_over(conn: HttpConnection, initial: bytes) -> None:
-    """Hand an accepted connection to HTTP/2 (ALPN h2, or the h2c preface seen on a plain connection)."""
+def take_over(server: Listener, conn: HttpConnection, initial: bytes) -> None:
+    """Hand an accepted connection of ``server`` to HTTP/2 (ALPN h2, or the h2c preface seen on a plain
+    connection)."""
     transport = conn.transport
-    server = conn.server
     server.connections.discard(conn)
     conn.state = 3  # closed, as far as the HTTP/1.1 protocol object is concerned
     conn.transport = None

@@ -66,12 +66,18 @@ class HttpServer:
         self.host = host
         self.port = port
         self.port_b = str(port).encode()
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[Any] = set()  # HttpConnection and http2.H2Protocol
         self.certs: Any = None  # the CertStore behind ``ssl``
         self.cert_watch: asyncio.Future[None] | None = None  # its file watcher (§10.3), stopped with the listener
         self._server: asyncio.base_events.Server | None = None
         # HTTP/2 connections closed for abuse (SPEC §9.1): (entrypoint, kind) -> count
         self.abuse: dict[tuple[str, str], int] = {}
+
+    def take_over_h2(self, conn: HttpConnection, initial: bytes) -> None:
+        """Hand an accepted connection to HTTP/2 (ALPN h2, or the h2c preface seen on a plain connection)."""
+        from . import http2  # imported on first use: the h2 library costs ~30 ms of startup
+
+        http2.take_over(self, conn, initial)
 
     async def start(self) -> None:
         """Bind the listener (raises OSError)."""

@@ -1,7 +1,8 @@
 """Upstream HTTP/1.1 connections: keep-alive pool per backend and the response relay (SPEC §5.4, §7.8).
 
-An ``UpstreamConnection`` serves one client exchange at a time. It parses the response head with the same
-parser as requests, builds the client head in one buffer and relays body pieces to the client transport as they
+An ``UpstreamConnection`` serves one client exchange at a time and reports to it through :class:`Client` (the
+exchange of proxy/exchange.py overrides it; this module does not know the client side). It parses the response head
+with the same parser as requests, builds the client head in one buffer and relays body pieces to the client as they
 arrive: nothing is buffered, whatever the content type. Backpressure: the client connection pauses this
 transport's reading while its own write buffer is above the high-water mark.
 """
@@ -16,13 +17,11 @@ from .. import _compat
 from .._aio import timeout
 from ..errors import ProtocolError
 from ..http import hdrs
-from ..middleware.chain import Response
-from ..middleware.retry import parse_retry_after
 
 if TYPE_CHECKING:
     from ..config.model import TransportConfig
+    from ..middleware.chain import Response
     from ..service.balancer import Backend
-    from .http1 import HttpConnection
 
 _parser: Any = _compat.load("http parser")
 _headers: Any = _compat.load("header filter")
@@ -70,6 +69,91 @@ def _only_chunked(headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bool
     return True
 
 
+class Client:
+    """What an upstream connection reports to: the exchange of the client request it serves (proxy/exchange.py).
+
+    The events of one attempt — response head, body bytes, end, failure, tunnel — go through these methods; the
+    exchange decides (retry, response phase, accounting) and writes to its client. A base class rather than a
+    Protocol so that mypyc calls it natively; the exchange overrides every method."""
+
+    __slots__ = ("deadline_at", "head", "response_extra", "upgrade")
+
+    def __init__(self) -> None:
+        self.head: Any = None  # the client's parsed request head (method, version, keep_alive, te_trailers)
+        self.upgrade = False  # the request is a WebSocket upgrade: a 101 starts a tunnel (§9.3)
+        self.deadline_at = 0.0  # a gRPC deadline as a loop time (0: none)
+        self.response_extra = b""  # lines the gateway adds to the response head (sticky cookie, cold start)
+
+    def write(self, data: bytes) -> None:
+        """Bytes for the client."""
+        raise NotImplementedError
+
+    def writelines(self, data: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def keeps_alive(self) -> bool:
+        """Whether the client connection may stay open after this response (the client's wish, no shutdown)."""
+        raise NotImplementedError
+
+    def body_complete(self) -> bool:
+        """Whether the whole request body was read (else the upstream connection cannot be reused)."""
+        raise NotImplementedError
+
+    def retry_status(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """A response head arrived: True when the exchange tries the request again instead (the caller drops the
+        response with its connection)."""
+        raise NotImplementedError
+
+    def response_phase(self, status: int, headers: list[tuple[bytes, bytes]]) -> Response | None:
+        """The middlewares' response phase on a backend's head: the changed head (None: no phase, unchanged)."""
+        raise NotImplementedError
+
+    def start_response(self, status: int, keep_alive: bool) -> None:
+        """The response head goes out now (``keep_alive``: the client connection stays open after it)."""
+        raise NotImplementedError
+
+    def first_byte(self, ttfb: float) -> None:
+        """Time to the first response byte of the attempt."""
+        raise NotImplementedError
+
+    def body_gap(self, gap: float) -> None:
+        """Seconds between two body pieces of the response (time between tokens for streams)."""
+        raise NotImplementedError
+
+    def response_end(self, reusable: bool, bytes_out: int) -> None:
+        """The response ended (completely when ``reusable``; otherwise the client connection must close)."""
+        raise NotImplementedError
+
+    def stream_failed(self, sse: bool, bytes_out: int) -> None:
+        """The backend failed after the response head went out: the stream is cut (or ends with an SSE error)."""
+        raise NotImplementedError
+
+    def upstream_failed(self, status: int, message: str, failure: int = 1, detail: str = "") -> None:
+        """The attempt failed before its response head went out. ``failure``: 0 the request never reached the
+        backend (connect), 1 the connection failed after it was sent."""
+        raise NotImplementedError
+
+    def retry_on_fresh_connection(self) -> bool:
+        """A reused keep-alive connection died before answering: True when the request goes out again (§7.8)."""
+        raise NotImplementedError
+
+    def start_tunnel(self) -> None:
+        """The backend's 101 went out: bytes pass both ways unchanged from now on (§9.3)."""
+        raise NotImplementedError
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Backend bytes of a tunnel."""
+        raise NotImplementedError
+
+    def tunnel_closed(self) -> None:
+        """The backend side of the tunnel closed (or went idle)."""
+        raise NotImplementedError
+
+    def backpressure(self, paused: bool) -> None:
+        """The backend's write buffer crossed the high-water mark (request body): pause / resume the client."""
+        raise NotImplementedError
+
+
 class UpstreamConnection:
     """One HTTP/1.1 connection to a backend (an asyncio protocol; compiled to a native class by mypyc)."""
 
@@ -104,7 +188,7 @@ class UpstreamConnection:
         self.pool = pool
         self.loop = pool.loop
         self.transport: Any = None
-        self.client: HttpConnection | None = None
+        self.client: Client | None = None
         self.state = _IDLE
         self.buf = b""
         self.reader: Any = None
@@ -151,25 +235,22 @@ class UpstreamConnection:
                 return
             client.upstream_failed(502, "Upstream closed connection")
         elif state == _BODY:
-            client.bytes_out = self.reader.received
             if self.reader.mode == UNTIL_CLOSE:
                 if self.client_chunked:
-                    client.transport.write(last_chunk([]))
-                    client.response_done(True)
-                else:
-                    client.response_done(False)
+                    client.write(last_chunk([]))
+                client.response_end(self.client_chunked, self.reader.received)
             else:
                 self._truncate(client)
 
     def pause_writing(self) -> None:
         client = self.client
         if client is not None:
-            client.pause_reading_for(2)
+            client.backpressure(True)
 
     def resume_writing(self) -> None:
         client = self.client
         if client is not None:
-            client.resume_reading_for(2)
+            client.backpressure(False)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -185,8 +266,7 @@ class UpstreamConnection:
             self._relay(client, data)
             return
         if self.state == _TUNNEL:
-            client.bytes_out += len(data)
-            client.transport.write(data)
+            client.tunnel_data(data)
             self._deadline = self.loop.time() + self.pool.transport_cfg.tunnel_idle_timeout
             return
         if self.state != _HEAD:
@@ -211,7 +291,7 @@ class UpstreamConnection:
                 self._start_tunnel(client, resp, buf)
                 return
             if status != 100 and status != 101 and head.version == 1:
-                client.transport.write(
+                client.write(
                     interim_head(b"HTTP/1.1 %d %s\r\n" % (status, resp.reason), resp.headers, resp.header_ids)
                 )
         self.buf = b""
@@ -223,15 +303,13 @@ class UpstreamConnection:
         self._start_body(client, head, resp, buf)
 
     # -- WebSocket (SPEC §9.3) ------------------------------------------------------------------------------
-    def _start_tunnel(self, client: HttpConnection, resp: Any, rest: bytes) -> None:
+    def _start_tunnel(self, client: Client, resp: Any, rest: bytes) -> None:
         """The backend's own 101: relayed (after the response phase), then raw bytes both ways."""
         self.buf = b""
         headers = resp.headers
         header_ids = resp.header_ids
-        chain = client.chain
-        if chain is not None and chain.has_response and client.mreq is not None:
-            phase = Response(101, headers, False)
-            chain.run_response(client.mreq, phase, len(chain.middlewares), self.loop.time())
+        phase = client.response_phase(101, headers)
+        if phase is not None:
             headers = phase.headers
             header_ids = phase.header_ids(header_ids)  # compress never applies: no body filter
         upgrade = b"websocket"
@@ -248,14 +326,12 @@ class UpstreamConnection:
             client.response_extra,
         )
         client.start_response(101, False)
-        client.ttfb = self.loop.time() - self.sent_at
+        client.first_byte(self.loop.time() - self.sent_at)
         self.state = _TUNNEL
         client.start_tunnel()
+        client.write(out)
         if rest:
-            client.bytes_out += len(rest)
-            client.transport.write(out + rest)
-        else:
-            client.transport.write(out)
+            client.tunnel_data(rest)
         self._tkind = _T_TUNNEL
         self._end = _NEVER
         self._deadline = self.loop.time() + self.pool.transport_cfg.tunnel_idle_timeout
@@ -275,27 +351,18 @@ class UpstreamConnection:
             transport.write_eof()
 
     # -- response ---------------------------------------------------------------------------------------
-    def _start_body(self, client: HttpConnection, head: Any, resp: Any, rest: bytes) -> None:
+    def _start_body(self, client: Client, head: Any, resp: Any, rest: bytes) -> None:
         status = resp.status
         keep_alive = resp.keep_alive
-        client_keep_alive = head.keep_alive and not client.closing
+        client_keep_alive = client.keeps_alive()
         headers = resp.headers
         header_ids = resp.header_ids
         body_filter: Any = None
-        chain = client.chain
-        if chain is not None and chain.retry is not None and status in chain.retry.on_status:
-            retry_after: float | None = None
-            for name, value in headers:
-                if name.lower() == b"retry-after":
-                    retry_after = parse_retry_after(value)
-                    break
-            if client.retry_status(status, retry_after):
-                self.abort()  # this answer is dropped with its connection; the request goes out again
-                return
-        if chain is not None and chain.has_response and client.mreq is not None:
-            # the response phase of the router's middlewares, in reverse order (SPEC §6.0)
-            phase = Response(status, headers, False)  # the parsed head is not used after this: no copy
-            chain.run_response(client.mreq, phase, len(chain.middlewares), self.loop.time())
+        if client.retry_status(status, headers):
+            self.abort()  # this answer is dropped with its connection; the request goes out again
+            return
+        phase = client.response_phase(status, headers)
+        if phase is not None:
             headers = phase.headers
             header_ids = phase.header_ids(header_ids)
             body_filter = phase.body_filter
@@ -352,12 +419,12 @@ class UpstreamConnection:
         client.start_response(status, client_keep_alive)
         now = self.loop.time()
         if reader.done or rest:
-            client.ttfb = now - self.sent_at  # the head alone, or the head with the first body bytes
+            client.first_byte(now - self.sent_at)  # the head alone, or the head with the first body bytes
             self.last_at = now
         else:
             self.last_at = 0.0
         if reader.done:
-            client.transport.write(out)
+            client.write(out)
             if rest:
                 self.keep_alive = False
             self._finish(client)
@@ -368,15 +435,15 @@ class UpstreamConnection:
         if rest:
             self._relay(client, rest, out)
         else:
-            client.transport.write(out)
+            client.write(out)
 
-    def _relay(self, client: HttpConnection, data: bytes, head: bytes = b"") -> None:
+    def _relay(self, client: Client, data: bytes, head: bytes = b"") -> None:
         reader = self.reader
         try:
             pieces, consumed = reader.feed(data)
         except ProtocolError:
             if head:
-                client.transport.write(head)
+                client.write(head)
             self.abort()
             self.client = None
             self._truncate(client)
@@ -395,19 +462,17 @@ class UpstreamConnection:
             else:
                 pieces.insert(0, head)
         if len(pieces) == 1:
-            client.transport.write(pieces[0])
+            client.write(pieces[0])
         elif pieces:
-            client.transport.writelines(pieces)
+            client.writelines(pieces)
         if not head:
             # time to first body byte, then the gaps between body pieces (time between tokens for streams)
             now = self.loop.time()
             last = self.last_at
             if last == 0.0:
-                client.ttfb = now - self.sent_at
+                client.first_byte(now - self.sent_at)
             else:
-                stats = client.stats
-                if stats is not None:
-                    stats.observe_gap(client.revision, now - last)
+                client.body_gap(now - last)
             self.last_at = now
             if not reader.done:
                 self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
@@ -417,37 +482,35 @@ class UpstreamConnection:
                 self.keep_alive = False
             self._finish(client)
 
-    def _finish(self, client: HttpConnection) -> None:
-        client.bytes_out = self.reader.received
+    def _finish(self, client: Client) -> None:
+        bytes_out = self.reader.received
         if self.filter is not None:
             tail = self.filter.finish()
             self.filter = None
             self.filtered += len(tail)
-            client.bytes_out = self.filtered
+            bytes_out = self.filtered
             if tail:
-                client.transport.writelines(chunk_frames([tail]))
+                client.writelines(chunk_frames([tail]))
         if self.client_chunked:
-            client.transport.write(last_chunk(self.reader.trailers() if self.te_trailers else []))
+            client.write(last_chunk(self.reader.trailers() if self.te_trailers else []))
         self.client = None
         self._tkind = _T_NONE
         self.state = _IDLE
         self.reader = None
-        reusable = self.keep_alive and client.body_done
+        reusable = self.keep_alive and client.body_complete()
         self.pool.release(self, reusable)
-        client.response_done(True)
+        client.response_end(True, bytes_out)
 
-    def _truncate(self, client: HttpConnection) -> None:
+    def _truncate(self, client: Client) -> None:
         """The backend failed after the response head went out (SPEC §5.4)."""
-        client.bytes_out = self.reader.received
-        client.stream_failed(self.sse)
-        if self.sse:
-            client.transport.write(_SSE_ERROR_CHUNK)
-            client.response_done(True)
-        else:
-            client.response_done(False)
+        sse = self.sse
+        client.stream_failed(sse, self.reader.received)
+        if sse:
+            client.write(_SSE_ERROR_CHUNK)
+        client.response_end(sse, self.reader.received)
 
-    # -- used by the client connection --------------------------------------------------------------------
-    def begin(self, client: HttpConnection, data: list[bytes]) -> None:
+    # -- used by the exchange ----------------------------------------------------------------------------------
+    def begin(self, client: Client, data: list[bytes]) -> None:
         """Start an exchange: send the request head (and any body bytes already read) in one write."""
         self.client = client
         self.state = _HEAD
@@ -467,6 +530,11 @@ class UpstreamConnection:
         if deadline > 0.0 and deadline < self._end:  # a gRPC deadline (SPEC §9.2): min(grpc-timeout, request_timeout)
             self._end = deadline
         self._arm()
+
+    def deadline(self) -> float:
+        """The gRPC deadline of the request in progress as a loop time (0: none)."""
+        client = self.client
+        return client.deadline_at if client is not None else 0.0
 
     def pause_reading(self) -> None:
         """The client cannot take more bytes now (its write buffer is above the high-water mark)."""

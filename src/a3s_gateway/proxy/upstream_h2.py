@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import h2.config
 import h2.connection
@@ -25,9 +25,6 @@ from .. import _compat
 from .._aio import timeout
 from ..errors import ProtocolError
 from .stream_transport import MessageTransport
-
-if TYPE_CHECKING:
-    from .upstream import UpstreamConnection
 
 log: Final = logging.getLogger("a3s_gateway.upstream_h2")
 
@@ -128,6 +125,19 @@ class H2Session(asyncio.Protocol):
             self.transport.close()
 
 
+class StreamProtocol(Protocol):
+    """The protocol on a stream pipe (proxy/upstream.py's ``UpstreamConnection``; typed here so that this module does
+    not import it): response bytes in HTTP/1.1 framing in, the end of the stream as a lost connection."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def deadline(self) -> float:
+        """The request's gRPC deadline as a loop time (0: none)."""
+        ...
+
+
 class StreamPipe(MessageTransport):
     """The transport of an UpstreamConnection whose exchange is one stream of an H2Session."""
 
@@ -135,7 +145,7 @@ class StreamPipe(MessageTransport):
         super().__init__()
         self.session = session
         self.sid = sid
-        self.protocol: UpstreamConnection | None = None
+        self.protocol: StreamProtocol | None = None
         self.buf = b""
         self.body: Any = None  # request body framing once the head was sent
         self.pending: list[bytes] = []
@@ -197,8 +207,7 @@ class StreamPipe(MessageTransport):
         self.head_request = req.method == b"HEAD"
         fields = [(b":method", req.method), (b":scheme", b"http"), (b":authority", req.host),
                   (b":path", req.target)]
-        client = self.protocol.client if self.protocol is not None else None
-        deadline = client.deadline_at if client is not None else 0.0
+        deadline = self.protocol.deadline() if self.protocol is not None else 0.0
         for name, value in req.headers:
             low = name.lower()
             if low == b"grpc-timeout" and deadline > 0.0:  # what is left of it after queueing and retries

@@ -26,6 +26,7 @@ from ..proxy.upstream import Pool
 from ..service.balancer import Backend
 from ..service.health import probe_for
 from .autoscaler import Autoscaler
+from .buffer import Waiter
 
 if TYPE_CHECKING:
     from ..config.model import ScalingConfig, TransportConfig
@@ -81,8 +82,8 @@ class ScaleTarget:
         self.probe_interval = probe_interval
         self.prober = probe_for(transport)
         self.autoscaler = Autoscaler(cfg, self.clock())
-        # the cold-start queue: (connection, enqueue time), FIFO
-        self.queue: deque[tuple[Any, float]] = deque()
+        # the cold-start queue: (waiting request, enqueue time), FIFO
+        self.queue: deque[tuple[Waiter, float]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         # executor bookkeeping
         self.desired = cfg.min_replicas  # last count sent to the executor
@@ -246,16 +247,16 @@ class ScaleTarget:
     def hold_target(self) -> ScaleTarget:
         return self
 
-    def hold(self, conn: Any, front: bool = False) -> bool:
+    def hold(self, waiter: Waiter, front: bool = False) -> bool:
         """Queue a request that found no replica; False when the queue is full (the caller answers)."""
         if len(self.queue) >= self.cfg.buffer_size:
             self.rejections["full"] += 1
             return False
         now = self.clock()
         if front:
-            self.queue.appendleft((conn, now))
+            self.queue.appendleft((waiter, now))
         else:
-            self.queue.append((conn, now))
+            self.queue.append((waiter, now))
         self.autoscaler.last_active = now
         self._arm()
         if not self.scale_pending and self.ready_count() == 0:
@@ -263,10 +264,10 @@ class ScaleTarget:
         self._wake.set()
         return True
 
-    def unhold(self, conn: Any, reason: str = "client_gone") -> None:
+    def unhold(self, waiter: Waiter, reason: str = "client_gone") -> None:
         """Take a request out of the queue: its client left (nothing is sent upstream), or shutdown."""
-        for i, (c, t) in enumerate(self.queue):
-            if c is conn:
+        for i, (w, t) in enumerate(self.queue):
+            if w is waiter:
                 del self.queue[i]
                 self.rejections[reason] += 1
                 self.wait.observe(self.clock() - t)
@@ -284,11 +285,11 @@ class ScaleTarget:
         queue = self.queue
         n = self.capacity() if queue else 0
         while queue and n > 0:
-            conn, t = queue.popleft()
+            waiter, t = queue.popleft()
             n -= 1
             self.wait.observe(self.clock() - t)
             self.cold_starts += 1
-            conn.resume_held()
+            waiter.resume_held()
         self._arm()
 
     def released(self) -> None:
@@ -311,19 +312,19 @@ class ScaleTarget:
         now = self.clock()
         limit = self.cfg.buffer_timeout_secs
         while self.queue and now - self.queue[0][1] >= limit - 1e-3:
-            conn, t = self.queue.popleft()
+            waiter, t = self.queue.popleft()
             self.rejections["timeout"] += 1
             self.wait.observe(now - t)
-            conn.held_timeout()
+            waiter.hold_expired()
         self._arm()
 
     def flush(self) -> None:
         """Shutdown drain deadline: every queued request gets 503 (§8.4)."""
         while self.queue:
-            conn, t = self.queue.popleft()
+            waiter, t = self.queue.popleft()
             self.rejections["shutdown"] += 1
             self.wait.observe(self.clock() - t)
-            conn.held_shutdown()
+            waiter.hold_shutdown()
         self._arm()
 
     # -- executor ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from certs import make_cert
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +35,6 @@ from a3s_gateway.config.model import (
 )
 from a3s_gateway.config.schema.checks import parse_address
 from a3s_gateway.errors import ConfigError
-from certs import make_cert
 
 MINIMAL = """
 entrypoints "web" { address = ":8080" }

@@ -6,12 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from certs import make_cert
 
 from a3s_gateway.config import GatewayConfig, format_validate_report, validate_file
 from a3s_gateway.config.references import format_rule_error
 from a3s_gateway.config.schema.engine import suggest
 from a3s_gateway.errors import ConfigError, Issue
-from certs import make_cert
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 QUICKSTART = (FIXTURES.parents[1] / "examples" / "readme-quickstart.hcl").read_text()

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from impls import load, twins
 
 from a3s_gateway.errors import ProtocolError
 from a3s_gateway.http import _parser_py
-from impls import load, twins
 
 
 @pytest.fixture(params=twins("body relay"))

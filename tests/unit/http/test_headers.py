@@ -7,9 +7,9 @@ from types import ModuleType
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from impls import load, twins
 
 from a3s_gateway.http import hdrs
-from impls import load, twins
 
 
 def ids(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from impls import load, twins  # type: ignore[import-not-found]
 
 from a3s_gateway.http import client
-from impls import load, twins  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.timeout(30)
 

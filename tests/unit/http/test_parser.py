@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from impls import twins
+
 from a3s_gateway import _compat
 from a3s_gateway.errors import ProtocolError
 from a3s_gateway.http import hdrs
-from impls import twins
 from vectors import chunked as chunk_vectors
 from vectors import http1_requests as request_vectors
 from vectors import http1_responses as response_vectors

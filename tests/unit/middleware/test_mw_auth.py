@@ -14,12 +14,12 @@ from typing import Any
 
 import bcrypt
 import pytest
+from external import require_tool
+from mw_support import body, params, request
 
 from a3s_gateway.middleware import auth
 from a3s_gateway.middleware.auth import ApiKey, BasicAuth, apr1
 from a3s_gateway.middleware.chain import JSON, Reply
-from external import require_tool
-from mw_support import body, params, request
 
 CHALLENGE = (b"WWW-Authenticate", b'Basic realm="a3s-gateway", charset="UTF-8"')
 

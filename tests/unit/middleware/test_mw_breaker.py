@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from mw_support import body, drive, params, request, response
 
 from a3s_gateway.middleware.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from a3s_gateway.middleware.chain import JSON, Chain, Request
 from a3s_gateway.middleware.ratelimit import RateLimit
-from mw_support import body, drive, params, request, response
 
 UNAVAILABLE = {"error": "Service unavailable (circuit breaker open)"}
 

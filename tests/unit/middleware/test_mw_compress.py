@@ -8,10 +8,10 @@ from typing import Any
 
 import brotli  # type: ignore[import-untyped]
 import pytest
+from mw_support import params as validated
 
 from a3s_gateway.middleware.chain import Chain, Request, Response
 from a3s_gateway.middleware.compress import Compress, choose_encoding
-from mw_support import params as validated
 
 DEFAULT = ("br", "gzip", "deflate")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from mw_support import body, drive, params, request, response
 
 from a3s_gateway.middleware.chain import JSON, Chain
 from a3s_gateway.middleware.cors import Cors, OriginSet
 from a3s_gateway.middleware.headers import Headers
 from a3s_gateway.middleware.ratelimit import RateLimit
-from mw_support import body, drive, params, request, response
 
 ORIGIN = b"https://app.example.com"
 PREFLIGHT_VARY = (b"Vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")

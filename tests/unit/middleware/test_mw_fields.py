@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import pytest
+from mw_support import params
 
 from a3s_gateway.http import hdrs
 from a3s_gateway.middleware.chain import HeaderEdits, Request, Response, length_mask, lower_name, name_id
 from a3s_gateway.middleware.ratelimit import RateLimit, int_bytes
-from mw_support import params
 
 
 def _ids(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -15,12 +15,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from http_stub import Seen, Stub, response
+from mw_support import body, params, request
 
 from a3s_gateway.middleware.chain import JSON, Reply
 from a3s_gateway.middleware.forward_auth import ForwardAuth
 from a3s_gateway.observability.process_log import TextFormatter
-from http_stub import Seen, Stub, response
-from mw_support import body, params, request
 
 OK = response(200, [(b"X-Auth-User", b"alice"), (b"X-Auth-Role", b"admin"), (b"X-Auth-Role", b"dev"),
                     (b"X-Other", b"not-copied")])

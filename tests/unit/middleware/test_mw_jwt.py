@@ -16,12 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from http_stub import Seen, Stub, response
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from mw_support import body, params, request
 
 from a3s_gateway.middleware.chain import JSON, Reply
 from a3s_gateway.middleware.jwt import Jwt
-from http_stub import Seen, Stub, response
-from mw_support import body, params, request
 
 NOW = 1_700_000_000.0
 SECRET = "a-test-secret-long-enough-for-hs512-" + "x" * 32

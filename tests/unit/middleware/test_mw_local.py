@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from mw_support import body, drive, params, request, response
 
 from a3s_gateway.middleware.bodylimit import BodyLimit
 from a3s_gateway.middleware.chain import JSON, Chain
 from a3s_gateway.middleware.headers import Headers
 from a3s_gateway.middleware.ipallow import IpAllow
 from a3s_gateway.middleware.rewrite import StripPrefix
-from mw_support import body, drive, params, request, response
 
 # --- headers ------------------------------------------------------------------------------------------------------
 

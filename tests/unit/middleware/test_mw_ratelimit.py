@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from mw_support import body, params, request, response
 
 from a3s_gateway.middleware.chain import JSON, Reply
 from a3s_gateway.middleware.ratelimit import RateLimit, TokenBuckets, ceil_secs
-from mw_support import body, params, request, response
 
 
 def limiter(body_hcl: str) -> RateLimit:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import pytest
+from mw_support import params as validated
 
 from a3s_gateway.middleware.retry import CONNECT, SENT, STATUS, Retry, parse_retry_after
-from mw_support import params as validated
 
 
 def policy(rng: float = 0.5, **params: object) -> Retry:

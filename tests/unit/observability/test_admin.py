@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 import pytest
+from loops import Run
 
 from a3s_gateway.observability.admin import AdminServer
-from loops import Run
 
 JSON = "application/json"
 TEXT = "text/plain; version=0.0.4; charset=utf-8"

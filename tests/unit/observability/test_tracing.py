@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from loops import Run
 
 from a3s_gateway.config.model import TracingConfig
 from a3s_gateway.http import _parser_py, hdrs
 from a3s_gateway.observability import tracing
 from a3s_gateway.observability.tracing import B3, B3MULTI, W3C, TraceContext, Tracer
-from loops import Run
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"

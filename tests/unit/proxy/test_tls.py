@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from certs import make_cert, make_san_cert
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from loops import Run
 
 from a3s_gateway.config.model import CertificateConfig, TlsConfig
 from a3s_gateway.proxy.tls import CertStore, TlsError
-from certs import make_cert, make_san_cert
-from loops import Run
 
 Pair = tuple[Path, Path]
 

@@ -8,11 +8,11 @@ import json
 import re
 
 import pytest
+from fake_scale_api import FakeApi, Request, Sink, answer, response
 
 from a3s_gateway.config.model import BoxExecutorConfig
 from a3s_gateway.scaling.executors import ExecutorError
 from a3s_gateway.scaling.executors.box import BoxExecutor
-from fake_scale_api import FakeApi, Request, Sink, answer, response
 
 STATIC = ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]
 ACCEPTED = {"accepted": True, "actual_replicas": 2, "message": "scaling"}

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_scale_api import FakeApi, Request, Sink, response
 
 from a3s_gateway.config.model import KubernetesExecutorConfig
 from a3s_gateway.scaling.executors import ExecutorError, kubernetes
 from a3s_gateway.scaling.executors.kubernetes import KubernetesExecutor
-from fake_scale_api import FakeApi, Request, Sink, response
 
 PORTS = [{"name": "metrics", "port": 9090, "protocol": "TCP"}, {"name": "http", "port": 8080, "protocol": "TCP"}]
 END = b"0\r\n\r\n"

@@ -8,6 +8,7 @@ import logging
 import socket
 
 import pytest
+from http_stub import Seen, Stub, response
 
 from a3s_gateway import __version__
 from a3s_gateway.config.model import HealthCheckConfig, PassiveConfig
@@ -20,7 +21,6 @@ from a3s_gateway.service.health import (
     ProbeResult,
     tcp_probe,
 )
-from http_stub import Seen, Stub, response
 
 PASSIVE = PassiveConfig(max_failures=5, window=30.0, ejection=10.0)
 
