@@ -42,7 +42,8 @@ def _free_port() -> int:
 
 
 def _get(port: int, sock: socket.socket | None = None) -> bytes:
-    """The status line of one GET (on ``sock`` kept open, or a new connection); b"" when refused or reset."""
+    """The status line of one GET (on ``sock`` kept open, or a new connection), its body read by Content-Length so
+    a kept connection is ready for the next one; b"" when refused or reset."""
     own = sock is None
     try:
         if sock is None:
@@ -54,7 +55,18 @@ def _get(port: int, sock: socket.socket | None = None) -> bytes:
             if not chunk:
                 return b""
             data += chunk
-        return data.split(b"\r\n", 1)[0]
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+        return head.split(b"\r\n", 1)[0]
     except OSError:
         return b""
     finally:
