@@ -19,7 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import Proc, ensure_tools, free_port, nginx_backend_conf, pinned, plan_cpus, wait_listening
+from _peers import (
+    Proc,
+    ensure_tools,
+    free_port,
+    gateway_command,
+    nginx_backend_conf,
+    pinned,
+    plan_cpus,
+    wait_listening,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,11 +93,12 @@ services "b" {{
   load_balancer {{ servers = [{{ url = "http://127.0.0.1:{backend_port}" }}] }}
 }}
 ''')
+        gateway_argv, gateway_env, _ = gateway_command()  # $A3S_GATEWAY_CMD (another build) or this checkout's
         procs = [
             Proc("backend", pinned([nginx, "-c", str(d / "backend.conf")], cpus.backend), d / "backend.log"),
             Proc("nginx", pinned([nginx, "-c", str(d / "proxy.conf")], cpus.proxy), d / "nginx.log"),
-            Proc("gateway", pinned([str(ROOT / ".venv" / "bin" / "a3s-gateway"), "-c", str(d / "gw.hcl"), "--admin",
-                                    "off", "--log-level", "warning"], cpus.proxy), d / "gw.log"),
+            Proc("gateway", pinned([*gateway_argv, "-c", str(d / "gw.hcl"), "--admin", "off", "--log-level", "warning"],
+                                   cpus.proxy), d / "gw.log", gateway_env),
         ]
         try:
             for proc, port in zip(procs, (backend_port, nginx_port, gw_port), strict=True):
