@@ -15,18 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .._aio import cancel_and_wait
 from ..config.model import HealthCheckConfig
-from ..observability.stats import Histogram
 from ..proxy.upstream import Pool
 from ..service.balancer import Backend
 from ..service.health import probe_for
 from .autoscaler import Autoscaler
-from .buffer import Waiter
+from .buffer import ColdStartQueue, Waiter
 
 if TYPE_CHECKING:
     from ..config.model import ScalingConfig, TransportConfig
@@ -40,7 +38,6 @@ RESEND_AFTER: Final = 30.0  # re-send the desired count while the executor repor
 READY_TIMEOUT: Final = 1.0  # readiness probe timeout (§8.3)
 FAST_PROBE: Final = 0.1  # readiness probe period while requests wait or a scale-up is pending
 SLOW_PROBE: Final = 10.0  # otherwise, when the service has no health_check interval
-REJECT_REASONS: Final = ("full", "timeout", "client_gone", "shutdown")
 
 
 class ScaleTarget:
@@ -82,9 +79,7 @@ class ScaleTarget:
         self.probe_interval = probe_interval
         self.prober = probe_for(transport)
         self.autoscaler = Autoscaler(cfg, self.clock())
-        # the cold-start queue: (waiting request, enqueue time), FIFO
-        self.queue: deque[tuple[Waiter, float]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self.queue = ColdStartQueue(loop, self.clock, cfg.buffer_size, cfg.buffer_timeout_secs)  # §8.4
         # executor bookkeeping
         self.desired = cfg.min_replicas  # last count sent to the executor
         self.actual = 0  # last count the executor reported
@@ -96,11 +91,10 @@ class ScaleTarget:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self.running = False
-        # metrics (§11.2)
-        self.wait = Histogram()  # gateway_buffer_wait_seconds
-        self.rejections: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        # metrics (§11.2): the queue's own counters, and the executor's failures
+        self.wait = self.queue.wait  # gateway_buffer_wait_seconds
+        self.rejections = self.queue.rejections  # gateway_buffer_rejections_total
         self.executor_errors = 0
-        self.cold_starts = 0  # requests that waited and were dispatched
         self._known_urls: set[str] = set()  # endpoints adopted (made not ready once)
         for backend in backends:
             self._adopt(backend)
@@ -249,16 +243,9 @@ class ScaleTarget:
 
     def hold(self, waiter: Waiter, front: bool = False) -> bool:
         """Queue a request that found no replica; False when the queue is full (the caller answers)."""
-        if len(self.queue) >= self.cfg.buffer_size:
-            self.rejections["full"] += 1
+        if not self.queue.push(waiter, front):
             return False
-        now = self.clock()
-        if front:
-            self.queue.appendleft((waiter, now))
-        else:
-            self.queue.append((waiter, now))
-        self.autoscaler.last_active = now
-        self._arm()
+        self.autoscaler.last_active = self.clock()
         if not self.scale_pending and self.ready_count() == 0:
             self.poke()
         self._wake.set()
@@ -266,13 +253,7 @@ class ScaleTarget:
 
     def unhold(self, waiter: Waiter, reason: str = "client_gone") -> None:
         """Take a request out of the queue: its client left (nothing is sent upstream), or shutdown."""
-        for i, (w, t) in enumerate(self.queue):
-            if w is waiter:
-                del self.queue[i]
-                self.rejections[reason] += 1
-                self.wait.observe(self.clock() - t)
-                self._arm()
-                return
+        self.queue.remove(waiter, reason)
 
     def capacity(self) -> int:
         """How many queued requests can be dispatched now."""
@@ -282,15 +263,8 @@ class ScaleTarget:
 
     def kick(self) -> None:
         """Dispatch queued requests in FIFO order up to the free capacity."""
-        queue = self.queue
-        n = self.capacity() if queue else 0
-        while queue and n > 0:
-            waiter, t = queue.popleft()
-            n -= 1
-            self.wait.observe(self.clock() - t)
-            self.cold_starts += 1
-            waiter.resume_held()
-        self._arm()
+        if self.queue:
+            self.queue.release(self.capacity())
 
     def released(self) -> None:
         """A request on one of the replicas ended (data plane): a slot may be free for a queued request; the
@@ -299,33 +273,9 @@ class ScaleTarget:
         if self.queue:
             self.kick()
 
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.queue:
-            deadline = self.queue[0][1] + self.cfg.buffer_timeout_secs
-            self._timer = self.loop.call_later(max(0.0, deadline - self.clock()), self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        now = self.clock()
-        limit = self.cfg.buffer_timeout_secs
-        while self.queue and now - self.queue[0][1] >= limit - 1e-3:
-            waiter, t = self.queue.popleft()
-            self.rejections["timeout"] += 1
-            self.wait.observe(now - t)
-            waiter.hold_expired()
-        self._arm()
-
     def flush(self) -> None:
         """Shutdown drain deadline: every queued request gets 503 (§8.4)."""
-        while self.queue:
-            waiter, t = self.queue.popleft()
-            self.rejections["shutdown"] += 1
-            self.wait.observe(self.clock() - t)
-            waiter.hold_shutdown()
-        self._arm()
+        self.queue.flush()
 
     # -- executor ----------------------------------------------------------------------------------------------
     def poke(self) -> None:
@@ -432,9 +382,7 @@ class ScaleTarget:
             tasks.append(self._scaling)
             self._scaling = None
         await cancel_and_wait(tasks)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.queue.close()
         if stop_replicas and self.executor is not None:
             await self.executor.close()
 
