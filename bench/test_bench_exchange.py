@@ -74,7 +74,9 @@ def make_exchange(chain: str) -> tuple[Callable[[], None], Callable[[], None]]:
     worked and reused one upstream connection; the check also closes the event loop)."""
     loop = asyncio.new_event_loop()
     config = GatewayConfig.from_hcl(gateway_conf(8080, 8081, 8082, "" if chain == "none" else chain))
-    runtime = compile_config.build_runtime(config, loop)
+    state = State()
+    runtime = compile_config.build_runtime(config, loop, state)
+    state.carry(None, runtime)
     server = HttpServer(loop, runtime.entrypoints["web"], "127.0.0.1", 8080)
     client = HttpConnection(server)
     client_tr = FakeTransport()

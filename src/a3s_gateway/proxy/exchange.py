@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
 
-from .. import _compat
 from ..http import hdrs
+from ..http.framing import LENGTH
+from ..http.headers import request_head
 from ..middleware.chain import JSON, Chain, Request, Response
 from ..middleware.retry import parse_retry_after
 from ..netaddr import normalize_ip, parse_ip
 from . import responses
-from .upstream import HIGH_WATER, LENGTH, Client, Pool, UpstreamConnection
+from .upstream import HIGH_WATER, Client, Pool, UpstreamConnection
 
 if TYPE_CHECKING:
     from ..observability.stats import RouteStats
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 log: Final = logging.getLogger("a3s_gateway.proxy")
 
-_headers: Any = _compat.load("header filter")
-request_head = _headers.request_head
 
 # how an attempt failed (middleware/retry.py)
 _CONNECT: Final = 0

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .. import _compat
 from ..errors import ProtocolError
+from ..http.framing import CHUNKED, LENGTH, new_body_reader
+from ..http.parser import new_chunked_decoder, parse_request
 from ..netaddr import normalize_ip
 from . import responses
 from .exchange import (
@@ -26,7 +27,7 @@ from .exchange import (
     lists_websocket,
     upstream_host,
 )
-from .upstream import CHUNKED, HIGH_WATER, LENGTH, BodyReader, ChunkedDecoder
+from .upstream import HIGH_WATER
 
 if TYPE_CHECKING:
     import asyncio
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpConnection", "Listener", "lists_websocket", "upstream_host"]
 
-_parser: Any = _compat.load("http parser")
-parse_request = _parser.parse_request
 
 # connection states
 _IDLE: Final = 0  # waiting for (or parsing) a request head
@@ -200,10 +199,10 @@ class HttpConnection(Downstream):
         entry = self.server.entry
         self.entry = entry
         if head.chunked:
-            self.body = BodyReader(CHUNKED, 0, ChunkedDecoder())
+            self.body = new_body_reader(CHUNKED, 0, new_chunked_decoder())
             self.body_done = False
         elif head.content_length > 0:
-            self.body = BodyReader(LENGTH, head.content_length, None)
+            self.body = new_body_reader(LENGTH, head.content_length, None)
             self.body_done = False
         else:
             self.body = None

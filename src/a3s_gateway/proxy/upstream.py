@@ -11,35 +11,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from .. import _compat
 from .._aio import timeout
 from ..errors import ProtocolError
 from ..http import hdrs
+from ..http.framing import CHUNKED, LENGTH, UNTIL_CLOSE, chunk_frames, last_chunk, new_body_reader
+from ..http.headers import interim_head, response_head
+from ..http.parser import new_chunked_decoder, parse_response
 
 if TYPE_CHECKING:
     from ..config.model import TransportConfig
     from ..middleware.chain import Response
     from ..service.balancer import Backend
 
-_parser: Any = _compat.load("http parser")
-_headers: Any = _compat.load("header filter")
-_relay: Any = _compat.load("body relay")
-
-parse_response = _parser.parse_response
-ChunkedDecoder = _parser.ChunkedDecoder
-response_head = _headers.response_head
-interim_head = _headers.interim_head
-BodyReader = _relay.BodyReader
-chunk_frames = _relay.chunk_frames
-last_chunk = _relay.last_chunk
-
-LENGTH = 1
-CHUNKED = 2
-UNTIL_CLOSE = 3
-
-HIGH_WATER = 65536
+HIGH_WATER: Final = 65536
 _JOIN_LIMIT = 16384  # bytes of body copied to send a response head and its body in one buffer
 
 # connection states
@@ -369,11 +355,11 @@ class UpstreamConnection:
         self.filter = None
         self.filtered = 0
         if head.method == b"HEAD" or status == 204 or status == 304:
-            reader = BodyReader(0, 0, None)
+            reader = new_body_reader(0, 0, None)
             framing = b"Content-Length: %d\r\n" % resp.content_length if resp.content_length >= 0 else b""
             chunked_out = False
         elif resp.chunked:
-            reader = BodyReader(CHUNKED, 0, ChunkedDecoder())
+            reader = new_body_reader(CHUNKED, 0, new_chunked_decoder())
             chunked_out = head.version == 1
             framing = b"Transfer-Encoding: chunked\r\n" if chunked_out else b""
             client_keep_alive = client_keep_alive and chunked_out
@@ -381,19 +367,21 @@ class UpstreamConnection:
                 self.filter = body_filter
         elif body_filter is not None and head.version == 1:
             # a transformed body (compress) has a new length: re-framed as chunks, whatever the backend sent
-            reader = BodyReader(LENGTH, resp.content_length, None) if resp.content_length >= 0 else BodyReader(
-                UNTIL_CLOSE, 0, None)
+            if resp.content_length >= 0:
+                reader = new_body_reader(LENGTH, resp.content_length, None)
+            else:
+                reader = new_body_reader(UNTIL_CLOSE, 0, None)
             if resp.content_length < 0:
                 keep_alive = False
             chunked_out = True
             framing = b"Transfer-Encoding: chunked\r\n"
             self.filter = body_filter
         elif resp.content_length >= 0:
-            reader = BodyReader(LENGTH, resp.content_length, None)
+            reader = new_body_reader(LENGTH, resp.content_length, None)
             framing = b"Content-Length: %d\r\n" % resp.content_length
             chunked_out = False
         else:
-            reader = BodyReader(UNTIL_CLOSE, 0, None)
+            reader = new_body_reader(UNTIL_CLOSE, 0, None)
             keep_alive = False
             chunked_out = head.version == 1
             framing = b"Transfer-Encoding: chunked\r\n" if chunked_out else b""

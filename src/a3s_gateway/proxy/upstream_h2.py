@@ -21,15 +21,14 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from .. import _compat
 from .._aio import timeout
 from ..errors import ProtocolError
+from ..http.framing import new_body_reader
+from ..http.parser import new_chunked_decoder, parse_request
 from .stream_transport import MessageTransport
 
 log: Final = logging.getLogger("a3s_gateway.upstream_h2")
 
-_parser: Any = _compat.load("http parser")
-_relay: Any = _compat.load("body relay")
 
 _HOP: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
                          b"te", b"host", b"content-length"))
@@ -196,7 +195,7 @@ class StreamPipe(MessageTransport):
     def _head(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
         try:
-            req = _parser.parse_request(buf, 65536, 1 << 20, 1000)
+            req = parse_request(buf, 65536, 1 << 20, 1000)
         except ProtocolError:
             self.lost()
             return
@@ -217,9 +216,9 @@ class StreamPipe(MessageTransport):
         fields.append((b"te", b"trailers"))
         no_body = not req.chunked and req.content_length <= 0
         if req.chunked:
-            self.body = _relay.BodyReader(_CHUNKED, 0, _parser.ChunkedDecoder())
+            self.body = new_body_reader(_CHUNKED, 0, new_chunked_decoder())
         else:
-            self.body = _relay.BodyReader(_LENGTH, max(req.content_length, 0), None)
+            self.body = new_body_reader(_LENGTH, max(req.content_length, 0), None)
             if req.content_length > 0:
                 fields.append((b"content-length", b"%d" % req.content_length))
         try:
