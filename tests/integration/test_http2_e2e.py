@@ -255,3 +255,42 @@ async def test_an_http2_connection_survives_a_reload(start_gateway) -> None:
         assert gw.runtime.route_stats[("other", "s")].ttfb.count() == 1
     finally:
         client.close()
+
+
+async def test_h2_requests_reach_the_exchange_as_fields_never_as_http1_text(start_gateway, monkeypatch) -> None:
+    """Issue 17: a stream's request is no HTTP/1.1 head parsed again, nor a body re-chunked and decoded again;
+    what the backend receives is unchanged (Host from :authority, cookies joined, chunked body of unannounced
+    length, content-length body as is)."""
+    from a3s_gateway.proxy import http1
+
+    heads: list[bytes] = []
+    decoders: list[object] = []
+    real_parse, real_decoder = http1.parse_request, http1.ChunkedDecoder
+
+    def parse_request(buf: bytes, *limits: int) -> object:
+        if not buf.startswith(b"PRI * HTTP/2.0\r\n"):  # the connection's preface, parsed once to see h2c
+            heads.append(buf)
+        return real_parse(buf, *limits)
+
+    def chunked_decoder() -> object:
+        decoders.append(None)
+        return real_decoder()
+
+    monkeypatch.setattr(http1, "parse_request", parse_request)
+    monkeypatch.setattr(http1, "ChunkedDecoder", chunked_decoder)
+    backend = await start_backend(echo)
+    gw = await start_gateway(config(backend.url))
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        r = await client.request("GET", "/q?x=1", authority="api.example.com",
+                                 headers=[("cookie", "a=1"), ("cookie", "b=2")])
+        assert r["body"] == b"GET /q?x=1 host=api.example.com body=0"
+        assert backend.requests[-1].header("cookie") == "a=1; b=2"
+        r = await client.request("POST", "/p", b"hello", length=False)
+        assert r["body"] == b"POST /p host=a body=5" and backend.requests[-1].header("transfer-encoding") == "chunked"
+        r = await client.request("POST", "/p", b"w" * 70_000)
+        assert r["body"] == b"POST /p host=a body=70000"
+        assert backend.requests[-1].header("content-length") == "70000"
+    finally:
+        client.close()
+    assert heads == [] and decoders == []

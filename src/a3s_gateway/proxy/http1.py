@@ -212,6 +212,24 @@ class HttpConnection(Downstream):
         self.expect = head.expect_continue and head.version == 1 and not self.body_done
         self.ex.start(head, entry)
 
+    def start_message(self, head: Any, body: Any) -> None:
+        """A request delivered as fields, not text (an HTTP/2 stream, SPEC §9.1): ``head`` as a parsed head,
+        ``body`` the reader of its body bytes as ``data_received`` brings them (None: no body)."""
+        self.fresh = False
+        entry = self.server.entry
+        self.entry = entry
+        self.body = body
+        self.body_done = body is None
+        self.state = _WAIT if body is None else _BODY
+        self._tkind = _T_NONE
+        self.expect = False
+        self.ex.start(head, entry)
+
+    def refuse(self, e: ProtocolError, method: bytes) -> None:
+        """A request delivered as fields that the parser would reject: answered like :meth:`_reject`."""
+        self.buf = b""
+        self._refuse(e, method)
+
     def read_body(self) -> None:
         body = self.body
         buf = self.buf
@@ -325,17 +343,20 @@ class HttpConnection(Downstream):
     # -- protocol violations ----------------------------------------------------------------------------------
     def _reject(self, e: ProtocolError) -> None:
         """A protocol violation: answer its status with ``Connection: close`` and close (SPEC §5.5)."""
+        line, sep, _ = self.buf.partition(b"\r\n")
+        parts = line.split(b" ")
+        self._refuse(e, parts[0] if sep and len(parts) == 3 else b"")
+
+    def _refuse(self, e: ProtocolError, method: bytes) -> None:
         extra = _ALLOW_405 if e.status == 405 else b""
         if self.transport is not None:
             self.transport.write(responses.error_response(e.status, e.message, extra=extra, close=True))
-        line, sep, _ = self.buf.partition(b"\r\n")
-        parts = line.split(b" ")
-        if sep and len(parts) == 3 and 0 < len(parts[0]) <= 32:
+        if 0 < len(method) <= 32:
             # the request line was read: the rejection is counted and logged like any other response (SPEC §11.3)
             entry = self.server.entry
             self.entry = entry
             self.body = None
-            self.ex.rejected(entry, e.status, e.message, parts[0])
+            self.ex.rejected(entry, e.status, e.message, method)
         self.close()
 
     # -- the server's calls -----------------------------------------------------------------------------------

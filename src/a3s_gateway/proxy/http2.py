@@ -1,11 +1,13 @@
 """HTTP/2 downstream (SPEC §9.1) with h2: over TLS (ALPN ``h2``) and h2c prior knowledge on plain entrypoints.
 
 Each stream is served by its own :class:`~a3s_gateway.proxy.http1.HttpConnection` on a :class:`StreamTransport`:
-the stream's request is handed to it as an HTTP/1.1 message (``:authority`` as ``Host``, a body without
-``content-length`` as chunks, request trailers in the last chunk), so routing, middlewares, dispatch (sticky,
-revisions, the cold-start queue, failover, retry), upstream pools, metrics and the access log are exactly those of
-HTTP/1.1. What that connection writes back — the response head, then the body in whatever framing — is parsed once
-and sent as HEADERS / DATA / trailers on the stream.
+the stream's request is handed to it as fields, never as text — a head built from the HEADERS frame's fields
+(:func:`~a3s_gateway.http.h2_head.request_head`: the head of the equivalent HTTP/1.1 request, ``:authority`` as
+``Host``, cookies joined) and DATA as body bytes (a body without ``content-length`` ends with END_STREAM, its
+trailers with it) — so routing, middlewares, dispatch (sticky, revisions, the cold-start queue, failover, retry),
+upstream pools, metrics and the access log are exactly those of HTTP/1.1. What that connection writes back — the
+response head, then the body in whatever framing — is parsed once and sent as HEADERS / DATA / trailers on the
+stream (the response side is still HTTP/1.1 text: the next step gives the exchange a response sink).
 
 Flow control both ways: DATA received is acknowledged as the stream's connection consumes it (its pause_reading
 stops the acknowledgements, so the client's window closes); DATA sent waits for the peer's window, and while it
@@ -38,6 +40,7 @@ from hyperframe.frame import HeadersFrame
 
 from .. import _compat
 from ..errors import ProtocolError
+from ..http.h2_head import StreamDecoder, StreamHead, request_head
 from ..observability.log_limit import RateLimitedLog
 from .http1 import HttpConnection
 from .stream_transport import MessageTransport
@@ -188,7 +191,8 @@ class StreamServer:
 
 
 class StreamTransport(MessageTransport):
-    """The transport of one stream's HttpConnection: request bytes in, HTTP/1.1 response bytes out → h2 frames."""
+    """The transport of one stream's HttpConnection: HTTP/1.1 response bytes out → h2 frames (the request goes
+    in as a head and body bytes, H2Protocol._start)."""
 
     def __init__(self, conn: H2Protocol, stream_id: int, head_request: bool) -> None:
         super().__init__()
@@ -205,10 +209,13 @@ class StreamTransport(MessageTransport):
         self.closed = False
         self.write_paused = False
         self.unacked = 0  # received DATA bytes not acknowledged yet (held while reading is paused)
-        self.chunked = False  # the request body is handed over as chunks (no content-length)
+        self.head: StreamHead | ProtocolError | None = None  # the request head (or why it is rejected)
+        self.decoder: StreamDecoder | None = None  # reads a body of unannounced length (ends with END_STREAM)
         self.deadline_at = 0.0  # a gRPC request's deadline (loop time), 0: none
-        self.early: list[bytes] | None = None  # the request's bytes until the stream starts (H2Protocol._start)
+        self.early: list[bytes] | None = None  # the request's DATA until the stream starts (H2Protocol._start)
+        self.early_end: list[tuple[bytes, bytes]] | None = None  # END_STREAM (its trailers) before the start
         self.grpc = False
+        self.method = b""  # the request's :method (a rejected head is logged with it)
 
     # -- what HttpConnection asks of its transport --------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -567,14 +574,13 @@ class H2Protocol(asyncio.Protocol):
             self.reset(sid, h2.errors.ErrorCodes.REFUSED_STREAM)  # §9.1: this stream only
             return
         method = path = authority = b""
-        lines: list[bytes] = []
+        fields: list[tuple[bytes, bytes]] = []
         cookies: list[bytes] = []
-        has_length = False
         grpc = False
         timeout_value = b""
         for name, value in event.headers:
             if _UNSAFE.search(name) or _UNSAFE.search(value):
-                # CR, LF or NUL would split the HTTP/1.1 head this stream is turned into: a malformed request
+                # CR, LF or NUL would split the HTTP/1.1 head forwarded to the backend: a malformed request
                 self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 return
             if name.startswith(b":"):
@@ -592,13 +598,11 @@ class H2Protocol(asyncio.Protocol):
             if name == b"cookie":
                 cookies.append(value)  # RFC 9113 §8.2.3: one header again
                 continue
-            if name == b"content-length":
-                has_length = True
-            elif name == b"content-type":
+            if name == b"content-type":
                 grpc = value.startswith(b"application/grpc")
             elif name == b"grpc-timeout":
                 timeout_value = value
-            lines.append(name + b": " + value + b"\r\n")
+            fields.append((name, value))
         if method == b"CONNECT":
             self.send_headers(sid, [(b":status", b"405")], True)
             return
@@ -607,15 +611,19 @@ class H2Protocol(asyncio.Protocol):
         if not (path.startswith(b"/") or (path == b"*" and method == b"OPTIONS")) or b" " in path or b" " in method:
             self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
-        if cookies:
-            lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
-        ended = event.stream_ended is not None
-        if not ended and not has_length:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method, path, authority, b"".join(lines))
+        limits = self.server.entry.limits
         stream = StreamTransport(self, sid, method == b"HEAD")
-        stream.chunked = not ended and not has_length
-        stream.early = [head]
+        stream.method = method
+        try:
+            head = request_head(method, path, authority, fields, cookies, event.stream_ended is None,
+                                limits.max_request_line_bytes, limits.max_header_bytes, limits.max_headers)
+        except ProtocolError as e:
+            stream.head = e  # answered by the stream's connection, like the HTTP/1.1 parser's rejection
+        else:
+            stream.head = head
+            if head.chunked:
+                stream.decoder = StreamDecoder()
+        stream.early = []
         stream.grpc = grpc
         if grpc and timeout_value:
             seconds = grpc_timeout(timeout_value)
@@ -625,7 +633,7 @@ class H2Protocol(asyncio.Protocol):
         self.starting.append(stream)
 
     def _start(self, stream: StreamTransport) -> None:
-        """Hand the stream's request (and what arrived of its body) to its own HttpConnection."""
+        """Hand the stream's request head (and what arrived of its body) to its own HttpConnection."""
         early = cast("list[bytes]", stream.early)
         stream.early = None
         protocol = HttpConnection(self.stream_server)
@@ -634,7 +642,21 @@ class H2Protocol(asyncio.Protocol):
             protocol.ex.deadline_at = stream.deadline_at
         stream.protocol = protocol
         protocol.connection_made(stream)
-        protocol.data_received(early[0] if len(early) == 1 else b"".join(early))
+        head = stream.head
+        if isinstance(head, ProtocolError):
+            protocol.refuse(head, stream.method)
+            return
+        assert head is not None
+        body: Any = None
+        if stream.decoder is not None:
+            body = _relay.BodyReader(_CHUNKED, 0, stream.decoder)
+        elif head.content_length > 0:
+            body = _relay.BodyReader(_LENGTH, head.content_length, None)
+        protocol.start_message(head, body)
+        if early:
+            self._feed(stream, early[0] if len(early) == 1 else b"".join(early))
+        if stream.early_end is not None:
+            self._end_body(stream, stream.early_end)
         if stream.unacked:
             self.acknowledge(stream)
 
@@ -645,6 +667,20 @@ class H2Protocol(asyncio.Protocol):
         elif stream.protocol is not None:
             stream.protocol.data_received(data)
 
+    def _end_body(self, stream: StreamTransport, trailers: list[tuple[bytes, bytes]]) -> None:
+        """END_STREAM of a body of unannounced length: its reader ends, with the request's trailers."""
+        decoder = stream.decoder
+        protocol = stream.protocol
+        if decoder is None or decoder.done or protocol is None:
+            return
+        for name, value in trailers:
+            if _UNSAFE.search(name) or _UNSAFE.search(value):  # would split the trailer section sent upstream
+                protocol.ex.abort(400, "Bad request: invalid chunked encoding")
+                return
+        decoder.end(trailers)
+        if not protocol.body_done:
+            protocol.data_received(b"")
+
     def _data(self, event: Any) -> None:
         sid = event.stream_id
         stream = self.streams.get(sid)
@@ -654,17 +690,20 @@ class H2Protocol(asyncio.Protocol):
         stream.unacked += event.flow_controlled_length
         data = event.data
         if data:
-            self._feed(stream, b"%x\r\n%s\r\n" % (len(data), data) if stream.chunked else data)
+            self._feed(stream, data)
         if stream.early is None:
             self.acknowledge(stream)
 
     def _end(self, sid: int, trailers: list[tuple[bytes, bytes]] | None) -> None:
         stream = self.streams.get(sid)
-        if stream is None or (stream.protocol is None and stream.early is None) or not stream.chunked:
+        if stream is None or stream.decoder is None or (stream.protocol is None and stream.early is None):
             return
-        stream.chunked = False
-        tail = b"".join(n + b": " + v + b"\r\n" for n, v in trailers or () if not n.startswith(b":"))
-        self._feed(stream, b"0\r\n" + tail + b"\r\n")
+        fields = [(n, v) for n, v in trailers or () if not n.startswith(b":")]
+        if stream.early is not None:
+            if stream.early_end is None:  # trailers, then StreamEnded: the first one counts
+                stream.early_end = fields
+        else:
+            self._end_body(stream, fields)
 
     def _reset(self, sid: int) -> None:
         stream = self.streams.get(sid)
