@@ -12,10 +12,10 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from support import Request, gateway_port, ok, start_backend
-
 from certs import make_san_cert
 from external import require_tool
+
+from support import Request, gateway_port, ok, start_backend
 
 pytestmark = pytest.mark.timeout(60)
 
