@@ -24,6 +24,7 @@ from a3s_gateway.config.model import GatewayConfig
 from a3s_gateway.proxy.http1 import HttpConnection
 from a3s_gateway.proxy.server import HttpServer
 from a3s_gateway.proxy.upstream import UpstreamConnection
+from a3s_gateway.runtime import State
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 128\r\n"

@@ -265,7 +265,7 @@ async def test_h2_requests_reach_the_exchange_as_fields_never_as_http1_text(star
 
     heads: list[bytes] = []
     decoders: list[object] = []
-    real_parse, real_decoder = http1.parse_request, http1.ChunkedDecoder
+    real_parse, real_decoder = http1.parse_request, http1.new_chunked_decoder
 
     def parse_request(buf: bytes, *limits: int) -> object:
         if not buf.startswith(b"PRI * HTTP/2.0\r\n"):  # the connection's preface, parsed once to see h2c
@@ -277,7 +277,7 @@ async def test_h2_requests_reach_the_exchange_as_fields_never_as_http1_text(star
         return real_decoder()
 
     monkeypatch.setattr(http1, "parse_request", parse_request)
-    monkeypatch.setattr(http1, "ChunkedDecoder", chunked_decoder)
+    monkeypatch.setattr(http1, "new_chunked_decoder", chunked_decoder)
     backend = await start_backend(echo)
     gw = await start_gateway(config(backend.url))
     client = await H2Client.connect(gateway_port(gw))
