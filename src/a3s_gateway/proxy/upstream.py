@@ -26,25 +26,25 @@ if TYPE_CHECKING:
     from ..service.balancer import Backend
 
 HIGH_WATER: Final = 65536
-_JOIN_LIMIT = 16384  # bytes of body copied to send a response head and its body in one buffer
+_JOIN_LIMIT: Final = 16384  # bytes of body copied to send a response head and its body in one buffer
 
 # connection states
-_IDLE = 0  # in the pool, or freshly connected
-_HEAD = 1  # request sent (or being sent), waiting for the response head
-_BODY = 2  # relaying the response body
-_CLOSED = 3
-_TUNNEL = 4  # after a relayed 101 (WebSocket): raw bytes both ways (SPEC §9.3)
+_IDLE: Final = 0  # in the pool, or freshly connected
+_HEAD: Final = 1  # request sent (or being sent), waiting for the response head
+_BODY: Final = 2  # relaying the response body
+_CLOSED: Final = 3
+_TUNNEL: Final = 4  # after a relayed 101 (WebSocket): raw bytes both ways (SPEC §9.3)
 
 # timer kinds
-_T_NONE = 0
-_T_HEAD = 1  # response_header_timeout
-_T_STREAM = 2  # stream_idle_timeout
-_T_POOL = 3  # idle_connection_timeout
-_T_TUNNEL = 4  # tunnel_idle_timeout: no byte in either direction
-_NEVER = float("inf")
+_T_NONE: Final = 0
+_T_HEAD: Final = 1  # response_header_timeout
+_T_STREAM: Final = 2  # stream_idle_timeout
+_T_POOL: Final = 3  # idle_connection_timeout
+_T_TUNNEL: Final = 4  # tunnel_idle_timeout: no byte in either direction
+_NEVER: Final = float("inf")
 
-SSE_ERROR = b'\n\nevent: error\ndata: {"error":"Upstream stream failed"}\n\n'
-_SSE_ERROR_CHUNK = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SSE_ERROR), SSE_ERROR)
+SSE_ERROR: Final = b'\n\nevent: error\ndata: {"error":"Upstream stream failed"}\n\n'
+_SSE_ERROR_CHUNK: Final = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SSE_ERROR), SSE_ERROR)
 
 
 def _only_chunked(headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bool:
