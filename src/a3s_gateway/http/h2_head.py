@@ -22,7 +22,7 @@ from typing import Final
 from ..errors import ProtocolError
 from . import hdrs
 
-__all__ = ["StreamDecoder", "StreamHead", "request_head"]
+__all__ = ["MALFORMED_FIELD", "StreamDecoder", "StreamHead", "request_head"]
 
 _TCHAR: Final = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN: Final = re.compile(rb"[" + _TCHAR + rb"]+")
@@ -43,6 +43,8 @@ _E_FIELD: Final = (400, "Bad request: invalid header field")
 _E_CHAR: Final = (400, "Bad request: invalid characters")
 _E_HOST: Final = (400, "Bad request: invalid Host header")
 _E_CONTENT_LENGTH: Final = (400, "Bad request: invalid Content-Length")
+#: the messages that mean a field an HTTP/2 request may not carry: a malformed stream (RFC 9113 §8.2.1)
+MALFORMED_FIELD: Final = frozenset((_E_FIELD[1], _E_CHAR[1]))
 
 
 class StreamHead:

@@ -40,7 +40,7 @@ from hyperframe.frame import HeadersFrame
 
 from .. import _compat
 from ..errors import ProtocolError
-from ..http.h2_head import StreamDecoder, StreamHead, request_head
+from ..http.h2_head import MALFORMED_FIELD, StreamDecoder, StreamHead, request_head
 from ..observability.log_limit import RateLimitedLog
 from .http1 import HttpConnection
 from .stream_transport import MessageTransport
@@ -579,10 +579,6 @@ class H2Protocol(asyncio.Protocol):
         grpc = False
         timeout_value = b""
         for name, value in event.headers:
-            if _UNSAFE.search(name) or _UNSAFE.search(value):
-                # CR, LF or NUL would split the HTTP/1.1 head forwarded to the backend: a malformed request
-                self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-                return
             if name.startswith(b":"):
                 if name == b":method":
                     method = value
@@ -618,6 +614,11 @@ class H2Protocol(asyncio.Protocol):
             head = request_head(method, path, authority, fields, cookies, event.stream_ended is None,
                                 limits.max_request_line_bytes, limits.max_header_bytes, limits.max_headers)
         except ProtocolError as e:
+            if e.message in MALFORMED_FIELD:
+                # a field name or value the HTTP/1.1 head could not carry (CR, LF, NUL, ...): a malformed request,
+                # RFC 9113 §8.2.1 — checked once, by request_head
+                self.reset(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
             stream.head = e  # answered by the stream's connection, like the HTTP/1.1 parser's rejection
         else:
             stream.head = head
