@@ -64,5 +64,8 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9901/api/gateway/health', timeout=2)"]
 
 # Exec form: the gateway is PID 1 and receives SIGTERM itself (graceful drain, shutdown_timeout).
+# --workers auto: one worker process per CPU the container may use, bounded by its CPU limit (docker run --cpus 1.5:
+# 2 workers; no limit: every CPU of the host). It overrides `workers` in the configuration: give your own arguments
+# (docker run IMAGE --config /etc/a3s-gateway/gateway.hcl) to let the file decide, or --workers N for a fixed count.
 ENTRYPOINT ["a3s-gateway"]
-CMD ["--config", "/etc/a3s-gateway/gateway.hcl"]
+CMD ["--config", "/etc/a3s-gateway/gateway.hcl", "--workers", "auto"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import posixpath
 import re
 import sys
@@ -30,7 +31,9 @@ else:
 import yaml
 
 import a3s_gateway
+from a3s_gateway.cli import _parser as cli_parser
 from a3s_gateway.config import GatewayConfig
+from a3s_gateway.cpus import available_cpus
 from a3s_gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -631,7 +634,8 @@ EVERYTHING_ON: dict[str, Any] = {
     "imagePullSecrets": [{"name": "registry"}],
     "podAnnotations": {"example.com/team": "ai"},
     "podLabels": {"tier": "edge"},
-    "extraArgs": ["--workers", "auto"],
+    "workers": 4,
+    "extraArgs": ["--listen", "0.0.0.0:8081"],
     "extraEnv": [{"name": "JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "gw", "key": "jwt"}}}],
     "envFrom": [{"secretRef": {"name": "gw-env"}}],
     "extraVolumes": [{"name": "certs", "secret": {"secretName": "gw-tls"}}],
@@ -715,7 +719,8 @@ def test_everything_on() -> None:
     assert annotations["example.com/team"] == "ai"
     c = container(docs)
     assert c["image"].endswith(":9.9.9")
-    assert c["args"][-2:] == ["--workers", "auto"]
+    assert c["args"][-2:] == ["--listen", "0.0.0.0:8081"], "extraArgs come last"
+    assert arg_after(c["args"], "--workers") == "4"
     assert [e["name"] for e in c["env"]] == ["XDG_CACHE_HOME", "JWT_SECRET"]
     assert {m["name"] for m in c["volumeMounts"]} == {"config", "tmp", "certs"}
     service = the(docs, "Service", deployment["metadata"]["name"])
@@ -742,7 +747,7 @@ def test_config_reaches_the_path_the_image_reads() -> None:
     assert configmap["data"] == {posixpath.basename(CONFIG_FILE): values["config"]}
     c = container(docs)
     assert arg_after(c["args"], "--config") == CONFIG_FILE
-    assert json.loads(dockerfile()[-1].all("CMD")[-1]) == ["--config", CONFIG_FILE]
+    assert arg_after(json.loads(dockerfile()[-1].all("CMD")[-1]), "--config") == CONFIG_FILE
     pod = the(docs, "Deployment")["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if "configMap" in v)
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
@@ -816,6 +821,71 @@ def test_pods_run_locked_down_as_the_image_user() -> None:
     assert c["resources"]["requests"]["cpu"], "the HPA's CPU target needs a CPU request"
 
 
+def cpu_millis(quantity: str | int | float) -> int:
+    """A Kubernetes CPU quantity ("2", "1500m", 0.5) in millicores."""
+    text = str(quantity)
+    return int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
+
+
+def kubelet_cpu_max(limit: str | int | float) -> str:
+    """The cgroup v2 cpu.max the kubelet writes for a container's resources.limits.cpu (period 100 ms)."""
+    return f"{cpu_millis(limit) * 100_000 // 1000} 100000\n"
+
+
+def workers_under_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str | int | float) -> int:
+    """What `--workers auto` starts in a container with that CPU limit on a 64-CPU node."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    root = tmp_path / str(limit)
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text("0::/\n")
+    (root / "sys/fs/cgroup").mkdir(parents=True)
+    (root / "sys/fs/cgroup/cpu.max").write_text(kubelet_cpu_max(limit))
+    return available_cpus(str(root))
+
+
+def test_workers_default_to_auto_in_the_chart_and_the_image() -> None:
+    values = values_yaml()
+    assert values["workers"] == "auto"
+    args = container(manifests(render_chart()))["args"]
+    assert arg_after(args, "--workers") == "auto"
+    cmd = json.loads(dockerfile()[-1].all("CMD")[-1])
+    assert arg_after(cmd, "--workers") == "auto"
+    # both are command lines the gateway accepts
+    for argv in (args, cmd):
+        parsed = cli_parser().parse_args(argv)
+        assert parsed.workers == "auto" and parsed.config == CONFIG_FILE and parsed.command is None
+
+
+@pytest.mark.parametrize(("workers", "rendered"), [(3, "3"), ("2", "2"), ("auto", "auto")])
+def test_workers_set_by_the_user_render(workers: int | str, rendered: str) -> None:
+    args = container(manifests(render_chart({"workers": workers})))["args"]
+    assert arg_after(args, "--workers") == rendered  # a string: container args are strings
+    assert cli_parser().parse_args(args).workers == rendered
+
+
+@pytest.mark.parametrize("workers", ["", None])
+def test_workers_unset_leaves_it_to_the_configuration(workers: str | None) -> None:
+    args = container(manifests(render_chart({"workers": workers})))["args"]
+    assert "--workers" not in args
+    assert cli_parser().parse_args(args).workers is None
+
+
+def test_the_default_cpu_limit_bounds_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a CPU limit "auto" would start a worker per CPU of the node, more than the memory limit holds."""
+    resources = container(manifests(render_chart()))["resources"]
+    limit = resources["limits"]["cpu"]
+    assert workers_under_limit(tmp_path, monkeypatch, limit) == 2
+    assert cpu_millis(resources["limits"]["cpu"]) >= cpu_millis(resources["requests"]["cpu"])
+
+
+@pytest.mark.parametrize(("limit", "workers"), [("1500m", 2), ("2", 2), ("500m", 1), (4, 4), ("3100m", 4)])
+def test_auto_rounds_the_cpu_limit_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str | int,
+                                      workers: int) -> None:
+    # values.yaml says "resources.limits.cpu: 1500m gives 2 workers"
+    assert "1500m gives 2 workers" in _values_text()
+    assert workers_under_limit(tmp_path, monkeypatch, limit) == workers
+
+
 def test_termination_outlasts_the_drain() -> None:
     values = values_yaml()
     docs = manifests(render_chart())
@@ -869,7 +939,7 @@ def test_dockerfile_runtime() -> None:
     user = users[-1].split(":")[0]
     assert user not in ("root", "0")
     assert json.loads(runtime.all("ENTRYPOINT")[-1]) == ["a3s-gateway"]
-    assert json.loads(runtime.all("CMD")[-1]) == ["--config", CONFIG_FILE]
+    assert json.loads(runtime.all("CMD")[-1]) == ["--config", CONFIG_FILE, "--workers", "auto"]
     exposed = {int(p.split("/")[0]) for args in runtime.all("EXPOSE") for p in args.split()}
     ports = values_yaml()["containerPorts"]
     assert exposed == {ports["http"], ports["admin"]}
