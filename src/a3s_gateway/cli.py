@@ -220,6 +220,25 @@ def _run_loop(config: GatewayConfig, admin: str | None) -> int:
     return uvloop.run(_serve(config, admin))
 
 
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _run_supervisor(config: GatewayConfig, workers: int, admin: str | None, log_args: tuple[str, ...]) -> int:
+    """``workers > 1``: a supervisor process and ``workers`` worker processes (SPEC §13.4)."""
+    from .workers.supervisor import serve
+
+    _tune_malloc()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.run(serve(config, workers, admin, log_args))
+    return uvloop.run(serve(config, workers, admin, log_args))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``a3s-gateway`` console script."""
     args = _parser().parse_args(argv)
@@ -247,9 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         if parse_address(args.admin) is None:
             print(f"error: --admin {args.admin!r}: use host:port (e.g. 127.0.0.1:9901) or off", file=sys.stderr)
             return EXIT_USAGE
-    if args.workers not in (None, "1"):
-        print("error: not supported yet: workers", file=sys.stderr)
-        return EXIT_STARTUP
+    workers_flag: int | str | None = None
+    if args.workers is not None:
+        workers_flag = args.workers if args.workers == "auto" else _int_or_none(args.workers)
+        if workers_flag is None or (isinstance(workers_flag, int) and workers_flag < 1):
+            print(f"error: --workers {args.workers!r}: use a number >= 1 or auto", file=sys.stderr)
+            return EXIT_USAGE
+    worker = os.environ.pop("A3S_GATEWAY_WORKER", None)
+    if worker is not None:  # started by a supervisor (SPEC §13.4)
+        from .workers.worker import main as worker_main
+
+        return worker_main(worker)
     if path is None or (explicit and not Path(path).is_file()):
         if args.listen and not explicit:
             config = _demo_config(args.listen)
@@ -269,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.listen:
             print("error: not supported yet: --listen together with a configuration file", file=sys.stderr)
             return EXIT_STARTUP
+    from .cpus import resolve_workers
+
+    workers = resolve_workers(workers_flag if workers_flag is not None else config.workers)
     try:
+        if workers > 1:
+            return _run_supervisor(config, workers, args.admin, ("--log-level", args.log_level,
+                                                                  "--log-format", args.log_format))
         return _run_loop(config, args.admin)
     except KeyboardInterrupt:  # pragma: no cover - second Ctrl-C during start-up
         return EXIT_OK

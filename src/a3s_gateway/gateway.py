@@ -11,7 +11,7 @@ import platform
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._aio import cancel_and_wait
 from ._version import __version__
@@ -48,6 +48,38 @@ class GatewayState(str, enum.Enum):
     STOPPED = "stopped"
 
 
+class Peers(Protocol):
+    """The worker processes a supervisor's gateway ships each generation to (SPEC §13.4): prepare, then commit."""
+
+    async def prepare(self, config: GatewayConfig, generation: int) -> None:
+        """Every worker builds ``generation`` and binds its new listeners; raises StartupError when one cannot."""
+        ...
+
+    async def commit(self, generation: int) -> None:
+        """Every worker swaps to the prepared generation (a worker that fails to is replaced); returns when all
+        answered, so the supervisor reports the generation the workers serve."""
+        ...
+
+    async def abort(self, generation: int) -> None:
+        """Every worker drops the prepared generation."""
+        ...
+
+
+class RemoteView(Protocol):
+    """What a supervisor's gateway shows of its workers' data plane (the admin API, SPEC §13.4)."""
+
+    def total_requests(self) -> int: ...
+
+    def connection_counts(self) -> dict[str, int]: ...
+
+    def in_flight(self, service: str, url: str) -> int: ...
+
+
+#: process roles (SPEC §13.4): one process serving everything; the supervisor of worker processes (control plane,
+#: binds no entrypoint); a worker (data plane: binds every entrypoint, runs no health check, executor or rollout)
+SINGLE, SUPERVISOR, WORKER = "single", "supervisor", "worker"
+
+
 def _override_admin(config: GatewayConfig, admin: str | None) -> GatewayConfig:
     """``config`` with the admin listener replaced by ``admin`` (``"off"`` or an address; None = as configured)."""
     if admin is None:
@@ -71,8 +103,21 @@ class Gateway:
     """
 
     def __init__(
-        self, config: GatewayConfig, *, clock: Callable[[], float] | None = None, admin: str | None = None
+        self, config: GatewayConfig, *, clock: Callable[[], float] | None = None, admin: str | None = None,
+        role: str = SINGLE, generation: int = 1,
     ) -> None:
+        if role not in (SINGLE, SUPERVISOR, WORKER):
+            raise ValueError(f"unknown role {role!r}")
+        #: single, supervisor or worker (SPEC §13.4)
+        self.role = role
+        #: a supervisor's worker processes (set by workers.supervisor)
+        self.peers: Peers | None = None
+        #: a supervisor's view of its workers' counters (None: this process serves the traffic itself)
+        self.remote: RemoteView | None = None
+        #: called with each generation once it runs (a worker points its scale targets at the supervisor)
+        self.on_generation: Callable[[Runtime], None] | None = None
+        self._first_generation = generation
+        self._pending: tuple[GatewayConfig, Runtime, dict[str, HttpServer], _Observers] | None = None
         self._admin_override = admin
         self._config = _override_admin(config, admin)
         self.clock = clock or time.monotonic
@@ -127,10 +172,11 @@ class Gateway:
             compile_config.check_supported(config)
             self._access_log = self._open_access_log(config.access_log, None)
             self._tracer = Tracer(config.tracing)
-            runtime = compile_config.build_runtime(config, loop, self.live, 1, access_log=self._access_log,
-                                                   tracer=self._tracer)
-            for name, entry in _entries(runtime).items():
-                self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
+            runtime = compile_config.build_runtime(config, loop, self.live, self._first_generation,
+                                                   access_log=self._access_log, tracer=self._tracer)
+            if self.role != SUPERVISOR:  # a supervisor's workers bind the entrypoints
+                for name, entry in _entries(runtime).items():
+                    self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
             admin_chain, admin_mws = self._build_admin_chain(config)
             self._admin = await self._bind_admin(loop, config.admin)
             if self._admin is not None:
@@ -147,7 +193,7 @@ class Gateway:
             self._stopped.set()
             raise
         self._tracer.start()
-        self._generation = 1
+        self._generation = runtime.generation
         self.live.carry(None, runtime)
         self.live.carry_admin(admin_mws)
         self.runtime = runtime
@@ -257,7 +303,21 @@ class Gateway:
                 raise StartupError(f"cannot reload in state {self.state.value}")
             self.state = GatewayState.RELOADING
             try:
-                self._swap(*await self._prepare(new_config))
+                prepared = await self._prepare(new_config)
+                peers = self.peers
+                if peers is not None:
+                    generation = prepared[1].generation
+                    try:
+                        await peers.prepare(prepared[0], generation)
+                        if self.state != GatewayState.RELOADING:
+                            raise StartupError(f"reload abandoned: the gateway is {self.state.value}")
+                    except BaseException:
+                        await peers.abort(generation)
+                        await self._unprepare(prepared)
+                        raise
+                if peers is not None:
+                    await peers.commit(prepared[1].generation)
+                self._swap(*prepared)
             except BaseException as e:
                 if self.state == GatewayState.RELOADING:  # not when a shutdown started meanwhile
                     self.state = GatewayState.RUNNING
@@ -268,12 +328,62 @@ class Gateway:
         self._record_reload(None)
         await self._sync_watcher()
 
-    async def _prepare(self, new_config: GatewayConfig) -> tuple[GatewayConfig, Runtime, dict[str, HttpServer],
-                                                                 _Observers]:
+    async def prepare_generation(self, new_config: GatewayConfig, generation: int) -> None:
+        """A worker's half of a reload (SPEC §13.4): build ``generation`` and bind its new listeners, then wait for
+        :meth:`commit_generation` or :meth:`abort_generation`. Raises StartupError/ConfigError (nothing changed)."""
+        new_config = _override_admin(new_config, self._admin_override)
+        async with self._reload_lock:
+            if self.state != GatewayState.RUNNING or self._pending is not None:
+                raise StartupError(f"cannot reload in state {self.state.value}")
+            self.state = GatewayState.RELOADING
+            try:
+                self._pending = await self._prepare(new_config, generation)
+            except BaseException:
+                if self.state == GatewayState.RELOADING:
+                    self.state = GatewayState.RUNNING
+                raise
+
+    def commit_generation(self, generation: int) -> None:
+        """Swap in the generation :meth:`prepare_generation` built."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[1].generation != generation:
+            raise StartupError(f"generation {generation} was not prepared")
+        if self.state != GatewayState.RELOADING:
+            self._background(self._unprepare(pending))
+            raise StartupError(f"cannot commit in state {self.state.value}")
+        self._swap(*pending)
+        self.state = GatewayState.RUNNING
+        self._record_reload(None)
+
+    async def abort_generation(self, generation: int) -> None:
+        """Drop the generation :meth:`prepare_generation` built (another worker could not build it)."""
+        pending = self._pending
+        if pending is None or pending[1].generation != generation:
+            return
+        self._pending = None
+        await self._unprepare(pending)
+        if self.state == GatewayState.RELOADING:
+            self.state = GatewayState.RUNNING
+
+    async def _unprepare(self, prepared: tuple[GatewayConfig, Runtime, dict[str, HttpServer], _Observers]) -> None:
+        """Undo what :meth:`_prepare` opened for a generation that will not run."""
+        _, _, added, observers = prepared
+        for server in added.values():
+            server.close_listener()
+        if observers.access_log is not None and observers.access_log is not self._access_log:
+            await observers.access_log.close()
+        if observers.admin_changed and observers.admin is not None:
+            await observers.admin.close()
+
+    async def _prepare(self, new_config: GatewayConfig, generation: int | None = None
+                       ) -> tuple[GatewayConfig, Runtime, dict[str, HttpServer], _Observers]:
         """Build the next generation and bind its new listeners; nothing running is touched."""
         loop = asyncio.get_running_loop()
         compile_config.check_supported(new_config)
         old = self._config
+        if new_config.workers != old.workers and self.role != WORKER:
+            log.warning("workers changed from %s to %s: a reload keeps the running processes; restart to apply",
+                        old.workers, new_config.workers)
         access_log = self._open_access_log(new_config.access_log, self._access_log)
         tracer = self._tracer if self._tracer is not None and old.tracing == new_config.tracing else None
         new_tracer = tracer or Tracer(new_config.tracing)
@@ -281,11 +391,12 @@ class Gateway:
         observers = _Observers(access_log, new_tracer, self._admin, False, admin_chain, admin_mws)
         added: dict[str, HttpServer] = {}
         try:
-            runtime = compile_config.build_runtime(new_config, loop, self.live, self._generation + 1,
+            runtime = compile_config.build_runtime(new_config, loop, self.live,
+                                                   self._generation + 1 if generation is None else generation,
                                                    access_log=access_log, tracer=new_tracer)
             for name, entry in _entries(runtime).items():
                 ep = new_config.entrypoints[name]
-                if not self._keeps_listener(name, ep):
+                if self.role != SUPERVISOR and not self._keeps_listener(name, ep):
                     added[name] = await self._bind(loop, ep, entry)
             a_old, a_new = old.admin, new_config.admin
             if (a_old.enabled, a_old.host, a_old.port) != (a_new.enabled, a_new.host, a_new.port):
@@ -339,7 +450,9 @@ class Gateway:
             self._background(mw.close())
         servers: dict[str, Any] = {}
         for name, entry in _entries(runtime).items():
-            server = added.get(name) or self._servers[name]
+            server = added.get(name) or self._servers.get(name)
+            if server is None:  # a supervisor binds no entrypoint
+                continue
             server.entry = entry
             servers[name] = server
         gone = [(name, server) for name, server in self._servers.items() if servers.get(name) is not server]
@@ -372,8 +485,14 @@ class Gateway:
         task.add_done_callback(lambda _: self._retiring.pop(server, None))
 
     def _start_health(self, runtime: Runtime) -> None:
-        """Start the health checks, scale targets and rollout evaluations of a generation that was swapped in."""
-        State.start(runtime)
+        """Start the health checks, scale targets and rollout evaluations of a generation that was swapped in.
+
+        A worker starts only passive health: its supervisor runs the probes, autoscalers, executors and rollouts."""
+        if self.on_generation is not None:
+            self.on_generation(runtime)
+        State.start(runtime, control=self.role != WORKER)
+        if self.role == WORKER:
+            return
         for svc in runtime.services.values():
             if svc.rollout is not None and svc.rollout.state == "progressing":
                 running = self._rollouts.get(svc.name)
@@ -417,7 +536,8 @@ class Gateway:
         """Start, retarget or stop the file watcher to match the running configuration (SPEC §12.2)."""
         config = self._config
         file = config.providers.file
-        want = file is not None and file.watch and config.path is not None and self.state == GatewayState.RUNNING
+        want = (file is not None and file.watch and config.path is not None and self.state == GatewayState.RUNNING
+                and self.role != WORKER)
         if not want:
             if file is not None and file.watch and config.path is None:
                 log.warning("providers.file.watch: the configuration was not loaded from a file; nothing to watch")
@@ -577,6 +697,8 @@ class Gateway:
 
     def connection_counts(self) -> dict[str, int]:
         """Open downstream connections per entrypoint (including listeners draining after a reload)."""
+        if self.remote is not None:
+            return self.remote.connection_counts()
         counts = {name: len(server.connections) for name, server in self._servers.items()}
         for server in self._retiring:
             name = server.entry.name
@@ -600,6 +722,8 @@ class Gateway:
         runtime = self.runtime
         backends = [b for svc in runtime.services.values() for b in svc.backends] if runtime is not None else []
         total = sum(st.total_requests() for st in runtime.route_stats.values()) if runtime is not None else 0
+        if self.remote is not None:
+            total = self.remote.total_requests()
         return {
             "state": self.state.value,
             "uptime_secs": int(self.clock() - self._started_at) if self._started_at else 0,
@@ -640,7 +764,8 @@ class Gateway:
 
     def _backend_view(self, service: str, b: Any) -> dict[str, Any]:
         return {"service": service, "url": b.url, "weight": b.weight, "healthy": bool(b.eligible),
-                "active_connections": b.in_flight, "revision": b.revision or None}
+                "active_connections": b.in_flight if self.remote is None else self.remote.in_flight(service, b.url),
+                "revision": b.revision or None}
 
     def services(self) -> list[dict[str, Any]]:
         """Services sorted by name (``GET /api/gateway/services``)."""

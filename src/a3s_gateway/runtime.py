@@ -277,14 +277,16 @@ class State:
         return retired
 
     @staticmethod
-    def start(runtime: Runtime) -> None:
+    def start(runtime: Runtime, control: bool = True) -> None:
         """Start the scale targets, active checkers and passive re-admission of a generation that was swapped in
-        (objects carried over run already: starting them again does nothing)."""
+        (objects carried over run already: starting them again does nothing). Without ``control`` (a worker
+        process, SPEC §13.4) only passive health starts: the supervisor probes, scales and evaluates."""
         for svc in runtime.services.values():
-            for target in svc.targets:
-                target.start()
-            if svc.checker is not None:
-                svc.checker.start()
+            if control:
+                for target in svc.targets:
+                    target.start()
+                if svc.checker is not None:
+                    svc.checker.start()
             if svc.passive is not None:
                 svc.passive.start()
 

@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import Client, Handler, Request, gateway_port, ok, read_head, start_backend
 
 from a3s_gateway import Gateway, GatewayConfig, GatewayState, StartupError
+from support import Client, Handler, Request, gateway_port, ok, read_head, start_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 GET = b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -236,9 +236,10 @@ async def test_failed_reloads_keep_the_running_generation(start_gateway) -> None
     with pytest.raises(OSError):
         await get(spare, "/gen0")
     # a feature this build does not run yet
-    workers = 'entrypoints "web" { address = "127.0.0.1:0" }\nworkers = 2\n'
-    with pytest.raises(StartupError, match="not supported yet: workers"):
-        await gw.reload(GatewayConfig.from_hcl(generation_hcl(2, backend.url, sse=False, entrypoints=workers)))
+    discovery = ('entrypoints "web" { address = "127.0.0.1:0" }\n'
+           'providers { discovery {\n seeds = [{ url = "http://127.0.0.1:9/" }]\n } }\n')
+    with pytest.raises(StartupError, match=r"not supported yet: providers\.discovery"):
+        await gw.reload(GatewayConfig.from_hcl(generation_hcl(2, backend.url, sse=False, entrypoints=discovery)))
 
     assert gw.state == GatewayState.RUNNING and gw.generation == 1
     assert gw.reload_failures == 2 and gw.reload_successes == 0

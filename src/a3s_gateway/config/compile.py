@@ -41,7 +41,7 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
      "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
      "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout",
      "tls", "redirect", "tcp entrypoint", "udp entrypoint", "tcp_allowed_ips", "middleware tcp-filter", "http2",
-     "h2c backend", "https backend", "transport tls"}
+     "h2c backend", "https backend", "transport tls", "workers"}
 )
 
 

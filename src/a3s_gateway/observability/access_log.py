@@ -27,6 +27,7 @@ log = logging.getLogger("a3s_gateway.access_log")
 CAPACITY: Final = 10_000  # queued entries (SPEC §14)
 BATCH: Final = 1024  # entries per write; also the queue length that wakes the writer before flush_interval
 WARN_INTERVAL: Final = 10.0  # seconds between two warnings about drops, failed writes or malformed entries
+PIPE_BUF: Final = 4096  # POSIX: writes of at most this many bytes to a pipe are atomic
 FILE_MODE: Final = 0o644  # passed to open(2), so the process umask still applies, as for any log file
 
 #: One access-log entry as the request path builds it: raw values, formatted by the writer (see ``FIELDS``).
@@ -344,6 +345,20 @@ class AccessLog:
 
     def _write(self, data: bytes) -> None:
         fd = self._fd
+        if self.path == "-" and len(data) > PIPE_BUF:
+            # a pipe shared with other worker processes (SPEC §13.4) keeps writes of up to PIPE_BUF bytes whole:
+            # write whole lines in pieces of at most that size, so no line is split by another process's write
+            start = 0
+            while start < len(data):
+                end = data.rfind(b"\n", start, start + PIPE_BUF) + 1
+                if end <= start:  # one line longer than PIPE_BUF: it cannot be atomic anyway
+                    end = data.find(b"\n", start) + 1 or len(data)
+                self._write_all(fd, data[start:end])
+                start = end
+            return
+        self._write_all(fd, data)
+
+    def _write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
@@ -291,18 +291,21 @@ class _AdminConnection(asyncio.Protocol):
 
     def _answer(self, head: Any) -> None:
         chain = self._server.chain
-        if chain is None:
+        if chain is None and self._server.refresh is None:
             self._answer_with(head, self._endpoint(head))
             return
         # admin { middlewares = [...] } (SPEC §3.6): the same request and response phases as a router's chain
-        req = Request(head.method, head.path, head.query, head.host, list(head.headers), self._peer, "@admin",
-                      b"http", -1 if head.chunked else max(head.content_length, 0), len(chain.middlewares))
-        if chain.has_async:
+        req = None
+        if chain is not None:
+            req = Request(head.method, head.path, head.query, head.host, list(head.headers), self._peer, "@admin",
+                          b"http", -1 if head.chunked else max(head.content_length, 0), len(chain.middlewares))
+        if self._server.refresh is not None or (chain is not None and chain.has_async):
             self._state = _BUSY
             task = self._server.loop.create_task(self._answer_async(head, chain, req))
             self._server.tasks.add(task)
             task.add_done_callback(self._server.tasks.discard)
             return
+        assert chain is not None and req is not None
         now = self._server.loop.time()
         for i, mw in enumerate(chain.middlewares):
             if mw.has_request:
@@ -312,17 +315,23 @@ class _AdminConnection(asyncio.Protocol):
                     return
         self._answer_with(head, self._phase(chain, req, self._endpoint(head), len(chain.middlewares)))
 
-    async def _answer_async(self, head: Any, chain: Chain, req: Request) -> None:
+    async def _answer_async(self, head: Any, chain: Chain | None, req: Request | None) -> None:
         result: Result | None = None
         try:
-            for i, mw in enumerate(chain.middlewares):
+            refresh = self._server.refresh
+            if refresh is not None:
+                await refresh()  # a supervisor gathers its workers' numbers first (SPEC §13.4)
+            if chain is None or req is None:
+                result = self._endpoint(head)
+            for i, mw in enumerate(chain.middlewares if chain is not None and req is not None else ()):
+                assert chain is not None and req is not None
                 if mw.has_request or mw.is_async:
                     now = self._server.loop.time()
                     reply = await mw.request_async(req, now) if mw.is_async else mw.request(req, now)
                     if reply is not None:
                         result = self._phase(chain, req, _from_reply(reply), i)
                         break
-            if result is None:
+            if result is None and chain is not None and req is not None:
                 result = self._phase(chain, req, self._endpoint(head), len(chain.middlewares))
         except Exception:
             log.exception("admin: middleware failed")
@@ -330,7 +339,7 @@ class _AdminConnection(asyncio.Protocol):
         if self._state != _BUSY or self._transport is None:
             return
         self._state = _READING
-        self._answer_with(head, result)
+        self._answer_with(head, result if result is not None else _INTERNAL_ERROR)
         if self._state == _READING:
             self._process()
 
@@ -484,6 +493,8 @@ class AdminServer:
         #: admin { middlewares } compiled (None: none); the gateway replaces it on reload
         self.chain: Chain | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        #: awaited before each request is answered (a supervisor collects its workers' counters), or None
+        self.refresh: Callable[[], Awaitable[None]] | None = None
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:

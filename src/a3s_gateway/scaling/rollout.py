@@ -117,6 +117,21 @@ class RolloutWindow:
         """TTFB samples held in the reservoir (at most ``capacity``)."""
         return min(self._seen, self._capacity)
 
+    def drain(self) -> tuple[int, int, list[float]]:
+        """A worker's report (SPEC §13.4): (attempts, errors, TTFB samples) since the last one, then reset."""
+        out = (self._requests, self._errors, self._samples[: self.sampled])
+        self._requests = 0
+        self._errors = 0
+        self._seen = 0
+        return out
+
+    def merge(self, requests: int, errors: int, samples: list[float]) -> None:
+        """Add a worker's report to this interval (the supervisor's window of the rollout)."""
+        self._requests += requests
+        self._errors += errors
+        for seconds in samples:
+            self.ttfb(seconds)
+
     def take(self) -> WindowStats:
         """Snapshot this interval and reset the counters for the next one."""
         p99 = p99_nearest_rank(self._samples[: self.sampled])

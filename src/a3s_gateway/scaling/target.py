@@ -96,6 +96,11 @@ class ScaleTarget:
         self.rejections = self.queue.rejections  # gateway_buffer_rejections_total
         self.executor_errors = 0
         self._known_urls: set[str] = set()  # endpoints adopted (made not ready once)
+        #: in a worker process (SPEC §13.4): where a cold poke goes (the supervisor scales); the target then runs no
+        #: readiness probe, autoscaler or executor of its own and takes its replicas from :meth:`follow_endpoints`
+        self.remote_poke: Callable[[str], None] | None = None
+        #: in a supervisor: each worker's last (in-flight, queued) report for this target, by worker
+        self.remote_load: dict[int, tuple[int, int]] = {}
         for backend in backends:
             self._adopt(backend)
 
@@ -169,7 +174,26 @@ class ScaleTarget:
         return ready if self.stand_in is None else min(ready, self.stand_in)
 
     def in_flight(self) -> int:
-        return sum(b.in_flight for b in self.backends)
+        return sum(b.in_flight for b in self.backends) + sum(n for n, _ in self.remote_load.values())
+
+    def queued(self) -> int:
+        """Requests waiting for a replica: this process's queue plus the workers' last reports."""
+        return len(self.queue) + sum(q for _, q in self.remote_load.values())
+
+    def follow_endpoints(self, endpoints: list[tuple[str, bool, bool]], stand_in: int | None) -> None:
+        """A worker takes the supervisor's replicas: (url, ready, draining) each; queued requests go out at once."""
+        self.set_endpoints([url for url, _, _ in endpoints], stand_in)
+        for url, ready, draining in endpoints:
+            for backend in self.backends:
+                if backend.url == url:
+                    health = self.health.get(self.service, backend)
+                    if health.ready != ready or health.draining != draining:
+                        health.ready = ready
+                        health.draining = draining
+                        health.apply()
+        if self.ready_count():
+            self.scale_pending = False
+        self.kick()
 
     def mark_ready(self, backend: Backend) -> None:
         health = self.health.get(self.service, backend)
@@ -283,6 +307,9 @@ class ScaleTarget:
         want = max(1, self.cfg.min_replicas, self.autoscaler.desired)
         self.autoscaler.desired = want
         self.scale_pending = True
+        if self.remote_poke is not None:
+            self.remote_poke(self.name)
+            return
         if self.running and (self._scaling is None or self._scaling.done()):
             self._scaling = self.loop.create_task(self._scale(want, "cold start: a request is waiting"))
 
@@ -334,7 +361,7 @@ class ScaleTarget:
 
     def urgent(self) -> bool:
         """Requests are waiting or a scale-up is pending (executors poll faster, §8.5)."""
-        return bool(self.queue) or self.scale_pending or self.desired != self.actual
+        return bool(self.queued()) or self.scale_pending or self.desired != self.actual
 
     async def _readiness(self) -> None:
         while True:
@@ -364,11 +391,12 @@ class ScaleTarget:
         while True:
             await asyncio.sleep(SAMPLE_PERIOD)
             now = self.clock()
-            self.autoscaler.record(now, self.in_flight(), len(self.queue))
+            queued = self.queued()
+            self.autoscaler.record(now, self.in_flight(), queued)
             n += 1
             if n % TICK_EVERY:
                 continue
-            decision = self.autoscaler.decide(now, self.replicas_ready(), len(self.queue))
+            decision = self.autoscaler.decide(now, self.replicas_ready(), queued)
             desired = decision.desired
             resend = desired != self.actual and now - self._last_sent >= RESEND_AFTER
             if (desired != self.desired or resend) and (self._scaling is None or self._scaling.done()):
@@ -394,5 +422,5 @@ class ScaleTarget:
             "actual_replicas": self.actual,
             "ready_replicas": self.ready_count(),
             "panic": self.autoscaler.panic,
-            "queue_depth": len(self.queue),
+            "queue_depth": self.queued(),
         }
