@@ -36,6 +36,7 @@ ENTRY_WORDS = SEG_ENTRY_WORDS
 # bounds that keep every sum inside seg_take within int64 (segment.h): 2^61 ns is 73 years of uptime
 cdef double MAX_NOW_NS = <double>(1 << 61)
 cdef double MAX_BUCKET_NS = <double>(1 << 60)
+cdef double INTERVAL_ROUNDING = 0.001
 
 
 def key_hash(bytes key not None):
@@ -149,9 +150,10 @@ cdef class Segment:
         self.check_table(table, capacity)
         if not interval > 0.0 or not burst > 0.0:
             raise ValueError(f"interval and burst must be positive, not {interval} and {burst}")
-        # seconds -> ns: floor(x + 0.5) on doubles (the pure twin does the same operations in the same order)
+        # seconds -> ns on doubles, as the pure twin does (the same operations in the same order): the clock to the
+        # nearest ns; the interval down to a whole ns (see INTERVAL_ROUNDING in _segment_py)
         cdef double now_ns = now * 1e9 + 0.5
-        cdef double interval_ns = interval * 1e9 + 0.5
+        cdef double interval_ns = interval * 1e9 + INTERVAL_ROUNDING
         if not (-MAX_NOW_NS <= now_ns <= MAX_NOW_NS and interval_ns <= MAX_BUCKET_NS):
             raise ValueError(f"clock or bucket out of range: now {now} s, interval {interval} s, burst {burst}")
         interval_ns = floor(interval_ns)

@@ -33,6 +33,11 @@ _I64_MAX: Final = (1 << 63) - 1
 # bounds that keep every sum of the C side within int64 (segment.h): 2^61 ns is 73 years of uptime
 _MAX_NOW_NS: Final = float(1 << 61)
 _MAX_BUCKET_NS: Final = float(1 << 60)
+# The interval is rounded down to a whole ns: a bucket then refills up to 1 ns per token early, which the clamp at
+# `burst` keeps from adding up, whereas rounding up would make a clock that hits every token's instant exactly
+# (rate 7/s, a take every 1/7 s) be denied after a dozen takes. Only an interval within 0.001 ns below a whole ns is
+# rounded up: that is the float noise of period / rate (0.3 s -> 299999999.99999994 ns), not a fraction.
+_INTERVAL_ROUNDING: Final = 0.001
 # one lock for every segment of this process: the file lock does not exclude the process's own threads
 _THREADS: Final = threading.Lock()
 
@@ -189,9 +194,9 @@ class Segment:
         if not interval > 0.0 or not burst > 0.0:
             raise ValueError(f"interval and burst must be positive, not {interval} and {burst}")
         burst = float(burst)
-        # seconds -> ns as the C side does it: floor(x + 0.5) on doubles, then the range checks on those doubles
+        # seconds -> ns as the C side does it, on doubles: the clock to the nearest ns, the interval down to a whole ns
         now_f = now * 1e9 + 0.5
-        interval_f = interval * 1e9 + 0.5
+        interval_f = interval * 1e9 + _INTERVAL_ROUNDING
         if not (-_MAX_NOW_NS <= now_f <= _MAX_NOW_NS and interval_f <= _MAX_BUCKET_NS):
             raise ValueError(f"clock or bucket out of range: now {now} s, interval {interval} s, burst {burst}")
         interval_ns = max(math.floor(interval_f), 1)

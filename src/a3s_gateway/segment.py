@@ -6,6 +6,9 @@ A segment is an array of signed 64-bit words that every process maps: counters u
 ``cas``) and GCRA rate-limit tables (``take``; ``ENTRY_WORDS`` words per entry, a key looked up in ``PROBES``
 entries). The creator passes ``fd`` to the workers (``subprocess`` ``pass_fds``: the fd is close-on-exec otherwise);
 each calls :func:`attach` with it and the same size. Every process must load the same twin.
+
+``take`` gives the numbers of the in-process ``TokenBuckets.take`` (the clock is converted to the nearest ns, the
+interval rounded down to a whole ns: a bucket refills at most 1 ns per token early, never late).
 """
 
 from __future__ import annotations

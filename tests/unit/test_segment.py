@@ -214,6 +214,10 @@ def test_gcra_gives_the_numbers_of_token_buckets(seg: Any, rate: float, period: 
     (1.0, 1.0, 3, [0.0, 0.0, 0.0, 1.5, 3.0]),  # fractional tokens
     (2.0, 1.0, 4, [0.0] * 5 + [0.25, 0.5, 1000.0] + [1000.0] * 4),  # continuous refill, capped at burst
     (3.0, 1.0, 1, [i / 3 for i in range(30)]),  # exactly one token per 1/3 s: every take allowed
+    # 1/7 s is 142857142.857 ns: rounded up, the TAT would run 0.14 ns per take ahead of such a clock and deny it
+    (7.0, 1.0, 1, [100 + i / 7 for i in range(200)]),
+    (7.0, 1.0, 5, [0.0] * 3 + [100 + i / 7 for i in range(200)]),
+    (1.0, 0.3, 2, [i * 0.3 for i in range(100)]),  # 0.3 s: 299999999.99999994 ns, the noise of period / rate
     (0.1, 1.0, 1, [0.0, 9.999999999999998, 10.0, 20.000000000000004]),
 ])
 def test_float_noise_cases_of_the_rate_limiter(seg: Any, rate: float, period: float, burst: int,
