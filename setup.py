@@ -39,6 +39,13 @@ def extensions() -> list[Extension]:
             include_dirs=["csrc"],
             extra_compile_args=cflags,
         ),
+        # the segment's GCRA converts seconds to ns in the wrapper and in C: no fused multiply-add (as the pure twin)
+        Extension(
+            "a3s_gateway._segment_c",
+            ["src/a3s_gateway/_segment_c.pyx", "csrc/segment.c"],
+            include_dirs=["csrc"],
+            extra_compile_args=[*cflags, "-ffp-contract=off"] if sys.platform != "win32" else [],
+        ),
         # Cython pure mode: `_headers_c.py` / `_framing_c.py` are links to the interpreted twins; the `.pxd`
         # beside them gives the compiled types.
         Extension("a3s_gateway.http._headers_c", ["src/a3s_gateway/http/_headers_c.py"], extra_compile_args=cflags),

@@ -8,6 +8,7 @@ CYTHON_MODULES: dict[str, tuple[str, str]] = {
     "http parser": ("a3s_gateway.http._parser_c", "a3s_gateway.http._parser_py"),
     "header filter": ("a3s_gateway.http._headers_c", "a3s_gateway.http._headers_py"),
     "body relay": ("a3s_gateway.http._framing_c", "a3s_gateway.http._framing_py"),
+    "shared segment": ("a3s_gateway._segment_c", "a3s_gateway._segment_py"),
 }
 
 #: role -> module compiled by mypyc in one group (the same .py runs interpreted in a pure build). The connection

@@ -56,11 +56,14 @@ def test_both_twins_importable(role: str) -> None:
 
 
 def test_selector_modules_export_the_chosen_twin() -> None:
+    from a3s_gateway import segment
     from a3s_gateway.http import framing, headers, parser
 
-    for module, role in ((parser, "http parser"), (headers, "header filter"), (framing, "body relay")):
+    for module, role in ((parser, "http parser"), (headers, "header filter"), (framing, "body relay"),
+                         (segment, "shared segment")):
         chosen = _compat.load(role)
         assert module.IMPLEMENTATION == chosen.__name__
     assert parser.parse_request is _compat.load("http parser").parse_request  # no wrapper on the hot path
     assert headers.request_head is _compat.load("header filter").request_head
     assert framing.new_body_reader is _compat.load("body relay").BodyReader
+    assert segment.create == _compat.load("shared segment").Segment.create

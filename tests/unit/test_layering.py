@@ -18,7 +18,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 #: lowest first: a module may import its own layer and the layers before it (never after)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("a3s_gateway._version", "a3s_gateway._modules", "a3s_gateway._aio", "a3s_gateway.errors",
-              "a3s_gateway.netaddr", "a3s_gateway._compat", "a3s_gateway.cpus")),
+              "a3s_gateway.netaddr", "a3s_gateway._compat", "a3s_gateway.cpus", "a3s_gateway.segment",
+              "a3s_gateway._segment_py")),
     ("wire", ("a3s_gateway.http", "a3s_gateway.observability.stats", "a3s_gateway.observability.log_limit",
               "a3s_gateway.observability.redact", "a3s_gateway.observability.process_log")),
     ("rules", ("a3s_gateway.routing",)),
@@ -148,7 +149,8 @@ def test_the_checker_sees_a_cycle_and_an_upward_import() -> None:
     assert layer_of("a3s_gateway.gateway") > layer_of("a3s_gateway.errors")
 
 
-@pytest.mark.parametrize("module", ["a3s_gateway.config.model", "a3s_gateway.http.client", "a3s_gateway.netaddr"])
+@pytest.mark.parametrize("module", ["a3s_gateway.config.model", "a3s_gateway.http.client", "a3s_gateway.netaddr",
+                                    "a3s_gateway.segment", "a3s_gateway._segment_py"])
 def test_low_modules_import_nothing_above_them(module: str) -> None:
     graph = import_graph()
     assert all(layer_of(t) <= layer_of(module) for t in graph[module]), graph[module]
