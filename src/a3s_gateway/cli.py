@@ -172,7 +172,7 @@ def _limit_loop_errors(loop: asyncio.AbstractEventLoop) -> None:
 async def _serve(config: GatewayConfig, admin: str | None) -> int:
     from .gateway import Gateway
 
-    gateway = Gateway(config, admin=admin)
+    gateway = Gateway(config, admin=admin, processes_decided=True)
     _limit_loop_errors(asyncio.get_running_loop())
     # signal handlers first: a SIGTERM that arrives while the listeners are being bound still stops gracefully
     waiter = asyncio.ensure_future(gateway.wait_for_shutdown())

@@ -51,8 +51,9 @@ class GatewayState(str, enum.Enum):
 class Peers(Protocol):
     """The worker processes a supervisor's gateway ships each generation to (SPEC §13.4): prepare, then commit."""
 
-    async def prepare(self, config: GatewayConfig, generation: int) -> None:
-        """Every worker builds ``generation`` and binds its new listeners; raises StartupError when one cannot."""
+    async def prepare(self, config: GatewayConfig, runtime: Runtime) -> None:
+        """Every worker builds the generation of ``runtime`` (the supervisor's build) and binds its new listeners;
+        raises StartupError when one cannot."""
         ...
 
     async def commit(self, generation: int) -> None:
@@ -72,7 +73,7 @@ class RemoteView(Protocol):
 
     def connection_counts(self) -> dict[str, int]: ...
 
-    def in_flight(self, service: str, url: str) -> int: ...
+    def workers_view(self) -> list[dict[str, Any]]: ...
 
 
 #: process roles (SPEC §13.4): one process serving everything; the supervisor of worker processes (control plane,
@@ -104,7 +105,7 @@ class Gateway:
 
     def __init__(
         self, config: GatewayConfig, *, clock: Callable[[], float] | None = None, admin: str | None = None,
-        role: str = SINGLE, generation: int = 1,
+        role: str = SINGLE, generation: int = 1, processes_decided: bool = False,
     ) -> None:
         if role not in (SINGLE, SUPERVISOR, WORKER):
             raise ValueError(f"unknown role {role!r}")
@@ -116,7 +117,12 @@ class Gateway:
         self.remote: RemoteView | None = None
         #: called with each generation once it runs (a worker points its scale targets at the supervisor)
         self.on_generation: Callable[[Runtime], None] | None = None
+        #: called with each generation right after it is built, before anything serves it (a worker points its
+        #: counters and rate limits at the shared segment)
+        self.on_build: Callable[[Runtime], None] | None = None
         self._first_generation = generation
+        #: the caller chose the process model (the CLI: ``workers`` or ``--workers``): no warning about ``workers``
+        self._processes_decided = processes_decided or role != SINGLE
         self._pending: tuple[GatewayConfig, Runtime, dict[str, HttpServer], _Observers] | None = None
         self._admin_override = admin
         self._config = _override_admin(config, admin)
@@ -168,12 +174,17 @@ class Gateway:
         self.state = GatewayState.STARTING
         loop = asyncio.get_running_loop()
         config = self._config
+        if not self._processes_decided and config.workers != 1:
+            log.warning("workers = %s: this gateway runs in the caller's event loop, in one process; worker processes "
+                        "are started by the a3s-gateway command", config.workers)
         try:
             compile_config.check_supported(config)
             self._access_log = self._open_access_log(config.access_log, None)
             self._tracer = Tracer(config.tracing)
             runtime = compile_config.build_runtime(config, loop, self.live, self._first_generation,
                                                    access_log=self._access_log, tracer=self._tracer)
+            if self.on_build is not None:
+                self.on_build(runtime)
             if self.role != SUPERVISOR:  # a supervisor's workers bind the entrypoints
                 for name, entry in _entries(runtime).items():
                     self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
@@ -308,7 +319,7 @@ class Gateway:
                 if peers is not None:
                     generation = prepared[1].generation
                     try:
-                        await peers.prepare(prepared[0], generation)
+                        await peers.prepare(prepared[0], prepared[1])
                         if self.state != GatewayState.RELOADING:
                             raise StartupError(f"reload abandoned: the gateway is {self.state.value}")
                     except BaseException:
@@ -381,7 +392,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         compile_config.check_supported(new_config)
         old = self._config
-        if new_config.workers != old.workers and self.role != WORKER:
+        if new_config.workers != old.workers and self.role != WORKER and self._processes_decided:
             log.warning("workers changed from %s to %s: a reload keeps the running processes; restart to apply",
                         old.workers, new_config.workers)
         access_log = self._open_access_log(new_config.access_log, self._access_log)
@@ -394,6 +405,8 @@ class Gateway:
             runtime = compile_config.build_runtime(new_config, loop, self.live,
                                                    self._generation + 1 if generation is None else generation,
                                                    access_log=access_log, tracer=new_tracer)
+            if self.on_build is not None:
+                self.on_build(runtime)
             for name, entry in _entries(runtime).items():
                 ep = new_config.entrypoints[name]
                 if self.role != SUPERVISOR and not self._keeps_listener(name, ep):
@@ -487,7 +500,7 @@ class Gateway:
     def _start_health(self, runtime: Runtime) -> None:
         """Start the health checks, scale targets and rollout evaluations of a generation that was swapped in.
 
-        A worker starts only passive health: its supervisor runs the probes, autoscalers, executors and rollouts."""
+        A worker starts none: its supervisor runs the probes, ejections, autoscalers, executors and rollouts."""
         if self.on_generation is not None:
             self.on_generation(runtime)
         State.start(runtime, control=self.role != WORKER)
@@ -733,7 +746,7 @@ class Gateway:
             "backends_healthy": sum(1 for b in backends if b.eligible),
             "config_generation": self._generation,
             "last_reload": self._last_reload,
-        }
+        } | ({"workers": self.remote.workers_view()} if self.remote is not None else {})
 
     def metrics(self) -> str:
         """The Prometheus text exposition (what ``GET /metrics`` serves)."""
@@ -764,7 +777,7 @@ class Gateway:
 
     def _backend_view(self, service: str, b: Any) -> dict[str, Any]:
         return {"service": service, "url": b.url, "weight": b.weight, "healthy": bool(b.eligible),
-                "active_connections": b.in_flight if self.remote is None else self.remote.in_flight(service, b.url),
+                "active_connections": b.load(),  # with workers: the instance's count in the shared segment
                 "revision": b.revision or None}
 
     def services(self) -> list[dict[str, Any]]:

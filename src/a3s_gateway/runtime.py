@@ -280,14 +280,14 @@ class State:
     def start(runtime: Runtime, control: bool = True) -> None:
         """Start the scale targets, active checkers and passive re-admission of a generation that was swapped in
         (objects carried over run already: starting them again does nothing). Without ``control`` (a worker
-        process, SPEC §13.4) only passive health starts: the supervisor probes, scales and evaluates."""
+        process, SPEC §13.4) nothing starts: the supervisor probes, ejects, re-admits, scales and evaluates."""
         for svc in runtime.services.values():
             if control:
                 for target in svc.targets:
                     target.start()
                 if svc.checker is not None:
                     svc.checker.start()
-            if svc.passive is not None:
+            if svc.passive is not None and control:
                 svc.passive.start()
 
     def close(self, runtime: Runtime | None) -> Retired:

@@ -41,11 +41,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         server: Backend = self.server  # type: ignore[assignment]
+        status = server.status
         if self.path.startswith("/slow"):
             server.slow_started.set()
             server.release.wait(30)
+        elif self.path == "/health":
+            server.probes += 1
+            status = server.health_status
         body = json.dumps({"backend": server.name, "path": self.path}).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -61,6 +65,9 @@ class Backend(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def __init__(self, name: str) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.name = name
+        self.status = 200
+        self.health_status = 200
+        self.probes = 0
         self.slow_started = threading.Event()
         self.release = threading.Event()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -234,7 +241,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 20, what: str = "") -
 
 
 def simple(url: str, extra: str = "", middlewares: str = "", strategy: str = "round-robin",
-           servers: str | None = None) -> str:
+           servers: str | None = None, balancing: str = "") -> str:
     servers = servers if servers is not None else f'{{ url = "{url}" }}'
     return f'''
 entrypoints "web" {{ address = "127.0.0.1:0" }}
@@ -247,6 +254,7 @@ services "s" {{
   load_balancer {{
     strategy = "{strategy}"
     servers  = [{servers}]
+    {balancing}
   }}
 }}
 {extra}
@@ -321,7 +329,8 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(start_gateway, backe
     first = gw.workers()
     assert len(first) == 2
     os.kill(first[0], signal.SIGKILL)
-    wait_until(lambda: first[0] not in gw.workers(), 10, "the killed worker is gone")
+    # reaped by the supervisor: the process, its listening socket and the connections it had are gone
+    wait_until(lambda: not Path(f"/proc/{first[0]}").exists(), 10, "the killed worker is reaped")
     # new connections all reach the surviving worker
     assert [s for s, _ in many(gw.port, "/x", 100)] == [200] * 100
     wait_until(lambda: len(gw.workers()) == 2, 15, "a replacement worker")
@@ -456,3 +465,32 @@ def test_access_log_lines_from_every_worker_are_whole_and_sigusr1_reopens(start_
     new = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(old) == 640 and len(new) == 160
     assert {e["path"] for e in old} == {"/first"} and {e["path"] for e in new} == {"/second"}
+
+
+def test_health_checks_run_once_per_instance_and_reach_every_worker(start_gateway, backends) -> None:
+    a, b = backends("a"), backends("b")
+    check = 'health_check {\n path = "/health"\n interval = "200ms"\n timeout = "100ms"\n unhealthy_threshold = 1\n }'
+    gw = start_gateway(simple(a.url, servers=f'{{ url = "{a.url}" }}, {{ url = "{b.url}" }}', balancing=check))
+    time.sleep(2.0)
+    probes = a.probes
+    assert 5 <= probes <= 14, probes  # ~10 in 2 s: one prober (the supervisor), not one per worker
+    a.health_status = 503
+    wait_until(lambda: '"healthy":false' in gw.admin_get("/api/gateway/backends")[1].decode(), 5, "a unhealthy")
+    time.sleep(0.3)  # the supervisor's sync reaches the workers within 50 ms
+    seen = [json.loads(body)["backend"] for _, body in many(gw.port, "/x", 40)]
+    assert seen == ["b"] * 40
+
+
+def test_a_passive_ejection_in_one_worker_applies_to_every_worker(start_gateway, backends) -> None:
+    a, b = backends("a"), backends("b")
+    a.status = 502
+    passive = 'passive {\n max_failures = 2\n window = "30s"\n ejection = "60s"\n }'
+    gw = start_gateway(simple(a.url, servers=f'{{ url = "{a.url}" }}, {{ url = "{b.url}" }}', balancing=passive))
+    sent = 0
+    while '"healthy":false' not in gw.admin_get("/api/gateway/backends")[1].decode():
+        get(gw.port, "/x")
+        sent += 1
+        assert sent < 200, "a was never ejected"
+    time.sleep(0.3)  # the supervisor's sync reaches the workers within 50 ms
+    statuses = [s for s, _ in many(gw.port, "/y", 40)]
+    assert statuses == [200] * 40  # no worker sends to a any more, also the one that saw fewer failures

@@ -121,6 +121,26 @@ class TokenBuckets:
         return len(self.buckets)
 
 
+class SharedBuckets(TokenBuckets):
+    """The same buckets in a GCRA table of the shared segment of a supervisor's workers (SPEC §13.4): a local limit
+    is exact for the whole instance. ``segment.take`` gives the numbers of :meth:`TokenBuckets.take`."""
+
+    def __init__(self, rate: float, period: float, burst: int, max_keys: int, segment: Any, table: int,
+                 capacity: int) -> None:
+        super().__init__(rate, period, burst, max_keys)
+        self.segment = segment
+        self.table = table
+        self.capacity = capacity
+        self.interval = 1.0 / self.refill  # seconds per token
+
+    def take(self, key: str, now: float) -> float:
+        return float(self.segment.take(self.table, self.capacity, key.encode("utf-8", "surrogateescape"), now,
+                                       self.interval, self.burst))
+
+    def __len__(self) -> int:
+        return int(self.segment.used(self.table, self.capacity))
+
+
 class RateLimit(Middleware):
     """``rate-limit``: one token per request; 429 when the key's bucket is empty."""
 
@@ -132,7 +152,7 @@ class RateLimit(Middleware):
         super().__init__(name, router)
         rate = float(params["rate"])
         burst = params["burst"]  # the validator fills it in when not written: ceil(rate), at least 1
-        self.buckets = TokenBuckets(rate, float(params["period"]), int(burst), int(params["max_keys"]))
+        self.buckets: TokenBuckets = TokenBuckets(rate, float(params["period"]), int(burst), int(params["max_keys"]))
         self.limit_value = str(int(burst)).encode()
         key = str(params["key"])
         self.key_kind = _KEY_CLIENT_IP
@@ -151,6 +171,13 @@ class RateLimit(Middleware):
         self.remaining_item: Any = (_REMAINING, b"")
         self.reset_n = -1
         self.reset_item: Any = (_RESET, b"")
+
+    def share(self, segment: Any, table: int, capacity: int) -> None:
+        """Keep the buckets in a table of the workers' shared segment from now on (SPEC §13.4)."""
+        b = self.buckets
+        if isinstance(b, SharedBuckets) and b.segment is segment and b.table == table:
+            return
+        self.buckets = SharedBuckets(b.refill, 1.0, int(b.burst), b.max_keys, segment, table, capacity)
 
     def bucket_key(self, req: Request) -> str:
         """Client IP, ``""`` for the global bucket, or ``"h:" + value`` (so values never collide with IPs)."""

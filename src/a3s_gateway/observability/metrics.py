@@ -179,7 +179,7 @@ class GatewayCollector:
             for svc in runtime.services.values():
                 for b in svc.backends:
                     up.add_metric([svc.name, b.url], 1 if b.eligible else 0)
-                    in_flight.add_metric([svc.name, b.url], b.in_flight)
+                    in_flight.add_metric([svc.name, b.url], b.load())  # the instance's, with workers
                     for code, n in b.codes.items():
                         attempts.add_metric([svc.name, b.url, str(code)], n)
         yield from (up, in_flight, attempts)

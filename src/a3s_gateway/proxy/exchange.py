@@ -434,7 +434,7 @@ class Exchange(Client):
         self.revision = backend.revision
         self.window = backend.window
         self.pool = pool
-        backend.in_flight += 1
+        backend.acquire()
         conn = self.conn
         if conn.body is not None and not conn.expect and conn.has_buffered():
             conn.read_body()
@@ -988,7 +988,7 @@ class Exchange(Client):
     def _release_backend(self) -> None:
         b = self.backend
         if b is not None:
-            b.in_flight -= 1
+            b.release()
             self.backend = None
             target = b.target
             if target is not None:

@@ -286,7 +286,7 @@ class TcpConnection(asyncio.Protocol):
             self.server.stats.upstream_errors += 1
             self._close()
             return
-        backend.in_flight += 1  # counted from the pick, so least-connections sees connects in progress
+        backend.acquire()  # counted from the pick, so least-connections sees connects in progress
         self.backend = backend
         transport_cfg = service.transport
         self.idle_timeout = transport_cfg.tunnel_idle_timeout
@@ -453,7 +453,7 @@ class TcpConnection(asyncio.Protocol):
         backend = self.backend
         if backend is not None:
             self.backend = None
-            backend.in_flight -= 1
+            backend.release()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED

@@ -133,7 +133,7 @@ class UdpSession(asyncio.DatagramProtocol):
         server = self.server
         if server.sessions.get(self.client) is self:
             del server.sessions[self.client]
-        self.backend.in_flight -= 1
+        self.backend.release()
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -218,7 +218,7 @@ class UdpServer:
                         getattr(service, "name", "?"))
             self.dropped += 1
             return
-        backend.in_flight += 1  # a session counts as one connection for least-connections
+        backend.acquire()  # a session counts as one connection for least-connections
         session = UdpSession(self, addr, backend, now)
         session.pending.append(data)
         self.sessions[addr] = session

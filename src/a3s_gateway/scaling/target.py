@@ -99,8 +99,8 @@ class ScaleTarget:
         #: in a worker process (SPEC §13.4): where a cold poke goes (the supervisor scales); the target then runs no
         #: readiness probe, autoscaler or executor of its own and takes its replicas from :meth:`follow_endpoints`
         self.remote_poke: Callable[[str], None] | None = None
-        #: in a supervisor: each worker's last (in-flight, queued) report for this target, by worker
-        self.remote_load: dict[int, tuple[int, int]] = {}
+        #: in a supervisor: each worker's last count of queued requests for this target, by worker
+        self.remote_queued: dict[int, int] = {}
         for backend in backends:
             self._adopt(backend)
 
@@ -174,11 +174,12 @@ class ScaleTarget:
         return ready if self.stand_in is None else min(ready, self.stand_in)
 
     def in_flight(self) -> int:
-        return sum(b.in_flight for b in self.backends) + sum(n for n, _ in self.remote_load.values())
+        """On the replicas, across the instance (a supervisor reads its workers' counts from the shared segment)."""
+        return sum(b.load() for b in self.backends)
 
     def queued(self) -> int:
         """Requests waiting for a replica: this process's queue plus the workers' last reports."""
-        return len(self.queue) + sum(q for _, q in self.remote_load.values())
+        return len(self.queue) + sum(self.remote_queued.values())
 
     def follow_endpoints(self, endpoints: list[tuple[str, bool, bool]], stand_in: int | None) -> None:
         """A worker takes the supervisor's replicas: (url, ready, draining) each; queued requests go out at once."""
@@ -228,14 +229,14 @@ class ScaleTarget:
 
     def choose_drain(self, urls: list[str], n: int) -> list[str]:
         """The ``n`` replicas to drain: fewest in-flight requests, newest (last added) on ties (§8.3)."""
-        order = {b.url: (b.in_flight, -i) for i, b in enumerate(self.backends)}
+        order = {b.url: (b.load(), -i) for i, b in enumerate(self.backends)}
         ranked = sorted((u for u in urls if u in order), key=lambda u: order[u])
         return ranked[:n]
 
     def in_flight_of(self, url: str) -> int:
         for backend in self.backends:
             if backend.url == url:
-                return backend.in_flight
+                return backend.load()
         return 0
 
     def all_not_ready(self) -> None:

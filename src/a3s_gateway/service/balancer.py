@@ -61,7 +61,11 @@ class Backend:
         default_port = explicit_port is None or port == DEFAULT_PORTS.get(scheme)
         self.host_header = bracketed if default_port else f"{bracketed}:{port}"
         self.eligible = True
-        self.in_flight = 0
+        self.in_flight = 0  # this process's requests/tunnels on it (see ``load`` for the instance's)
+        #: its in-flight counter in the shared segment of a supervisor's workers (SPEC §13.4); -1: none
+        self.slot = -1
+        self.own = -1  # this worker's part of that count
+        self.shared: Any = None  # that segment (a3s_gateway.segment.Segment)
         self.codes = CodeCounter()  # attempts by status (gateway_backend_requests_total)
         self.passive: Any = None  # the service's PassiveHealth (outcomes of attempts are reported to it)
         self.revision = ""  # the revision pool it belongs to (§8.6), "" without revisions
@@ -70,6 +74,43 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, weight={self.weight})"
+
+    def acquire(self) -> None:
+        """A request or tunnel starts on it (counted from the pick, so connects in progress count)."""
+        self.in_flight += 1
+        if self.slot >= 0:
+            shared = self.shared
+            shared.add(self.slot, 1)
+            shared.add(self.own, 1)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.slot >= 0:
+            shared = self.shared
+            shared.add(self.slot, -1)
+            shared.add(self.own, -1)
+
+    def load(self) -> int:
+        """In flight on it across the instance: every worker's (the shared segment), else this process's."""
+        if self.slot >= 0:
+            return int(self.shared.get(self.slot))
+        return self.in_flight
+
+    def share(self, segment: Any, slot: int, own: int) -> None:
+        """Count in word ``slot`` of ``segment`` (the instance's total) and in word ``own`` (this worker's part,
+        which the supervisor takes back out of the total if the worker dies) from now on; what is in flight here
+        already moves there."""
+        if slot == self.slot and own == self.own and segment is self.shared:
+            return
+        if self.slot >= 0:
+            self.shared.add(self.slot, -self.in_flight)
+            self.shared.add(self.own, -self.in_flight)
+        self.shared = segment
+        self.slot = slot
+        self.own = own
+        if slot >= 0:
+            segment.add(slot, self.in_flight)
+            segment.add(own, self.in_flight)
 
 
 class Balancer:
@@ -168,7 +209,7 @@ class LeastConnectionsBalancer(Balancer):
             backend = backends[idx]
             if not backend.eligible:
                 continue
-            load = backend.in_flight
+            load = backend.load()
             if lowest < 0 or load < lowest:
                 lowest = load
                 first = idx
@@ -215,7 +256,7 @@ class P2CBalancer(Balancer):
             j += 1
         first = self.nth_eligible(i)
         second = self.nth_eligible(j)
-        return second if second.in_flight < first.in_flight else first
+        return second if second.load() < first.load() else first
 
 
 class CappedBalancer(Balancer):
@@ -233,7 +274,7 @@ class CappedBalancer(Balancer):
             backend = self.inner.pick()
             if backend is None:
                 return None
-            if backend.in_flight < limit:
+            if backend.load() < limit:
                 return backend
         return None
 
@@ -241,8 +282,10 @@ class CappedBalancer(Balancer):
         """Requests the eligible backends can take now."""
         free = 0
         for backend in self.backends:
-            if backend.eligible and backend.in_flight < self.limit:
-                free += self.limit - backend.in_flight
+            if backend.eligible:
+                load = backend.load()
+                if load < self.limit:
+                    free += self.limit - load
         return free
 
 

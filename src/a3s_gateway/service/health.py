@@ -356,6 +356,9 @@ class PassiveHealth:
         self._readmit_probe: ReadmitProbe = readmit_probe if readmit_probe is not None else _default_readmit
         self._task: asyncio.Task[None] | None = None
         self._probes: dict[str, asyncio.Task[None]] = {}  # URL -> running re-admission probe
+        #: in a worker process (SPEC §13.4): where an ejection goes, ``(service, url, why)``; the supervisor ejects
+        #: the backend for every worker and re-admits it (the worker stops using it at once)
+        self.remote: Callable[[str, str, str], None] | None = None
 
     def _duration(self, n: int) -> float:
         return min(n, MAX_EJECTION_FACTOR) * self.cfg.ejection
@@ -377,9 +380,28 @@ class PassiveHealth:
             times = health.passive_failures = deque(times, maxlen=cfg.max_failures)
         times.append(now)
         if len(times) == cfg.max_failures and now - times[0] < cfg.window:
-            self._eject(health, now, f"{len(times)} failures within {cfg.window:g}s")
+            why = f"{len(times)} failures within {cfg.window:g}s"
+            remote = self.remote
+            if remote is not None:
+                health.ejected = True  # until the supervisor's view says otherwise
+                health.passive_failures.clear()
+                health.apply()
+                remote(self.service, backend.url, why)
+                return
+            self.eject(health, now, why)
 
-    def _eject(self, health: BackendHealth, now: float, why: str) -> None:
+    def eject_reported(self, backend: Backend, now: float, why: str) -> None:
+        """A worker process saw ``max_failures`` (SPEC §13.4): eject for every worker, as :meth:`record` would."""
+        health = self.state.get(self.service, backend)
+        if health.ejected:
+            return
+        if health.last_readmitted is not None and now - health.last_readmitted >= self.cfg.window:
+            health.ejections = 0
+            health.last_readmitted = None
+        self.eject(health, now, why)
+
+    def eject(self, health: BackendHealth, now: float, why: str) -> None:
+        """Eject for the next duration (``min(n, 10) × ejection``), until a re-admission probe passes."""
         health.ejections += 1
         duration = self._duration(health.ejections)
         health.ejected = True
@@ -408,7 +430,7 @@ class PassiveHealth:
             health.apply()
             log.info("backend %s of service %s is re-admitted (probe succeeded)", backend.url, self.service)
         else:
-            self._eject(health, now, f"re-admission probe failed: {reason or 'failed'}")
+            self.eject(health, now, f"re-admission probe failed: {reason or 'failed'}")
 
     async def _readmit(self, backend: Backend) -> None:
         try:

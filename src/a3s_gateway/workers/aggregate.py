@@ -18,6 +18,7 @@ from ..observability.metrics import GatewayCollector, MetricsSource
 #: families the supervisor answers from its own objects (workers run no probe, autoscaler, executor or rollout)
 SUPERVISOR_FAMILIES: Final = frozenset({
     "gateway_backend_up",
+    "gateway_backend_in_flight",  # read from the shared segment
     "gateway_rollout_traffic_percent",
     "gateway_rollout_state",
     "gateway_autoscaler_desired_replicas",

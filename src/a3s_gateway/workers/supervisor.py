@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from .. import segment as shared_segment
 from ..config.model import EntrypointConfig, GatewayConfig
 from ..errors import StartupError
 from ..gateway import SUPERVISOR, Gateway, GatewayState
@@ -39,6 +40,7 @@ from ..runtime import Runtime
 from ..service.revision import RevisionSplit
 from .aggregate import MergedCollector
 from .channel import Channel, ChannelClosed
+from .shared import SEGMENT_BYTES, Layout, attach
 from .worker import ENV
 
 log: Final = logging.getLogger("a3s_gateway.supervisor")
@@ -97,6 +99,9 @@ class Supervisor:
         self._failures: dict[int, int] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sync_task: asyncio.Future[None] | None = None
+        #: the shared-memory segment every worker maps, and where each shared number lives in it
+        self.segment = shared_segment.create(SEGMENT_BYTES)
+        self.layout = Layout(workers, self.segment.words)
         self._shutdown_task: asyncio.Future[None] | None = None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(MergedCollector(self.gateway, lambda: [s["families"] for s in self._snapshots.values()]))
@@ -108,6 +113,7 @@ class Supervisor:
     # -- start -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the control plane, then every worker on generation 1 (StartupError: everything stopped)."""
+        self.gateway.on_build = self._attach
         await self.gateway.start()
         admin = self.gateway._admin
         if admin is not None:
@@ -126,14 +132,20 @@ class Supervisor:
             raise
         self._sync_task = asyncio.ensure_future(self._sync_loop())
 
+    def _attach(self, runtime: Runtime) -> None:
+        """A generation built here: give its backends and rate limits their places; the supervisor's own objects
+        read the instance's counts there."""
+        self.layout.allocate(runtime)
+        attach(runtime, self.segment, self.layout.message(), self.layout.supervisor)
+
     async def _spawn(self, index: int, config: GatewayConfig, generation: int) -> WorkerProcess:
         """Start worker ``index`` on ``generation`` and wait until it serves (StartupError when it cannot)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
-        env[ENV] = f"{child.fileno()},{index},{os.getpid()}"
+        env[ENV] = f"{child.fileno()},{index},{os.getpid()},{self.segment.fd},{self.segment.size}"
         try:
             process = await asyncio.create_subprocess_exec(
-                *worker_command(), *self._log_args, pass_fds=(child.fileno(),), env=env,
+                *worker_command(), *self._log_args, pass_fds=(child.fileno(), self.segment.fd), env=env,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         except OSError as e:
@@ -145,7 +157,8 @@ class Supervisor:
         worker = WorkerProcess(index, process, channel, time.monotonic())
         worker.reader = asyncio.ensure_future(channel.serve(lambda m: self._on_message(worker, m)))
         try:
-            reply = await channel.call({"op": "start", "config": config, "generation": generation}, START_TIMEOUT)
+            reply = await channel.call({"op": "start", "config": config, "generation": generation,
+                                        "layout": self.layout.message()}, START_TIMEOUT)
         except (ChannelClosed, asyncio.TimeoutError) as e:
             await self._kill(worker)
             raise StartupError(f"worker {index} did not start: {e or 'timed out'}") from e
@@ -178,10 +191,11 @@ class Supervisor:
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         self._snapshots.pop(worker.index, None)
+        self.layout.forget_worker(self.segment, worker.index)  # its requests are gone with it
         runtime = self.gateway.runtime
         if runtime is not None:
             for _, target in runtime.scale_targets.values():
-                target.remote_load.pop(worker.index, None)  # type: ignore[attr-defined]
+                target.remote_queued.pop(worker.index, None)  # type: ignore[attr-defined]
         if self.stopping:
             return
         lived = time.monotonic() - worker.started
@@ -203,12 +217,13 @@ class Supervisor:
                 log.error("worker %d could not start: %s; next attempt in %.0fs", worker.index, e, delay)
 
     # -- generations (gateway.Peers) ---------------------------------------------------------------------------
-    async def prepare(self, config: GatewayConfig, generation: int) -> None:
+    async def prepare(self, config: GatewayConfig, runtime: Runtime) -> None:
         concrete = self._concrete(config)
         workers = list(self.workers.values())
-        replies = await asyncio.gather(
-            *(w.channel.call({"op": "prepare", "config": concrete, "generation": generation}, PREPARE_TIMEOUT)
-              for w in workers), return_exceptions=True)
+        message = {"op": "prepare", "config": concrete, "generation": runtime.generation,
+                   "layout": self.layout.message()}
+        replies = await asyncio.gather(*(w.channel.call(message, PREPARE_TIMEOUT) for w in workers),
+                                       return_exceptions=True)
         for worker, reply in zip(workers, replies, strict=True):
             if isinstance(reply, BaseException):
                 raise StartupError(f"worker {worker.index}: {reply or 'timed out'}")
@@ -277,14 +292,22 @@ class Supervisor:
                 if target.ready_count() == 0:
                     target.poke()  # a cold start: scale now, not at the next tick
         elif op == "load":
-            for name, load in message.get("targets", {}).items():
+            for name, queued in message.get("targets", {}).items():
                 entry = runtime.scale_targets.get(name)
                 if entry is not None:
-                    entry[1].remote_load[worker.index] = (int(load[0]), int(load[1]))  # type: ignore[attr-defined]
+                    entry[1].remote_queued[worker.index] = int(queued)  # type: ignore[attr-defined]
             for service, (requests, errors, samples) in message.get("windows", {}).items():
                 svc = runtime.services.get(service)
                 if svc is not None and svc.rollout is not None and svc.rollout.window is not None:
                     svc.rollout.window.merge(requests, errors, samples)
+        elif op == "eject":
+            service, url = message.get("service", ""), message.get("url", "")
+            svc = runtime.services.get(service)
+            if svc is not None and svc.passive is not None:
+                for backend in svc.backends:
+                    if backend.url == url:
+                        svc.passive.eject_reported(backend, asyncio.get_running_loop().time(),
+                                                   f"{message.get('why')} in worker {worker.index}")
         else:
             log.warning("supervisor: unknown message %r from worker %d", op, worker.index)
 
@@ -295,7 +318,10 @@ class Supervisor:
             runtime = self.gateway.runtime
             if runtime is None:
                 continue
+            if self.layout.allocate(runtime):  # replicas that joined a scale target
+                attach(runtime, self.segment, self.layout.message(), self.layout.supervisor)
             message = sync_message(runtime, self.gateway)
+            message["layout"] = self.layout.message()
             data = pickle.dumps(message)
             for worker in list(self.workers.values()):
                 if worker.synced != data:
@@ -326,8 +352,15 @@ class Supervisor:
                 counts[name] = counts.get(name, 0) + int(n)
         return counts
 
-    def in_flight(self, service: str, url: str) -> int:
-        return sum(int(s.get("in_flight", {}).get((service, url), 0)) for s in self._snapshots.values())
+    def workers_view(self) -> list[dict[str, Any]]:
+        """One row per worker for the health body: index, pid, requests served and open connections."""
+        rows = []
+        for index in sorted(self.workers):
+            worker = self.workers[index]
+            snap = self._snapshots.get(index, {})
+            rows.append({"index": index, "pid": worker.pid, "requests": int(snap.get("total_requests", 0)),
+                         "connections": sum(int(n) for n in snap.get("connections", {}).values())})
+        return rows
 
     # -- signals and the end -----------------------------------------------------------------------------------
     def reload_from_files(self) -> None:
@@ -357,6 +390,7 @@ class Supervisor:
             previous.cancel()
         self._close_reservations(set())
         await self.gateway.shutdown(0.0 if timeout == 0.0 else None)
+        self.segment.close()
         for task in list(self._tasks):
             task.cancel()
         self.stopped.set()
@@ -410,13 +444,13 @@ class Supervisor:
 def sync_message(runtime: Runtime, gateway: Gateway) -> dict[str, Any]:
     """What the workers take from the supervisor: active health, replicas with readiness, revision splits."""
     health = gateway.live.health
-    rows: list[tuple[str, str, bool]] = []
+    rows: list[tuple[str, str, bool, bool]] = []
     targets: dict[str, tuple[list[tuple[str, bool, bool]], int | None]] = {}
     splits: dict[str, dict[str, int]] = {}
     rollouts: dict[str, str] = {}
     for name, svc in runtime.services.items():
         for state in health.service(name):
-            rows.append((name, state.backend.url, state.healthy))
+            rows.append((name, state.backend.url, state.healthy, state.ejected))
         if isinstance(svc.balancer, RevisionSplit):
             splits[name] = {r.name: r.percent for r in svc.balancer.revisions}
         if svc.rollout is not None:

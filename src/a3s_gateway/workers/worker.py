@@ -1,6 +1,7 @@
 """A worker process (SPEC §13.4): the data plane of one core, driven by its supervisor over a control channel.
 
-The supervisor starts it with ``A3S_GATEWAY_WORKER=<channel fd>,<index>,<supervisor pid>`` in its environment. It
+The supervisor starts it with ``A3S_GATEWAY_WORKER=<channel fd>,<index>,<supervisor pid>,<segment fd>,<segment size>``
+in its environment. It
 binds every entrypoint with ``SO_REUSEPORT`` (the kernel spreads new connections over the workers), serves the
 traffic, and runs no health probe, autoscaler, executor, rollout evaluation, file watcher or admin listener: it takes
 health, replica endpoints and rollout splits from the supervisor, and reports its load every second (a cold poke
@@ -19,12 +20,15 @@ import socket
 import sys
 from typing import Any, Final
 
+from .. import segment as shared_segment
 from ..errors import ConfigError, StartupError
 from ..gateway import WORKER, Gateway, GatewayState
 from ..runtime import Runtime
+from ..segment import Segment
 from ..service.revision import RevisionSplit
 from .aggregate import snapshot
 from .channel import Channel
+from .shared import attach
 
 log: Final = logging.getLogger("a3s_gateway.worker")
 
@@ -49,9 +53,11 @@ def die_with_parent(parent: int) -> None:
 class Worker:
     """One worker's gateway and its side of the channel."""
 
-    def __init__(self, channel: Channel, index: int) -> None:
+    def __init__(self, channel: Channel, index: int, segment: Segment) -> None:
         self.channel = channel
         self.index = index
+        self.segment = segment
+        self.layout: dict[str, Any] = {}
         self.gateway: Gateway | None = None
         self.done = asyncio.Event()
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -87,6 +93,8 @@ class Worker:
     async def _start(self, message: dict[str, Any]) -> None:
         gateway = Gateway(message["config"], admin="off", role=WORKER, generation=int(message["generation"]))
         gateway.on_generation = self._follow
+        gateway.on_build = self._attach
+        self.layout = message.get("layout", {})
         self.gateway = gateway
         try:
             await gateway.start()
@@ -105,6 +113,7 @@ class Worker:
         if gateway is None:
             self.channel.reply(message, False, error="not started")
             return
+        self.layout = message.get("layout", self.layout)
         try:
             await gateway.prepare_generation(message["config"], int(message["generation"]))
         except (StartupError, ConfigError, OSError) as e:
@@ -143,12 +152,24 @@ class Worker:
         if gateway is None or runtime is None:
             return
         apply_sync(runtime, gateway, message)
+        if "layout" in message:
+            self.layout = message["layout"]
+            attach(runtime, self.segment, self.layout, self.index)  # replicas that joined a scale target
+
+    def _attach(self, runtime: Runtime) -> None:
+        attach(runtime, self.segment, self.layout, self.index)
 
     # -- to the supervisor -------------------------------------------------------------------------------------
     def _follow(self, runtime: Runtime) -> None:
         """A generation runs: its scale targets send cold pokes to the supervisor."""
         for _, target in runtime.scale_targets.values():
             target.remote_poke = self._poke  # type: ignore[attr-defined]
+        for svc in runtime.services.values():
+            if svc.passive is not None:
+                svc.passive.remote = self._eject
+
+    def _eject(self, service: str, url: str, why: str) -> None:
+        self.channel.send({"op": "eject", "service": service, "url": url, "why": why})
 
     def _poke(self, target: str) -> None:
         self.channel.send({"op": "poke", "target": target})
@@ -173,7 +194,7 @@ class Worker:
 
 def report(runtime: Runtime) -> dict[str, Any]:
     """A worker's load report: (in-flight, queued) per scale target and the rollout windows' new samples."""
-    targets = {name: (target.in_flight(), len(target.queue))  # type: ignore[attr-defined]
+    targets = {name: len(target.queue)  # type: ignore[attr-defined]
                for name, (_, target) in runtime.scale_targets.items()}
     windows: dict[str, tuple[int, int, list[float]]] = {}
     for name, svc in runtime.services.items():
@@ -192,15 +213,16 @@ def apply_sync(runtime: Runtime, gateway: Gateway, message: dict[str, Any]) -> N
         if entry is not None:
             entry[1].follow_endpoints(endpoints, stand_in)  # type: ignore[attr-defined]
     health = gateway.live.health
-    for service, url, healthy in message.get("health", ()):
+    for service, url, healthy, ejected in message.get("health", ()):
         svc = runtime.services.get(service)
         if svc is None:
             continue
         for backend in svc.backends:
             if backend.url == url:
                 state = health.get(service, backend)
-                if state.healthy != healthy:
+                if state.healthy != healthy or state.ejected != ejected:
                     state.healthy = healthy
+                    state.ejected = ejected
                     state.apply()
     for service, percents in message.get("splits", {}).items():
         svc = runtime.services.get(service)
@@ -214,10 +236,10 @@ def apply_sync(runtime: Runtime, gateway: Gateway, message: dict[str, Any]) -> N
             svc.rollout.state = state
 
 
-async def _serve(fd: int, index: int) -> int:
+async def _serve(fd: int, index: int, segment: Segment) -> int:
     sock = socket.socket(fileno=fd)
     channel = await Channel.open(sock)
-    worker = Worker(channel, index)
+    worker = Worker(channel, index, segment)
     loop = asyncio.get_running_loop()
 
     def on_term() -> None:  # the supervisor died (parent-death signal): drain briefly and go
@@ -239,12 +261,13 @@ async def _serve(fd: int, index: int) -> int:
 
 def main(spec: str) -> int:
     """Entry of a worker process (from ``a3s_gateway.cli.main`` when ``A3S_GATEWAY_WORKER`` is set)."""
-    fd_text, index_text, parent_text = spec.split(",")
+    fd_text, index_text, parent_text, segment_fd, segment_size = spec.split(",")
     die_with_parent(int(parent_text))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor handles it
     fd, index = int(fd_text), int(index_text)
+    segment = shared_segment.attach(int(segment_fd), int(segment_size))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop
-        return asyncio.run(_serve(fd, index))
-    return uvloop.run(_serve(fd, index))
+        return asyncio.run(_serve(fd, index, segment))
+    return uvloop.run(_serve(fd, index, segment))
