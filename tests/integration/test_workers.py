@@ -494,3 +494,48 @@ def test_a_passive_ejection_in_one_worker_applies_to_every_worker(start_gateway,
     time.sleep(0.3)  # the supervisor's sync reaches the workers within 50 ms
     statuses = [s for s, _ in many(gw.port, "/y", 40)]
     assert statuses == [200] * 40  # no worker sends to a any more, also the one that saw fewer failures
+
+
+def test_a_rollout_is_judged_on_every_worker_s_traffic_and_its_split_reaches_all(start_gateway, backends) -> None:
+    v1, v2 = backends("v1"), backends("v2")
+    v2.status = 500
+    hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+routers "r" {{
+  rule    = "PathPrefix(`/`)"
+  service = "llm"
+}}
+services "llm" {{
+  load_balancer {{
+    passive {{ enabled = false }}
+  }}
+  revisions = [
+    {{ name = "v1", traffic_percent = 50, servers = [{{ url = "{v1.url}" }}] }},
+    {{ name = "v2", traffic_percent = 50, servers = [{{ url = "{v2.url}" }}] }},
+  ]
+  rollout {{
+    from                 = "v1"
+    to                   = "v2"
+    step_percent         = 25
+    step_interval_secs   = 1
+    min_requests         = 20
+    error_rate_threshold = 0.2
+  }}
+}}
+'''
+    gw = start_gateway(hcl)
+
+    def state() -> str:
+        services = json.loads(gw.admin_get("/api/gateway/services")[1])
+        return str(services[0]["rollout"]["state"])
+
+    deadline = time.monotonic() + 30
+    while state() == "progressing":
+        assert time.monotonic() < deadline, "the rollout was never judged"
+        many(gw.port, "/x", 40)  # new connections: both workers send to v2 (and report its errors)
+    assert state() == "rolled_back"
+    time.sleep(0.3)  # the supervisor's sync reaches the workers within 50 ms
+    seen = [json.loads(body)["backend"] for _, body in many(gw.port, "/y", 40)]
+    assert seen == ["v1"] * 40  # every worker took the rolled-back split
+    _, text = gw.admin_get("/metrics")
+    assert re.search(r'^gateway_rollout_traffic_percent\{revision="v2",service="llm"\} 0\.0$', text.decode(), re.M)
