@@ -539,3 +539,106 @@ services "llm" {{
     assert seen == ["v1"] * 40  # every worker took the rolled-back split
     _, text = gw.admin_get("/metrics")
     assert re.search(r'^gateway_rollout_traffic_percent\{revision="v2",service="llm"\} 0\.0$', text.decode(), re.M)
+
+
+def test_tls_tcp_and_udp_entrypoints_in_every_worker_and_sigterm_lets_a_request_finish(start_gateway, backends,
+                                                                                      tmp_path) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from certs import make_cert
+
+    cert, key = make_cert(tmp_path, "api", "api.example.com")
+    b = backends("a")
+    udp_backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_backend.bind(("127.0.0.1", 0))
+
+    def echo() -> None:
+        while True:
+            try:
+                data, addr = udp_backend.recvfrom(2048)
+            except OSError:
+                return
+            udp_backend.sendto(b"echo:" + data, addr)
+
+    threading.Thread(target=echo, daemon=True).start()
+    hcl = f'''
+entrypoints "web" {{ address = "127.0.0.1:0" }}
+entrypoints "secure" {{
+  address = "127.0.0.1:0"
+  tls {{
+    cert_file = "{cert}"
+    key_file  = "{key}"
+  }}
+}}
+entrypoints "raw" {{
+  address  = "127.0.0.1:0"
+  protocol = "tcp"
+}}
+entrypoints "dgram" {{
+  address  = "127.0.0.1:0"
+  protocol = "udp"
+}}
+routers "r" {{
+  entrypoints = ["web", "secure"]
+  rule        = "PathPrefix(`/`)"
+  service     = "s"
+}}
+routers "t" {{
+  entrypoints = ["raw"]
+  rule        = "HostSNI(`*`)"
+  service     = "t"
+}}
+routers "u" {{
+  entrypoints = ["dgram"]
+  service     = "u"
+}}
+services "s" {{ load_balancer {{ servers = [{{ url = "{b.url}" }}] }} }}
+services "t" {{ load_balancer {{ servers = [{{ url = "tcp://127.0.0.1:{b.server_address[1]}" }}] }} }}
+services "u" {{ load_balancer {{ servers = [{{ url = "udp://127.0.0.1:{udp_backend.getsockname()[1]}" }}] }} }}
+shutdown_timeout = "20s"
+'''
+    gw = start_gateway(hcl)
+    assert set(gw.ports) == {"web", "secure", "raw", "dgram"}
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cert))
+
+    def tls_get(_: int) -> int:
+        with socket.create_connection(("127.0.0.1", gw.ports["secure"]), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="api.example.com") as tls:
+            tls.sendall(b"GET /tls HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            return int(data.split(b" ", 2)[1])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(tls_get, range(40))) == [200] * 40
+    # TCP: a plain connection through the catch-all SNI router reaches the HTTP backend as a tunnel
+    assert [s for s, _ in many(gw.ports["raw"], "/tcp", 20)] == [200] * 20
+    # UDP: 20 clients (20 source ports, hashed over the workers), each answered
+    for i in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            c.sendto(b"ping%d" % i, ("127.0.0.1", gw.ports["dgram"]))
+            assert c.recvfrom(2048)[0] == b"echo:ping%d" % i
+    # SIGTERM while a request is in flight: it finishes, new connections are refused, every process exits 0
+    workers = gw.workers()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(get, gw.port, "/slow", 30)
+        assert b.slow_started.wait(10)
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: _refused(gw.port), 10, "listeners closed")
+        b.release.set()
+        assert slow.result(30)[0] == 200
+    assert gw.proc.wait(30) == 0
+    for pid in workers:
+        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), 10, f"worker {pid}")
+    udp_backend.close()
+
+
+def _refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any, Final, Protocol, cast
 
 from ..service.balancer import Backend
@@ -171,8 +172,11 @@ class UdpServer:
 
     async def start(self, host: str, port: int) -> None:
         """Bind the entrypoint socket (raises OSError)."""
+        # SO_REUSEPORT as the TCP listeners: worker processes bind the same port and the kernel hashes each client's
+        # address to one of them, so a client's datagrams keep reaching the worker that holds its session
         transport, _ = await self.loop.create_datagram_endpoint(
-            cast(Any, lambda: _Listener(self)), local_addr=(host or "0.0.0.0", port)
+            cast(Any, lambda: _Listener(self)), local_addr=(host or "0.0.0.0", port),
+            reuse_port=hasattr(socket, "SO_REUSEPORT"),
         )
         self.transport = cast(DatagramSocket, transport)
 
