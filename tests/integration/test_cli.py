@@ -73,22 +73,25 @@ def test_validate_readme_quickstart() -> None:
     assert ':33:42: error: middlewares.auth-jwt.value: environment variable "JWT_SECRET" is not set' in bad.stdout
 
 
-def test_readme_quickstart_runs_verbatim() -> None:
-    """The README's quick-start file as written (tests/support/quickstart.py: ports 8080, 8001/8002, admin 9901)."""
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "two-workers"])
+def test_readme_quickstart_runs_verbatim(workers: list[str]) -> None:
+    """The README's quick-start file as written (tests/support/quickstart.py: ports 8080, 8001/8002, admin 9901), in
+    one process and with a supervisor and two workers (the admin API and metrics then come from the supervisor)."""
     quick = QuickStart()
     try:
-        quick.run([sys.executable, "-m", "a3s_gateway"])
+        quick.run([sys.executable, "-m", "a3s_gateway", *workers])
     finally:
         quick.close()
 
 
-def test_readme_quickstart_cold_starts_through_a_box_api_at_zero_replicas() -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "two-workers"])
+def test_readme_quickstart_cold_starts_through_a_box_api_at_zero_replicas(workers: list[str]) -> None:
     """The same file with a Box API on :9090 that runs no replica: the first request waits while Box is asked for
-    one, then goes to a server with X-A3S-Cold-Start: 1 (SPEC §15.1)."""
+    one, then goes to a server with X-A3S-Cold-Start: 1 (SPEC §15.1); with two workers the supervisor asks Box."""
     quick = QuickStart()
     box = BoxApi()
     try:
-        quick.run([sys.executable, "-m", "a3s_gateway"], box=box)
+        quick.run([sys.executable, "-m", "a3s_gateway", *workers], box=box)
     finally:
         box.close()
         quick.close()

@@ -55,3 +55,14 @@ def test_binary_serves_the_readme_quickstart_from_another_directory(binary: Path
           f"proxied answer after {first[1]:.2f} / {second[1]:.2f} s")
     # SPEC §13.3 asks for < 1 s on this machine (the note reports the figure); shared CI machines get a margin
     assert second[0] < 2.5, f"the second run answered {second[0]:.2f} s after its start (first run: {first[0]:.2f} s)"
+
+
+def test_binary_runs_a_supervisor_and_two_workers(binary: Path, tmp_path: Path) -> None:
+    """``--workers 2``: the one-file binary starts itself again as each worker (SPEC §13.4)."""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    quick = QuickStart()
+    try:
+        quick.run([str(binary), "--workers", "2"], cwd=workdir, env=_env(tmp_path))
+    finally:
+        quick.close()

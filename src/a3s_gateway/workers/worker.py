@@ -46,7 +46,9 @@ def die_with_parent(parent: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         except (OSError, AttributeError):  # no prctl: the end of the channel still stops the worker
             pass
-    if os.getppid() != parent:
+    # the one-file binary runs each process under its bootloader, which is then the parent: there the end of the
+    # channel (the supervisor's socket closes with it) stops the worker
+    if os.getppid() != parent and not getattr(sys, "frozen", False):
         os._exit(0)
 
 
