@@ -39,6 +39,7 @@ run: $(STAMP)
 # are root; otherwise the tests that need one skip with the install hint (and fail under A3S_REQUIRE_SERVICES=1).
 services:
 	@missing=""; for tool in redis-server curl openssl; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing (apt-get)"; \

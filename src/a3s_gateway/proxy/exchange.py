@@ -58,6 +58,10 @@ _COLD: Final = b"X-A3S-Cold-Start: 1\r\n"  # on every response to a request that
 _HOST_BIT: Final = 1 << hdrs.HOST  # in Request.edited
 _CONTENT_LENGTH_ZERO: Final = b"Content-Length: 0\r\n"
 _TE_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+# empty lists shared until a request needs one of its own (never mutated: every append first replaces them), so
+# an idle connection's exchange holds no list (issue 20)
+_NO_PIECES: Final[list[bytes]] = []
+_NO_URLS: Final[list[str]] = []
 
 
 def upstream_host(head: Any, pass_host_header: bool, backend_host: bytes) -> bytes | None:
@@ -171,7 +175,7 @@ class Exchange(Client):
         self.backend: Backend | None = None
         self.pool: Pool | None = None
         self.connect_task: asyncio.Task[None] | None = None
-        self.pending: list[bytes] = []  # body bytes read while the upstream connection is being opened
+        self.pending: list[bytes] = _NO_PIECES  # body bytes read while the upstream connection is being opened
         self.pending_bytes = 0
         self.up_head = b""
         self.retried = False  # retried once on a fresh connection after a stale keep-alive one (§7.8)
@@ -192,12 +196,12 @@ class Exchange(Client):
         self.target: RouteTarget | None = None
         self.framing = b""
         self.attempt = 1  # retry: attempt number of the exchange
-        self.tried: list[str] = []  # retry: backends already tried
+        self.tried: list[str] = _NO_URLS  # retry: backends already tried
         self.replay: list[bytes] | None = None  # retry: request body kept for another attempt (None: not kept)
         self.replay_bytes = 0
         # mirroring (SPEC §7.7): decided once per client request; the body is kept while it streams
         self.mirror: Mirror | None = None
-        self.mirror_body: list[bytes] = []
+        self.mirror_body: list[bytes] = _NO_PIECES
         self.mirror_bytes = 0
         self.mirror_decided = False
         self.revision = ""  # revision of the backend of the last attempt (§8.6)
@@ -231,7 +235,7 @@ class Exchange(Client):
         self.chain = None
         self.mirror = None
         self.mirror_decided = False
-        self.pending = []
+        self.pending = _NO_PIECES
         self.pending_bytes = 0
         tracer = entry.tracer
         trace = tracer.begin(head.headers, head.header_ids) if tracer is not None else None
@@ -490,7 +494,7 @@ class Exchange(Client):
         data = [self.up_head]
         if self.pending:
             data.extend(self.pending)
-            self.pending = []
+            self.pending = _NO_PIECES
             self.pending_bytes = 0
         up.begin(self, data)
         if conn.write_paused:
@@ -519,7 +523,7 @@ class Exchange(Client):
                 if done:
                     mirror.send(self.up_head, self.mirror_body)
                     self.mirror = None
-                    self.mirror_body = []
+                    self.mirror_body = _NO_PIECES
         if not pieces:
             return
         replay = self.replay
@@ -539,6 +543,8 @@ class Exchange(Client):
             else:
                 up.transport.writelines(pieces)
         else:
+            if self.pending is _NO_PIECES:
+                self.pending = []
             self.pending.extend(pieces)
             for p in pieces:
                 self.pending_bytes += len(p)
@@ -567,7 +573,7 @@ class Exchange(Client):
         self.framing = framing
         self.attempt = 1
         if self.tried:
-            self.tried = []
+            self.tried = _NO_URLS
         self.replay = [] if chain.retry is not None else None
         self.replay_bytes = 0
         self._run_chain(0)
@@ -744,6 +750,8 @@ class Exchange(Client):
             stats.retries += 1
         self.attempt += 1
         if self.backend_url is not None:
+            if self.tried is _NO_URLS:
+                self.tried = []
             self.tried.append(self.backend_url)
         b = self.backend
         if b is not None and failure == _STATUS:
@@ -758,7 +766,7 @@ class Exchange(Client):
         self.connect_task = None
         if self.conn.gone():
             return
-        self.pending = list(self.replay) if self.replay is not None else []
+        self.pending = list(self.replay) if self.replay is not None else _NO_PIECES
         self.pending_bytes = 0
         self._run_chain(start)
 
@@ -892,6 +900,16 @@ class Exchange(Client):
         if passive is not None:
             failed = transport_failure or status == 500 or (502 <= status <= 504)
             passive.record(b, failed, self.conn.loop.time())
+
+    def idle(self) -> None:
+        """Between requests: let go of what the last one held (an idle keep-alive connection may stay for long;
+        issue 20: ~1 KiB per idle connection was the last request's heads, ids and trace context)."""
+        self.head = None
+        self.up_head = b""
+        self.framing = b""
+        self.rid = b""
+        self.trace = None
+        self.response_extra = b""
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""

@@ -279,7 +279,7 @@ class HttpConnection(Downstream):
             self.close()
             return
         self.state = _IDLE
-        self.ex.head = None
+        self.ex.idle()
         self.body = None
         if self._paused & (P_PIPELINE | P_UPSTREAM | P_PENDING):
             self.resume_reading_for(P_PIPELINE | P_UPSTREAM | P_PENDING)
