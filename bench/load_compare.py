@@ -51,10 +51,12 @@ class Scenario:
     method: str
     path: str
     body_bytes: int = 0
+    close: bool = False  # a new connection per request (Connection: close)
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("small", "small keep-alive GET (128 B body)", "GET", "/small"),
+    Scenario("close", "small GET on a new connection each (Connection: close)", "GET", "/small", close=True),
     Scenario("1mib", "1 MiB GET", "GET", "/1mib"),
     Scenario("post16k", "16 KiB POST", "POST", "/post", POST_BYTES),
     Scenario("sse", f"SSE stream ({SSE_LOAD_EVENTS} events, one chunk each)", "GET", f"/sse?n={SSE_LOAD_EVENTS}"),
@@ -132,6 +134,8 @@ def wrk_script(directory: Path, scenario: Scenario) -> Path:
     lines = []
     if scenario.method != "GET":
         lines.append(f'wrk.method = "{scenario.method}"')
+    if scenario.close:
+        lines.append('wrk.headers["Connection"] = "close"')
     if scenario.body_bytes:
         lines.append(f'wrk.body = string.rep("p", {scenario.body_bytes})')
         lines.append('wrk.headers["Content-Type"] = "application/octet-stream"')

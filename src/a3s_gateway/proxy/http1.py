@@ -10,6 +10,7 @@ complete).
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..errors import ProtocolError
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..runtime import EntrypointRuntime
 
-__all__ = ["HttpConnection", "Listener", "lists_websocket", "upstream_host"]
+__all__ = ["HttpConnection", "Listener", "TimerWheel", "lists_websocket", "upstream_host"]
 
 
 # connection states
@@ -50,6 +51,9 @@ _T_HEAD: Final = 1  # header_read_timeout, from the first byte of a head
 _T_IDLE: Final = 2  # keep-alive idle between requests
 _T_BODY: Final = 3  # gap while receiving a request body
 
+#: resolution of the connections' timeouts: a header, body or idle timeout fires at most this late
+TICK: Final = 0.1
+
 _ALLOW_405: Final = b"Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE\r\n"
 _H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n"
 
@@ -61,6 +65,74 @@ class Rejections(Protocol):
         """One connection closed at the limit."""
 
 
+class TimerWheel:
+    """The timeouts of a listener's connections on one event-loop timer (issue 20).
+
+    A connection files itself under the tick (``TICK`` seconds) at or after its deadline; one loop timer runs at the
+    earliest tick that has connections. A timer handle and a libuv timer per connection cost ~260 bytes and two
+    allocations per accepted connection; a set entry costs a few bytes. Deadlines that move later are not re-filed
+    (the connection re-checks its deadline when its tick comes), so a request costs no timer work at all.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buckets: dict[int, set[HttpConnection]] = {}
+        self.ticks: list[int] = []  # heap of the ticks in ``buckets``
+        self.handle: asyncio.TimerHandle | None = None
+        self.handle_tick = 0
+
+    def add(self, conn: HttpConnection, deadline: float) -> int:
+        """File ``conn`` under the first tick at or after ``deadline``; returns that tick."""
+        tick = int(deadline / TICK) + 1
+        bucket = self.buckets.get(tick)
+        if bucket is None:
+            bucket = set()
+            self.buckets[tick] = bucket
+            heapq.heappush(self.ticks, tick)
+            handle = self.handle
+            if handle is None or tick < self.handle_tick:
+                if handle is not None:
+                    handle.cancel()
+                self.handle_tick = tick
+                self.handle = self.loop.call_at(tick * TICK, self.fire)
+        bucket.add(conn)
+        return tick
+
+    def remove(self, conn: HttpConnection, tick: int) -> None:
+        bucket = self.buckets.get(tick)
+        if bucket is not None:
+            bucket.discard(conn)
+
+    def fire(self) -> None:
+        """Run the timers of every tick that has come, then wait for the next tick that has connections."""
+        self.handle = None
+        now = self.loop.time()
+        ticks = self.ticks
+        buckets = self.buckets
+        while ticks and ticks[0] * TICK <= now + 1e-6:
+            tick = heapq.heappop(ticks)
+            bucket = buckets.pop(tick, None)
+            if bucket is None:
+                continue
+            for conn in bucket:
+                conn.tick_due(tick)
+        while ticks and ticks[0] not in buckets:
+            heapq.heappop(ticks)
+        if ticks and self.handle is None:
+            self.handle_tick = ticks[0]
+            self.handle = self.loop.call_at(ticks[0] * TICK, self.fire)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.buckets.clear()
+        self.ticks.clear()
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.buckets.values())
+
+
 class Listener(Protocol):
     """What a connection needs of the server that accepted it (proxy/server.py's ``HttpServer``, or the per-stream
     server of an HTTP/2 connection): typed here so that this module does not import the server."""
@@ -70,6 +142,7 @@ class Listener(Protocol):
     connections: set[Any]  # the live connections, for drain and max_connections
     port_b: bytes
     ssl: Any  # TLS termination context, None on plain listeners
+    wheel: TimerWheel  # the connections' timeouts
 
     @property
     def rejections(self) -> Rejections | None: ...
@@ -82,7 +155,7 @@ class HttpConnection(Downstream):
     """One client connection on an HTTP entrypoint (an asyncio protocol; compiled to a native class by mypyc)."""
 
     # slots keep an idle keep-alive connection small (SPEC target: a few KiB per idle connection)
-    __slots__ = ("_deadline", "_paused", "_timer", "_timer_at", "_tkind", "buf", "ex", "fresh", "server", "state")
+    __slots__ = ("_deadline", "_paused", "_tick", "_tkind", "buf", "ex", "fresh", "server", "state")
 
     def __init__(self, server: Listener) -> None:
         super().__init__(server.loop, server.entry)
@@ -93,8 +166,7 @@ class HttpConnection(Downstream):
         self._paused = 0
         self._tkind = _T_NONE
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._tick = 0  # the wheel tick this connection is filed under (0: none)
         self.ex = Exchange(self)  # reused by every request of the connection
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
@@ -129,9 +201,9 @@ class HttpConnection(Downstream):
             self.ex.tunnel_ended()
         self.state = _CLOSED
         self._tkind = _T_NONE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._tick:
+            self.server.wheel.remove(self, self._tick)
+            self._tick = 0
         self.server.connections.discard(self)
         self.ex.client_gone()
 
@@ -373,27 +445,28 @@ class HttpConnection(Downstream):
         if not self.ex.drain_deadline():
             self.transport.abort()
 
-    # -- one lazily re-armed timer -------------------------------------------------------------------------
+    # -- one lazily re-filed timeout on the listener's wheel -------------------------------------------------
     def _set_timer(self, kind: int, delay: float) -> None:
         self._tkind = kind
         deadline = self.loop.time() + delay
         self._deadline = deadline
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= deadline:
-                return
-            timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        tick = self._tick
+        if tick:
+            if tick * TICK <= deadline + TICK:
+                return  # the filed tick comes first (or in the same tick): the deadline is checked then
+            self.server.wheel.remove(self, tick)
+        self._tick = self.server.wheel.add(self, deadline)
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def tick_due(self, tick: int) -> None:
+        """The wheel reached ``tick``: time out if the deadline has passed, else file it again."""
+        if tick != self._tick:
+            return
+        self._tick = 0
         kind = self._tkind
         if kind == _T_NONE or self.transport is None:
             return
         if self.loop.time() < self._deadline:
-            self._timer_at = self._deadline
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            self._tick = self.server.wheel.add(self, self._deadline)
             return
         if kind == _T_HEAD:
             if self.buf:

@@ -42,7 +42,7 @@ from .. import _compat
 from ..errors import ProtocolError
 from ..http.h2_head import MALFORMED_FIELD, StreamDecoder, StreamHead, request_head
 from ..observability.log_limit import RateLimitedLog
-from .http1 import HttpConnection
+from .http1 import HttpConnection, TimerWheel
 from .stream_transport import MessageTransport
 
 if TYPE_CHECKING:
@@ -163,6 +163,7 @@ class Listener(Protocol):
     connections: set[Any]
     port_b: bytes
     abuse: dict[tuple[str, str], int]  # HTTP/2 connections closed for abuse: (entrypoint, kind) -> count
+    wheel: TimerWheel  # the timeouts of its connections (and of these streams)
 
 
 class StreamServer:
@@ -177,6 +178,7 @@ class StreamServer:
         self.port_b = real.port_b
         self.connections: set[Any] = set()
         self.ssl: Any = None
+        self.wheel = real.wheel
 
     def take_over_h2(self, conn: HttpConnection, initial: bytes) -> None:
         take_over(self.real, conn, initial)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ..observability.log_limit import RateLimitedLog
-from .http1 import HttpConnection
+from .http1 import HttpConnection, TimerWheel
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -67,6 +67,7 @@ class HttpServer:
         self.port = port
         self.port_b = str(port).encode()
         self.connections: set[Any] = set()  # HttpConnection and http2.H2Protocol
+        self.wheel = TimerWheel(loop)  # the connections' header, body and idle timeouts
         self.certs: Any = None  # the CertStore behind ``ssl``
         self.cert_watch: asyncio.Future[None] | None = None  # its file watcher (§10.3), stopped with the listener
         self._server: asyncio.base_events.Server | None = None
@@ -119,3 +120,4 @@ class HttpServer:
         for conn in list(self.connections):
             conn.drain_deadline()  # a request still waiting for a replica gets 503, anything else is cut
         self.connections.clear()
+        self.wheel.close()
