@@ -65,6 +65,12 @@ class Rejections(Protocol):
         """One connection closed at the limit."""
 
 
+class Timed(Protocol):
+    """What the wheel files: a connection told when its tick came (it checks its own deadline)."""
+
+    def tick_due(self, tick: int) -> None: ...
+
+
 class TimerWheel:
     """The timeouts of a listener's connections on one event-loop timer (issue 20).
 
@@ -76,12 +82,12 @@ class TimerWheel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.buckets: dict[int, set[HttpConnection]] = {}
+        self.buckets: dict[int, set[Timed]] = {}
         self.ticks: list[int] = []  # heap of the ticks in ``buckets``
         self.handle: asyncio.TimerHandle | None = None
         self.handle_tick = 0
 
-    def add(self, conn: HttpConnection, deadline: float) -> int:
+    def add(self, conn: Timed, deadline: float) -> int:
         """File ``conn`` under the first tick at or after ``deadline``; returns that tick."""
         tick = int(deadline / TICK) + 1
         bucket = self.buckets.get(tick)
@@ -98,7 +104,7 @@ class TimerWheel:
         bucket.add(conn)
         return tick
 
-    def remove(self, conn: HttpConnection, tick: int) -> None:
+    def remove(self, conn: Timed, tick: int) -> None:
         bucket = self.buckets.get(tick)
         if bucket is not None:
             bucket.discard(conn)
@@ -115,7 +121,14 @@ class TimerWheel:
             if bucket is None:
                 continue
             for conn in bucket:
-                conn.tick_due(tick)
+                conn.tick_due(tick)  # may file it again (a later tick), which may arm the loop timer
+        self._arm_next()
+
+    def _arm_next(self) -> None:
+        # (a method of its own: in ``fire`` the type checker would still take ``self.handle`` for the None it set,
+        # and mypyc would compile that assumption in, though ``tick_due`` may have armed a timer meanwhile)
+        ticks = self.ticks
+        buckets = self.buckets
         while ticks and ticks[0] not in buckets:
             heapq.heappop(ticks)
         if ticks and self.handle is None:
