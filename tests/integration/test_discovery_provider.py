@@ -169,3 +169,40 @@ routers "extra" {
     assert await get(port, "/good") == (200, b"good /good", None)
     for seed in (good, bad_rule, taken, no_mw):
         await seed.backend.stop()
+
+
+async def test_providers_run_in_the_supervisor_which_ships_their_items_and_never_in_a_worker() -> None:
+    from a3s_gateway.gateway import SUPERVISOR, WORKER
+
+    seed = await Seed({"name": "llm", "version": "1", "routes": [{"rule": "PathPrefix(`/v1`)"}]}, b"x").start()
+    config = GatewayConfig.from_hcl(hcl([seed]))
+
+    worker = Gateway(config, admin="off", role=WORKER)
+    await worker.start()
+    await asyncio.sleep(0.5)  # more than two poll intervals
+    assert worker._providers is None and seed.backend.requests == []
+    await worker.shutdown(0.5)
+
+    shipped: list[GatewayConfig] = []
+
+    class Peers:
+        async def prepare(self, config: GatewayConfig, runtime: Any) -> None:
+            shipped.append(config)
+
+        async def commit(self, generation: int) -> None:
+            return None
+
+        async def abort(self, generation: int) -> None:
+            return None
+
+    supervisor = Gateway(config, admin="off", role=SUPERVISOR)
+    supervisor.peers = Peers()
+    await supervisor.start()
+    try:
+        await until(lambda: any("discovered-llm" in c.routers for c in shipped))
+        sent = next(c for c in shipped if "discovered-llm" in c.routers)
+        assert [s.url for s in sent.services["llm"].load_balancer.servers] == [seed.url]
+        assert sent.origins["routers.discovered-llm"] == "discovery"
+    finally:
+        await supervisor.shutdown(0.5)
+        await seed.backend.stop()
