@@ -35,7 +35,7 @@ CONFIG ?= examples/quickstart.hcl
 run: $(STAMP)
 	$(PY) examples/run_demo.py $(CONFIG)
 
-# External programs the tests run (redis-server for rate-limit-redis, curl, openssl): installed with apt-get when missing and we
+# External programs the tests run (redis-server for rate-limit-redis, curl, openssl, dnsmasq for the DNS provider): installed with apt-get when missing and we
 # are root; otherwise the tests that need one skip with the install hint (and fail under A3S_REQUIRE_SERVICES=1).
 services:
 	@missing=""; for tool in redis-server curl openssl; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \

@@ -33,6 +33,7 @@ from .service.revision import RevisionSplit
 if TYPE_CHECKING:
     from .config.model import AccessLogConfig, EntrypointConfig, GatewayConfig
     from .providers.file import FileWatcher
+    from .providers.hub import Providers
 
 log = logging.getLogger("a3s_gateway")
 
@@ -126,6 +127,8 @@ class Gateway:
         self._pending: tuple[GatewayConfig, Runtime, dict[str, HttpServer], _Observers] | None = None
         self._admin_override = admin
         self._config = _override_admin(config, admin)
+        #: the configuration as loaded (the file), before provider items are merged in (SPEC §12.1)
+        self._file_config = self._config
         self.clock = clock or time.monotonic
         self.state = GatewayState.CREATED
         self.runtime: Runtime | None = None
@@ -140,6 +143,7 @@ class Gateway:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher: FileWatcher | None = None
+        self._providers: Providers | None = None
         self._generation = 0
         self._last_reload: dict[str, Any] | None = None
         self._stop_requested = False
@@ -223,6 +227,7 @@ class Gateway:
             self._shutdown_task = asyncio.ensure_future(self._shutdown(self._stop_timeout))
             return
         await self._sync_watcher()
+        await self._sync_providers()
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any) -> Any:
         """A listening HttpServer / TcpListener / UdpListener for ``ep`` (StartupError when it cannot bind)."""
@@ -307,11 +312,20 @@ class Gateway:
         Everything is built first — the new Runtime and a listener for every added or re-addressed entrypoint —
         then one reference is swapped. Unchanged entrypoints keep their sockets; removed ones stop accepting and
         drain in the background (bounded by ``shutdown_timeout``). Reloads are serialised.
+
+        ``new_config`` is the file configuration: the items of the running providers are merged in (SPEC §12.1).
         """
-        new_config = _override_admin(new_config, self._admin_override)
+        await self._reload(new_config, provider_update=False)
+
+    async def _reload(self, new_config: GatewayConfig, *, provider_update: bool) -> None:
+        """:meth:`reload`; a provider update whose merged configuration is the running one builds nothing."""
+        base = _override_admin(new_config, self._admin_override)
         async with self._reload_lock:
             if self.state != GatewayState.RUNNING:
                 raise StartupError(f"cannot reload in state {self.state.value}")
+            new_config = self._merge_providers(base)
+            if provider_update and new_config == self._config:
+                return
             self.state = GatewayState.RELOADING
             try:
                 prepared = await self._prepare(new_config)
@@ -335,9 +349,52 @@ class Gateway:
                 if isinstance(e, (ConfigError, StartupError)):
                     self._record_reload(str(e))
                 raise
+            self._file_config = base
             self.state = GatewayState.RUNNING
         self._record_reload(None)
         await self._sync_watcher()
+        await self._sync_providers()
+
+    def _merge_providers(self, base: GatewayConfig) -> GatewayConfig:
+        """``base`` plus what the running providers of its ``providers`` block contribute (SPEC §12.1)."""
+        providers = self._providers
+        if providers is None:
+            return base
+        contributions = providers.contributions(base.providers)
+        if not contributions:
+            return base
+        from .providers.merge import merge
+
+        merged, warnings = merge(base, contributions)
+        providers.warn(warnings)
+        return merged
+
+    async def _sync_providers(self) -> None:
+        """Start, keep or stop the discovery providers to match the file configuration (SPEC §12); a worker runs
+        none (its supervisor does, and ships every generation)."""
+        from .providers.hub import Providers, wanted
+
+        want = (bool(wanted(self._file_config.providers)) and self.state == GatewayState.RUNNING
+                and self.role != WORKER)
+        if not want:
+            if self._providers is not None:
+                old, self._providers = self._providers, None
+                await old.close()
+            return
+        if self._providers is None:
+            self._providers = Providers(self._reload_from_providers)
+        await self._providers.sync(self._file_config.providers)
+
+    async def _reload_from_providers(self) -> None:
+        """A provider's items changed (debounced): merge them into the file configuration and reload."""
+        if self.state not in (GatewayState.RUNNING, GatewayState.RELOADING):
+            return
+        try:
+            await self._reload(self._file_config, provider_update=True)
+        except (ConfigError, StartupError) as e:
+            log.error("reload after a provider change failed; still serving generation %d:\n%s", self._generation, e)
+            return
+        log.info("providers changed: generation %d", self._generation)
 
     async def prepare_generation(self, new_config: GatewayConfig, generation: int) -> None:
         """A worker's half of a reload (SPEC §13.4): build ``generation`` and bind its new listeners, then wait for
@@ -594,6 +651,9 @@ class Gateway:
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
             await watcher.close()
+        if self._providers is not None:
+            providers, self._providers = self._providers, None
+            await providers.close()
         limit = self._config.shutdown_timeout if timeout is None else timeout
         retiring = dict(self._retiring)
         # listeners already retired by a reload drain within the shutdown's limit too
@@ -771,7 +831,7 @@ class Gateway:
             out.append({
                 "name": r.name, "rule": r.rule, "service": r.service, "entrypoints": entrypoints,
                 "middlewares": list(r.middlewares), "priority": r.effective_priority, "protocol": r.protocol,
-                "provider": "file",
+                "provider": config.origins.get(f"routers.{r.name}", "file"),
             })
         return out
 
@@ -806,6 +866,7 @@ class Gateway:
                     for r in revisions
                 ],
                 "rollout": svc.rollout.as_dict(self.clock()) if svc.rollout is not None else None,
+                "provider": self._config.origins.get(f"services.{name}", "file"),
             })
         return out
 

@@ -170,7 +170,8 @@ middlewares "key" { type = "api-key"
     backend_view = {"url": backend.url, "weight": 1, "healthy": True, "active_connections": 0, "revision": None}
     services = json.loads((await admin_get(gw, "/api/gateway/services"))[2])
     assert services == [{"name": "s", "strategy": "round-robin", "backends_total": 1, "backends_healthy": 1,
-                         "backends": [backend_view], "scaling": None, "revisions": [], "rollout": None}]
+                         "backends": [backend_view], "scaling": None, "revisions": [], "rollout": None,
+                         "provider": "file"}]
     assert json.loads((await admin_get(gw, "/api/gateway/services/s"))[2]) == services[0]
     assert json.loads((await admin_get(gw, "/api/gateway/services/nope"))[2]) == {"error": "Service not found"}
     assert json.loads((await admin_get(gw, "/api/gateway/backends"))[2]) == [{"service": "s", **backend_view}]

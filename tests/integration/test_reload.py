@@ -236,10 +236,10 @@ async def test_failed_reloads_keep_the_running_generation(start_gateway) -> None
     with pytest.raises(OSError):
         await get(spare, "/gen0")
     # a feature this build does not run yet
-    discovery = ('entrypoints "web" { address = "127.0.0.1:0" }\n'
-           'providers { discovery {\n seeds = [{ url = "http://127.0.0.1:9/" }]\n } }\n')
-    with pytest.raises(StartupError, match=r"not supported yet: providers\.discovery"):
-        await gw.reload(GatewayConfig.from_hcl(generation_hcl(2, backend.url, sse=False, entrypoints=discovery)))
+    kubernetes = ('entrypoints "web" { address = "127.0.0.1:0" }\n'
+                  'providers { kubernetes { namespace = "default" } }\n')
+    with pytest.raises(StartupError, match=r"not supported yet: providers\.kubernetes"):
+        await gw.reload(GatewayConfig.from_hcl(generation_hcl(2, backend.url, sse=False, entrypoints=kubernetes)))
 
     assert gw.state == GatewayState.RUNNING and gw.generation == 1
     assert gw.reload_failures == 2 and gw.reload_successes == 0

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 #: features of SPEC that this build runs; anything else the configuration explicitly uses is refused at start
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
-    {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "admin", "access_log",
+    {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "providers.dns",
+     "providers.discovery", "admin", "access_log",
      "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
      "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout",
      "tls", "redirect", "tcp entrypoint", "udp entrypoint", "tcp_allowed_ips", "middleware tcp-filter", "http2",

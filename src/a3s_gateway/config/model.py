@@ -424,6 +424,7 @@ class DnsProviderConfig:
     scheme: str = "http"
     refresh: float = 30.0
     honor_ttl: bool = True
+    nameservers: tuple[str, ...] = ()  # "ip[:port]"; () = the system resolver (/etc/resolv.conf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +512,9 @@ class GatewayConfig:
     explicit: frozenset[str] = frozenset()
     locations: Mapping[str, tuple[str, int, int]] = field(default_factory=lambda: EMPTY_MAP)
     sources: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP, compare=False, repr=False)
+    #: the provider of each provider-made or provider-fed item (§12.1), ``routers.<name>`` / ``services.<name>`` ->
+    #: ``discovery`` | ``dns`` | ...; items absent here come from the file
+    origins: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP, repr=False)
 
     # -- loading (implemented by config/load.py, installed by a3s_gateway.config) -------------------------
 

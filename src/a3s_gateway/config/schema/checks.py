@@ -54,6 +54,33 @@ def check_ip(value: Any) -> str | None:
     return None
 
 
+def parse_nameserver(text: str) -> tuple[str, int] | None:
+    """A DNS resolver address ``ip``, ``ip:port``, ``[v6]:port`` (§12.4) -> (ip, port, 53 when absent); None when
+    malformed."""
+    host, port = text, 53
+    if text.startswith("["):
+        parsed = parse_address(text)
+        if parsed is None:
+            return None
+        host, port = parsed
+    elif text.count(":") == 1:
+        host, _, digits = text.partition(":")
+        if not digits.isdigit():
+            return None
+        port = int(digits)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (host, port) if 0 < port <= 65535 else None
+
+
+def check_nameserver(value: Any) -> str | None:
+    if parse_nameserver(value) is None:
+        return f'invalid nameserver {quote(value)}; expected an IP address with an optional port, e.g. "127.0.0.1:8600"'
+    return None
+
+
 def check_nonempty(value: Any) -> str | None:
     return "must not be empty" if value == "" else None
 

@@ -11,7 +11,7 @@ from a3s_gateway.config.model import (
     KubernetesProviderConfig,
     ProvidersConfig,
 )
-from a3s_gateway.config.schema.checks import check_http_url, check_nonempty
+from a3s_gateway.config.schema.checks import check_http_url, check_nameserver, check_nonempty
 from a3s_gateway.config.schema.engine import BOOL, SKIP, STR, Ctx, Decoded, K, Legacy, T, schema
 
 
@@ -73,6 +73,7 @@ DNS: Final = schema(
         K("scheme", T.enum("http", "https", "h2c", "tcp", "udp")),
         K("refresh", T.duration(0, lo_open=True)),
         K("honor_ttl", BOOL),
+        K("nameservers", T.list_of(T.string(check_nameserver))),
     ],
     _build_dns,
     model=DnsProviderConfig,
