@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from support import Backend, Client, Request, gateway_port, ok, start_backend
 
 from a3s_gateway import Gateway, GatewayConfig
+from support import Backend, Client, Request, gateway_port, ok, start_backend
 
 
 @dataclass

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from dnsmasq import Dnsmasq
-from support import Backend, Client, Request, gateway_port, ok, start_backend
 
 from a3s_gateway import Gateway
 from a3s_gateway.providers import dns as dns_provider
+from support import Backend, Client, Request, gateway_port, ok, start_backend
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Client, Request, config, gateway_port, ok, start_backend
 
 from a3s_gateway import GatewayConfig, StartupError
+from support import Client, Request, config, gateway_port, ok, start_backend
 
 ADMIN = "127.0.0.1:0"
 

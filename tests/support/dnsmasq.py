@@ -18,14 +18,25 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
-
 from external import require_tool
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+class _PortTaken(RuntimeError):
+    pass
 
 
 class Dnsmasq:
@@ -57,6 +68,14 @@ class Dnsmasq:
         os.replace(tmp, path)
 
     def start(self) -> Dnsmasq:
+        for _ in range(5):  # the port may be taken between choosing it and dnsmasq binding it: choose another
+            try:
+                return self._start()
+            except _PortTaken:
+                self.port = _free_port()
+        return self._start()
+
+    def _start(self) -> Dnsmasq:
         args = [self.binary, "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
                 "--listen-address=127.0.0.1", f"--port={self.port}", f"--hostsdir={self.hosts}",
                 f"--local-ttl={self.ttl}", "--local=/a3s.test/", "--user=root", "--pid-file=",
@@ -66,7 +85,10 @@ class Dnsmasq:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # answering yet?
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                if "Address already in use" in err:
+                    raise _PortTaken(err)
+                raise RuntimeError(f"dnsmasq exited: {err}")
             try:
                 dns.query.udp(dns.message.make_query("probe.a3s.test", "A"), "127.0.0.1", port=self.port,
                               timeout=0.2)
@@ -82,5 +104,12 @@ class Dnsmasq:
         self.proc = None
 
     def restart(self) -> None:
+        """Stop and start again on the same port (the gateway under test was configured with it)."""
         self.stop()
-        self.start()
+        for _ in range(20):
+            try:
+                self._start()
+                return
+            except _PortTaken:
+                time.sleep(0.1)
+        self._start()
