@@ -1,7 +1,8 @@
 """Run one fuzz target under atheris (libFuzzer): ``python fuzz/run.py TARGET [libFuzzer flags...]``.
 
 The target's seeds (fuzz/targets.py ``seeds``: the test vectors) are written to ``fuzz/corpus/TARGET`` (kept
-between runs, ignored by git) and the gateway's modules are instrumented for coverage. Examples:
+between runs, ignored by git; ``FUZZ_CORPUS=dir`` puts it elsewhere) and the gateway's modules are instrumented
+for coverage. Examples:
 
     python fuzz/run.py http1 -max_total_time=60          # what `make fuzz FUZZ_SECONDS=60` runs per target
     python fuzz/run.py config -runs=100000
@@ -14,6 +15,7 @@ stops the run with the input saved as ``crash-*`` / ``timeout-*`` in the working
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +37,7 @@ def main(argv: list[str]) -> None:
     replay = [a for a in rest if not a.startswith("-") and Path(a).is_file()]
     corpus: list[str] = []
     if not replay:
-        seed_dir = HERE / "corpus" / name
+        seed_dir = Path(os.environ.get("FUZZ_CORPUS", HERE / "corpus")) / name
         seed_dir.mkdir(parents=True, exist_ok=True)
         for seed in targets.seeds(name):
             (seed_dir / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
