@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.dev-installed
 SRC    := $(shell find src csrc -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 
-.PHONY: run test test-pure build lint bench clean services dist binary test-dist test-binary
+.PHONY: run test test-pure build lint bench fuzz clean services dist binary test-dist test-binary
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 required"'
@@ -57,11 +57,21 @@ test-pure: $(DEVSTAMP)
 	A3S_GATEWAY_NO_EXTENSIONS=1 $(PY) -m pytest -q tests
 
 lint: $(DEVSTAMP)
-	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples fuzz
 	$(VENV)/bin/mypy --strict src/a3s_gateway
 
 bench: $(DEVSTAMP)
 	$(PY) -m pytest bench --benchmark-only -s
+
+# Each atheris fuzz target (fuzz/targets.py) for FUZZ_SECONDS on the compiled build; stops at the first finding,
+# saved as crash-*/timeout-* here (RELIABILITY.md). `make test` runs a few seconds of each (test_fuzz_smoke.py).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= http1 chunked config rules
+fuzz: $(DEVSTAMP)
+	@mkdir -p build; for t in $(FUZZ_TARGETS); do echo "== fuzz $$t ($(FUZZ_SECONDS) s, log build/fuzz-$$t.log)"; \
+	  $(PY) fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) > build/fuzz-$$t.log 2>&1; rc=$$?; \
+	  grep -E "^Done|^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)" build/fuzz-$$t.log; \
+	  if [ $$rc -ne 0 ]; then tail -40 build/fuzz-$$t.log; exit 1; fi; done
 
 # Release artefacts (DIST=dir to put them elsewhere). `dist`: the sdist, the wheel built from that sdist, then
 # auditwheel repair to a manylinux tag (what cibuildwheel does in its containers; the Dockerfile runs this target).

@@ -125,8 +125,8 @@ def _directory_files(ctx: Ctx, providers: ProvidersConfig) -> list[str]:
         return []
     try:
         return directory_files(directory)
-    except OSError as exc:
-        ctx.error(ctx.at(where), where, f"cannot read {quote(directory)}: {exc.strerror or exc}")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        ctx.error(ctx.at(where), where, f"cannot read {quote(directory)}: {getattr(exc, 'strerror', None) or exc}")
         return []
 
 
@@ -155,13 +155,13 @@ def current_sources(main: str, directory: str) -> dict[str, str]:
     if directory:
         try:
             paths.extend(directory_files(directory))
-        except OSError:
+        except (OSError, ValueError):
             sources[directory] = ""
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
                 sources[path] = source_digest(f.read())
-        except (OSError, UnicodeDecodeError):
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError; so is a NUL in the path
             sources[path] = ""
     return sources
 
@@ -172,9 +172,9 @@ def _read(path: str, ctx: Ctx, at: Pos | None) -> str | None:
             return f.read()
     except UnicodeDecodeError as exc:
         ctx.error(Pos(path, 1, 1), "", f"cannot read {quote(path)}: not UTF-8 ({exc.reason} at byte {exc.start})")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         where = at or Pos(path, 0, 0)
-        ctx.error(where, "", f"cannot read {quote(path)}: {exc.strerror or exc}")
+        ctx.error(where, "", f"cannot read {quote(path)}: {getattr(exc, 'strerror', None) or exc}")
     return None
 
 

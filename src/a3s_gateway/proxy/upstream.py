@@ -273,10 +273,16 @@ class UpstreamConnection:
             status = resp.status
             if status >= 200:
                 break
-            if status == 101 and client.upgrade and resp.upgrade:
-                self._start_tunnel(client, resp, buf)
+            if status == 101:
+                if client.upgrade and resp.upgrade:
+                    self._start_tunnel(client, resp, buf)
+                    return
+                # a switch the request did not ask for: what follows is no HTTP response (read as one, the
+                # backend's tunnel bytes would answer this request and the connection would go back to the pool)
+                self.abort()
+                client.upstream_failed(502, "Upstream protocol error")
                 return
-            if status != 100 and status != 101 and head.version == 1:
+            if status != 100 and head.version == 1:
                 client.write(
                     interim_head(b"HTTP/1.1 %d %s\r\n" % (status, resp.reason), resp.headers, resp.header_ids)
                 )

@@ -1030,3 +1030,22 @@ entrypoints "s" {{
         '    help: add entrypoints "web" { address = ":80" }, or use challenge = "tls-alpn-01"'
     ]
     assert diagnostics(BASE.replace(":8080", ":80") + text) == []
+
+
+NUL_PATHS = {
+    "tls cert and key": 'entrypoints "w" {\n  address = ":1"\n  tls {\n    cert_file = "/tmp/c\x00"\n'
+                        '    key_file = "/tmp/k\x00"\n  }\n}\n',
+    "ca file": 'services "s" {\n  load_balancer { servers = [{ url = "http://a" }] }\n'
+               '  transport { tls_ca_file = "/tmp/ca\x00" }\n}\n',
+    "users file": 'middlewares "m" {\n  type = "basic-auth"\n  users_file = "/tmp/u\x00"\n}\n',
+    "jwt public key": 'middlewares "m" {\n  type = "jwt"\n  public_key_file = "/tmp/k\x00"\n}\n',
+    "watched directory": 'providers {\n  file { directory = "/tmp/d\x00" }\n}\n',
+}
+
+
+@pytest.mark.parametrize("text", NUL_PATHS.values(), ids=NUL_PATHS.keys())
+def test_a_file_path_with_a_nul_is_a_config_error(text: str) -> None:
+    """Found by the config fuzzer (issue 25): open() raises ValueError, not OSError, for a NUL in a path; the
+    loader let it out instead of reporting the file as unreadable."""
+    with pytest.raises(ConfigError, match=r"cannot read .*embedded null"):
+        GatewayConfig.from_hcl(text, filename="nul.hcl")

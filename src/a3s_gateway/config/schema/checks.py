@@ -112,8 +112,8 @@ def read_problem(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
             f.read(1)
-    except OSError as exc:
-        return f"cannot read {quote(path)}: {exc.strerror or exc}"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        return f"cannot read {quote(path)}: {getattr(exc, 'strerror', None) or exc}"
     return None
 
 

@@ -78,8 +78,8 @@ def _check_pem_public_key(path: str) -> str | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             text = f.read(1 << 20)
-    except OSError as exc:
-        return f"cannot read {quote(path)}: {exc.strerror or exc}"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        return f"cannot read {quote(path)}: {getattr(exc, 'strerror', None) or exc}"
     m = _PEM_BLOCK.search(text)
     if m is None:
         return f"cannot parse {quote(path)}: expected a PEM public key or certificate"
