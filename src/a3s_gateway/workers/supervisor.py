@@ -254,6 +254,12 @@ class Supervisor:
         await asyncio.gather(*(w.channel.call({"op": "abort", "generation": generation}, PREPARE_TIMEOUT)
                                for w in list(self.workers.values())), return_exceptions=True)
 
+    async def publish_acme(self, state: dict[str, Any]) -> None:
+        """ACME HTTP-01 answers and issued certificates (SPEC §10.4): every worker has them when this returns (a
+        worker that does not answer gets them with the next sync)."""
+        await asyncio.gather(*(w.channel.call({"op": "acme", "state": state}, PREPARE_TIMEOUT)
+                               for w in list(self.workers.values())), return_exceptions=True)
+
     # -- entrypoints with port 0 -------------------------------------------------------------------------------
     def _concrete(self, config: GatewayConfig) -> GatewayConfig:
         """``config`` with every port 0 replaced by one port for all workers (kept while the entrypoint is)."""
@@ -461,7 +467,8 @@ def sync_message(runtime: Runtime, gateway: Gateway) -> dict[str, Any]:
             state = health.get(target.service, backend)
             endpoints.append((backend.url, state.ready, state.draining))
         targets[name] = (endpoints, getattr(target, "stand_in", None))
-    return {"op": "sync", "health": rows, "targets": targets, "splits": splits, "rollouts": rollouts}
+    return {"op": "sync", "health": rows, "targets": targets, "splits": splits, "rollouts": rollouts,
+            "acme": gateway.acme_state()}
 
 
 def _reserve(ep: EntrypointConfig) -> socket.socket | int:
