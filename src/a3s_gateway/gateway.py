@@ -223,8 +223,8 @@ class Gateway:
         self._started_at = self.clock()
         self.last_success_time = time.time()
         self.state = GatewayState.RUNNING
-        if self.acme is not None:
-            self.acme.start()  # orders the missing certificates in the background; the listeners serve already
+        if self.role != SUPERVISOR:  # a supervisor starts it once its workers listen (workers.supervisor)
+            self.start_acme()
         for name, server in self._servers.items():
             host, port = server.bound_address()
             log.info("entrypoint %s listening on %s:%d", name, host, port)
@@ -519,6 +519,12 @@ class Gateway:
 
             self.acme = AcmeManager(self, self.live.acme_tokens)
         self.acme.configure(config)
+
+    def start_acme(self) -> None:
+        """Start ordering the missing certificates in the background (the listeners that answer HTTP-01 and serve
+        the certificates run already)."""
+        if self.acme is not None:
+            self.acme.start()
 
     def install_certificates(self, entrypoint: str, pairs: list[tuple[str, str]]) -> None:
         """Serve the ACME-issued ``pairs`` on ``entrypoint`` for new handshakes (acme.manager.AcmeHost)."""

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import http.server
 import logging
 import os
+import re
+import signal
+import socket
 import ssl
 import stat
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -224,3 +231,82 @@ async def test_unreachable_ca_serves_the_fallback_and_retries(tmp_path: Path, mo
             await gw.shutdown(0.5)
     finally:
         ca.close()
+
+
+# -- workers: the supervisor runs ACME, every worker answers the challenge and serves the certificate ---------
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _verify_sync(port: int, root: bytes) -> bytes:
+    ctx = ssl.create_default_context(cadata=root.decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
+            ctx.wrap_socket(sock, server_hostname=DOMAIN) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return bytes(der)
+
+
+def test_with_workers_the_supervisor_issues_and_every_worker_serves(tmp_path: Path) -> None:
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    http_port = free_port()
+    storage = tmp_path / "acme"
+    proc: subprocess.Popen[str] | None = None
+    try:
+        with pebble_server(http_port) as ca:
+            cfg = tmp_path / "gateway.hcl"
+            cfg.write_text(acme_config(http_port, f"http://127.0.0.1:{backend.server_address[1]}", storage,
+                                       ca.directory_url, ca.ca_file))
+            proc = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg), "--workers", "2",
+                                     "--admin", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+            assert proc.stderr is not None
+            lines: list[str] = []
+            ports: dict[str, int] = {}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                lines.append(line)
+                found = re.search(r"entrypoint (\S+) on [^:]+:(\d+) \(", line)
+                if found:
+                    ports[found.group(1)] = int(found.group(2))
+                if "admin API on" in line:
+                    break
+            assert "websecure" in ports, "".join(lines)
+            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[union-attr]
+            root = ca.root()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    first = _verify_sync(ports["websecure"], root)
+                    break
+                except ssl.SSLCertVerificationError:
+                    assert time.monotonic() < deadline, "".join(lines)
+                    time.sleep(0.2)
+            # every new connection, whichever worker accepts it, gets the issued certificate
+            assert {_verify_sync(ports["websecure"], root) for _ in range(20)} == {first}
+            assert der_of(storage / DOMAIN / "cert.pem") == first
+            assert sum("acme: certificate for gw.example.com issued" in line for line in lines) == 1
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        backend.shutdown()
+        backend.server_close()

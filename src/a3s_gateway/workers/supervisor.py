@@ -131,6 +131,7 @@ class Supervisor:
             await self.gateway.shutdown(0.0)
             raise
         self._sync_task = asyncio.ensure_future(self._sync_loop())
+        self.gateway.start_acme()  # the workers listen now: they can answer the CA's HTTP-01 validation
 
     def _attach(self, runtime: Runtime) -> None:
         """A generation built here: give its backends and rate limits their places; the supervisor's own objects
@@ -158,7 +159,8 @@ class Supervisor:
         worker.reader = asyncio.ensure_future(channel.serve(lambda m: self._on_message(worker, m)))
         try:
             reply = await channel.call({"op": "start", "config": config, "generation": generation,
-                                        "layout": self.layout.message()}, START_TIMEOUT)
+                                        "layout": self.layout.message(), "acme": self.gateway.acme_state()},
+                                       START_TIMEOUT)
         except (ChannelClosed, asyncio.TimeoutError) as e:
             await self._kill(worker)
             raise StartupError(f"worker {index} did not start: {e or 'timed out'}") from e

@@ -98,6 +98,7 @@ class Worker:
         gateway.on_build = self._attach
         self.layout = message.get("layout", {})
         self.gateway = gateway
+        gateway.apply_acme(message.get("acme", {}))  # stored ACME certificates, served from the first handshake
         try:
             await gateway.start()
         except (StartupError, ConfigError, OSError) as e:
