@@ -310,3 +310,28 @@ def test_with_workers_the_supervisor_issues_and_every_worker_serves(tmp_path: Pa
                 proc.wait()
         backend.shutdown()
         backend.server_close()
+
+
+async def test_http01_is_answered_before_the_entrypoint_redirect(tmp_path: Path) -> None:
+    backend = await start_backend()
+    hcl = acme_config(free_port(), backend.url, tmp_path / "acme", f"https://127.0.0.1:{free_port()}/dir", "")
+    hcl = hcl.replace('entrypoints "web" {', 'entrypoints "web" {\n  redirect { entrypoint = "websecure" }', 1)
+    hcl = hcl.replace('    acme_ca_file      = ""\n', "")
+    gw = await start(hcl)
+    try:
+        port = gw.bound_addresses()["web"][1]
+        gw.live.acme_tokens[b"tok"] = b"tok.thumbprint"
+
+        async def get(path: str) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+            data = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return data
+
+        assert (await get("/.well-known/acme-challenge/tok")).endswith(b"\r\n\r\ntok.thumbprint")
+        assert (await get("/.well-known/acme-challenge/other")).startswith(b"HTTP/1.1 404")
+        assert (await get("/.well-known/acme-challengeX")).startswith(b"HTTP/1.1 308")
+        assert (await get("/x")).startswith(b"HTTP/1.1 308")
+    finally:
+        await gw.shutdown(0.5)
