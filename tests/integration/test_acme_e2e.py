@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,7 @@ def test_with_workers_the_supervisor_issues_and_every_worker_serves(tmp_path: Pa
             assert proc.stderr is not None
             lines: list[str] = []
             ports: dict[str, int] = {}
+            admin = 0
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 line = proc.stderr.readline()
@@ -283,7 +285,9 @@ def test_with_workers_the_supervisor_issues_and_every_worker_serves(tmp_path: Pa
                 found = re.search(r"entrypoint (\S+) on [^:]+:(\d+) \(", line)
                 if found:
                     ports[found.group(1)] = int(found.group(2))
-                if "admin API on" in line:
+                found = re.search(r"admin API on [^:]+:(\d+)$", line.strip())
+                if found:
+                    admin = int(found.group(1))
                     break
             assert "websecure" in ports, "".join(lines)
             threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()  # type: ignore[union-attr]
@@ -300,6 +304,13 @@ def test_with_workers_the_supervisor_issues_and_every_worker_serves(tmp_path: Pa
             assert {_verify_sync(ports["websecure"], root) for _ in range(20)} == {first}
             assert der_of(storage / DOMAIN / "cert.pem") == first
             assert sum("acme: certificate for gw.example.com issued" in line for line in lines) == 1
+            # /metrics of the instance: the expiry once (the maximum over the workers, not their sum)
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            metric = f'gateway_tls_certificate_expiry_timestamp_seconds{{domain="{DOMAIN}",entrypoint="websecure"}} '
+            not_after = x509.load_pem_x509_certificate((storage / DOMAIN / "cert.pem").read_bytes()).not_valid_after_utc
+            assert [float(ln[len(metric):]) for ln in text.splitlines() if ln.startswith(metric)] == [
+                not_after.timestamp()]
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
