@@ -35,10 +35,11 @@ CONFIG ?= examples/quickstart.hcl
 run: $(STAMP)
 	$(PY) examples/run_demo.py $(CONFIG)
 
-# External programs the tests run (redis-server for rate-limit-redis, curl, openssl, dnsmasq for the DNS provider): installed with apt-get when missing and we
+# External programs the tests run (redis-server for rate-limit-redis, curl, openssl, dnsmasq for the DNS provider,
+# pebble for ACME — the apt package gives pebble and pebble-challtestsrv): installed with apt-get when missing and we
 # are root; otherwise the tests that need one skip with the install hint (and fail under A3S_REQUIRE_SERVICES=1).
 services:
-	@missing=""; for tool in redis-server curl openssl; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in redis-server curl openssl pebble; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

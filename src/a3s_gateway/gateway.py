@@ -31,6 +31,7 @@ from .runtime import Runtime, State, watch_rollout
 from .service.revision import RevisionSplit
 
 if TYPE_CHECKING:
+    from .acme.manager import AcmeManager
     from .config.model import AccessLogConfig, EntrypointConfig, GatewayConfig
     from .providers.file import FileWatcher
     from .providers.hub import Providers
@@ -64,6 +65,10 @@ class Peers(Protocol):
 
     async def abort(self, generation: int) -> None:
         """Every worker drops the prepared generation."""
+        ...
+
+    async def publish_acme(self, state: dict[str, Any]) -> None:
+        """Every worker serves the ACME state (:meth:`Gateway.acme_state`) before this returns."""
         ...
 
 
@@ -160,6 +165,10 @@ class Gateway:
         self._version: dict[str, Any] | None = None
         #: the live objects carried across reloads (pools, health, middleware instances, scale targets, ...)
         self.live = State()
+        #: the ACME manager (SPEC §10.4) of a single process or a supervisor while an entrypoint uses acme
+        self.acme: AcmeManager | None = None
+        #: ACME-issued (cert_file, key_file) pairs per entrypoint, applied to its CertStore (also when rebound)
+        self._issued: dict[str, list[tuple[str, str]]] = {}
         self.registry = metrics_mod.make_registry(self)
 
     @property
@@ -189,6 +198,7 @@ class Gateway:
                                                    access_log=self._access_log, tracer=self._tracer)
             if self.on_build is not None:
                 self.on_build(runtime)
+            self._sync_acme(config)  # stored certificates are installed before the listeners open
             if self.role != SUPERVISOR:  # a supervisor's workers bind the entrypoints
                 for name, entry in _entries(runtime).items():
                     self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
@@ -200,6 +210,7 @@ class Gateway:
             for server in self._servers.values():
                 server.close_listener()
             self._servers.clear()
+            self.acme = None  # not started yet: nothing runs
             if self._access_log is not None:
                 await self._access_log.close()
                 self._access_log = None
@@ -216,6 +227,8 @@ class Gateway:
         self._started_at = self.clock()
         self.last_success_time = time.time()
         self.state = GatewayState.RUNNING
+        if self.role != SUPERVISOR:  # a supervisor starts it once its workers listen (workers.supervisor)
+            self.start_acme()
         for name, server in self._servers.items():
             host, port = server.bound_address()
             log.info("entrypoint %s listening on %s:%d", name, host, port)
@@ -255,6 +268,8 @@ class Gateway:
         except OSError as e:
             raise StartupError(f"entrypoint {ep.name!r}: cannot listen on {ep.address}: {e.strerror or e}") from e
         if certs is not None:
+            if ep.name in self._issued:
+                certs.set_issued(self._issued[ep.name])
             server.certs = certs
             server.cert_watch = asyncio.ensure_future(certs.watch())  # §10.3: changed files every 5 s
         return server
@@ -539,6 +554,62 @@ class Gateway:
         for name, server in added.items():
             host, port = server.bound_address()
             log.info("entrypoint %s listening on %s:%d", name, host, port)
+            if getattr(server, "certs", None) is not None and name in self._issued:
+                server.certs.set_issued(self._issued[name])  # issued while the listener was being prepared
+        self._sync_acme(new_config)
+        if self.acme is not None:
+            self.acme.start()
+
+    # -- ACME (SPEC §10.4) ---------------------------------------------------------------------------------------
+    def _sync_acme(self, config: GatewayConfig) -> None:
+        """Create, reconfigure or stop the ACME manager for ``config`` (never in a worker: its supervisor runs it)."""
+        if self.role == WORKER:
+            return
+        wanted = any(ep.tls is not None and ep.tls.acme for ep in config.entrypoints.values())
+        if not wanted:
+            if self.acme is not None:
+                manager, self.acme = self.acme, None
+                self._background(manager.close())
+            return
+        if self.acme is None:
+            from .acme.manager import AcmeManager
+
+            self.acme = AcmeManager(self, self.live.acme_tokens)
+        self.acme.configure(config)
+
+    def start_acme(self) -> None:
+        """Start ordering the missing certificates in the background (the listeners that answer HTTP-01 and serve
+        the certificates run already)."""
+        if self.acme is not None:
+            self.acme.start()
+
+    def install_certificates(self, entrypoint: str, pairs: list[tuple[str, str]]) -> None:
+        """Serve the ACME-issued ``pairs`` on ``entrypoint`` for new handshakes (acme.manager.AcmeHost)."""
+        self._issued[entrypoint] = list(pairs)
+        server = self._servers.get(entrypoint)
+        if server is not None and getattr(server, "certs", None) is not None:
+            server.certs.set_issued(self._issued[entrypoint])
+
+    async def publish_challenges(self) -> None:
+        """The HTTP-01 answers reach every worker before an order asks the CA to validate (acme.manager.AcmeHost);
+        a single process serves ``live.acme_tokens`` directly."""
+        if self.peers is not None:
+            await self.peers.publish_acme(self.acme_state())
+
+    def acme_state(self) -> dict[str, Any]:
+        """What a worker needs of ACME: the pending HTTP-01 answers and the issued certificates per entrypoint."""
+        return {"tokens": dict(self.live.acme_tokens), "issued": {k: list(v) for k, v in self._issued.items()}}
+
+    def apply_acme(self, state: dict[str, Any]) -> None:
+        """A worker takes its supervisor's :meth:`acme_state`."""
+        tokens = self.live.acme_tokens
+        new = state.get("tokens", {})
+        if tokens != new:
+            tokens.clear()
+            tokens.update(new)
+        for entrypoint, pairs in state.get("issued", {}).items():
+            if self._issued.get(entrypoint) != pairs:
+                self.install_certificates(entrypoint, pairs)
 
     def _retire_listener(self, name: str, server: Any) -> None:
         """Drain a removed entrypoint's connections in the background, as a shutdown would (SPEC §13.5)."""
@@ -660,6 +731,9 @@ class Gateway:
         await asyncio.gather(*(s.drain(limit) for s in [*self._servers.values(), *retiring]))
         await cancel_and_wait(retiring.values())
         live = self.live.close(self.runtime)  # the pools close now
+        if self.acme is not None:
+            manager, self.acme = self.acme, None
+            await manager.close()
         if self._admin is not None:
             await self._admin.close()
         rollouts = [task for _, task in self._rollouts.values()]
@@ -763,6 +837,18 @@ class Gateway:
         """Failed certificate reloads per TLS entrypoint (SPEC §10.3)."""
         return {name: int(server.certs.reload_errors) for name, server in self._servers.items()
                 if getattr(server, "certs", None) is not None}
+
+    def tls_certificate_expiry(self) -> dict[tuple[str, str], float]:
+        """``notAfter`` per (entrypoint, domain) of the certificates served (SPEC §10.4): the loaded certificate
+        files of this process's TLS entrypoints, and the ACME manager's certificates."""
+        out: dict[tuple[str, str], float] = {}
+        for name, server in self._servers.items():
+            certs = getattr(server, "certs", None)
+            if certs is not None:
+                out.update({(name, domain): when for domain, when in certs.expiry().items()})
+        if self.acme is not None:
+            out.update(self.acme.expiry())
+        return out
 
     def connection_rejections(self) -> dict[str, dict[str, int]]:
         """HTTP connections closed right after accept, per entrypoint and reason (SPEC §3.1)."""

@@ -134,6 +134,9 @@ class EntrypointRuntime:
     need_wall: bool = False
     #: ``redirect`` (SPEC §3.1): (307 or 308, b":<port>" of the target entrypoint or b"" for 443); None: routed
     redirect: tuple[int, bytes] | None = None
+    #: ACME HTTP-01 answers (``State.acme_tokens``) on a plain HTTP entrypoint while an ACME entrypoint uses
+    #: http-01 (SPEC §10.4); None: ``/.well-known/acme-challenge/`` is routed like any path
+    challenges: dict[bytes, bytes] | None = None
     #: per-request warnings (upstream failures, SPEC §11.5): one line per service and kind every 10 s
     errors: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logging.getLogger("a3s_gateway.proxy")))
 
@@ -210,6 +213,9 @@ class State:
         #: counters by (router, service) and mirror counters by service: never dropped (monotonic metrics)
         self.route_stats: dict[tuple[str, str], RouteStats] = {}
         self.mirror_counts: dict[str, MirrorCounts] = {}
+        #: ACME HTTP-01 answers (token → key authorization) every plain HTTP entrypoint serves (SPEC §10.4); one
+        #: table for the process's lifetime, filled by the ACME manager (or, in a worker, by its supervisor)
+        self.acme_tokens: dict[bytes, bytes] = {}
 
     def carry(self, old: Runtime | None, new: Runtime) -> Retired:
         """Hand the live objects over from ``old`` (None at start) to ``new``, which is about to be swapped in.

@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("proxy", ("a3s_gateway.proxy",)),
     ("assembly", ("a3s_gateway.config.compile",)),
     ("control", ("a3s_gateway.gateway", "a3s_gateway.providers", "a3s_gateway.observability.admin",
-                 "a3s_gateway.observability.metrics", "a3s_gateway.observability", "a3s_gateway.workers")),
+                 "a3s_gateway.observability.metrics", "a3s_gateway.observability", "a3s_gateway.workers",
+                 "a3s_gateway.acme")),
     ("entry", ("a3s_gateway.cli", "a3s_gateway.__main__", "a3s_gateway")),
 ]
 

@@ -42,7 +42,7 @@ SUPPORTED_FEATURES: frozenset[str] = frozenset(
      "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
      "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout",
      "tls", "redirect", "tcp entrypoint", "udp entrypoint", "tcp_allowed_ips", "middleware tcp-filter", "http2",
-     "h2c backend", "https backend", "transport tls", "workers"}
+     "h2c backend", "https backend", "transport tls", "workers", "acme"}
 )
 
 
@@ -133,6 +133,9 @@ def build_runtime(
 
     entrypoints: dict[str, EntrypointRuntime] = {}
     l4: dict[str, TcpEntryRuntime | UdpEntryRuntime] = {}
+    # ACME http-01 (SPEC §10.4): every plain HTTP entrypoint answers the challenges from the State's token table
+    http01 = any(ep.tls is not None and ep.tls.acme and ep.tls.challenge == "http-01"
+                 for ep in config.entrypoints.values())
     for ep_name, ep in config.entrypoints.items():
         if ep.protocol != "http":
             l4[ep_name] = _l4_entry(config, ep_name, services)
@@ -158,6 +161,7 @@ def build_runtime(
             tracer=tracer,
             need_wall=need_wall,
             redirect=_redirect(config, ep.redirect) if ep.redirect is not None else None,
+            challenges=state.acme_tokens if http01 and ep.tls is None else None,
         )
     return Runtime(entrypoints=entrypoints, services=services, generation=generation, l4=l4, route_stats=stats,
                    mirror_counts=mirror_counts, middlewares=middlewares, scale_targets=targets,

@@ -40,6 +40,8 @@ class MetricsSource(Protocol):
 
     def tls_reload_errors(self) -> dict[str, int]: ...
 
+    def tls_certificate_expiry(self) -> dict[tuple[str, str], float]: ...
+
     def l4_servers(self) -> Any: ...
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -156,6 +158,11 @@ class GatewayCollector:
         for name, n in sorted(gw.tls_reload_errors().items()):
             tls_errors.add_metric([name], n)
         yield tls_errors
+        expiry = GaugeMetricFamily("gateway_tls_certificate_expiry_timestamp_seconds", "Certificate notAfter.",
+                                   labels=["entrypoint", "domain"])
+        for (name, domain), when in sorted(gw.tls_certificate_expiry().items()):
+            expiry.add_metric([name, domain], when)
+        yield expiry
         tcp_rejected = CounterMetricFamily("gateway_tcp_connections_rejected", "TCP connections refused.",
                                            labels=["entrypoint", "reason"])
         udp_sessions = GaugeMetricFamily("gateway_udp_sessions", "Active UDP sessions.", labels=["entrypoint"])

@@ -62,6 +62,7 @@ _TE_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 # an idle connection's exchange holds no list (issue 20)
 _NO_PIECES: Final[list[bytes]] = []
 _NO_URLS: Final[list[str]] = []
+_ACME_PREFIX: Final = b"/.well-known/acme-challenge/"  # HTTP-01 answers (SPEC §10.4)
 
 
 def upstream_host(head: Any, pass_host_header: bool, backend_host: bytes) -> bytes | None:
@@ -256,6 +257,10 @@ class Exchange(Client):
         if upgrade:  # hop-by-hop filtering drops them: restored for the backend (§9.3)
             framing += b"Connection: upgrade\r\nUpgrade: websocket\r\n"
 
+        challenges = entry.challenges
+        if challenges is not None and head.path.startswith(_ACME_PREFIX):
+            self._acme_challenge(head, challenges)
+            return
         redirect = entry.redirect
         if redirect is not None:
             self._redirect(head, redirect)
@@ -1068,6 +1073,16 @@ class Exchange(Client):
             conn.drain()
             return
         self.response_done(True)
+
+    def _acme_challenge(self, head: Any, challenges: dict[bytes, bytes]) -> None:
+        """ACME HTTP-01 (SPEC §5.1 step 2, §10.4): the key authorization of a pending token (200, text/plain),
+        before routing and redirects; an unknown token → 404."""
+        self.stats = self.conn.entry.unmatched
+        answer = challenges.get(head.path[len(_ACME_PREFIX):])
+        if answer is None or head.method not in (b"GET", b"HEAD"):
+            self.local(404, "Not found")
+            return
+        self.reply(200, [(b"Content-Type", b"text/plain")], answer, 0)
 
     def _redirect(self, head: Any, redirect: tuple[int, bytes]) -> None:
         """Entrypoint ``redirect``: 308/307 to https on the target entrypoint, empty body (SPEC §3.1)."""

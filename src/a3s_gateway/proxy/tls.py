@@ -53,15 +53,17 @@ class TlsError(GatewayError, ValueError):
 class _Cert:
     """One loaded pair: its context, its lowercased names, and the digest of the file contents it came from."""
 
-    __slots__ = ("cert_file", "context", "digest", "failed", "key_file", "names")
+    __slots__ = ("cert_file", "context", "digest", "failed", "key_file", "names", "not_after")
 
-    def __init__(self, cert_file: str, key_file: str, context: ssl.SSLContext, names: list[str], digest: bytes) -> None:
+    def __init__(self, cert_file: str, key_file: str, context: ssl.SSLContext, names: list[str], digest: bytes,
+                 not_after: float = 0.0) -> None:
         self.cert_file = cert_file  # "" for the generated self-signed certificate (nothing to reload)
         self.key_file = key_file
         self.context = context
         self.names = names
         self.digest = digest
         self.failed = b""  # digest of contents that failed to load: reported once, not on every check
+        self.not_after = not_after  # the certificate's notAfter, epoch seconds (0: the generated one)
 
 
 class CertStore:
@@ -86,6 +88,7 @@ class CertStore:
         pairs = [(cfg.cert_file, cfg.key_file)] if cfg.cert_file or cfg.key_file else []
         pairs += [(c.cert_file, c.key_file) for c in cfg.certificates]
         self._certs = [self._load(cert, key, _digest(cert, key)) for cert, key in pairs] or [self._self_signed()]
+        self._configured = len(self._certs)  # the certificates after these were issued by ACME (set_issued)
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: dict[str, ssl.SSLContext] = {}  # "*.example.com" is stored under "example.com"
         self._index()
@@ -151,6 +154,38 @@ class CertStore:
                     exact.setdefault(name, cert.context)
         self._exact, self._wildcard = exact, wildcard
 
+    def set_issued(self, pairs: list[tuple[str, str]]) -> None:
+        """Serve the ACME-issued certificates ``pairs`` (cert_file, key_file) after the configured ones (SPEC
+        §10.2 order) for new handshakes: new and changed files are loaded, pairs not listed are dropped. A pair
+        that fails to load keeps its previous certificate (or is left out) and is logged and counted."""
+        current = {(c.cert_file, c.key_file): c for c in self._certs[self._configured:]}
+        fresh: list[_Cert] = []
+        for cert_file, key_file in pairs:
+            digest = _digest(cert_file, key_file)
+            old = current.get((cert_file, key_file))
+            if old is not None and digest in (old.digest, old.failed):
+                fresh.append(old)
+                continue
+            try:
+                fresh.append(self._load(cert_file, key_file, digest))
+            except TlsError as exc:
+                self.reload_errors += 1
+                log.error("%s; keeping the previous certificate", exc)
+                if old is not None:
+                    old.failed = digest
+                    fresh.append(old)
+        self._certs = self._certs[: self._configured] + fresh
+        self._index()
+
+    def expiry(self) -> dict[str, float]:
+        """``notAfter`` (epoch seconds) per name of the loaded certificates (the generated one left out)."""
+        out: dict[str, float] = {}
+        for cert in self._certs:
+            if cert.cert_file:
+                for name in cert.names:
+                    out.setdefault(name, cert.not_after)
+        return out
+
     # -- reloading (§10.3) -------------------------------------------------------------------------------------
 
     def check(self) -> bool:
@@ -213,10 +248,11 @@ class CertStore:
         from cryptography import x509
 
         try:
-            names = _cert_names(x509.load_pem_x509_certificate(pem))
+            parsed = x509.load_pem_x509_certificate(pem)
+            names = _cert_names(parsed)
         except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
             raise TlsError(f'cannot parse certificate "{cert_file}": {exc}') from exc
-        return _Cert(cert_file, key_file, context, names, digest)
+        return _Cert(cert_file, key_file, context, names, digest, parsed.not_valid_after_utc.timestamp())
 
     @staticmethod
     def _load_into(context: ssl.SSLContext, cert_file: str, key_file: str) -> None:

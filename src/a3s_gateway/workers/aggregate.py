@@ -31,7 +31,8 @@ SUPERVISOR_FAMILIES: Final = frozenset({
     "gateway_config_generation",
 })
 #: per-worker state shown as the maximum over the workers (a breaker open in one worker shows open)
-MAX_FAMILIES: Final = frozenset({"gateway_circuit_breaker_state"})
+#: and certificate expiry (every worker serves the same certificates: a sum would be meaningless)
+MAX_FAMILIES: Final = frozenset({"gateway_circuit_breaker_state", "gateway_tls_certificate_expiry_timestamp_seconds"})
 
 #: a family as it crosses the channel: (name, type, documentation, [(sample name, labels, value)])
 Family = tuple[str, str, str, list[tuple[str, dict[str, str], float]]]

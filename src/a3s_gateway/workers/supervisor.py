@@ -131,6 +131,7 @@ class Supervisor:
             await self.gateway.shutdown(0.0)
             raise
         self._sync_task = asyncio.ensure_future(self._sync_loop())
+        self.gateway.start_acme()  # the workers listen now: they can answer the CA's HTTP-01 validation
 
     def _attach(self, runtime: Runtime) -> None:
         """A generation built here: give its backends and rate limits their places; the supervisor's own objects
@@ -158,7 +159,8 @@ class Supervisor:
         worker.reader = asyncio.ensure_future(channel.serve(lambda m: self._on_message(worker, m)))
         try:
             reply = await channel.call({"op": "start", "config": config, "generation": generation,
-                                        "layout": self.layout.message()}, START_TIMEOUT)
+                                        "layout": self.layout.message(), "acme": self.gateway.acme_state()},
+                                       START_TIMEOUT)
         except (ChannelClosed, asyncio.TimeoutError) as e:
             await self._kill(worker)
             raise StartupError(f"worker {index} did not start: {e or 'timed out'}") from e
@@ -252,6 +254,12 @@ class Supervisor:
     async def abort(self, generation: int) -> None:
         self._pending = None
         await asyncio.gather(*(w.channel.call({"op": "abort", "generation": generation}, PREPARE_TIMEOUT)
+                               for w in list(self.workers.values())), return_exceptions=True)
+
+    async def publish_acme(self, state: dict[str, Any]) -> None:
+        """ACME HTTP-01 answers and issued certificates (SPEC §10.4): every worker has them when this returns (a
+        worker that does not answer gets them with the next sync)."""
+        await asyncio.gather(*(w.channel.call({"op": "acme", "state": state}, PREPARE_TIMEOUT)
                                for w in list(self.workers.values())), return_exceptions=True)
 
     # -- entrypoints with port 0 -------------------------------------------------------------------------------
@@ -461,7 +469,8 @@ def sync_message(runtime: Runtime, gateway: Gateway) -> dict[str, Any]:
             state = health.get(target.service, backend)
             endpoints.append((backend.url, state.ready, state.draining))
         targets[name] = (endpoints, getattr(target, "stand_in", None))
-    return {"op": "sync", "health": rows, "targets": targets, "splits": splits, "rollouts": rollouts}
+    return {"op": "sync", "health": rows, "targets": targets, "splits": splits, "rollouts": rollouts,
+            "acme": gateway.acme_state()}
 
 
 def _reserve(ep: EntrypointConfig) -> socket.socket | int:

@@ -77,6 +77,8 @@ class Worker:
             self._spawn(self._abort(message))
         elif op == "sync":
             self._sync(message)
+        elif op == "acme":
+            self._acme(message)
         elif op == "collect":
             self._collect(message)
         elif op == "reopen":
@@ -98,6 +100,7 @@ class Worker:
         gateway.on_build = self._attach
         self.layout = message.get("layout", {})
         self.gateway = gateway
+        gateway.apply_acme(message.get("acme", {}))  # stored ACME certificates, served from the first handshake
         try:
             await gateway.start()
         except (StartupError, ConfigError, OSError) as e:
@@ -146,6 +149,13 @@ class Worker:
             self.channel.reply(message, False, error="not started")
             return
         self.channel.reply(message, True, **snapshot(gateway))
+
+    def _acme(self, message: dict[str, Any]) -> None:
+        """ACME HTTP-01 answers and issued certificates from the supervisor (SPEC §10.4), applied before the reply
+        (the supervisor asks the CA to validate only then)."""
+        if self.gateway is not None:
+            self.gateway.apply_acme(message.get("state", {}))
+        self.channel.reply(message, True)
 
     def _sync(self, message: dict[str, Any]) -> None:
         """The supervisor's view of health, replicas and rollout splits (SPEC §13.4)."""
@@ -209,7 +219,9 @@ def report(runtime: Runtime) -> dict[str, Any]:
 
 
 def apply_sync(runtime: Runtime, gateway: Gateway, message: dict[str, Any]) -> None:
-    """Apply the supervisor's health, replica endpoints and revision splits to this worker's generation."""
+    """Apply the supervisor's health, replica endpoints, revision splits and ACME state to this worker."""
+    if "acme" in message:
+        gateway.apply_acme(message["acme"])
     for name, (endpoints, stand_in) in message.get("targets", {}).items():
         entry = runtime.scale_targets.get(name)
         if entry is not None:

@@ -51,6 +51,8 @@ def _build_tls(d: Decoded, ctx: Ctx) -> TlsConfig:
         _check_pair(ctx, where, cert, key)
     if v["acme"]:
         ctx.explicit.add("acme")
+        if v["challenge"] != "http-01":
+            ctx.explicit.add(f"acme {v['challenge']}")  # refused at start until implemented (SPEC §13.3)
         if not v["acme_email"]:
             ctx.error(d.pos, p, 'acme requires "acme_email"')
         if v["acme_staging"] and d.has("acme_ca_url"):
