@@ -22,10 +22,9 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from .._aio import cancel_and_wait
 from ..config.model import DnsProviderConfig, ServerConfig
 from ..config.schema.checks import parse_nameserver
-from .merge import Contribution
+from .merge import Contribution, RunningProvider
 
 log = logging.getLogger("a3s_gateway.providers.dns")
 
@@ -87,29 +86,18 @@ def make_resolver(cfg: DnsProviderConfig) -> dns.asyncresolver.Resolver:
     return resolver
 
 
-class DnsProvider:
+class DnsProvider(RunningProvider):
     """One ``providers { dns { ... } }`` block: resolves ``name`` and feeds ``service`` until closed."""
 
     def __init__(self, cfg: DnsProviderConfig, changed: Callable[[], None]) -> None:
+        super().__init__("dns")
         self.cfg = cfg
         self._changed = changed
         #: the current server set; None until the first answer (the service then has no servers yet)
         self.servers: tuple[ServerConfig, ...] | None = None
-        self._contribution = Contribution("dns")
-        self._task: asyncio.Task[None] | None = None
         self._failing = ""  # the kind of failure the last resolutions ended with ("" = answered)
         #: resolutions made (tests and the bench read it)
         self.resolutions = 0
-
-    def contribution(self) -> Contribution:
-        return self._contribution
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
         resolver = make_resolver(self.cfg)

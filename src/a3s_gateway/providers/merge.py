@@ -10,10 +10,12 @@ all-or-nothing reload path (``Gateway.reload``), so workers get provider items l
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from types import MappingProxyType
 
+from .._aio import cancel_and_wait
 from ..config.model import GatewayConfig, RouterConfig, ServerConfig, ServiceConfig
 from ..config.references import check_references
 from ..config.schema.engine import Ctx
@@ -154,3 +156,24 @@ def merge(base: GatewayConfig, contributions: Iterable[Contribution]) -> tuple[G
         origins=MappingProxyType(origins),
     )
     return merged, warnings
+
+
+class RunningProvider:
+    """What every discovery provider shares: its contribution, and one task (``_run``) from ``start`` to ``close``."""
+
+    def __init__(self, source: str) -> None:
+        self._contribution = Contribution(source)
+        self._task: asyncio.Task[None] | None = None
+
+    def contribution(self) -> Contribution:
+        return self._contribution
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+
+    def _run(self) -> Coroutine[None, None, None]:
+        raise NotImplementedError

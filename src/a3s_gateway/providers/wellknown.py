@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._aio import cancel_and_wait
 from ..config.model import (
     DiscoveryProviderConfig,
     LoadBalancerConfig,
@@ -31,7 +30,7 @@ from ..config.schema.checks import NAME_RE
 from ..config.schema.services import parse_server_url
 from ..http import client
 from ..observability.redact import redact_url
-from .merge import Contribution
+from .merge import Contribution, RunningProvider
 
 log = logging.getLogger("a3s_gateway.providers.discovery")
 
@@ -206,27 +205,16 @@ def contribution_of(seeds: list[Seed]) -> Contribution:
     return Contribution("discovery", routers=routers, services=services, sources=sources)
 
 
-class WellKnownProvider:
+class WellKnownProvider(RunningProvider):
     """``providers { discovery { ... } }``: polls every seed each ``poll_interval_secs`` until closed."""
 
     def __init__(self, cfg: DiscoveryProviderConfig, changed: Callable[[], None]) -> None:
+        super().__init__("discovery")
         self.cfg = cfg
         self._changed = changed
         self.seeds = [Seed(url, cfg.timeout_secs) for url in cfg.seeds]
-        self._contribution = Contribution("discovery")
-        self._task: asyncio.Task[None] | None = None
         #: completed poll rounds (tests read it)
         self.rounds = 0
-
-    def contribution(self) -> Contribution:
-        return self._contribution
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
 
     async def poll(self) -> None:
         """One round: every seed at once; the contribution is rebuilt when a seed's changed."""
