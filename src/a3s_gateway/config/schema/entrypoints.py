@@ -51,8 +51,6 @@ def _build_tls(d: Decoded, ctx: Ctx) -> TlsConfig:
         _check_pair(ctx, where, cert, key)
     if v["acme"]:
         ctx.explicit.add("acme")
-        if v["challenge"] != "http-01":
-            ctx.explicit.add(f"acme {v['challenge']}")  # refused at start until implemented (SPEC §13.3)
         if not v["acme_email"]:
             ctx.error(d.pos, p, 'acme requires "acme_email"')
         if v["acme_staging"] and d.has("acme_ca_url"):
@@ -140,6 +138,7 @@ TLS: Final = schema(
         K("acme_storage_path", STR, path=True),
         K("challenge", T.enum("http-01", "tls-alpn-01", "dns-01")),
         K("dns_provider", T.enum("cloudflare", "route53")),
+        K("acme_dns_resolvers", T.list_of(STR)),
     ],
     _build_tls,
     model=TlsConfig,
