@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import ssl
 from dataclasses import replace
@@ -104,6 +105,9 @@ def _check_dns_credentials(ctx: Ctx, d: Decoded) -> None:
             "route53 credentials are missing",
             "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         )
+    if provider == "route53" and importlib.util.find_spec("botocore") is None:
+        ctx.error(ctx.at(where), where, "route53 requests are signed with botocore, which is not installed",
+                  'pip install "a3s-gateway[route53]"')
 
 
 def _check_writable(ctx: Ctx, d: Decoded, key: str) -> None:
