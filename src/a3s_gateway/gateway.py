@@ -574,7 +574,7 @@ class Gateway:
         if self.acme is None:
             from .acme.manager import AcmeManager
 
-            self.acme = AcmeManager(self, self.live.acme_tokens)
+            self.acme = AcmeManager(self, self.live.acme_tokens, self.live.acme_alpn)
         self.acme.configure(config)
 
     def start_acme(self) -> None:
@@ -593,12 +593,14 @@ class Gateway:
     async def publish_challenges(self) -> None:
         """The HTTP-01 answers reach every worker before an order asks the CA to validate (acme.manager.AcmeHost);
         a single process serves ``live.acme_tokens`` directly."""
+        self._install_alpn_challenges()
         if self.peers is not None:
             await self.peers.publish_acme(self.acme_state())
 
     def acme_state(self) -> dict[str, Any]:
         """What a worker needs of ACME: the pending HTTP-01 answers and the issued certificates per entrypoint."""
-        return {"tokens": dict(self.live.acme_tokens), "issued": {k: list(v) for k, v in self._issued.items()}}
+        return {"tokens": dict(self.live.acme_tokens), "alpn": dict(self.live.acme_alpn),
+                "issued": {k: list(v) for k, v in self._issued.items()}}
 
     def apply_acme(self, state: dict[str, Any]) -> None:
         """A worker takes its supervisor's :meth:`acme_state`."""
@@ -607,9 +609,26 @@ class Gateway:
         if tokens != new:
             tokens.clear()
             tokens.update(new)
+        alpn = self.live.acme_alpn
+        new_alpn = state.get("alpn", {})
+        if alpn != new_alpn:
+            alpn.clear()
+            alpn.update(new_alpn)
+            self._install_alpn_challenges()
         for entrypoint, pairs in state.get("issued", {}).items():
             if self._issued.get(entrypoint) != pairs:
                 self.install_certificates(entrypoint, pairs)
+
+    def _install_alpn_challenges(self) -> None:
+        """Answer TLS-ALPN-01 validation handshakes with the certificates of ``live.acme_alpn`` on every ACME TLS
+        entrypoint of this process (SPEC §10.4)."""
+        from .proxy.tls import challenge_contexts
+
+        contexts = challenge_contexts(self.live.acme_alpn)
+        for name, server in self._servers.items():
+            ep = self._config.entrypoints.get(name)
+            if ep is not None and ep.tls is not None and ep.tls.acme and getattr(server, "certs", None) is not None:
+                server.certs.set_challenges(contexts)
 
     def _retire_listener(self, name: str, server: Any) -> None:
         """Drain a removed entrypoint's connections in the background, as a shutdown would (SPEC §13.5)."""

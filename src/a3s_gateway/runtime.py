@@ -216,6 +216,9 @@ class State:
         #: ACME HTTP-01 answers (token → key authorization) every plain HTTP entrypoint serves (SPEC §10.4); one
         #: table for the process's lifetime, filled by the ACME manager (or, in a worker, by its supervisor)
         self.acme_tokens: dict[bytes, bytes] = {}
+        #: ACME TLS-ALPN-01 challenge certificates (domain → cert PEM, key PEM) the ACME TLS entrypoints answer
+        #: validation handshakes with (ALPN acme-tls/1); filled like acme_tokens
+        self.acme_alpn: dict[str, tuple[bytes, bytes]] = {}
 
     def carry(self, old: Runtime | None, new: Runtime) -> Retired:
         """Hand the live objects over from ``old`` (None at start) to ``new``, which is about to be swapped in.

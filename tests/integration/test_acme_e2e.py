@@ -77,22 +77,22 @@ async def served(port: int) -> bytes:
     return bytes(der)
 
 
-async def verified_get(port: int, root: bytes) -> bytes:
-    """A GET over TLS verified against pebble's root with DOMAIN as the name; the response bytes."""
+async def verified_get(port: int, root: bytes, name: str = DOMAIN) -> bytes:
+    """A GET over TLS verified against pebble's root with ``name`` (DOMAIN) as the name; the response bytes."""
     ctx = ssl.create_default_context(cadata=root.decode())
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=DOMAIN)
-    writer.write(f"GET /x HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=name)
+    writer.write(f"GET /x HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     return data
 
 
-async def wait_for_chain(port: int, root: bytes, limit: float = 30.0) -> bytes:
-    """Poll until the TLS entrypoint serves a chain that verifies against ``root``."""
+async def wait_for_chain(port: int, root: bytes, limit: float = 30.0, name: str = DOMAIN) -> bytes:
+    """Poll until the TLS entrypoint serves a chain that verifies against ``root`` for ``name``."""
     deadline = time.monotonic() + limit
     while True:
         try:
-            return await verified_get(port, root)
+            return await verified_get(port, root, name)
         except ssl.SSLCertVerificationError:
             if time.monotonic() > deadline:
                 raise

@@ -1069,3 +1069,41 @@ def test_binary_workflow() -> None:
     (login,) = uses(docker, "docker/login-action")
     assert login["with"]["registry"] == "ghcr.io" and "GITHUB_TOKEN" in login["with"]["password"]
     assert docker["permissions"]["packages"] == "write"
+
+
+def test_acme_storage_is_not_persisted_by_default() -> None:
+    docs = manifests(render_chart())
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert {m["name"] for m in container(docs)["volumeMounts"]} == {"config", "tmp"}
+
+
+def test_acme_storage_on_a_persistent_volume_claim() -> None:
+    values = {"acmeStorage": {"persistence": {"enabled": True, "size": "1Gi", "storageClassName": "fast"}}}
+    docs = manifests(render_chart(values))
+    claim = the(docs, "PersistentVolumeClaim")
+    deployment = the(docs, "Deployment")
+    assert claim["metadata"]["name"] == deployment["metadata"]["name"] + "-acme"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                             "resources": {"requests": {"storage": "1Gi"}}}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["acme"]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    assert mounts["acme"]["mountPath"] == values_yaml()["acmeStorage"]["persistence"]["mountPath"]
+    assert "readOnly" not in mounts["acme"], "the gateway writes certificates there"
+
+
+def test_acme_claim_name_is_a_dns_label_with_a_long_release_name() -> None:
+    docs = manifests(render_chart({**LONG_NAME, "acmeStorage": {"persistence": {"enabled": True}}}))
+    name = the(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert len(name) <= 63 and DNS_LABEL.fullmatch(name) and name.endswith("-acme")
+    volumes = {v["name"]: v for v in the(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["acme"]["persistentVolumeClaim"] == {"claimName": name}
+
+
+def test_acme_storage_on_an_existing_claim() -> None:
+    values = {"acmeStorage": {"persistence": {"enabled": True, "existingClaim": "certs"}}}
+    docs = manifests(render_chart(values))
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in the(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["acme"]["persistentVolumeClaim"] == {"claimName": "certs"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import hashlib
 import logging
 import re
 import ssl
@@ -22,8 +23,10 @@ from typing import Any, Final
 import requests
 from acme import challenges, client, errors, messages
 from acme import crypto_util as acme_crypto
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
@@ -111,12 +114,56 @@ def trust_bundle(ca_file: str) -> str | bool:
     return bundle.name
 
 
-class AcmeAccount:
-    """One account (one storage directory and one CA directory URL). Every method blocks: call it in a thread.
+@challenges.ChallengeResponse.register
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    """The tls-alpn-01 response (RFC 8737; the ``acme`` library dropped its own class in 3.0): an empty object."""
 
-    ``publish(domain, token, key_authorization)`` makes an HTTP-01 answer visible on every plain HTTP entrypoint
-    (of every worker) before it returns; ``withdraw(token)`` removes it.
-    """
+    typ = "tls-alpn-01"
+
+
+@challenges.Challenge.register
+class TLSALPN01(challenges.KeyAuthorizationChallenge):
+    """The tls-alpn-01 challenge; its validation is the key authorization, which the challenge certificate's
+    acmeIdentifier extension carries the SHA-256 of (:func:`alpn_certificate`)."""
+
+    response_cls = TLSALPN01Response
+    typ = response_cls.typ
+
+    def validation(self, account_key: JWK, **unused: Any) -> str:
+        return self.key_authorization(account_key)
+
+
+#: the challenge classes by SPEC name; the validation each yields: http-01 the key authorization (served at
+#: /.well-known/acme-challenge/<token>), tls-alpn-01 the key authorization, dns-01 the TXT record value
+CHALLENGES: Final[dict[str, type[challenges.KeyAuthorizationChallenge]]] = {
+    "http-01": challenges.HTTP01, "tls-alpn-01": TLSALPN01, "dns-01": challenges.DNS01}
+
+ACME_IDENTIFIER: Final = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier (RFC 8737 §6.1)
+
+Publish = Callable[[str, str, str, str], None]
+Withdraw = Callable[[str, str, str, str], None]
+
+
+def alpn_certificate(domain: str, key_authorization: str) -> tuple[bytes, bytes]:
+    """The tls-alpn-01 challenge certificate of ``domain`` (RFC 8737 §3): self-signed, the domain as its only SAN,
+    the critical acmeIdentifier extension holding the SHA-256 of ``key_authorization``; (cert PEM, key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode()).digest()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a3s-gateway tls-alpn-01")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+            .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+class AcmeAccount:
+    """One account (one storage directory and one CA directory URL). Every method blocks: call it in a thread."""
 
     def __init__(self, storage: Storage, directory_url: str, email: str, ca_file: str = "") -> None:
         self.storage = storage
@@ -156,64 +203,74 @@ class AcmeAccount:
         self._client, self._net = acme, net
         return acme
 
-    def issue(self, domain: str, publish: Callable[[str, str, str], None],
-              withdraw: Callable[[str], None]) -> tuple[bytes, bytes]:
-        """Order, validate (HTTP-01) and download a certificate for ``domain``: (full chain PEM, key PEM)."""
+    def issue(self, domain: str, kind: str, publish: Publish, withdraw: Withdraw) -> tuple[bytes, bytes]:
+        """Order, validate (challenge ``kind``) and download a certificate for ``domain``: (full chain PEM, key
+        PEM). ``publish(kind, name, token, validation)`` makes one answer visible to the CA before it returns;
+        ``withdraw(kind, name, token, validation)`` removes it once the order is done."""
         with self._lock:
             try:
-                return self._issue(domain, publish, withdraw)
+                return self._issue(domain, kind, publish, withdraw)
             except AcmeFailure:
                 raise
             except messages.Error as exc:
                 self._client = None  # a fresh directory and nonce next time
-                raise self._failure(domain, exc) from exc
+                raise self._failure(domain, kind, exc) from exc
             except errors.ValidationError as exc:
-                raise AcmeFailure(domain, "http-01", _validation_detail(exc)) from exc
+                raise AcmeFailure(domain, kind, _validation_detail(exc)) from exc
             except errors.IssuanceError as exc:
-                raise self._failure(domain, exc.error) from exc
+                raise self._failure(domain, kind, exc.error) from exc
             except errors.TimeoutError as exc:
-                raise AcmeFailure(domain, "http-01", f"the CA did not finish within {ORDER_DEADLINE:.0f}s") from exc
+                raise AcmeFailure(domain, kind, f"the CA did not finish within {ORDER_DEADLINE:.0f}s") from exc
             except (requests.RequestException, errors.Error, OSError, ValueError) as exc:
                 self._client = None
-                raise AcmeFailure(domain, "http-01", f"{type(exc).__name__}: {exc}") from exc
+                raise AcmeFailure(domain, kind, f"{type(exc).__name__}: {exc}") from exc
 
-    def _failure(self, domain: str, error: messages.Error) -> AcmeFailure:
+    def _failure(self, domain: str, kind: str, error: messages.Error) -> AcmeFailure:
         detail = f"{error.typ}: {error.detail or error.title or ''}".rstrip(": ")
         if error.typ != RATE_LIMITED:
-            return AcmeFailure(domain, "http-01", detail)
+            return AcmeFailure(domain, kind, detail)
         header = self._net.retry_after if self._net is not None else None
         retry_at = header or retry_at_from_detail(error.detail or "")
-        return AcmeFailure(domain, "http-01", detail, rate_limited=True, retry_at=retry_at)
+        return AcmeFailure(domain, kind, detail, rate_limited=True, retry_at=retry_at)
 
-    def _issue(self, domain: str, publish: Callable[[str, str, str], None],
-               withdraw: Callable[[str], None]) -> tuple[bytes, bytes]:
+    def _issue(self, domain: str, kind: str, publish: Publish, withdraw: Withdraw) -> tuple[bytes, bytes]:
         acme = self._connect()
         net = self._net
         assert net is not None and net.key is not None
+        wanted = CHALLENGES[kind]
         key_pem = new_key_pem()
         csr = acme_crypto.make_csr(key_pem, [domain])
         order = acme.new_order(csr)
-        published: list[str] = []
+        published: list[tuple[str, str, str]] = []
         try:
+            answers = []
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue  # authorised recently: the CA reuses it
-                challenge = next((c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)),
-                                 None)
+                challenge = next((c for c in authz.body.challenges if isinstance(c.chall, wanted)), None)
                 if challenge is None:
-                    raise AcmeFailure(domain, "http-01", "the CA offered no http-01 challenge")
+                    raise AcmeFailure(domain, kind, f"the CA offered no {kind} challenge")
                 response, validation = challenge.response_and_validation(net.key)
+                name = authz.body.identifier.value  # a wildcard's authorization is for its base domain
                 token = challenge.chall.encode("token")
-                publish(domain, token, validation)
-                published.append(token)
+                try:
+                    publish(kind, name, token, validation)
+                except Exception as exc:  # a DNS API or propagation failure: the user acts on its message
+                    raise AcmeFailure(domain, kind, f"publishing the answer for {name} failed: {exc}") from exc
+                published.append((name, token, validation))
+                answers.append((challenge, response))
+            for challenge, response in answers:  # every answer is in place before the CA looks (dns-01: one name)
                 acme.answer_challenge(challenge, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_DEADLINE)
             order = acme.poll_and_finalize(order, deadline)
         finally:
-            for token in published:
-                withdraw(token)
+            for name, token, validation in published:
+                try:
+                    withdraw(kind, name, token, validation)
+                except Exception as exc:  # a record left behind must not hide the order's outcome
+                    log.warning("acme: removing the %s answer for %s failed: %s", kind, name, exc)
         if not order.fullchain_pem:
-            raise AcmeFailure(domain, "http-01", "the CA returned no certificate")
+            raise AcmeFailure(domain, kind, "the CA returned no certificate")
         return order.fullchain_pem.encode(), key_pem
 
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..routing import rules
 
 if TYPE_CHECKING:
     from ..config.model import GatewayConfig, TlsConfig
     from .client import AcmeAccount
+    from .dns import DnsProvider
     from .store import Storage, StoredCert
 
 log: Final = logging.getLogger("a3s_gateway.acme")
@@ -44,7 +46,8 @@ class AcmeHost(Protocol):
         ...
 
     async def publish_challenges(self) -> None:
-        """Return once the HTTP-01 answers in the token table are served by every process."""
+        """Return once the HTTP-01 answers (token table) and TLS-ALPN-01 certificates (alpn table) are served by
+        every process."""
         ...
 
 
@@ -59,6 +62,8 @@ class Site:
     ca_file: str
     challenge: str
     domains: tuple[str, ...]
+    dns_provider: str = ""
+    dns_resolvers: tuple[str, ...] = ()
 
     @property
     def account_key(self) -> tuple[str, str]:
@@ -92,7 +97,7 @@ def sites_of(config: GatewayConfig) -> list[Site]:
 
 def _site(name: str, tls: TlsConfig, domains: tuple[str, ...]) -> Site:
     return Site(name, tls.acme_storage_path, tls.acme_directory_url, tls.acme_email, tls.acme_ca_file,
-                tls.challenge, domains)
+                tls.challenge, domains, tls.dns_provider or "", tls.acme_dns_resolvers)
 
 
 def _router_hosts(config: GatewayConfig, entrypoint: str, protocol: str) -> list[str]:
@@ -126,15 +131,19 @@ class AcmeManager:
     or the supervisor runs it; workers receive its results).
 
     ``tokens`` is the HTTP-01 table (``token`` → key authorization, as bytes) the plain HTTP entrypoints answer
-    from; the manager fills it while a challenge is pending.
+    from; ``alpn`` the TLS-ALPN-01 table (domain → challenge certificate and key PEM) the ACME TLS entrypoints
+    answer validation handshakes from. The manager fills them while a challenge is pending; dns-01 records go
+    through the entrypoint's DNS provider (acme.dns).
     """
 
-    def __init__(self, host: AcmeHost, tokens: dict[bytes, bytes], *,
+    def __init__(self, host: AcmeHost, tokens: dict[bytes, bytes],
+                 alpn: dict[str, tuple[bytes, bytes]] | None = None, *,
                  clock: Callable[[], float] | None = None) -> None:
         import time
 
         self.host = host
         self.tokens = tokens
+        self.alpn: dict[str, tuple[bytes, bytes]] = {} if alpn is None else alpn
         self.clock: Callable[[], float] = clock or time.time
         self.renew_before = RENEW_BEFORE
         self.check_every = CHECK_EVERY
@@ -156,8 +165,6 @@ class AcmeManager:
         self.sites = sites_of(config)
         wanted: dict[tuple[str, str, str], set[str]] = {}
         for site in self.sites:
-            if site.challenge != "http-01":
-                continue  # refused before this point ("not supported yet")
             for domain in site.domains:
                 wanted.setdefault((*site.account_key, domain), set()).add(site.entrypoint)
         for key in [k for k in self._domains if k not in wanted]:
@@ -270,8 +277,9 @@ class AcmeManager:
         log.info("acme: %s a certificate for %s from %s (challenge %s)", why, state.name, site.directory_url,
                  site.challenge)
         try:
-            chain, key_pem = await loop.run_in_executor(None, account.issue, state.name, self._publish_threadsafe,
-                                                        self._withdraw_threadsafe)
+            chain, key_pem = await loop.run_in_executor(
+                None, account.issue, state.name, site.challenge, functools.partial(self._publish_threadsafe, site),
+                functools.partial(self._withdraw_threadsafe, site))
         except AcmeFailure as failure:
             state.failures += 1
             state.error = failure.detail
@@ -293,17 +301,36 @@ class AcmeManager:
         log.info("acme: certificate for %s issued, valid until %s", state.name, _when(state.stored.not_after))
         self._install_all()
 
-    # -- HTTP-01 answers (called from the executor thread) ---------------------------------------------------
-    def _publish_threadsafe(self, domain: str, token: str, validation: str) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.run_coroutine_threadsafe(self._publish(token.encode(), validation.encode()), loop).result(
-            PUBLISH_TIMEOUT)
+    # -- challenge answers (called from the executor thread) ------------------------------------------------
+    def _publish_threadsafe(self, site: Site, kind: str, name: str, token: str, validation: str) -> None:
+        if kind == "dns-01":
+            self._dns(site).present(name, validation)  # blocks until the record is visible (propagation)
+            return
+        if kind == "tls-alpn-01":
+            from .client import alpn_certificate
 
-    def _withdraw_threadsafe(self, token: str) -> None:
+            self._on_loop(self._publish_alpn(name, alpn_certificate(name, validation)))
+            return
+        self._on_loop(self._publish(token.encode(), validation.encode()))
+
+    def _withdraw_threadsafe(self, site: Site, kind: str, name: str, token: str, validation: str) -> None:
+        if kind == "dns-01":
+            self._dns(site).cleanup(name, validation)
+        elif kind == "tls-alpn-01":
+            self._on_loop(self._withdraw_alpn(name))
+        else:
+            self._on_loop(self._withdraw(token.encode()))
+
+    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
         loop = self._loop
         assert loop is not None
-        asyncio.run_coroutine_threadsafe(self._withdraw(token.encode()), loop).result(PUBLISH_TIMEOUT)
+        asyncio.run_coroutine_threadsafe(coro, loop).result(PUBLISH_TIMEOUT)
+
+    def _dns(self, site: Site) -> DnsProvider:
+        """The DNS provider of ``site`` (credentials from the environment, checked by validate)."""
+        from .dns import provider
+
+        return provider(site.dns_provider, site.dns_resolvers)
 
     async def _publish(self, token: bytes, validation: bytes) -> None:
         self.tokens[token] = validation
@@ -311,6 +338,14 @@ class AcmeManager:
 
     async def _withdraw(self, token: bytes) -> None:
         self.tokens.pop(token, None)
+        await self.host.publish_challenges()
+
+    async def _publish_alpn(self, domain: str, pems: tuple[bytes, bytes]) -> None:
+        self.alpn[domain] = pems
+        await self.host.publish_challenges()
+
+    async def _withdraw_alpn(self, domain: str) -> None:
+        self.alpn.pop(domain, None)
         await self.host.publish_challenges()
 
 

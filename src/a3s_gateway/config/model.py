@@ -103,6 +103,7 @@ class TlsConfig:
     acme_storage_path: str = "/etc/gateway/acme"
     challenge: str = "http-01"
     dns_provider: str | None = None
+    acme_dns_resolvers: tuple[str, ...] = ()
 
     @property
     def acme_directory_url(self) -> str:

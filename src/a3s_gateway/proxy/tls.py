@@ -45,6 +45,13 @@ SELF_SIGNED_DAYS: Final = 365
 # SNI seen by the server, per SSLObject/SSLSocket (server_name() below); weak keys: entries go with the connection
 _SERVER_NAMES: Final[weakref.WeakKeyDictionary[ssl.SSLObject | ssl.SSLSocket, str]] = weakref.WeakKeyDictionary()
 
+#: the ALPN protocol of TLS-ALPN-01 validation handshakes (RFC 8737)
+ACME_TLS_ALPN: Final = "acme-tls/1"
+_ALPN_EXTENSION: Final = 16
+_CLIENT_HELLO: Final = 1  # handshake message type (an IntEnum member in the callback)
+# connections whose ClientHello offered acme-tls/1, recorded by the message callback while challenges are pending
+_ACME_HELLOS: Final[weakref.WeakKeyDictionary[ssl.SSLObject | ssl.SSLSocket, bool]] = weakref.WeakKeyDictionary()
+
 
 class TlsError(GatewayError, ValueError):
     """A certificate/key pair cannot be loaded; the message names the file."""
@@ -85,6 +92,7 @@ class CertStore:
         self._alpn: tuple[str, ...] = tuple(cfg.alpn or ()) if alpn is None else alpn
         self.reload_errors = 0
         self._self_signed_pem: tuple[bytes, bytes] | None = None
+        self._challenges: dict[str, ssl.SSLContext] = {}  # TLS-ALPN-01 certificates by domain (set_challenges)
         pairs = [(cfg.cert_file, cfg.key_file)] if cfg.cert_file or cfg.key_file else []
         pairs += [(c.cert_file, c.key_file) for c in cfg.certificates]
         self._certs = [self._load(cert, key, _digest(cert, key)) for cert, key in pairs] or [self._self_signed()]
@@ -127,7 +135,21 @@ class CertStore:
             return
         name = _normalise(server_name)
         _SERVER_NAMES[ssl_object] = name
+        if self._challenges:
+            challenge = self._challenges.get(name)
+            if challenge is not None and _ACME_HELLOS.pop(ssl_object, False):
+                ssl_object.context = challenge  # a validation handshake (RFC 8737): only these see the challenge
+                return
         ssl_object.context = self._select(name)
+
+    def set_challenges(self, contexts: dict[str, ssl.SSLContext]) -> None:
+        """Answer TLS-ALPN-01 validation handshakes for the domains of ``contexts`` (made by
+        :func:`challenge_contexts`): a ClientHello that offers ``acme-tls/1`` with one of these names gets its
+        challenge certificate; every other handshake is unaffected. The ClientHello's ALPN list is only visible
+        to a message callback (the SNI callback runs after it); it is installed while challenges are pending only,
+        as it runs for every TLS record of the connections made meanwhile."""
+        self._challenges = dict(contexts)
+        self.context._msg_callback = _on_message if contexts else None  # type: ignore[attr-defined]
 
     @staticmethod
     def server_name(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
@@ -284,6 +306,60 @@ class CertStore:
                 f.write(pem[0] + pem[1])
             context.load_cert_chain(path)
         return context
+
+
+def _on_message(conn: ssl.SSLObject | ssl.SSLSocket, direction: str, version: object, content_type: object,
+                msg_type: object, data: bytes) -> None:
+    """Record the connections whose ClientHello offers ``acme-tls/1`` (runs before the SNI callback)."""
+    if direction == "read" and msg_type == _CLIENT_HELLO:
+        if ACME_TLS_ALPN in offered_alpn(data):
+            _ACME_HELLOS[conn] = True
+
+
+def offered_alpn(hello: bytes) -> list[str]:
+    """The ALPN protocols a ClientHello handshake message (with its 4-byte header) offers; [] when it has none or
+    does not parse."""
+    try:
+        at = 4 + 2 + 32  # header, client_version, random
+        at += 1 + hello[at]  # session_id
+        at += 2 + int.from_bytes(hello[at:at + 2], "big")  # cipher_suites
+        at += 1 + hello[at]  # compression_methods
+        end = min(len(hello), at + 2 + int.from_bytes(hello[at:at + 2], "big"))
+        at += 2
+        while at + 4 <= end:
+            kind = int.from_bytes(hello[at:at + 2], "big")
+            size = int.from_bytes(hello[at + 2:at + 4], "big")
+            at += 4
+            if kind == _ALPN_EXTENSION:
+                body = hello[at + 2:min(end, at + size)]
+                out, i = [], 0
+                while i < len(body):
+                    length = body[i]
+                    out.append(body[i + 1:i + 1 + length].decode("ascii", "replace"))
+                    i += 1 + length
+                return out
+            at += size
+    except IndexError:
+        pass
+    return []
+
+
+def challenge_contexts(pems: dict[str, tuple[bytes, bytes]]) -> dict[str, ssl.SSLContext]:
+    """A server context per domain for TLS-ALPN-01 validation: its challenge certificate and key (PEM), ALPN
+    ``acme-tls/1`` only, TLS 1.2 or later."""
+    out: dict[str, ssl.SSLContext] = {}
+    for domain, (cert_pem, key_pem) in pems.items():
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols([ACME_TLS_ALPN])
+        with tempfile.TemporaryDirectory(prefix="a3s-tls-") as tmp:
+            path = os.path.join(tmp, "pair.pem")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(cert_pem + key_pem)
+            context.load_cert_chain(path)
+        out[_normalise(domain)] = context
+    return out
 
 
 def _normalise(server_name: str) -> str:

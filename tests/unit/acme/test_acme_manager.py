@@ -1,6 +1,6 @@
 """The ACME manager's decisions (SPEC §10.4) with a fake account and a fake clock: domains from acme_domains or
 Host() rules, stored certificates installed at configure, rate-limit back-off to the CA's time, hourly retries, a
-reload that drops a domain, and the challenge types this build refuses."""
+reload that drops a domain."""
 
 from __future__ import annotations
 
@@ -89,10 +89,10 @@ class FakeAccount:
         self.orders: list[str] = []
         self.email, self.ca_file = "ops@example.com", ""
 
-    def issue(self, domain: str, publish: Any, withdraw: Any) -> tuple[bytes, bytes]:
+    def issue(self, domain: str, kind: str, publish: Any, withdraw: Any) -> tuple[bytes, bytes]:
         self.orders.append(domain)
-        publish(domain, "tok", "tok.key")
-        withdraw("tok")
+        publish(kind, domain, "tok", "tok.key")
+        withdraw(kind, domain, "tok", "tok.key")
         if self.failures:
             raise self.failures.pop(0)
         return pem_pair(domain, self.clock[0] + 90 * DAY)
@@ -121,10 +121,10 @@ def test_domains_come_from_host_rules_of_the_entrypoint_or_from_acme_domains(tmp
     assert listed[0].domains == ("x.example.com",)
 
 
-def test_challenge_types_not_built_yet_are_refused_at_start(tmp_path: Path) -> None:
+def test_every_challenge_type_is_supported(tmp_path: Path) -> None:
     assert unsupported_features(GatewayConfig.from_hcl(hcl(tmp_path), filename="t.hcl")) == []
     alpn = GatewayConfig.from_hcl(hcl(tmp_path, challenge='challenge = "tls-alpn-01"'), filename="t.hcl")
-    assert unsupported_features(alpn) == ["acme tls-alpn-01"]
+    assert unsupported_features(alpn) == []
 
 
 async def test_stored_certificates_are_installed_and_missing_ones_ordered(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import ssl
 from dataclasses import replace
@@ -51,8 +52,6 @@ def _build_tls(d: Decoded, ctx: Ctx) -> TlsConfig:
         _check_pair(ctx, where, cert, key)
     if v["acme"]:
         ctx.explicit.add("acme")
-        if v["challenge"] != "http-01":
-            ctx.explicit.add(f"acme {v['challenge']}")  # refused at start until implemented (SPEC §13.3)
         if not v["acme_email"]:
             ctx.error(d.pos, p, 'acme requires "acme_email"')
         if v["acme_staging"] and d.has("acme_ca_url"):
@@ -106,6 +105,9 @@ def _check_dns_credentials(ctx: Ctx, d: Decoded) -> None:
             "route53 credentials are missing",
             "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         )
+    if provider == "route53" and importlib.util.find_spec("botocore") is None:
+        ctx.error(ctx.at(where), where, "route53 requests are signed with botocore, which is not installed",
+                  'pip install "a3s-gateway[route53]"')
 
 
 def _check_writable(ctx: Ctx, d: Decoded, key: str) -> None:
@@ -140,6 +142,7 @@ TLS: Final = schema(
         K("acme_storage_path", STR, path=True),
         K("challenge", T.enum("http-01", "tls-alpn-01", "dns-01")),
         K("dns_provider", T.enum("cloudflare", "route53")),
+        K("acme_dns_resolvers", T.list_of(STR)),
     ],
     _build_tls,
     model=TlsConfig,

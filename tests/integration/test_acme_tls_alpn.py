@@ -1,0 +1,100 @@
+"""TLS-ALPN-01 (RFC 8737, SPEC §10.4): the ACME TLS entrypoint answers validation handshakes (ALPN acme-tls/1)
+with the challenge certificate chosen by SNI, and only those; pebble issues through it, validating on the
+gateway's TLS port."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from pebble_ca import free_port, pebble_server
+from test_acme_e2e import DOMAIN, served, start, wait_for_chain
+
+from a3s_gateway.acme.client import ACME_IDENTIFIER, alpn_certificate
+from support import start_backend
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def alpn_config(tls_port: int, backend: str, storage: Path, directory_url: str, ca_file: str) -> str:
+    return f'''
+entrypoints "websecure" {{
+  address = "127.0.0.1:{tls_port}"
+  tls {{
+    acme              = true
+    acme_email        = "ops@example.com"
+    acme_ca_url       = "{directory_url}"
+    acme_ca_file      = "{ca_file}"
+    acme_storage_path = "{storage}"
+    challenge         = "tls-alpn-01"
+  }}
+}}
+routers "r" {{
+  rule    = "Host(`{DOMAIN}`)"
+  service = "s"
+}}
+services "s" {{
+  load_balancer {{ servers = [{{ url = "{backend}" }}] }}
+}}
+'''
+
+
+async def handshake(port: int, alpn: list[str]) -> tuple[x509.Certificate, str | None]:
+    """The certificate served for DOMAIN to a client offering ``alpn``, and the protocol selected."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(alpn)
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=DOMAIN)
+    tls = writer.get_extra_info("ssl_object")
+    der, selected = tls.getpeercert(binary_form=True), tls.selected_alpn_protocol()
+    writer.close()
+    return x509.load_der_x509_certificate(der), selected
+
+
+async def test_the_challenge_certificate_is_served_to_validation_handshakes_only(tmp_path: Path) -> None:
+    backend = await start_backend()
+    hcl = alpn_config(0, backend.url, tmp_path / "acme", "https://127.0.0.1:1/dir", "")
+    gw = await start(hcl)
+    try:
+        port = gw.bound_addresses()["websecure"][1]
+        normal = await served(port)
+        gw.live.acme_alpn[DOMAIN] = alpn_certificate(DOMAIN, "tok.thumbprint")
+        await gw.publish_challenges()
+        cert, selected = await handshake(port, ["acme-tls/1"])
+        assert selected == "acme-tls/1"
+        extension = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER)
+        assert extension.critical
+        assert extension.value.value == b"\x04\x20" + hashlib.sha256(b"tok.thumbprint").digest()
+        assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName) == [DOMAIN]
+        # an ordinary client for the same name, at the same time, gets the entrypoint's certificate
+        cert, selected = await handshake(port, ["h2", "http/1.1"])
+        assert selected == "h2" and (await served(port)) == normal
+        gw.live.acme_alpn.clear()
+        await gw.publish_challenges()
+        cert, _ = await handshake(port, ["acme-tls/1"])
+        with pytest.raises(x509.ExtensionNotFound):
+            cert.extensions.get_extension_for_oid(ACME_IDENTIFIER)
+    finally:
+        await gw.shutdown(0.5)
+
+
+async def test_pebble_issues_through_tls_alpn_01_on_the_tls_entrypoint(tmp_path: Path) -> None:
+    backend = await start_backend()
+    tls_port = free_port()
+    storage = tmp_path / "acme"
+    with pebble_server(http_port=free_port(), tls_port=tls_port) as ca:
+        gw = await start(alpn_config(tls_port, backend.url, storage, ca.directory_url, ca.ca_file))
+        try:
+            data = await wait_for_chain(tls_port, ca.root())
+            assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello from backend")
+            assert gw.acme is not None and gw.acme.orders == 1
+            assert not gw.live.acme_alpn  # withdrawn once the order is done
+            assert (storage / DOMAIN / "cert.pem").exists()
+        finally:
+            await gw.shutdown(0.5)
