@@ -130,11 +130,14 @@ def _scan_members(data: bytes) -> dict[str, object]:
         end = _value_end(data, i)
         if end < 0:
             return found
-        if key in _WANTED and key not in found:
+        nested = data[i] == 0x7B or data[i] == 0x5B
+        if not nested or (key in _WANTED and key not in found):  # (a nested value is only skipped otherwise)
             try:
-                found[key] = orjson.loads(data[i:end])
+                value = orjson.loads(data[i:end])
             except orjson.JSONDecodeError:
                 return found
+            if key in _WANTED and key not in found:
+                found[key] = value
         i = _skip_ws(data, end)
         if i >= len(data) or data[i] != 0x2C:  # ','
             return found
