@@ -139,6 +139,7 @@ class EntrypointConfig:
     trusted_ips: tuple[str, ...] = ()
     redirect: RedirectConfig | None = None
     max_connections: int = 0
+    ai_inspect_limit: int = 65536  # request body bytes held to read the model (§16.1)
     tcp_allowed_ips: tuple[str, ...] = ()
     udp_session_timeout_secs: float = 30.0
     udp_max_sessions: int = 10000

@@ -25,17 +25,20 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import orjson
 
 from ..http import hdrs
-from ..http.framing import LENGTH
+from ..http.framing import CHUNKED, LENGTH
 from ..http.headers import request_head
+from ..http.inspect import is_json, read_request
 from ..middleware.chain import JSON, Chain, Request, Response
 from ..middleware.retry import parse_retry_after
 from ..netaddr import normalize_ip, parse_ip
+from ..routing.router import NEEDS_MODEL
 from . import responses
 from .upstream import HIGH_WATER, Client, Pool, UpstreamConnection
 
 if TYPE_CHECKING:
     from ..observability.stats import RouteStats
     from ..observability.tracing import TraceContext
+    from ..routing.router import Route
     from ..runtime import EntrypointRuntime, RouteTarget, ServiceRuntime
     from ..scaling.buffer import HoldQueue
     from ..service.balancer import Backend
@@ -164,7 +167,8 @@ class Exchange(Client):
 
     __slots__ = (
         "attempt", "backend", "backend_url", "bytes_out", "chain", "cold", "conn", "connect_task", "framing",
-        "held", "mirror", "mirror_body", "mirror_bytes", "mirror_decided", "mreq", "pending", "pending_bytes", "pool",
+        "held", "mirror", "mirror_body", "mirror_bytes", "mirror_decided", "model", "mreq", "peek", "peek_bytes",
+        "pending", "pending_bytes", "pool",
         "replay", "replay_bytes", "resp_started", "retried", "revision", "rid", "skip_queue", "stats", "status", "t0",
         "target", "trace", "tried", "ttfb", "up_head", "upstream", "wall0", "window",
     )
@@ -212,6 +216,10 @@ class Exchange(Client):
         self.cold = False
         self.skip_queue = False
         self.window: Any = None  # the rollout window of the attempt's backend (§8.7), None outside a rollout
+        # request inspection (SPEC §16.1): the body pieces held to read the model (None: not holding), the model
+        self.peek: list[bytes] | None = None
+        self.peek_bytes = 0
+        self.model: str | None = None
 
     # -- start ------------------------------------------------------------------------------------------------
     def start(self, head: Any, entry: EntrypointRuntime) -> None:
@@ -266,7 +274,21 @@ class Exchange(Client):
             self._redirect(head, redirect)
             return
         client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
-        route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip)
+        router = entry.router
+        # a router with Model rules first matches with the model pending: only a request whose answer depends on
+        # it is inspected (SPEC §16.1)
+        route = router.match(head.method, head.host, head.path, head.query, head.headers, client_ip, None,
+                             router.uses_model)
+        if route is NEEDS_MODEL:
+            if self._inspectable(head):
+                self._begin_peek(entry, framing)
+                return
+            route = router.match(head.method, head.host, head.path, head.query, head.headers, client_ip)
+        self._routed(route, entry, framing, client_ip)
+
+    def _routed(self, route: Route | None, entry: EntrypointRuntime, framing: bytes, client_ip: str) -> None:
+        """The matched route (None: no route): the middlewares, or straight to dispatch."""
+        trace = self.trace
         if route is None:
             self.stats = entry.unmatched
             self.local(404, "No route matched")
@@ -277,11 +299,67 @@ class Exchange(Client):
             framing += trace.inject
         chain = target.chain
         if chain is not None:
-            self._start_chain(head, target, chain, framing, client_ip)
+            self._start_chain(self.head, target, chain, framing, client_ip)
             return
         self.target = target
         self.framing = framing
         self._fast_forward(client_ip)
+
+    # -- request inspection (SPEC §16.1) ------------------------------------------------------------------------
+    def _inspectable(self, head: Any) -> bool:
+        """A request whose model is read: a ``POST`` of an ``application/json`` body."""
+        if head.method != b"POST" or self.conn.body is None:
+            return False
+        ids = head.header_ids
+        for i in range(len(ids)):
+            if ids[i] == hdrs.CONTENT_TYPE:
+                return is_json(head.headers[i][1])
+        return False
+
+    def _begin_peek(self, entry: EntrypointRuntime, framing: bytes) -> None:
+        """Hold the body's first ``ai_inspect_limit`` bytes (the connection hands them to :meth:`peek_body`), then
+        route with the model they name."""
+        conn = self.conn
+        self.peek = []
+        self.peek_bytes = 0
+        self.stats = entry.unmatched  # counted as unrouted if the body never comes (408, client gone)
+        self.framing = framing
+        if conn.expect:  # the client waits for a 100 Continue before it sends the body the route depends on
+            conn.expect = False
+            conn.transport.write(responses.CONTINUE)
+        conn.read_body()  # what came with the head, and the body-gap timer (idle_timeout → 408)
+
+    def peek_body(self, pieces: list[bytes], done: bool) -> None:
+        """Body bytes (decoded, without chunk framing) while the model is read: held until the limit or the end,
+        then routed; the held bytes go upstream first, unchanged (re-chunked as any chunked body)."""
+        peek = self.peek
+        if peek is None:
+            return
+        for p in pieces:
+            peek.append(p)
+            self.peek_bytes += len(p)
+        conn = self.conn
+        entry = conn.entry
+        limit = entry.limits.ai_inspect_limit
+        if not done and self.peek_bytes < limit:
+            return
+        self.peek = None
+        data = b"".join(peek)
+        info = read_request(data[:limit], done and len(data) <= limit)
+        self.model = info.model
+        body = conn.body
+        held = body.rechunk(peek) if body is not None and body.mode == CHUNKED else peek
+        if held:
+            self.pending = held
+            for p in held:
+                self.pending_bytes += len(p)
+            if self.pending_bytes > HIGH_WATER:
+                conn.pause_reading_for(P_PENDING)
+        head = self.head
+        client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
+        route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
+                                   info.model)
+        self._routed(route, entry, self.framing, client_ip)
 
     def _fast_forward(self, client_ip: str) -> None:
         """Dispatch a request of a route without middlewares: pick, build the upstream head, forward."""
@@ -463,9 +541,15 @@ class Exchange(Client):
         if self.conn.body is None:
             mirror.send(self.up_head, [])
             return
+        if self.pending and self.conn.body_done:  # the whole body was held (inspection): the copy goes now
+            if self.pending_bytes > mirror.max_body_bytes:
+                mirror.skip()
+            else:
+                mirror.send(self.up_head, list(self.pending))
+            return
         self.mirror = mirror
-        self.mirror_body = []
-        self.mirror_bytes = 0
+        self.mirror_body = list(self.pending) if self.pending else []  # held body bytes are its start
+        self.mirror_bytes = self.pending_bytes
 
     async def _connect(self, pool: Pool) -> None:
         conn = self.conn
@@ -579,8 +663,12 @@ class Exchange(Client):
         self.attempt = 1
         if self.tried:
             self.tried = _NO_URLS
-        self.replay = [] if chain.retry is not None else None
-        self.replay_bytes = 0
+        if chain.retry is not None:  # body bytes held by inspection are the start of the replay copy
+            self.replay = list(self.pending) if self.pending else []
+            self.replay_bytes = self.pending_bytes
+        else:
+            self.replay = None
+            self.replay_bytes = 0
         self._run_chain(0)
 
     def _run_chain(self, i: int) -> None:
@@ -638,6 +726,10 @@ class Exchange(Client):
         head = self.head
         conn = self.conn
         req = cast("Request", self.mreq)
+        body_limit = cast("Chain", self.chain).body_limit
+        if body_limit and conn.body is not None and conn.body.received > body_limit:
+            self.body_too_large()  # read before routing (inspection, SPEC §16.1) and already over the limit
+            return
         if self.upgrade:
             mws = cast("Chain", self.chain).middlewares
             if mws and mws[-1].kind == "ws-mux":
@@ -915,6 +1007,7 @@ class Exchange(Client):
         self.rid = b""
         self.trace = None
         self.response_extra = b""
+        self.model = None
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""
@@ -927,6 +1020,7 @@ class Exchange(Client):
     # -- the client connection's calls ---------------------------------------------------------------------------
     def client_gone(self) -> None:
         """The client connection was lost: out of any queue, the exchange accounted, the upstream cancelled."""
+        self.peek = None
         held = self.held
         if held is not None:  # the client left while its request waited for a replica: out of the queue
             self.held = None
@@ -975,6 +1069,7 @@ class Exchange(Client):
 
     def abort(self, status: int, message: str) -> None:
         """The request cannot go on (a bad body, a body timeout): ``status`` if no response started, then close."""
+        self.peek = None
         self.cancel_upstream()
         conn = self.conn
         if not self.resp_started and conn.transport is not None:

@@ -324,6 +324,9 @@ class HttpConnection(Downstream):
         except ProtocolError as e:
             ex.abort(e.status, e.message)
             return
+        if ex.peek is not None:
+            self._peek_body(pieces, consumed)
+            return
         limit = ex.body_limit()
         if limit and body.received > limit:
             ex.body_too_large()
@@ -348,6 +351,20 @@ class HttpConnection(Downstream):
                 self._tkind = _T_NONE
         else:
             self._set_timer(_T_BODY, self.entry.limits.idle_timeout)
+
+    def _peek_body(self, pieces: list[bytes], consumed: int) -> None:
+        """Body bytes read before routing, to read the request's model (SPEC §16.1): to the exchange as decoded."""
+        buf = self.buf
+        self.buf = buf[consumed:] if consumed < len(buf) else b""
+        done: bool = self.body.done
+        if done:
+            self.body_done = True
+            if self.state == _BODY:
+                self.state = _WAIT
+                self._tkind = _T_NONE
+        else:
+            self._set_timer(_T_BODY, self.entry.limits.idle_timeout)
+        self.ex.peek_body(pieces, done)
 
     # -- what the exchange asks of the connection (exchange.Downstream) ---------------------------------------
     def gone(self) -> bool:

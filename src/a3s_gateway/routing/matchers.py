@@ -109,7 +109,11 @@ def match_path(raw_path: bytes) -> str:
 
 
 class MatchRequest:
-    """The match inputs of one request, computed once; query and client IP parsed lazily, at most once."""
+    """The match inputs of one request, computed once; query and client IP parsed lazily, at most once.
+
+    ``model`` is the request's model (SPEC §16.1; None: it has none). While ``model_pending`` the body was not read
+    yet: a ``Model``/``ModelRegexp`` matcher that is reached sets ``need_model`` (the answer depends on the model).
+    """
 
     def __init__(
         self,
@@ -119,6 +123,8 @@ class MatchRequest:
         query: bytes | None,
         headers: list[tuple[bytes, bytes]],
         client_ip: str,
+        model: str | None = None,
+        model_pending: bool = False,
     ) -> None:
         self.method = method
         self.host = host
@@ -126,6 +132,9 @@ class MatchRequest:
         self.query = query
         self.headers = headers
         self.client_ip = client_ip
+        self.model = model
+        self.model_pending = model_pending
+        self.need_model = False
         self._query_map: dict[str, list[str]] | None = None
         self._ip_version = -1
         self._ip_value = 0
@@ -166,6 +175,10 @@ class Matcher:
         """True when this node reads ``req.path`` (the router computes the match path only then)."""
         return False
 
+    def needs_model(self) -> bool:
+        """True when this node reads the request's model (SPEC §16.1: the body is inspected only then)."""
+        return False
+
 
 class TrueMatcher(Matcher):
     """Matches every request."""
@@ -192,6 +205,12 @@ class AndMatcher(Matcher):
                 return True
         return False
 
+    def needs_model(self) -> bool:
+        for child in self.children:
+            if child.needs_model():
+                return True
+        return False
+
 
 class OrMatcher(Matcher):
     """Some child matches; stops at the first that does."""
@@ -211,6 +230,12 @@ class OrMatcher(Matcher):
                 return True
         return False
 
+    def needs_model(self) -> bool:
+        for child in self.children:
+            if child.needs_model():
+                return True
+        return False
+
 
 class NotMatcher(Matcher):
     """Negation of its child."""
@@ -223,6 +248,9 @@ class NotMatcher(Matcher):
 
     def needs_path(self) -> bool:
         return self.child.needs_path()
+
+    def needs_model(self) -> bool:
+        return self.child.needs_model()
 
 
 def prepare_host(host: str) -> str:
@@ -407,3 +435,42 @@ class ClientIPMatcher(Matcher):
             if net_version == version and value & mask == net_value:
                 return True
         return False
+
+
+class ModelMatcher(Matcher):
+    """``Model(name, ...)``: the request's model (SPEC §16.1) equals some ``name`` (case-sensitive)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names: set[str] = set(names)
+
+    def match(self, req: MatchRequest) -> bool:
+        if req.model_pending:
+            req.need_model = True
+            return False
+        model = req.model
+        return model is not None and model in self.names
+
+    def needs_model(self) -> bool:
+        return True
+
+
+class ModelRegexpMatcher(Matcher):
+    """``ModelRegexp(re, ...)``: some pattern is found in the request's model."""
+
+    def __init__(self, patterns: list[re.Pattern[str]]) -> None:
+        self.patterns = patterns
+
+    def match(self, req: MatchRequest) -> bool:
+        if req.model_pending:
+            req.need_model = True
+            return False
+        model = req.model
+        if model is None:
+            return False
+        for pattern in self.patterns:
+            if pattern.search(model) is not None:
+                return True
+        return False
+
+    def needs_model(self) -> bool:
+        return True

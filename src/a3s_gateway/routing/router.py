@@ -9,12 +9,15 @@ that require no particular host.
 
 from __future__ import annotations
 
+from typing import Final
+
 from a3s_gateway.routing.matchers import (
     AndMatcher,
     HostMatcher,
     Matcher,
     MatchRequest,
     OrMatcher,
+    TrueMatcher,
     match_path,
     normalize_host,
 )
@@ -32,6 +35,10 @@ class Route:
 
     def __repr__(self) -> str:
         return f"Route({self.name!r}, priority={self.priority})"
+
+
+#: what :meth:`Router.match` answers while the model is pending and the first route that could match reads it
+NEEDS_MODEL: Final = Route("", "", 0, TrueMatcher(), None)
 
 
 def required_hosts(matcher: Matcher) -> set[str] | None:
@@ -119,6 +126,12 @@ class Router:
         self._index: dict[str, _Bucket] = {}
         for host, positions in by_host.items():
             self._index[host] = _Bucket(_merge(ordered, positions, hostless))
+        #: some rule reads the request's model (SPEC §16.1): requests are matched with the model pending first
+        self.uses_model = False
+        for route in ordered:
+            if route.matcher.needs_model():
+                self.uses_model = True
+                break
 
     def candidates(self, host: str) -> list[Route]:
         """The routes scanned for a normalised ``host``, in order."""
@@ -135,8 +148,13 @@ class Router:
         query: bytes | None,
         headers: list[tuple[bytes, bytes]],
         client_ip: str,
+        model: str | None = None,
+        model_pending: bool = False,
     ) -> Route | None:
-        """The first route (in priority order) whose rule matches the request, or None."""
+        """The first route (in priority order) whose rule matches the request, or None.
+
+        With ``model_pending`` (the body was not inspected yet), :data:`NEEDS_MODEL` when the answer depends on the
+        request's model: a route that reads it is reached before any route matched (SPEC §16.1)."""
         host_s = normalize_host(host)
         bucket = self._index.get(host_s) if self._index else None
         if bucket is None:
@@ -145,8 +163,16 @@ class Router:
         if not routes:
             return None
         path_s = match_path(path) if bucket.needs_path else ""
-        req = MatchRequest(method.decode("latin-1"), host_s, path_s, query, headers, client_ip)
+        req = MatchRequest(method.decode("latin-1"), host_s, path_s, query, headers, client_ip, model, model_pending)
+        if not model_pending:
+            for route in routes:
+                if route.matcher.match(req):
+                    return route
+            return None
         for route in routes:
-            if route.matcher.match(req):
+            matched = route.matcher.match(req)
+            if req.need_model:
+                return NEEDS_MODEL
+            if matched:
                 return route
         return None

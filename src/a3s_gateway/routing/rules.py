@@ -36,6 +36,8 @@ MATCHERS: Final[dict[str, tuple[int, int | None, frozenset[str]]]] = {
     "HostSNIRegexp": (1, None, frozenset({TCP})),
     "ALPN": (1, None, frozenset({TCP})),
     "ClientIP": (1, None, frozenset({HTTP, TCP})),
+    "Model": (1, None, frozenset({HTTP})),
+    "ModelRegexp": (1, None, frozenset({HTTP})),
 }
 HTTP_MATCHERS: Final = tuple(name for name, spec in MATCHERS.items() if HTTP in spec[2])
 TCP_MATCHERS: Final = tuple(name for name, spec in MATCHERS.items() if TCP in spec[2])
@@ -46,6 +48,7 @@ _REGEX_ARGS: Final[dict[str, int]] = {
     "HeaderRegexp": 1,
     "QueryRegexp": 1,
     "HostSNIRegexp": -1,
+    "ModelRegexp": -1,
 }
 _USAGE: Final[dict[str, str]] = {
     "Host": "Host(`example.com`, ...)",
@@ -63,6 +66,8 @@ _USAGE: Final[dict[str, str]] = {
     "HostSNI": "HostSNI(`example.com`, ...) or HostSNI(`*`)",
     "HostSNIRegexp": "HostSNIRegexp(`^[a-z]+\\.example\\.com$`, ...)",
     "ALPN": "ALPN(`h2`, ...)",
+    "Model": "Model(`llama-3-8b`, ...)",
+    "ModelRegexp": "ModelRegexp(`^llama-3-`, ...)",
 }
 _HEADER_MATCHERS: Final = frozenset({"Header", "Headers", "HeaderRegexp"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
@@ -497,7 +502,15 @@ def _compile_call(call: Call) -> m.Matcher:
         return m.QueryRegexpMatcher(args[0], re.compile(args[1]))
     if name == "ClientIP":
         return m.ClientIPMatcher(args)
+    if name == "Model":
+        return m.ModelMatcher(args)
+    if name == "ModelRegexp":
+        return m.ModelRegexpMatcher([re.compile(a) for a in args])
     raise RuleError(f"{name} is a TCP matcher; only HTTP rules compile to request matchers", call.offset)
+
+
+def _reads_model(matcher: m.Matcher) -> bool:
+    return matcher.needs_model()
 
 
 def compile_rule(node: Node) -> m.Matcher:
@@ -516,6 +529,9 @@ def compile_rule(node: Node) -> m.Matcher:
             stack.extend(reversed(item.items))
         else:
             children.append(compile_rule(item))
+    # children that read the model go last (``&&``/``||`` of matchers without side effects commute): a request
+    # whose other conditions already decide the rule is routed without reading its body (SPEC §16.1)
+    children.sort(key=_reads_model)
     return m.AndMatcher(children) if kind is And else m.OrMatcher(children)
 
 

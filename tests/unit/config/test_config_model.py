@@ -82,6 +82,7 @@ def test_entrypoint_defaults() -> None:
         trusted_ips=(),
         redirect=None,
         max_connections=0,
+        ai_inspect_limit=65536,
         tcp_allowed_ips=(),
         udp_session_timeout_secs=30.0,
         udp_max_sessions=10000,

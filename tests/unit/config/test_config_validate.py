@@ -488,6 +488,18 @@ def test_corrected_full_example_is_valid(
             'entrypoints.u.tls: "tls" is not allowed on udp entrypoints',
         ),
         (
+            'entrypoints "e" { address = ":1"; ai_inspect_limit = 1000 }',
+            "entrypoints.e.ai_inspect_limit: must be between 1024 and 16777216, got 1000",
+        ),
+        (
+            'entrypoints "e" { address = ":1"; ai_inspect_limit = 16777217 }',
+            "entrypoints.e.ai_inspect_limit: must be between 1024 and 16777216, got 16777217",
+        ),
+        (
+            'entrypoints "u" { address = ":9"; protocol = "tcp"; ai_inspect_limit = 4096 }',
+            'entrypoints.u.ai_inspect_limit: "ai_inspect_limit" is not allowed on tcp entrypoints',
+        ),
+        (
             'entrypoints "u" { address = ":9"; protocol = "tcp"; http2 = false }',
             'entrypoints.u.http2: "http2" is not allowed on tcp entrypoints',
         ),
@@ -666,6 +678,12 @@ def test_locations_point_at_keys_blocks_and_list_items() -> None:
     assert diagnostics(text, filename="x.hcl") == [
         "x.hcl:5:27: error: services.t.load_balancer.servers[1].weight: must be between 0 and 1000000, got -1"
     ]
+
+
+def test_ai_inspect_limit_error_points_at_its_line() -> None:
+    text = 'entrypoints "e" {\n  address = ":1"\n  ai_inspect_limit = "big"\n}\n'
+    errors = [line for line in diagnostics(text, filename="x.hcl") if ": error:" in line]
+    assert errors == ['x.hcl:3:3: error: entrypoints.e.ai_inspect_limit: expected integer, got string "big"']
 
 
 def test_did_you_mean_for_references() -> None:

@@ -44,6 +44,8 @@ PARSE_CASES: list[tuple[str, Node]] = [
     ("PathPrefix(`/v1`)", C("PathPrefix", "/v1")),
     ("PathRegexp(`^/v[0-9]+/`)", C("PathRegexp", "^/v[0-9]+/")),
     ("Method(`GET`, `POST`)", C("Method", "GET", "POST")),
+    ("Model(`llama-3-8b`, `gpt-4o`)", C("Model", "llama-3-8b", "gpt-4o")),
+    ("ModelRegexp(`^qwen-`)", C("ModelRegexp", "^qwen-")),
     ("Header(`X-A`, `1`)", C("Header", "X-A", "1")),
     ("Headers(`X-A`, `1`)", C("Headers", "X-A", "1")),
     ("HeaderRegexp(`X-A`, `^1`)", C("HeaderRegexp", "X-A", "^1")),

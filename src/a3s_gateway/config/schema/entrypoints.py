@@ -166,6 +166,7 @@ PROTOCOL_KEYS: Final = {
     "udp_max_sessions": ("udp",),
     "redirect": ("http",),
     "tls": ("http", "tcp"),
+    "ai_inspect_limit": ("http",),
 }
 
 
@@ -217,6 +218,7 @@ ENTRYPOINT: Final = schema(
         K("trusted_ips", T.list_of(T.string(check_ip))),
         K("redirect", T.block(REDIRECT)),
         K("max_connections", T.integer(0)),
+        K("ai_inspect_limit", T.integer(1024, 16777216)),
         K("tcp_allowed_ips", T.list_of(T.string(check_ip))),
         K("udp_session_timeout_secs", T.seconds(0, lo_open=True)),
         K("udp_max_sessions", T.integer(1)),

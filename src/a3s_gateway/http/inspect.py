@@ -1,0 +1,144 @@
+"""What an LLM request says about itself (SPEC §16.1): its model, whether it streams, its output-token maximum.
+
+Read from the held start of a JSON request body: with orjson when the body is complete, and by a scan of the
+top-level members of the object when only its first ``ai_inspect_limit`` bytes were held (the first occurrence of a
+member wins; a member whose value the prefix cuts is not read). Anything that is not a JSON object gives no model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import orjson
+
+#: ``Content-Type`` of an inspected request (parameters ignored, case-insensitive)
+JSON_TYPE: Final = b"application/json"
+_MAX_TOKENS_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_WANTED: Final = frozenset({"model", "stream", "stream_options", *_MAX_TOKENS_KEYS})
+_WS: Final = b" \t\r\n"
+# a JSON string (escapes included), or one bracket: what a nested value is skipped by, at C speed
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NESTED: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_SCALAR_END: Final = re.compile(rb"[,}\]\s]")
+
+
+class RequestInfo:
+    """The members §16.1 takes from a request body; None (or False) where the body does not say."""
+
+    __slots__ = ("include_usage", "max_tokens", "model", "stream")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.stream = False
+        self.max_tokens: int | None = None
+        self.include_usage = False
+
+    def __repr__(self) -> str:
+        return (f"RequestInfo(model={self.model!r}, stream={self.stream}, max_tokens={self.max_tokens}, "
+                f"include_usage={self.include_usage})")
+
+
+def is_json(content_type: bytes) -> bool:
+    """Whether a ``Content-Type`` value is ``application/json`` (parameters ignored)."""
+    return content_type.split(b";", 1)[0].strip(b" \t").lower() == JSON_TYPE
+
+
+def read_request(body: bytes, complete: bool) -> RequestInfo:
+    """The request's model and the other members of §16.1, from the whole body (``complete``) or its start."""
+    members: dict[str, object] = {}
+    if complete:
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            members = value
+    else:
+        members = _scan_members(body)
+    info = RequestInfo()
+    model = members.get("model")
+    if isinstance(model, str):
+        info.model = model
+    info.stream = members.get("stream") is True
+    for key in _MAX_TOKENS_KEYS:
+        limit = members.get(key)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            info.max_tokens = limit
+            break
+    options = members.get("stream_options")
+    info.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return info
+
+
+def _skip_ws(data: bytes, i: int) -> int:
+    n = len(data)
+    while i < n and data[i] in _WS:
+        i += 1
+    return i
+
+
+def _value_end(data: bytes, i: int) -> int:
+    """Index just past the JSON value starting at ``i``; -1 when the data ends inside it or it is malformed."""
+    n = len(data)
+    if i >= n:
+        return -1
+    c = data[i]
+    if c == 0x22:  # '"'
+        m = _STRING.match(data, i)
+        return m.end() if m is not None else -1
+    if c == 0x7B or c == 0x5B:  # '{' '['
+        depth = 0
+        for m in _NESTED.finditer(data, i):
+            token = m.group()
+            if token[0] == 0x22:
+                continue
+            if token in (b"{", b"["):
+                depth += 1
+            else:
+                depth -= 1
+                if depth == 0:
+                    return m.end()
+        return -1
+    m = _SCALAR_END.search(data, i)
+    return m.start() if m is not None and m.start() > i else -1
+
+
+def _scan_members(data: bytes) -> dict[str, object]:
+    """The wanted top-level members of a JSON object's prefix, first occurrence each, until the prefix ends or is
+    not JSON."""
+    found: dict[str, object] = {}
+    i = _skip_ws(data, 0)
+    if i >= len(data) or data[i] != 0x7B:
+        return found
+    i += 1
+    while True:
+        i = _skip_ws(data, i)
+        if i >= len(data) or data[i] != 0x22:
+            return found
+        end = _value_end(data, i)
+        if end < 0:
+            return found
+        try:
+            key = orjson.loads(data[i:end])
+        except orjson.JSONDecodeError:
+            return found
+        i = _skip_ws(data, end)
+        if i >= len(data) or data[i] != 0x3A:  # ':'
+            return found
+        i = _skip_ws(data, i + 1)
+        end = _value_end(data, i)
+        if end < 0:
+            return found
+        nested = data[i] == 0x7B or data[i] == 0x5B
+        if not nested or (key in _WANTED and key not in found):  # (a nested value is only skipped otherwise)
+            try:
+                value = orjson.loads(data[i:end])
+            except orjson.JSONDecodeError:
+                return found
+            if key in _WANTED and key not in found:
+                found[key] = value
+        i = _skip_ws(data, end)
+        if i >= len(data) or data[i] != 0x2C:  # ','
+            return found
+        i += 1
