@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import heap
 from ._version import __version__
 from .errors import ConfigError, StartupError
 
@@ -192,23 +193,17 @@ async def _serve(config: GatewayConfig, admin: str | None) -> int:
     # the cyclic collector's scans, so collections during traffic stay short (tail latency of streams).
     gc.collect()
     gc.freeze()
-    await waiter
+    trimmer = heap.start_trimmer(lambda: sum(gateway.connection_counts().values()))
+    try:
+        await waiter
+    finally:
+        heap.stop_trimmer(trimmer)
     return EXIT_OK
 
 
 def _tune_malloc() -> None:
     """Keep glibc from trimming the heap around every read buffer (TOOLCHAIN.md: ~3x MB/s on large bodies)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # musl or an unusual libc: nothing to tune
-        return
-    m_trim_threshold, m_top_pad = -1, -2
-    libc.mallopt(m_trim_threshold, 32 * 1024 * 1024)
-    libc.mallopt(m_top_pad, 32 * 1024 * 1024)
+    heap.tune()
 
 
 def _run_loop(config: GatewayConfig, admin: str | None) -> int:

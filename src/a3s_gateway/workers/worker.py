@@ -20,6 +20,7 @@ import socket
 import sys
 from typing import Any, Final
 
+from .. import heap
 from .. import segment as shared_segment
 from ..errors import ConfigError, StartupError
 from ..gateway import WORKER, Gateway, GatewayState
@@ -265,7 +266,14 @@ async def _serve(fd: int, index: int, segment: Segment) -> int:
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # ... and tells them to reopen the access log
     serving = asyncio.ensure_future(channel.serve(worker.handle))
     done = asyncio.ensure_future(worker.done.wait())
+
+    def connections() -> int:
+        gateway = worker.gateway
+        return sum(gateway.connection_counts().values()) if gateway is not None else 0
+
+    trimmer = heap.start_trimmer(connections)
     await asyncio.wait({serving, done}, return_when=asyncio.FIRST_COMPLETED)
+    heap.stop_trimmer(trimmer)
     if not worker.done.is_set():  # the channel ended: the supervisor is gone
         await worker.stop(1.0)
     serving.cancel()
