@@ -288,6 +288,7 @@ def main(spec: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor handles it
     fd, index = int(fd_text), int(index_text)
     segment = shared_segment.attach(int(segment_fd), int(segment_size))
+    heap.tune()  # the same allocator tuning as a single process (the worker carries the data plane)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop
