@@ -7,8 +7,9 @@ import asyncio
 import json
 
 import pytest
-from support import Backend, Client, gateway_port, start_backend
 from test_chunked_requests import RawBackend, decode
+
+from support import Backend, Client, gateway_port, start_backend
 
 pytestmark = pytest.mark.timeout(60)
 
