@@ -394,7 +394,7 @@ def test_least_connections_sees_the_in_flight_requests_of_both_workers(start_gat
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(get, gw.port, "/slow", 30)
         assert a.slow_started.wait(10)  # one request in flight on a, in one of the workers
-        wait_until(lambda: '"active_connections":1' in gw.admin_get("/api/gateway/backends")[1].decode(), 5,
+        wait_until(lambda: '"active_connections":1' in gw.admin_get("/api/gateway/backends")[1].decode(), 20,
                    "the admin API shows it")
         seen = [json.loads(body)["backend"] for _, body in many(gw.port, "/fast", 30, parallel=1)]
         a.release.set()

@@ -18,7 +18,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 #: lowest first: a module may import its own layer and the layers before it (never after)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("a3s_gateway._version", "a3s_gateway._modules", "a3s_gateway._aio", "a3s_gateway.errors",
-              "a3s_gateway.netaddr", "a3s_gateway._compat", "a3s_gateway.cpus", "a3s_gateway.segment",
+              "a3s_gateway.netaddr", "a3s_gateway._compat", "a3s_gateway.cpus", "a3s_gateway.heap",
+              "a3s_gateway.segment",
               "a3s_gateway._segment_py")),
     ("wire", ("a3s_gateway.http", "a3s_gateway.observability.stats", "a3s_gateway.observability.log_limit",
               "a3s_gateway.observability.redact", "a3s_gateway.observability.process_log")),
