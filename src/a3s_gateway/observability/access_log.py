@@ -53,6 +53,10 @@ Entry: TypeAlias = tuple[
     int,  # retries
     bool,  # cold_start
     int | None,  # grpc_status
+    str | None,  # model (inspected requests, §16.1)
+    int | None,  # input_tokens (§16.2)
+    int | None,  # output_tokens
+    str | None,  # usage_source: "reported" | "estimated"
 ]
 
 #: The JSON member names (SPEC §11.3), in the order of the ``Entry`` tuple and of every written line.
@@ -78,6 +82,10 @@ FIELDS: Final[tuple[str, ...]] = (
     "retries",
     "cold_start",
     "grpc_status",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "usage_source",
 )
 
 
@@ -112,6 +120,10 @@ def format_entry(entry: Entry) -> dict[str, object]:
         retries,
         cold_start,
         grpc_status,
+        model,
+        input_tokens,
+        output_tokens,
+        usage_source,
     ) = entry
     return {
         "timestamp": rfc3339_ms(start_wall),
@@ -135,6 +147,10 @@ def format_entry(entry: Entry) -> dict[str, object]:
         "retries": retries,
         "cold_start": bool(cold_start),
         "grpc_status": grpc_status,
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "usage_source": usage_source,
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .stats import BUCKETS, Histogram
+from .stats import BUCKETS, RATE_BUCKETS, Histogram, RateHistogram
 
 
 class MetricsSource(Protocol):
@@ -55,6 +55,51 @@ def _buckets(h: Histogram) -> list[tuple[str, float]]:
         total += n
         out.append((le, total))
     return out
+
+
+_RATE_LE = [repr(b) for b in RATE_BUCKETS] + ["+Inf"]
+
+
+def _rate_buckets(h: RateHistogram) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    total = 0
+    for le, n in zip(_RATE_LE, h.counts, strict=True):
+        total += n
+        out.append((le, total))
+    return out
+
+
+def _llm_families(route_stats: list[Any]) -> list[Metric]:
+    """Per-model families of inspected requests (SPEC §16.6)."""
+    labels = ["router", "service", "model"]
+    requests = CounterMetricFamily("gateway_llm_requests", "Inspected requests by model and status.",
+                                   labels=[*labels, "code"])
+    tokens = CounterMetricFamily("gateway_llm_tokens", "Tokens of inspected requests by kind and source.",
+                                 labels=[*labels, "kind", "source"])
+    ttft = HistogramMetricFamily("gateway_llm_time_to_first_token_seconds",
+                                 "Upstream request sent to the first content event of a stream.", labels=labels)
+    inter = HistogramMetricFamily("gateway_llm_inter_token_seconds",
+                                  "Gap between two content events of one stream.", labels=labels)
+    rate = HistogramMetricFamily("gateway_llm_output_tokens_per_second",
+                                 "Output tokens / (last - first content event time), per stream.", labels=labels)
+    for st in route_stats:
+        for model, ms in sorted(st.models.items()):
+            names = [st.router, st.service, model]
+            for code, n in ms.codes.items():
+                requests.add_metric([*names, str(code)], n)
+            for kind, source, n in (("input", "reported", ms.input_reported),
+                                    ("output", "reported", ms.output_reported),
+                                    ("input", "estimated", ms.input_estimated),
+                                    ("output", "estimated", ms.output_estimated)):
+                if n:
+                    tokens.add_metric([*names, kind, source], n)
+            if ms.ttft.count():
+                ttft.add_metric(names, _buckets(ms.ttft), ms.ttft.total)
+            if ms.inter_token.count():
+                inter.add_metric(names, _buckets(ms.inter_token), ms.inter_token.total)
+            if sum(ms.tokens_per_second.counts):
+                rate.add_metric(names, _rate_buckets(ms.tokens_per_second), ms.tokens_per_second.total)
+    return [requests, tokens, ttft, inter, rate]
 
 
 class GatewayCollector:
@@ -118,6 +163,7 @@ class GatewayCollector:
             if st.retries:
                 retries.add_metric([st.router, st.service], st.retries)
         yield from (requests, duration, ttfb, gaps, failures, gone, retries)
+        yield from _llm_families(route_stats)
 
         breaker = GaugeMetricFamily("gateway_circuit_breaker_state", "0 closed, 1 open, 2 half-open.",
                                     labels=["router", "middleware"])

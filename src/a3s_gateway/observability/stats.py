@@ -113,6 +113,7 @@ class RouteStats:
         self.retries = 0
         self.revision_ttfb: dict[str, Histogram] = {}  # per revision of the service (§8.6)
         self.revision_gap: dict[str, Histogram] = {}  # chunk gaps of revision backends (``chunk_gap``: the others)
+        self.models: dict[str, ModelStats] = {}  # per model of inspected requests (§16.6), at most MAX_MODELS + other
 
     def record(self, method: bytes, status: int, duration: float) -> None:
         """One completed request: its count by method and status, and its duration."""
@@ -122,6 +123,17 @@ class RouteStats:
             row.extend([0] * (slot + 1 - len(row)))
         row[slot] += 1
         self.duration.observe(duration)
+
+    def model_stats(self, model: str) -> ModelStats:
+        """The counters of ``model`` (SPEC §16.6): past ``MAX_MODELS`` distinct models, those of ``"other"``."""
+        ms = self.models.get(model)
+        if ms is None:
+            if len(self.models) >= MAX_MODELS:
+                model = OTHER_MODEL
+                ms = self.models.get(model)
+            if ms is None:
+                ms = self.models[model] = ModelStats(model)
+        return ms
 
     def observe_revision_ttfb(self, revision: str, seconds: float) -> None:
         h = self.revision_ttfb.get(revision)
@@ -184,3 +196,55 @@ class CodeCounter:
                 out.append((_codes[slot], n))
             slot += 1
         return out
+
+
+#: bucket bounds of ``gateway_llm_output_tokens_per_second`` (SPEC §16.6); +Inf implicit
+RATE_BUCKETS: Final[tuple[float, ...]] = (1.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+MAX_MODELS: Final = 100  # distinct model labels per router (SPEC §16.6)
+OTHER_MODEL: Final = "other"
+
+
+class RateHistogram:
+    """A histogram over ``RATE_BUCKETS`` (non-cumulative counts and the sum)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts: list[int] = [0] * (len(RATE_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        i = 0
+        for bound in RATE_BUCKETS:
+            if value <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
+        self.total += value
+
+
+class ModelStats:
+    """Counters of one model of one (router, service) pair (SPEC §16.6): requests by status, tokens by kind and
+    source, time to first token, gaps between content events, output tokens per second."""
+
+    __slots__ = ("codes", "input_estimated", "input_reported", "inter_token", "model", "output_estimated",
+                 "output_reported", "tokens_per_second", "ttft")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.codes = CodeCounter()
+        self.input_reported = 0
+        self.output_reported = 0
+        self.input_estimated = 0
+        self.output_estimated = 0
+        self.ttft = Histogram()
+        self.inter_token = Histogram()
+        self.tokens_per_second = RateHistogram()
+
+    def add_tokens(self, reported: bool, input_tokens: int, output_tokens: int) -> None:
+        if reported:
+            self.input_reported += input_tokens
+            self.output_reported += output_tokens
+        else:
+            self.input_estimated += input_tokens
+            self.output_estimated += output_tokens

@@ -28,6 +28,7 @@ from ..http import hdrs
 from ..http.framing import CHUNKED, LENGTH
 from ..http.headers import request_head
 from ..http.inspect import is_json, read_request
+from ..http.usage import UsageMeter
 from ..middleware.chain import JSON, Chain, Request, Response
 from ..middleware.retry import parse_retry_after
 from ..netaddr import normalize_ip, parse_ip
@@ -359,6 +360,9 @@ class Exchange(Client):
         client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
         route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
                                    info.model)
+        if route is not None:  # its response's usage is accounted (§16.2) under the model's metrics (§16.6)
+            stats = cast("RouteTarget", route.target).stats
+            self.meter = UsageMeter(stats.model_stats(info.model or ""))
         self._routed(route, entry, self.framing, client_ip)
 
     def _fast_forward(self, client_ip: str) -> None:
@@ -1008,6 +1012,7 @@ class Exchange(Client):
         self.trace = None
         self.response_extra = b""
         self.model = None
+        self.meter = None
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""
@@ -1286,6 +1291,14 @@ class Exchange(Client):
             method = head.method
         if count:
             stats.record(method, self.status, duration)
+        meter = self.meter
+        if meter is not None:  # an inspected request: its usage and per-model counters (§16.2, §16.6)
+            self.meter = None
+            body = self.conn.body
+            meter.finish(body.received if body is not None else 0)
+            model_stats = meter.model_stats
+            if count and model_stats is not None:
+                model_stats.codes.add(self.status)
         if self.ttfb >= 0.0:
             stats.ttfb.observe(self.ttfb)
             if self.revision:
@@ -1294,9 +1307,9 @@ class Exchange(Client):
             if window is not None:
                 window.ttfb(self.ttfb)
         if self.conn.entry.need_wall:
-            self._log_exchange(stats, method, duration)
+            self._log_exchange(stats, method, duration, meter)
 
-    def _log_exchange(self, stats: RouteStats, method: bytes, duration: float) -> None:
+    def _log_exchange(self, stats: RouteStats, method: bytes, duration: float, meter: UsageMeter | None) -> None:
         """The access-log entry and the exported span of the exchange (only when either is configured)."""
         conn = self.conn
         entry = conn.entry
@@ -1329,6 +1342,8 @@ class Exchange(Client):
                 conn.body.received if conn.body is not None else 0, self.bytes_out, duration,
                 self.ttfb if self.ttfb >= 0.0 else None, router, service, self.backend_url, entry.name, agent,
                 rid or os.urandom(16).hex(), trace.trace_id if trace is not None else None, retries, self.cold, None,
+                self.model, meter.input_tokens if meter is not None else None,
+                meter.output_tokens if meter is not None else None, meter.source if meter is not None else None,
             ))
         tracer = entry.tracer
         if trace is not None and trace.sampled and tracer is not None and tracer.exporting:

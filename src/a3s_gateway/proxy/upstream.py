@@ -22,6 +22,7 @@ from ..http.parser import new_chunked_decoder, parse_response
 
 if TYPE_CHECKING:
     from ..config.model import TransportConfig
+    from ..http.usage import UsageMeter
     from ..middleware.chain import Response
     from ..service.balancer import Backend
 
@@ -55,6 +56,13 @@ def _only_chunked(headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bool
     return True
 
 
+def _content_type(headers: list[tuple[bytes, bytes]], header_ids: bytes) -> bytes:
+    for i in range(len(header_ids)):
+        if header_ids[i] == hdrs.CONTENT_TYPE:
+            return headers[i][1]
+    return b""
+
+
 class Client:
     """What an upstream connection reports to: the exchange of the client request it serves (proxy/exchange.py).
 
@@ -62,13 +70,14 @@ class Client:
     exchange decides (retry, response phase, accounting) and writes to its client. A base class rather than a
     Protocol so that mypyc calls it natively; the exchange overrides every method."""
 
-    __slots__ = ("deadline_at", "head", "response_extra", "upgrade")
+    __slots__ = ("deadline_at", "head", "meter", "response_extra", "upgrade")
 
     def __init__(self) -> None:
         self.head: Any = None  # the client's parsed request head (method, version, keep_alive, te_trailers)
         self.upgrade = False  # the request is a WebSocket upgrade: a 101 starts a tunnel (§9.3)
         self.deadline_at = 0.0  # a gRPC deadline as a loop time (0: none)
         self.response_extra = b""  # lines the gateway adds to the response head (sticky cookie, cold start)
+        self.meter: UsageMeter | None = None  # an inspected request's usage accounting (§16.2); None: plain path
 
     def write(self, data: bytes) -> None:
         """Bytes for the client."""
@@ -158,6 +167,7 @@ class UpstreamConnection:
         "keep_alive",
         "last_at",
         "loop",
+        "meter",
         "multiplexed",
         "pool",
         "read_paused",
@@ -194,6 +204,7 @@ class UpstreamConnection:
         self.last_at = 0.0  # loop time of the last body piece from the backend (0: none yet)
         self.filter: Any = None  # body filter set by the response phase (compress)
         self.filtered = 0  # body bytes sent to the client after the filter
+        self.meter: UsageMeter | None = None  # the client's usage meter while its response body is relayed
         self.multiplexed = False  # one stream of an HTTP/2 connection (never pooled: the next request is a new stream)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
@@ -402,6 +413,10 @@ class UpstreamConnection:
         self.sse = chunked_out and resp.event_stream and self.filter is None
         self.te_trailers = head.te_trailers
         self.state = _BODY
+        meter = client.meter
+        self.meter = meter
+        if meter is not None:  # an inspected request (§16.2): what its response body is
+            meter.begin(_content_type(resp.headers, resp.header_ids), self.sent_at)
         out = response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, resp.reason),
             headers,
@@ -442,6 +457,9 @@ class UpstreamConnection:
             self.client = None
             self._truncate(client)
             return
+        meter = self.meter
+        if meter is not None and pieces:
+            meter.feed(pieces, self.loop.time())
         if self.filter is not None:
             out = self.filter.feed(b"".join(pieces)) if pieces else b""
             self.filtered += len(out)
@@ -491,6 +509,7 @@ class UpstreamConnection:
         self._tkind = _T_NONE
         self.state = _IDLE
         self.reader = None
+        self.meter = None
         reusable = self.keep_alive and client.body_complete()
         self.pool.release(self, reusable)
         client.response_end(True, bytes_out)

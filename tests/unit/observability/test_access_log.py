@@ -43,10 +43,15 @@ def make_entry(
     retries: int = 1,
     cold_start: bool = False,
     grpc_status: int | None = None,
+    model: str | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    usage_source: str | None = None,
 ) -> Entry:
     return (
         start_wall, client_ip, method, path, query, host, status, bytes_in, bytes_out, duration, ttfb, router,
-        service, backend, entrypoint, user_agent, request_id, trace_id, retries, cold_start, grpc_status,
+        service, backend, entrypoint, user_agent, request_id, trace_id, retries, cold_start, grpc_status, model,
+        input_tokens, output_tokens, usage_source,
     )  # fmt: skip
 
 
@@ -91,13 +96,14 @@ def test_fields_are_the_spec_names_in_order() -> None:
     assert FIELDS == (
         "timestamp", "client_ip", "method", "path", "query", "host", "status", "bytes_in", "bytes_out",
         "duration_ms", "ttfb_ms", "router", "service", "backend", "entrypoint", "user_agent", "request_id",
-        "trace_id", "retries", "cold_start", "grpc_status",
+        "trace_id", "retries", "cold_start", "grpc_status", "model", "input_tokens", "output_tokens", "usage_source",
     )  # fmt: skip
     assert tuple(format_entry(make_entry())) == FIELDS
 
 
 def test_format_every_field() -> None:
-    assert format_entry(make_entry(cold_start=True, grpc_status=14)) == {
+    assert format_entry(make_entry(cold_start=True, grpc_status=14, model="llama-3-8b", input_tokens=12,
+                                   output_tokens=34, usage_source="reported")) == {
         "timestamp": "2026-01-05T10:00:00.123Z",
         "client_ip": "10.0.0.1",
         "method": "GET",
@@ -119,6 +125,10 @@ def test_format_every_field() -> None:
         "retries": 1,
         "cold_start": True,
         "grpc_status": 14,
+        "model": "llama-3-8b",
+        "input_tokens": 12,
+        "output_tokens": 34,
+        "usage_source": "reported",
     }
 
 
@@ -131,7 +141,7 @@ def test_format_nulls_and_empty_names() -> None:
     )  # fmt: skip
     assert formatted["method"] == "TCP"
     for name in ("path", "query", "host", "status", "ttfb_ms", "backend", "entrypoint", "user_agent", "trace_id",
-                 "grpc_status"):  # fmt: skip
+                 "grpc_status", "model", "input_tokens", "output_tokens", "usage_source"):  # fmt: skip
         assert formatted[name] is None, name
     assert formatted["router"] == "" and formatted["service"] == ""
     assert formatted["request_id"] == "tcp-7"

@@ -1,0 +1,250 @@
+"""Token usage of an inspected request's response (SPEC §16.2), read from the body bytes as they are relayed.
+
+A :class:`UsageMeter` is fed the decoded body pieces (chunk framing removed, before any response filter) in the
+order the client gets them; it never changes or holds a byte. JSON responses are kept (up to ``MAX_JSON`` bytes)
+and parsed at the end; SSE responses are split into lines and events across piece boundaries (an event may arrive
+one byte at a time, a ``\\r\\n`` may straddle two pieces), each event's ``data`` parsed with orjson.
+
+Usage members, the last reported value of each winning: ``usage.prompt_tokens`` / ``usage.completion_tokens``
+(OpenAI), ``usage.input_tokens`` / ``usage.output_tokens`` (Responses API, Anthropic), the ``usage`` object being
+top-level, or under ``response`` (Responses API ``response.completed``) or ``message`` (Anthropic
+``message_start``). A stream without usage is estimated: one output token per content event, input
+``ceil(request body bytes / 4)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from ..observability.stats import ModelStats
+
+MAX_JSON: Final = 4 * 1024 * 1024  # a larger JSON response is not parsed: usage unknown
+MAX_EVENT: Final = 1024 * 1024  # an SSE event's data beyond this is dropped (never parsed)
+_JSON_TYPE: Final = b"application/json"
+_SSE_TYPE: Final = b"text/event-stream"
+_DONE: Final = b"[DONE]"
+
+_NONE: Final = 0
+_JSON: Final = 1
+_SSE: Final = 2
+
+REPORTED: Final = "reported"
+ESTIMATED: Final = "estimated"
+
+
+def media_type(content_type: bytes) -> bytes:
+    """``Content-Type`` without parameters, lower-case."""
+    return content_type.split(b";", 1)[0].strip(b" \t").lower()
+
+
+def _count(value: object) -> int:
+    """A token count member: a non-negative int (not a bool), else -1."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return -1
+
+
+def _has_text(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_content(event: dict[str, Any]) -> bool:
+    """An event carrying generated text: a choice's non-empty ``delta.content`` / ``delta.text`` (or ``text``, the
+    completions API), or a top-level ``delta.text`` (Anthropic ``content_block_delta``)."""
+    choices = event.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict):
+                delta = choice.get("delta")
+                if isinstance(delta, dict) and (_has_text(delta.get("content")) or _has_text(delta.get("text"))):
+                    return True
+                if _has_text(choice.get("text")):
+                    return True
+    delta = event.get("delta")
+    return isinstance(delta, dict) and _has_text(delta.get("text"))
+
+
+class UsageMeter:
+    """The usage of one response of an inspected request, and the timing of its content events.
+
+    ``begin`` at the response head, ``feed`` for every relayed body piece, ``finish`` once at the end; then
+    ``input_tokens`` / ``output_tokens`` (None: unknown) and ``source`` (``reported`` | ``estimated`` | None)."""
+
+    __slots__ = (
+        "cr", "data", "data_bytes", "events", "first_at", "input_tokens", "json", "json_bytes", "last_at", "line",
+        "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out", "sent_at", "source",
+    )
+
+    def __init__(self, model_stats: ModelStats | None) -> None:
+        self.model_stats = model_stats
+        self.mode = _NONE
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.source: str | None = None
+        self._reset(0.0)
+
+    def _reset(self, sent_at: float) -> None:
+        self.sent_at = sent_at
+        self.json: list[bytes] = []
+        self.json_bytes = 0
+        self.line: list[bytes] = []  # the current line's pieces (no line end seen yet)
+        self.line_bytes = 0
+        self.cr = False  # the last piece ended with "\r": a "\n" starting the next one belongs to it
+        self.data: list[bytes] = []  # the current event's data lines
+        self.data_bytes = 0
+        self.events = 0  # content events (the estimate of output tokens)
+        self.reported_in = -1
+        self.reported_out = -1
+        self.first_at = 0.0
+        self.last_at = 0.0
+
+    def begin(self, content_type: bytes, sent_at: float) -> None:
+        """A response head from the backend (``sent_at``: loop time its request was sent): what its body is."""
+        kind = media_type(content_type)
+        self.mode = _SSE if kind == _SSE_TYPE else _JSON if kind == _JSON_TYPE else _NONE
+        self._reset(sent_at)
+
+    def feed(self, pieces: list[bytes], now: float) -> None:
+        """Body pieces relayed to the client at loop time ``now``."""
+        mode = self.mode
+        if mode == _SSE:
+            for piece in pieces:
+                self._feed_sse(piece, now)
+        elif mode == _JSON:
+            for piece in pieces:
+                self.json_bytes += len(piece)
+                if self.json_bytes > MAX_JSON:
+                    self.mode = _NONE
+                    self.json = []
+                    return
+                self.json.append(piece)
+
+    # -- SSE -----------------------------------------------------------------------------------------------------
+    def _feed_sse(self, piece: bytes, now: float) -> None:
+        if self.cr:
+            self.cr = False
+            if piece[:1] == b"\n":
+                piece = piece[1:]
+        if not piece:
+            return
+        if b"\n" not in piece and b"\r" not in piece:  # inside a line
+            self.line_bytes += len(piece)
+            if self.line_bytes <= MAX_EVENT:
+                self.line.append(piece)
+            return
+        if self.line:
+            self.line.append(piece)
+            piece = b"".join(self.line)
+            self.line = []
+        overlong = self.line_bytes > MAX_EVENT
+        self.line_bytes = 0
+        lines = piece.splitlines()  # bytes: "\r\n", "\n" and "\r" only
+        last = piece[-1]
+        if last == 0x0D:
+            self.cr = True
+        elif last != 0x0A:  # the last line goes on in the next piece
+            rest = lines.pop()
+            self.line = [rest]
+            self.line_bytes = len(rest)
+        for line in lines:
+            if overlong:  # the first line's start was dropped: not parsed
+                overlong = False
+                self.data_bytes = MAX_EVENT + 1
+                continue
+            if not line:
+                self._event(now)
+            elif line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                self.data_bytes += len(value) + 1
+                if self.data_bytes <= MAX_EVENT:
+                    self.data.append(value)
+
+    def _event(self, now: float) -> None:
+        """A blank line: the event ends."""
+        data = self.data
+        size = self.data_bytes
+        if not data and size == 0:
+            return
+        self.data = []
+        self.data_bytes = 0
+        if size > MAX_EVENT:
+            return
+        text = data[0] if len(data) == 1 else b"\n".join(data)
+        if text == _DONE:
+            return
+        try:
+            event = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        self._usage(event)
+        if _is_content(event):
+            self.events += 1
+            stats = self.model_stats
+            if self.first_at == 0.0:
+                self.first_at = now
+                if stats is not None:
+                    stats.ttft.observe(max(0.0, now - self.sent_at))
+            elif stats is not None:
+                stats.inter_token.observe(max(0.0, now - self.last_at))
+            self.last_at = now
+
+    def _usage(self, obj: dict[str, Any]) -> None:
+        """The usage members of a response object or event (top level, ``response``, ``message``)."""
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            for outer in ("response", "message"):
+                inner = obj.get(outer)
+                if isinstance(inner, dict):
+                    usage = inner.get("usage")
+                    if isinstance(usage, dict):
+                        break
+            if not isinstance(usage, dict):
+                return
+        n = _count(usage.get("prompt_tokens"))
+        if n < 0:
+            n = _count(usage.get("input_tokens"))
+        if n >= 0:
+            self.reported_in = n
+        n = _count(usage.get("completion_tokens"))
+        if n < 0:
+            n = _count(usage.get("output_tokens"))
+        if n >= 0:
+            self.reported_out = n
+
+    # -- end -----------------------------------------------------------------------------------------------------
+    def finish(self, request_bytes: int) -> None:
+        """The response ended (or failed, or the client left): the accounted usage (§16.2), and the stream's output
+        rate into the model's metrics. ``request_bytes``: request body bytes received (the input estimate)."""
+        mode = self.mode
+        self.mode = _NONE
+        if mode == _SSE:
+            if not self.line:  # a last event without its blank line (the stream ended after it)
+                self._event(self.last_at)
+        elif mode == _JSON and self.json:
+            body = b"".join(self.json)
+            self.json = []
+            try:
+                value = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                value = None
+            if isinstance(value, dict):
+                self._usage(value)
+        if self.reported_in >= 0 or self.reported_out >= 0:
+            self.source = REPORTED
+            self.input_tokens = self.reported_in if self.reported_in >= 0 else None
+            self.output_tokens = self.reported_out if self.reported_out >= 0 else None
+        elif mode == _SSE:
+            self.source = ESTIMATED
+            self.input_tokens = (request_bytes + 3) // 4
+            self.output_tokens = self.events
+        stats = self.model_stats
+        if stats is None or self.source is None:
+            return
+        stats.add_tokens(self.source == REPORTED, self.input_tokens or 0, self.output_tokens or 0)
+        span = self.last_at - self.first_at
+        if mode == _SSE and span > 0.0 and self.output_tokens:
+            stats.tokens_per_second.observe(self.output_tokens / span)
