@@ -65,11 +65,16 @@ def test_sse_one_byte_pieces_and_estimate_at_every_split(eol: str) -> None:
         assert (m.input_tokens, m.output_tokens, m.source) == (25, 4, "estimated"), i
 
 
-def test_sse_several_data_lines_comments_and_other_fields() -> None:
-    body = (b": keep-alive\n\nevent: message\nid: 1\ndata: {\"choices\": [{\"delta\":\ndata: {\"content\": \"x\"}}]}\n\n"
-            b"retry: 10\ndata:" + json.dumps(chunk("y")).encode() + b"\n\n")
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_sse_several_data_lines_comments_and_other_fields(eol: bytes) -> None:
+    lines = [b": keep-alive", b"", b"event: message", b"id: 1", b'data: {"choices": [{"delta":',
+             b'data: {"content": "x"}}]}', b"", b"retry: 10", b"data:" + json.dumps(chunk("y")).encode(), b"", b""]
+    body = eol.join(lines)
     m = meter_for(body, [body[i : i + 1] for i in range(len(body))], request_bytes=8)
     assert (m.input_tokens, m.output_tokens, m.source) == (2, 2, "estimated")
+    for i in range(len(body) + 1):  # a "\r\n" cut in two is one line end
+        m = meter_for(body, [body[:i], body[i:]], request_bytes=8)
+        assert (m.input_tokens, m.output_tokens, m.source) == (2, 2, "estimated"), i
 
 
 def test_vllm_continuous_usage_last_event_wins() -> None:
