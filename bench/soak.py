@@ -243,7 +243,7 @@ class Minute:
         return values[min(len(values) - 1, int(len(values) * 0.99))] if values else 0.0
 
 
-def quantile_slope(points: list[tuple[float, float]]) -> float:
+def least_squares_slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (x, y) points."""
     n = len(points)
     if n < 2:
@@ -505,7 +505,7 @@ def row(m: Minute) -> str:
 def verdict(minutes: list[Minute], warmup: int) -> dict[str, object]:
     after = [m for m in minutes if m.index >= warmup]
     rss_points = [(m.index, m.rss_kib * 1024 / 1e6) for m in after]
-    slope = quantile_slope(rss_points) * 10  # MB per 10 minutes
+    slope = least_squares_slope(rss_points) * 10  # MB per 10 minutes
     fd_ref = after[0].fds if after else 0
     fd_dev = max((abs(m.fds - fd_ref) for m in after), default=0)
     unexpected = [e for m in minutes for e in m.unexpected]
@@ -541,6 +541,7 @@ def main() -> int:
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     argv, env, how = gateway_command()
     procs: list[Proc] = []
+    interrupted = False
     with tempfile.TemporaryDirectory(prefix="a3s-soak-") as tmp:
         d = Path(tmp)
         port, a_port, b_port = free_port(), free_port(), free_port()
@@ -583,7 +584,10 @@ def main() -> int:
             log(f"gateway: {how} (PID {gw.pid}); {args.minutes} min, warm-up {warmup} min, "
                 f"backend restart every {args.restart_every:g} min")
             soak = Soak(port, gw, restart_b, reload)
-            asyncio.run(soak.run(args.minutes, args.restart_every, log))
+            try:
+                asyncio.run(soak.run(args.minutes, args.restart_every, log))
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the peers are stopped below, the minutes so far reported
+                interrupted = True
             if not gw.alive():
                 raise PeerError(f"the gateway exited (code {gw.popen.returncode}):\n{gw.log_tail()}")
             gateway_log = gw.log_tail(20)
@@ -591,7 +595,10 @@ def main() -> int:
             for proc in reversed(procs):
                 proc.stop()
     result = verdict(soak.minutes, warmup)
-    result.update(gateway=how, minutes=args.minutes, reloads=soak.generation - 1, backend_restarts=restarts[0],
+    if interrupted:
+        result["pass"] = False
+    result.update(interrupted=interrupted, gateway=how, minutes=args.minutes, reloads=soak.generation - 1,
+                  backend_restarts=restarts[0],
                   per_minute=[{"minute": m.index, "rss_kib": m.rss_kib, "fds": m.fds, "ops": dict(m.ops),
                                "p99_http_ms": round(m.p99(HTTP_KINDS), 1),
                                "p99_ws_ms": round(m.p99(("websocket",)), 1),
@@ -613,8 +620,8 @@ def main() -> int:
             print(f"  {e}")
         if not result["pass"] and gateway_log:
             print("gateway log tail:\n" + gateway_log)
-        print("PASS" if result["pass"] else "FAIL")
-    return 0 if result["pass"] else 1
+        print("INTERRUPTED" if interrupted else "PASS" if result["pass"] else "FAIL")
+    return 130 if interrupted else 0 if result["pass"] else 1
 
 
 if __name__ == "__main__":
