@@ -22,7 +22,8 @@ from pathlib import Path
 import atheris
 
 HERE = Path(__file__).resolve().parent
-DEFAULTS = {"http1": 4096, "chunked": 4096, "config": 8192, "rules": 512}  # -max_len per target
+# -max_len per target
+DEFAULTS = {"http1": 4096, "chunked": 4096, "config": 8192, "rules": 512, "jwt": 4096, "h2head": 4096}
 
 
 def main(argv: list[str]) -> None:

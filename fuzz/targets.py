@@ -10,6 +10,12 @@
   (libFuzzer's ``-timeout`` catches a hang).
 - ``rules``: the routing-rule parser: only RuleError; a parsed rule's canonical text (``format_rule``) parses back
   to an equal tree.
+- ``jwt``: the ``jwt`` middleware's token checks (HMAC secret, RSA and EC public keys) and the JWKS document parser:
+  a token is accepted (and then PyJWT verifies its signature with the same key) or answered 401 with one of the
+  SPEC §6.1 errors; a JWKS document gives a key set or ValueError; never another exception.
+- ``h2head``: the HTTP/2 request head builder (``http/h2_head.request_head``): a head or a ProtocolError whose status
+  and message are among SPEC §5.5's; differential: the equivalent HTTP/1.1 request text gets the same verdict and
+  the same fields from the pure HTTP/1 parser.
 
 Run by fuzz/run.py (``make fuzz``); seeds come from tests/vectors (``seeds``).
 """
@@ -157,8 +163,200 @@ class Rules:
             raise Finding(f"{text!r} -> {node!r}; its canonical text {canonical!r} parses differently")
 
 
+JWT_NOW = 1_700_000_000.0
+JWT_SECRET = "fuzz-secret-" + "0123456789abcdef" * 4
+JWT_ERRORS = frozenset(
+    [b'{"error":"Missing token"}']
+    + [b'{"error":"Invalid token: %s"}' % d.encode() for d in (
+        "malformed token", "algorithm not allowed", "unknown key", "invalid signature", "token expired",
+        "token not yet valid", "missing exp", "invalid issuer", "invalid audience")]
+)
+ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384"]
+_jwt_keys: dict[str, Any] = {}
+
+
+def jwt_keys() -> dict[str, Any]:
+    """One RSA and one EC P-256 key pair for the process (the target and its seeds share them)."""
+    if not _jwt_keys:
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        _jwt_keys["rsa"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _jwt_keys["ec"] = ec.generate_private_key(ec.SECP256R1())
+    return _jwt_keys
+
+
+def _middleware_params(kind: str, body: str) -> Any:
+    from a3s_gateway import GatewayConfig
+
+    config = GatewayConfig.from_hcl(
+        'entrypoints "web" { address = ":8080" }\nrouters "r" { rule = "PathPrefix(`/`)"; service = "s" }\n'
+        'services "s" { load_balancer { servers = [{ url = "http://127.0.0.1:9000" }] } }\n'
+        f'middlewares "m" {{\n  type = "{kind}"\n{body}\n}}\n', "fuzz.hcl", env={})
+    return config.middlewares["m"].params
+
+
+class Jwt:
+    """The first byte picks the JWKS parser (0) or one of three verifiers; the rest is the document or the header."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        import jwt as pyjwt
+        from cryptography.hazmat.primitives import serialization
+
+        from a3s_gateway.middleware import jwt as mw
+        from a3s_gateway.middleware.chain import Request
+
+        self.pyjwt, self.mw, self.request = pyjwt, mw, Request
+        claims = '  issuer = "fuzz-issuer"\n  audience = ["a", "b"]\n  forward_claims = { sub = "X-Sub", n = "X-N" }'
+        self.verifiers: list[tuple[Any, dict[str, Any]]] = []
+        hs = mw.Jwt("m", "r", _middleware_params("jwt", f'  value = "{JWT_SECRET}"\n{claims}'), clock=lambda: JWT_NOW)
+        self.verifiers.append((hs, {a: JWT_SECRET.encode() for a in ("HS256", "HS384", "HS512")}))
+        with tempfile.TemporaryDirectory(prefix="a3s-fuzz-jwt-") as tmp:
+            for kind, algs in (("rsa", ["RS256", "RS384", "RS512", "PS256"]), ("ec", ["ES256"])):
+                public = jwt_keys()[kind].public_key()
+                pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                path = Path(tmp) / f"{kind}.pem"
+                path.write_bytes(pem)
+                params = _middleware_params("jwt", f'  public_key_file = "{path}"\n{claims}')
+                self.verifiers.append((mw.Jwt("m", "r", params, clock=lambda: JWT_NOW), {a: public for a in algs}))
+
+    def __call__(self, data: bytes) -> None:
+        if not data:
+            return
+        if data[0] == 0:
+            try:
+                self.mw.parse_jwks(data[1:], ASYMMETRIC)
+            except ValueError:  # orjson.JSONDecodeError is one; what _kick() reports as a failed fetch
+                pass
+            return
+        verifier, keys = self.verifiers[(data[0] - 1) % len(self.verifiers)]
+        req = self.request(b"GET", b"/", None, b"example.com", [(b"Authorization", data[1:])], "10.0.0.1", "r",
+                           b"http", 0, 1, False, "")
+        reply = verifier.request(req, 0.0)
+        if reply is not None:
+            if reply.status != 401 or reply.body not in JWT_ERRORS:
+                raise Finding(f"{data!r}: {reply.status} {reply.body!r}")
+            return
+        token = data[1:].strip(b" \t")
+        if token[:7].lower() == b"bearer ":
+            token = token[7:].strip(b" \t")
+        alg = self.pyjwt.get_unverified_header(token)["alg"]
+        try:
+            self.pyjwt.PyJWS().decode(token, keys[alg], algorithms=[alg])
+        except (self.pyjwt.PyJWTError, KeyError) as e:
+            raise Finding(f"{data!r} accepted; PyJWT with the same key: {e!r}") from e
+
+
+class H2Head:
+    """HTTP/2 request fields → head or ProtocolError, as the HTTP/1.1 parser reads the equivalent text.
+
+    Input: a flags byte (bit 0: body follows HEADERS; bit 1: small limits), then length-prefixed pieces (one byte of
+    length each): method, path, authority, then name/value pairs. Names are lower-cased and connection-specific
+    fields left out, as the h2 library guarantees before ``request_head`` is called; ``cookie`` fields are the
+    cookies, ``host`` is dropped (the authority is ``:authority``).
+    """
+
+    # what h2 rejects before the head is built (RFC 9113 §8.2.2), and what HTTP/1.1 frames differently
+    H2_REJECTS = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+    FIELDS = ("method", "target", "path", "query", "authority", "version", "headers", "header_ids", "host",
+              "content_length", "chunked", "keep_alive", "upgrade", "te_trailers", "connection_tokens", "head_len")
+
+    def __init__(self) -> None:
+        from a3s_gateway.http import h2_head
+
+        self.request_head = h2_head.request_head
+        self.pure = importlib.import_module(PURE_PARSER)
+
+    @staticmethod
+    def pieces(data: bytes) -> list[bytes]:
+        out, i = [], 0
+        while i < len(data):
+            n = data[i]
+            out.append(data[i + 1 : i + 1 + n])
+            i += 1 + n
+        return out
+
+    def __call__(self, data: bytes) -> None:
+        if not data:
+            return
+        body_follows = bool(data[0] & 1)
+        limits = LIMITS[(data[0] >> 1) & 1]
+        parts = [*self.pieces(data[1:]), b"", b"", b""]
+        method, path, authority = parts[0], parts[1], parts[2]
+        fields: list[tuple[bytes, bytes]] = []
+        cookies: list[bytes] = []
+        if method == b"CONNECT" or b" " in path or b" " in method or \
+                not (path.startswith(b"/") or (path == b"*" and method == b"OPTIONS")):
+            return  # proxy/http2.py answers these itself (405, or a stream reset) before building a head
+        rest = parts[3:]
+        for name, value in zip(rest[0::2], rest[1::2], strict=False):
+            name = name.lower()
+            if name == b"cookie":
+                cookies.append(value)
+            elif name in self.H2_REJECTS or name.startswith(b":") or name == b"host" or \
+                    (name == b"te" and value != b"trailers"):
+                continue
+            else:
+                fields.append((name, value))
+        try:
+            head = self.request_head(method, path, authority, fields, cookies, body_follows, **limits)
+        except ProtocolError as e:
+            got: Any = ("error", e.status, e.message)
+        else:
+            got = tuple(getattr(head, f) for f in self.FIELDS)
+        want = self.http1(method, path, authority, fields, cookies, body_follows, limits)
+        if want is not None and self.same_answer(got) != self.same_answer(want):
+            raise Finding(f"h2 {got!r} != HTTP/1.1 {want!r} for {(method, path, authority, fields, cookies)!r}")
+        if got[0] == "error" and (got[1], got[2]) not in H2_ERRORS:
+            raise Finding(f"unexpected error {got!r}")
+
+    @staticmethod
+    def same_answer(outcome: Any) -> Any:
+        """What must agree: a rejection, or the head's fields. When both reject, which violation is named may differ
+        (RELIABILITY.md §2): request_head checks the request line, then each field, then the limits, where the
+        HTTP/1 parser reports the first violation in byte order (a count limit reached before a bad name is 431
+        there, RST_STREAM here)."""
+        return ("rejected",) if outcome[0] == "error" else outcome
+
+    def http1(self, method: bytes, path: bytes, authority: bytes, fields: list[tuple[bytes, bytes]],
+              cookies: list[bytes], body_follows: bool, limits: dict[str, int]) -> Any:
+        """The HTTP/1.1 parser's verdict on the equivalent text; None where the text is not equivalent (a CR or
+        LF in a piece, or a method the request line cannot carry)."""
+        pieces = [method, path, authority, *(x for f in fields for x in f), *cookies]
+        if any(b"\r" in p or b"\n" in p for p in pieces):
+            return None
+        lines = [n + b": " + v + b"\r\n" for n, v in fields]
+        if cookies:
+            lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+        chunked = body_follows and not any(n == b"content-length" for n, _ in fields)
+        te = b"transfer-encoding: chunked\r\n"
+        if chunked:
+            lines.append(te)
+        text = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method, path, authority, b"".join(lines))
+        try:
+            head = self.pure.parse_request(text, **limits)
+        except ProtocolError as e:
+            return ("error", e.status, e.message)
+        if head is None:
+            return None
+        if head.chunked:  # said with a header in the text, with END_STREAM on the stream
+            i = head.headers.index((b"transfer-encoding", b"chunked"))
+            head.headers = head.headers[:i] + head.headers[i + 1 :]
+            head.header_ids = head.header_ids[:i] + head.header_ids[i + 1 :]
+            head.head_len -= len(te)
+        return tuple(getattr(head, f) for f in self.FIELDS)
+
+
+H2_ERRORS = frozenset((
+    (414, "Request line too long"), (400, "Bad request: malformed request line"),
+    (400, "Bad request: invalid request target"), (431, "Request header fields too large"),
+    (400, "Bad request: invalid header field"), (400, "Bad request: invalid characters"),
+    (400, "Bad request: invalid Host header"), (400, "Bad request: invalid Content-Length"),
+))
+
 TARGETS: dict[str, Callable[[], Callable[[bytes], None]]] = {
-    "http1": Http1, "chunked": Chunked, "config": Config, "rules": Rules,
+    "http1": Http1, "chunked": Chunked, "config": Config, "rules": Rules, "jwt": Jwt, "h2head": H2Head,
 }
 
 
@@ -196,6 +394,93 @@ def seeds(name: str) -> Iterator[bytes]:
                      "HostRegexp(`^.+\\.example$`) && Query(`q`, `1`)", "ClientIP(`10.0.0.0/8`)",
                      'Path("/a`b") || HostSNI(`*`)', "HeaderRegexp(`X`, `^a$`)"):
             yield rule.encode()
+    elif name == "jwt":
+        yield from _jwt_seeds()
+    elif name == "h2head":
+        yield from _h2head_seeds()
+
+
+def _jwt_seeds() -> Iterator[bytes]:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    keys = jwt_keys()
+    rsa_pem = keys["rsa"].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    ec_pem = keys["ec"].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+    now = int(JWT_NOW)
+    good = {"sub": "user-1", "n": 7, "iss": "fuzz-issuer", "aud": ["b", "c"], "exp": now + 300, "nbf": now - 10}
+    variants = [good, {**good, "exp": now - 3600}, {**good, "nbf": now + 3600}, {**good, "iss": "x"},
+                {**good, "aud": "z"}, {k: v for k, v in good.items() if k != "exp"}, {**good, "exp": "soon"},
+                {**good, "sub": "a\r\nb"}, {**good, "n": {"deep": [1, 2.5, None]}}]
+    for i, claims in enumerate(variants):
+        for verifier, key, alg in ((1, JWT_SECRET, "HS256"), (1, JWT_SECRET, "HS512"), (2, rsa_pem, "RS256"),
+                                   (2, rsa_pem, "PS256"), (3, ec_pem, "ES256")):
+            if i and alg not in ("HS256", "ES256"):
+                continue
+            token = pyjwt.encode(claims, key, algorithm=alg, headers={"kid": "k1"} if i == 1 else None)
+            yield bytes([verifier]) + b"Bearer " + token.encode()
+    tok = pyjwt.encode(good, JWT_SECRET, algorithm="HS256")
+    yield b"\x01" + tok.encode()  # bare token
+    yield b"\x01Bearer " + tok[:-3].encode() + b"AAA"  # bad signature
+    yield b"\x02Bearer " + tok.encode()  # HS token to an RSA verifier
+    yield b"\x01Bearer " + pyjwt.encode(good, None, algorithm="none").encode()
+    yield b"\x01Bearer e30.e30.e30"
+    yield b"\x01bearer"
+    yield b"\x01"
+    public = [json_jwk(RSAAlgorithm.to_jwk(keys["rsa"].public_key()), "rsa-1", "RS256"),
+              json_jwk(ECAlgorithm.to_jwk(keys["ec"].public_key()), "ec-1", None)]
+    yield b'\x00{"keys":[' + b",".join(public) + b"]}"
+    yield b'\x00{"keys":[{"kty":"oct","k":"c2VjcmV0"},{"kty":"RSA","n":"AQAB","e":"AQAB"},{"kty":"EC","crv":"P-256"}]}'
+    yield b'\x00{"keys":{}}'
+    yield b"\x00[]"
+
+
+def json_jwk(jwk: str, kid: str, alg: str | None) -> bytes:
+    import json
+
+    doc = json.loads(jwk)
+    doc["kid"] = kid
+    if alg:
+        doc["alg"] = alg
+    return json.dumps(doc).encode()
+
+
+def _h2head_input(flags: int, method: bytes, path: bytes, authority: bytes,
+                  fields: list[tuple[bytes, bytes]]) -> bytes:
+    out = bytearray([flags])
+    for piece in [method, path, authority, *(x for f in fields for x in f)]:
+        out.append(len(piece[:255]))
+        out += piece[:255]
+    return bytes(out)
+
+
+def _h2head_seeds() -> Iterator[bytes]:
+    cases = [
+        (0, b"GET", b"/", b"example.com", []),
+        (0, b"GET", b"/a/b?x=1&y=%20z", b"api.example.com:8443", [(b"accept", b"*/*"), (b"user-agent", b"curl/8")]),
+        (1, b"POST", b"/v1/chat", b"h", [(b"content-type", b"application/json"), (b"content-length", b"12")]),
+        (1, b"POST", b"/upload", b"h", [(b"content-type", b"text/plain")]),
+        (0, b"GET", b"/c", b"h", [(b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"accept", b"a")]),
+        (0, b"GET", b"/f", b"h", [(b"te", b"trailers"), (b"x-request-id", b"r1"), (b"expect", b"100-continue")]),
+        (0, b"OPTIONS", b"*", b"h", []),
+        (0, b"PUT", b"/p", b"", [(b"content-length", b"0")]),
+        (1, b"POST", b"/", b"h", [(b"content-length", b"1, 1"), (b"content-length", b"1")]),
+        (1, b"POST", b"/", b"h", [(b"content-length", b"1"), (b"content-length", b"2")]),
+        (1, b"POST", b"/", b"h", [(b"content-length", b"+1")]),
+        (0, b"G@T", b"/", b"h", []),
+        (0, b"GET", b"/a#frag", b"h", []),
+        (0, b"GET", b"/a%zz", b"h", []),
+        (0, b"GET", b"/", b"h", [(b"x-a", b"one\x01two"), (b"x-b", b" \tpadded\t ")]),
+        (0, b"GET", b"/", b"bad host!", []),
+        (0, b"GET", b"/", b"[::1]:80", []),
+        (0, b"GET", b"/", b"h", [(b"x-\xff", b"v"), (b"x a", b"v")]),
+        (2, b"GET", b"/" + b"a" * 60, b"h", [(b"x-%d" % i, b"v" * 10) for i in range(5)]),
+    ]
+    for flags, method, path, authority, fields in cases:
+        yield _h2head_input(flags, method, path, authority, fields)
 
 
 def load(name: str) -> Callable[[bytes], None]:

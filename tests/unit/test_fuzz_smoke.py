@@ -19,7 +19,7 @@ from a3s_gateway import _compat
 
 REPO = Path(__file__).resolve().parents[2]
 SECONDS = int(os.environ.get("FUZZ_SMOKE_SECONDS", "3"))
-TARGETS = ["http1", "chunked", "config", "rules"]
+TARGETS = ["http1", "chunked", "config", "rules", "jwt", "h2head"]
 
 
 def _atheris() -> None:

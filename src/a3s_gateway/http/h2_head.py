@@ -31,6 +31,7 @@ _TARGET: Final = re.compile(rb"(?:[\x21\x22\x24\x26-\x7e]|%[0-9A-Fa-f]{2})+")  #
 _AUTHORITY: Final = re.compile(  # uri-host [":" port], as the HTTP/1 parser checks Host
     rb"(?:\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)(?::[0-9]*)?"
 )
+_LINE_CTL: Final = re.compile(rb"[\x00-\x1f\x7f]")  # as the HTTP/1 parser's request line: HTAB included
 _OWS: Final = b" \t"
 _NAMES: Final = hdrs.NAMES
 _LINE_EXTRA: Final = len(b"  HTTP/1.1\r\n")  # what the request line adds to method and target
@@ -96,6 +97,13 @@ def request_head(method: bytes, target: bytes, authority: bytes, fields: list[tu
 
     Raises :class:`ProtocolError` with the status and message the HTTP/1.1 parser gives the equivalent head.
     """
+    ctl = _LINE_CTL.search(method)
+    at = ctl.start() if ctl is not None else -1
+    if at < 0:
+        ctl = _LINE_CTL.search(target)
+        at = len(method) + 1 + ctl.start() if ctl is not None else -1
+    if 0 <= at < max_line + 2:  # the parser meets a control character before it knows the line is too long
+        raise ProtocolError(*_E_CHAR)
     if len(method) + len(target) + _LINE_EXTRA > max_line + 2:
         raise ProtocolError(*_E_LINE)
     if _TOKEN.fullmatch(method) is None or b" " in target:  # the request line would not split in three
