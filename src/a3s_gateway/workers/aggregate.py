@@ -9,7 +9,7 @@ supervisor itself; circuit-breaker state is per worker (SPEC §13.4) and shows t
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from prometheus_client.core import Metric
 
@@ -38,33 +38,20 @@ MAX_FAMILIES: Final = frozenset({"gateway_circuit_breaker_state", "gateway_tls_c
 Family = tuple[str, str, str, list[tuple[str, dict[str, str], float]]]
 
 
-class Snapshot(Protocol):
-    """What a worker's gateway offers to :func:`snapshot`."""
-
-    runtime: Any
-
-    def connection_counts(self) -> dict[str, int]: ...
-
-
 def families(metrics: Iterable[Metric]) -> list[Family]:
     return [(m.name, m.type, m.documentation, [(s.name, dict(s.labels), float(s.value)) for s in m.samples])
             for m in metrics]
 
 
 def snapshot(gateway: MetricsSource) -> dict[str, Any]:
-    """One worker's numbers: its metric families, open connections, requests and in-flight per backend."""
+    """One worker's numbers: its metric families, open connections and requests (in-flight counts per backend are
+    read from the shared segment, not from snapshots)."""
     runtime = gateway.runtime
     total = sum(st.total_requests() for st in runtime.route_stats.values()) if runtime is not None else 0
-    in_flight: dict[tuple[str, str], int] = {}
-    if runtime is not None:
-        for svc in runtime.services.values():
-            for b in svc.backends:
-                in_flight[(svc.name, b.url)] = in_flight.get((svc.name, b.url), 0) + b.in_flight
     return {
         "families": families(GatewayCollector(gateway).collect()),
         "connections": gateway.connection_counts(),
         "total_requests": total,
-        "in_flight": in_flight,
     }
 
 
