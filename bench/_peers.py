@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -313,6 +313,49 @@ def wait_listening(proc: Proc, port: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise PeerError(f"{proc.name} did not listen on {HOST}:{port} within {timeout:.0f} s:\n{proc.log_tail()}")
         time.sleep(0.05)
+
+
+@dataclass
+class ProxiedBackend:
+    """A gateway on one catch-all router in front of one Python backend, both started by `gateway_in_front`."""
+
+    gateway: Proc
+    gateway_port: int
+    backend_port: int
+    how: str  # which gateway build runs (gateway_command)
+    directory: Path
+
+
+@contextlib.contextmanager
+def gateway_in_front(prefix: str, backend_source: str) -> Iterator[ProxiedBackend]:
+    """Start `python -c backend_source <port>` and a gateway routing everything to it; stop both (by PID) on exit."""
+    argv, env, how = gateway_command()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        d = Path(tmp)
+        backend_port, gw_port = free_port(), free_port()
+        procs: list[Proc] = []
+        try:
+            backend = Proc("backend", [sys.executable, "-c", backend_source, str(backend_port)], d / "backend.log")
+            procs.append(backend)
+            wait_listening(backend, backend_port, 15)
+            conf = d / "gateway.hcl"
+            conf.write_text(f'''entrypoints "web" {{ address = "{HOST}:{gw_port}" }}
+routers "all" {{
+  rule    = "PathPrefix(`/`)"
+  service = "s"
+}}
+services "s" {{
+  load_balancer {{ servers = [{{ url = "http://{HOST}:{backend_port}" }}] }}
+}}
+''')
+            gw = Proc("gateway", [*argv, "-c", str(conf), "--admin", "off", "--log-level", "warning"],
+                      d / "gateway.log", env)
+            procs.append(gw)
+            wait_listening(gw, gw_port, 45)
+            yield ProxiedBackend(gw, gw_port, backend_port, how, d)
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
 
 
 @dataclass

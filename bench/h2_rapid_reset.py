@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import hpack
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peers import HOST, Proc, cpu_seconds, free_port, gateway_command, memory_kib, wait_listening
+from _peers import HOST, cpu_seconds, gateway_in_front, memory_kib
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ENHANCE_YOUR_CALM = 0xB
@@ -177,36 +176,11 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    argv, env, how = gateway_command()
-    with tempfile.TemporaryDirectory(prefix="a3s-rapid-reset-") as tmp:
-        d = Path(tmp)
-        backend_port, gw_port = free_port(), free_port()
-        procs = []
-        try:
-            backend = Proc("backend", [sys.executable, "-c", BACKEND, str(backend_port)], d / "backend.log")
-            procs.append(backend)
-            wait_listening(backend, backend_port, 15)
-            conf = d / "gateway.hcl"
-            conf.write_text(f'''entrypoints "web" {{ address = "{HOST}:{gw_port}" }}
-routers "all" {{
-  rule    = "PathPrefix(`/`)"
-  service = "s"
-}}
-services "s" {{
-  load_balancer {{ servers = [{{ url = "http://{HOST}:{backend_port}" }}] }}
-}}
-''')
-            gw = Proc("gateway", [*argv, "-c", str(conf), "--admin", "off", "--log-level", "warning"],
-                      d / "gateway.log", env)
-            procs.append(gw)
-            wait_listening(gw, gw_port, 45)
-            result = asyncio.run(run(args, gw_port, backend_port, gw.pid))
-            warnings = [line for line in (d / "gateway.log").read_text(errors="replace").splitlines() if line.strip()]
-            result["gateway_log_lines"] = len(warnings)
-            result["gateway"] = how
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
+    with gateway_in_front("a3s-rapid-reset-", BACKEND) as peers:
+        result = asyncio.run(run(args, peers.gateway_port, peers.backend_port, peers.gateway.pid))
+        log = (peers.directory / "gateway.log").read_text(errors="replace")
+        result["gateway_log_lines"] = len([line for line in log.splitlines() if line.strip()])
+        result["gateway"] = peers.how
     ok = (result["gateway_cpu_seconds"] < 2.0 * args.connections  # type: ignore[operator]
           and all(c == ENHANCE_YOUR_CALM for c in result["goaway_codes"])  # type: ignore[union-attr]
           and abs(result["fds_after"] - result["fds_before"]) <= 2  # type: ignore[operator]

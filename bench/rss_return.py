@@ -17,11 +17,9 @@ import json
 import socket
 import struct
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from _peers import HOST, Proc, free_port, gateway_command, memory_kib, raise_nofile_limit, wait_listening
+from _peers import HOST, gateway_in_front, memory_kib, raise_nofile_limit
 
 BACKEND = r'''
 import asyncio, sys
@@ -112,40 +110,15 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     raise_nofile_limit(args.connections * 2 + 1024)
-    argv, env, how = gateway_command()
-    with tempfile.TemporaryDirectory(prefix="a3s-rss-return-") as tmp:
-        d = Path(tmp)
-        backend_port, gw_port = free_port(), free_port()
-        procs: list[Proc] = []
-        try:
-            backend = Proc("backend", [sys.executable, "-c", BACKEND, str(backend_port)], d / "backend.log")
-            procs.append(backend)
-            wait_listening(backend, backend_port, 15)
-            conf = d / "gateway.hcl"
-            conf.write_text(f'''entrypoints "web" {{ address = "{HOST}:{gw_port}" }}
-routers "all" {{
-  rule    = "PathPrefix(`/`)"
-  service = "s"
-}}
-services "s" {{
-  load_balancer {{ servers = [{{ url = "http://{HOST}:{backend_port}" }}] }}
-}}
-''')
-            gw = Proc("gateway", [*argv, "-c", str(conf), "--admin", "off", "--log-level", "warning"],
-                      d / "gateway.log", env)
-            procs.append(gw)
-            wait_listening(gw, gw_port, 45)
-            result = measure(gw.pid, gw_port, args.connections, args.wait)
-            result["gateway"] = how
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
+    with gateway_in_front("a3s-rss-return-", BACKEND) as peers:
+        result = measure(peers.gateway.pid, peers.gateway_port, args.connections, args.wait)
+        result["gateway"] = peers.how
     if args.json:
         print(json.dumps(result))
     else:
         after = result["rss_after_kib"]
         assert isinstance(after, list)
-        print(f"gateway: {how}")
+        print(f"gateway: {result['gateway']}")
         print(f"{result['connections']} connections: RSS before {result['rss_before_kib'] / 1024:.1f} MiB, "
               f"open {result['rss_open_kib'] / 1024:.1f} MiB, after close "
               + " ".join(f"{a / 1024:.1f}" for a in after) + " MiB (1 s apart)")
