@@ -117,7 +117,8 @@ async def test_ingress_route_tls_and_traffic_split_through_a_gateway(start_gatew
         secrets={("prod", "api-tls"): tls_secret(api)},
         ingresses={("prod", "api"): {
             "metadata": {"namespace": "prod", "name": "api", "annotations": {"a3s-gateway.io/middlewares": "tag"}},
-            "spec": {"ingressClassName": "a3s-gateway", "tls": [{"hosts": ["api.example.com"], "secretName": "api-tls"}],
+            "spec": {"ingressClassName": "a3s-gateway",
+                     "tls": [{"hosts": ["api.example.com"], "secretName": "api-tls"}],
                      "rules": [{"host": "api.example.com", "http": {"paths": [
                          {"path": "/api", "pathType": "Prefix",
                           "backend": {"service": {"name": "v1", "port": {"name": "http"}}}},
