@@ -43,6 +43,7 @@ from ..config.model import (
     ServiceConfig,
 )
 from ..config.references import format_rule_error
+from ..config.schema.services import STRATEGY
 from ..routing.rules import RuleError, check_rule
 from .merge import Contribution
 
@@ -54,7 +55,7 @@ CLASS_ANNOTATION: Final = "kubernetes.io/ingress.class"
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 TLS_SECRET_TYPE: Final = "kubernetes.io/tls"
 SCHEMES: Final = ("http", "https", "h2c")
-STRATEGIES: Final = ("round-robin", "weighted", "least-connections", "random", "p2c")
+STRATEGIES: Final = STRATEGY.choices  # the load_balancer.strategy values
 DEFAULT_PRIORITY: Final = 1  # spec.defaultBackend (SPEC §12.5)
 _HOST_RE: Final = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _INT_RE: Final = re.compile(r"[+-]?\d{1,10}\Z")
