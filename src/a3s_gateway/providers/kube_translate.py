@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ def host_rule(host: str) -> str:
     if not _HOST_RE.match(host):
         raise Invalid(f'host "{host}" is not a valid host name')
     if host.startswith("*."):
-        return "HostRegexp(`^[^.]+" + re.escape("." + host[2:]) + "$`)"
+        return "HostRegexp(`^[^.]+" + ("." + host[2:]).replace(".", "\\.") + "$`)"
     return f"Host(`{host}`)"
 
 
@@ -204,11 +205,22 @@ def _service_port(service: dict[str, Any], port: int | str) -> dict[str, Any]:
     raise Invalid(f"has no port {port!r}" if isinstance(port, str) else f"has no port {port}")
 
 
-def endpoints_of(state: KubeState, namespace: str, name: str, port: int | str, scheme: str
-                 ) -> tuple[ServerConfig, ...]:
+def slices_by_service(state: KubeState) -> dict[Key, list[dict[str, Any]]]:
+    """The EndpointSlices of each (namespace, Service name), by their ``kubernetes.io/service-name`` label."""
+    out: dict[Key, list[dict[str, Any]]] = {}
+    for (ns, _), slice_ in sorted(state.endpoint_slices.items()):
+        service = _dict(_meta(slice_).get("labels")).get(SERVICE_NAME_LABEL)
+        if isinstance(service, str) and service:
+            out.setdefault((ns, service), []).append(slice_)
+    return out
+
+
+def endpoints_of(state: KubeState, namespace: str, name: str, port: int | str, scheme: str,
+                 index: dict[Key, list[dict[str, Any]]] | None = None) -> tuple[ServerConfig, ...]:
     """The servers of Service ``namespace/name`` port ``port``: its ready, non-terminating endpoints, at the target
     port (the EndpointSlice port of the same name, else a numeric ``targetPort``, else the port itself); sorted, so
-    another order of the same endpoints is the same set. Invalid when the Service or the port does not exist."""
+    another order of the same endpoints is the same set. Invalid when the Service or the port does not exist.
+    ``index`` is :func:`slices_by_service` of ``state`` (made here when not given)."""
     service = state.services.get((namespace, name))
     if service is None:
         raise Invalid(f'Service "{namespace}/{name}" does not exist')
@@ -228,10 +240,10 @@ def endpoints_of(state: KubeState, namespace: str, name: str, port: int | str, s
         if not external or not isinstance(number, int):
             raise Invalid(f'Service "{namespace}/{name}" has no externalName')
         return (_server(scheme, external, number),)
+    if index is None:
+        index = slices_by_service(state)
     found: dict[str, ServerConfig] = {}
-    for (ns, _), slice_ in state.endpoint_slices.items():
-        if ns != namespace or _dict(_meta(slice_).get("labels")).get(SERVICE_NAME_LABEL) != name:
-            continue
+    for slice_ in index.get((namespace, name), ()):
         number = fallback
         for p in _list(slice_.get("ports")):
             p = _dict(p)
@@ -348,9 +360,10 @@ def _tls_certificate(state: KubeState, namespace: str, secret_name: str) -> PemC
     return PemCertificate(f"kubernetes:{namespace}/{secret_name}", cert, key)
 
 
+@functools.lru_cache(maxsize=1024)
 def pem_problem(cert: bytes, key: bytes) -> str:
     """Why a PEM certificate chain and key cannot be served ("" when they can): unreadable, encrypted, or not a
-    pair."""
+    pair. Remembered: every change in the cluster translates every Secret again, and loading a key costs."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -387,6 +400,31 @@ class _Builder:
         self.certificates: dict[str, PemCertificate] = {}
         self.warnings: list[str] = []
         self.served: list[Key] = []
+        self._slices = slices_by_service(state)
+        self._endpoints: dict[tuple[str, str, int | str, str], tuple[ServerConfig, ...] | Invalid] = {}
+
+    def endpoints(self, namespace: str, name: str, port: int | str, scheme: str) -> tuple[ServerConfig, ...]:
+        """:func:`endpoints_of`, once per Service port and scheme in a translation."""
+        key = (namespace, name, port, scheme)
+        found = self._endpoints.get(key)
+        if found is None:
+            try:
+                found = endpoints_of(self.state, namespace, name, port, scheme, self._slices)
+            except Invalid as e:
+                found = e
+            self._endpoints[key] = found
+        if isinstance(found, Invalid):
+            raise Invalid(str(found))
+        return found
+
+    def taken(self, source: str, kind: str, name: str) -> bool:
+        """Whether another object already made router or service ``name`` (names of two objects can meet:
+        ``k8s-a-b-0-0`` is Ingress ``b-0`` rule 0 and IngressRoute ``b-0-0`` route 0 of namespace ``a``); warns."""
+        key = f"{kind}.{name}"
+        if key in self.sources and self.sources[key] != source:
+            self.warn(source, f"{key}: {self.sources[key]} already made an item of this name; skipped")
+            return True
+        return False
 
     def warn(self, source: str, message: str) -> None:
         self.warnings.append(f"{source}: {message}")
@@ -454,7 +492,10 @@ class _Builder:
                                             notes.middlewares, DEFAULT_PRIORITY)
         for svc in backends.values():
             self._add_service(source, svc)
-        for router, cfg in made.items():
+        for router, cfg in list(made.items()):
+            if self.taken(source, "routers", router):
+                del made[router]
+                continue
             self.routers[router] = cfg
             self.sources[f"routers.{router}"] = source
         if made:
@@ -469,7 +510,7 @@ class _Builder:
         if not svc_name:
             raise Invalid("the backend names no Service (only service backends are supported)")
         port = _port_of(svc)
-        servers = endpoints_of(self.state, namespace, svc_name, port, notes.scheme)
+        servers = self.endpoints(namespace, svc_name, port, notes.scheme)
         name = f"k8s-{namespace}-{svc_name}-{port}"
         return ServiceConfig(name, load_balancer=LoadBalancerConfig(strategy=notes.strategy, servers=servers))
 
@@ -481,7 +522,7 @@ class _Builder:
             self.sources[key] = source
         elif old != svc:  # two Ingresses on one Service port with other scheme/strategy annotations
             self.warn(source, f"{key}: already made by {self.sources[key]} with other scheme or strategy "
-                              "annotations; that one is used")
+                              "annotations (or for another Service); that one is used")
 
     def ingress_route(self, key: Key, obj: dict[str, Any]) -> None:
         namespace, name = key
@@ -501,6 +542,8 @@ class _Builder:
             except Invalid as e:
                 first, nl, rest = str(e).partition("\n")
                 self.warn(source, f"spec.routes[{i}]: {first}; route skipped{nl}{rest}")
+                continue
+            if self.taken(source, "routers", item) or self.taken(source, "services", item):
                 continue
             self.routers[item] = router
             self.services[item] = service
@@ -554,7 +597,7 @@ class _Builder:
             if strategy not in STRATEGIES:
                 raise Invalid(f'{where}: strategy "{strategy}" is not one of {", ".join(STRATEGIES)}')
             try:
-                servers = endpoints_of(self.state, namespace, svc_name, port, str(scheme))
+                servers = self.endpoints(namespace, svc_name, port, str(scheme))
             except Invalid as e:
                 raise Invalid(f"{where}: {e}") from None
             if any(p[0] == svc_name for p in pools):
