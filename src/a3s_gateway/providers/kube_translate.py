@@ -419,7 +419,7 @@ class _Builder:
 
     def taken(self, source: str, kind: str, name: str) -> bool:
         """Whether another object already made router or service ``name`` (names of two objects can meet:
-        ``k8s-a-b-0-0`` is Ingress ``b-0`` rule 0 and IngressRoute ``b-0-0`` route 0 of namespace ``a``); warns."""
+        ``k8s-a-b-0-0`` is Ingress ``b`` rule 0 path 0 and IngressRoute ``b-0`` route 0 of namespace ``a``); warns."""
         key = f"{kind}.{name}"
         if key in self.sources and self.sources[key] != source:
             self.warn(source, f"{key}: {self.sources[key]} already made an item of this name; skipped")
