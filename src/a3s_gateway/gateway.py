@@ -32,7 +32,7 @@ from .service.revision import RevisionSplit
 
 if TYPE_CHECKING:
     from .acme.manager import AcmeManager
-    from .config.model import AccessLogConfig, EntrypointConfig, GatewayConfig
+    from .config.model import AccessLogConfig, EntrypointConfig, GatewayConfig, PemCertificate
     from .providers.file import FileWatcher
     from .providers.hub import Providers
 
@@ -201,7 +201,8 @@ class Gateway:
             self._sync_acme(config)  # stored certificates are installed before the listeners open
             if self.role != SUPERVISOR:  # a supervisor's workers bind the entrypoints
                 for name, entry in _entries(runtime).items():
-                    self._servers[name] = await self._bind(loop, config.entrypoints[name], entry)
+                    self._servers[name] = await self._bind(loop, config.entrypoints[name], entry,
+                                                           config.provided_certificates)
             admin_chain, admin_mws = self._build_admin_chain(config)
             self._admin = await self._bind_admin(loop, config.admin)
             if self._admin is not None:
@@ -242,8 +243,10 @@ class Gateway:
         await self._sync_watcher()
         await self._sync_providers()
 
-    async def _bind(self, loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any) -> Any:
-        """A listening HttpServer / TcpListener / UdpListener for ``ep`` (StartupError when it cannot bind)."""
+    async def _bind(self, loop: asyncio.AbstractEventLoop, ep: EntrypointConfig, entry: Any,
+                    provided: tuple[PemCertificate, ...] = ()) -> Any:
+        """A listening HttpServer / TcpListener / UdpListener for ``ep`` (StartupError when it cannot bind);
+        ``provided`` are the provider certificates a TLS entrypoint serves too (SPEC §10.2, §12.5)."""
         certs: CertStore | None = None
         if ep.tls is not None:
             try:
@@ -251,6 +254,7 @@ class Gateway:
                 certs = CertStore(ep.tls)
             except TlsError as e:
                 raise StartupError(f"entrypoint {ep.name!r}: {e}") from e
+            certs.set_provided(provided)
         ssl_ctx = certs.context if certs is not None else None
         server: Any
         if ep.protocol == "tcp":
@@ -482,7 +486,7 @@ class Gateway:
             for name, entry in _entries(runtime).items():
                 ep = new_config.entrypoints[name]
                 if self.role != SUPERVISOR and not self._keeps_listener(name, ep):
-                    added[name] = await self._bind(loop, ep, entry)
+                    added[name] = await self._bind(loop, ep, entry, new_config.provided_certificates)
             a_old, a_new = old.admin, new_config.admin
             if (a_old.enabled, a_old.host, a_old.port) != (a_new.enabled, a_new.host, a_new.port):
                 observers.admin = await self._bind_admin(loop, a_new)
@@ -540,6 +544,8 @@ class Gateway:
                 continue
             server.entry = entry
             servers[name] = server
+            if getattr(server, "certs", None) is not None:  # provider certificates follow every generation
+                server.certs.set_provided(new_config.provided_certificates)
         gone = [(name, server) for name, server in self._servers.items() if servers.get(name) is not server]
         self._servers = servers
         retired = self.live.carry(old, runtime)

@@ -151,7 +151,17 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "eq": lambda a, *bs: any(a == b for b in bs),
     "ne": lambda a, b: a != b,
     "include": None,  # needs the defines: handled by the renderer
+    "regexMatch": lambda pattern, s: re.search(pattern, s) is not None,  # RE2 and re agree on the chart's patterns
+    "fail": lambda message: _fail(message),
 }
+
+
+class TemplateFailed(TemplateError):
+    """``fail`` was called: helm template stops with this message."""
+
+
+def _fail(message: str) -> None:
+    raise TemplateFailed(message)
 
 
 @dataclass
@@ -456,12 +466,21 @@ def chart_yaml() -> dict[str, Any]:
     return yaml.safe_load((CHART / "Chart.yaml").read_text())
 
 
+def rendered_config(overrides: dict[str, Any] | None = None) -> str:
+    """The gateway.hcl of the rendered ConfigMap."""
+    return str(the(manifests(render_chart(overrides)), "ConfigMap")["data"][posixpath.basename(CONFIG_FILE)])
+
+
+def load_config(text: str) -> GatewayConfig:
+    try:
+        return GatewayConfig.from_hcl(text, "configmap:gateway.hcl", env={})
+    except ConfigError as e:
+        pytest.fail("the chart's config is invalid:\n" + "\n".join(str(i) for i in e.issues) + "\n---\n" + text)
+
+
 @cache
 def default_config() -> GatewayConfig:
-    try:
-        return GatewayConfig.from_hcl(values_yaml()["config"], "values.yaml:config", env={})
-    except ConfigError as e:
-        pytest.fail("the chart's default config is invalid:\n" + "\n".join(str(i) for i in e.issues))
+    return load_config(rendered_config())
 
 
 @dataclass
@@ -715,7 +734,7 @@ def test_everything_on() -> None:
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == \
         values["autoscaling"]["targetCPUUtilizationPercentage"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["checksum/config"] == hashlib.sha256(values["config"].encode()).hexdigest()
+    assert annotations["checksum/config"] == hashlib.sha256(rendered_config(EVERYTHING_ON).encode()).hexdigest()
     assert annotations["example.com/team"] == "ai"
     c = container(docs)
     assert c["image"].endswith(":9.9.9")
@@ -744,7 +763,9 @@ def test_config_reaches_the_path_the_image_reads() -> None:
     values = values_yaml()
     docs = manifests(render_chart())
     configmap = the(docs, "ConfigMap")
-    assert configmap["data"] == {posixpath.basename(CONFIG_FILE): values["config"]}
+    text = configmap["data"][posixpath.basename(CONFIG_FILE)]
+    assert list(configmap["data"]) == [posixpath.basename(CONFIG_FILE)]
+    assert text.startswith(values["config"]), "the chart appends the providers block to `config`, nothing else"
     c = container(docs)
     assert arg_after(c["args"], "--config") == CONFIG_FILE
     assert arg_after(json.loads(dockerfile()[-1].all("CMD")[-1]), "--config") == CONFIG_FILE
@@ -1107,3 +1128,139 @@ def test_acme_storage_on_an_existing_claim() -> None:
     assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     volumes = {v["name"]: v for v in the(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["acme"]["persistentVolumeClaim"] == {"claimName": "certs"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helm chart: the Kubernetes provider (SPEC §12.5, §12.6)
+# ----------------------------------------------------------------------------------------------------------------
+
+KUBERNETES: dict[str, Any] = {"providers": {"kubernetes": {"enabled": True}}}
+CRD_FILE = CHART / "crds" / "ingressroutes.a3s-gateway.io.yaml"
+
+
+def rbac_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in the(docs, "ClusterRole")["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def watched(group: str, *resources: str) -> set[tuple[str, str, str]]:
+    return {(group, r, v) for r in resources for v in ("get", "list", "watch")}
+
+
+def test_kubernetes_provider_is_off_by_default() -> None:
+    docs = manifests(render_chart())
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "IngressClass")]
+    assert default_config().providers.kubernetes is None
+    assert the(docs, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_kubernetes_provider_switched_on() -> None:
+    from a3s_gateway.config.model import KubernetesProviderConfig
+    from a3s_gateway.providers.kube_translate import CONTROLLER
+
+    docs = manifests(render_chart(KUBERNETES))
+    assert sorted(d["kind"] for d in docs) == sorted(
+        ["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+         "IngressClass"])
+    for doc in docs:
+        assert DNS_LABEL.fullmatch(doc["metadata"]["name"]), doc["metadata"]["name"]
+    config = load_config(rendered_config(KUBERNETES))
+    assert config.providers.kubernetes == KubernetesProviderConfig(ingress_class="a3s-gateway", ingress_route_crd=True)
+    assert config.providers.file is not None and config.providers.file.watch
+    ingress_class = the(docs, "IngressClass")
+    assert ingress_class["apiVersion"] == "networking.k8s.io/v1"
+    assert ingress_class["metadata"]["name"] == config.providers.kubernetes.ingress_class
+    assert ingress_class["spec"]["controller"] == CONTROLLER
+    assert "annotations" not in ingress_class["metadata"], "not the cluster's default class unless asked"
+    # RBAC: what the provider lists and watches (§12.5: get/list/watch), the Ingress status it writes
+    assert rbac_rules(docs) == (
+        watched("networking.k8s.io", "ingresses", "ingressclasses") | watched("", "services", "secrets")
+        | watched("discovery.k8s.io", "endpointslices") | watched("a3s-gateway.io", "ingressroutes")
+        | {("networking.k8s.io", "ingresses/status", "update"), ("networking.k8s.io", "ingresses/status", "patch")})
+    role, binding = the(docs, "ClusterRole"), the(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    pod = the(docs, "Deployment")["spec"]["template"]["spec"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": RELEASE["Namespace"]}]
+    assert pod["automountServiceAccountToken"] is True, "the provider needs the ServiceAccount token"
+    assert the(docs, "ServiceAccount")["automountServiceAccountToken"] is True
+
+
+def test_kubernetes_provider_options_render_into_the_config() -> None:
+    from a3s_gateway.config import hcl
+
+    values = {"providers": {"kubernetes": {
+        "enabled": True, "ingressRouteCRD": False, "namespace": "apps", "labelSelector": "team=ai",
+        "ingressClass": {"name": "edge", "default": True}, "publishService": "gw/gateway"}}}
+    docs = manifests(render_chart(values))
+    text = rendered_config(values)
+    assert '    publish_service   = "gw/gateway"\n' in text  # the key of the provider's status writer
+    _, issues = hcl.parse(text, "gateway.hcl")
+    assert not issues
+    without = load_config(rendered_config({"providers": {"kubernetes": {**values["providers"]["kubernetes"],
+                                                                         "publishService": ""}}}))
+    k8s = without.providers.kubernetes
+    assert k8s is not None
+    assert (k8s.ingress_class, k8s.ingress_route_crd, k8s.namespace, k8s.label_selector) == (
+        "edge", False, "apps", "team=ai")
+    ingress_class = the(docs, "IngressClass")
+    assert ingress_class["metadata"]["name"] == "edge"
+    assert ingress_class["metadata"]["annotations"] == {"ingressclass.kubernetes.io/is-default-class": "true"}
+    assert not {r for r in rbac_rules(docs) if r[0] == "a3s-gateway.io"}, "no IngressRoute access without the CRD"
+    # an existing IngressClass (created elsewhere) is not rendered again
+    no_class = manifests(render_chart({"providers": {"kubernetes": {"enabled": True,
+                                                                     "ingressClass": {"create": False}}}}))
+    assert not [d for d in no_class if d["kind"] == "IngressClass"]
+
+
+def test_a_config_with_its_own_providers_block() -> None:
+    own = 'entrypoints "web" {\n  address = "0.0.0.0:8080"\n}\nproviders {\n  file {\n    watch = false\n  }\n}\n'
+    assert rendered_config({"config": own}) == own, "used as it is"
+    assert load_config(own).providers.file is not None
+    with pytest.raises(TemplateFailed, match="has its own providers block"):
+        render_chart({"config": own, **KUBERNETES})
+
+
+def test_scaling_executor_rbac() -> None:
+    docs = manifests(render_chart({"rbac": {"scaleDeployments": True}}))
+    assert rbac_rules(docs) == watched("discovery.k8s.io", "endpointslices") | {
+        ("apps", "deployments", "get"), ("apps", "deployments/scale", "get"),
+        ("apps", "deployments/scale", "update"), ("apps", "deployments/scale", "patch")}
+    assert not [d for d in docs if d["kind"] == "IngressClass"]
+    assert the(docs, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def _structural(schema: dict[str, Any], where: str) -> None:
+    """Every node of a structural schema has a type (or is int-or-string); objects list their properties."""
+    assert "type" in schema or schema.get("x-kubernetes-int-or-string") is True, f"{where}: no type"
+    for name, sub in schema.get("properties", {}).items():
+        _structural(sub, f"{where}.{name}")
+    if "items" in schema:
+        _structural(schema["items"], f"{where}[]")
+
+
+def test_ingress_route_crd() -> None:
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1" and crd["kind"] == "CustomResourceDefinition"
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{spec['group']}" == "ingressroutes.a3s-gateway.io"
+    assert (spec["scope"], spec["names"]["kind"]) == ("Namespaced", "IngressRoute")
+    (version,) = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    schema = version["schema"]["openAPIV3Schema"]
+    _structural(schema, "openAPIV3Schema")
+    route_spec = schema["properties"]["spec"]
+    assert set(route_spec["properties"]) == {"entryPoints", "routes", "tls"}
+    route = route_spec["properties"]["routes"]["items"]
+    assert set(route["properties"]) == {"match", "priority", "middlewares", "services"}
+    assert set(route["required"]) == {"match", "services"}
+    service = route["properties"]["services"]["items"]
+    assert set(service["properties"]) == {"name", "port", "weight", "scheme", "strategy"}
+    assert set(service["required"]) == {"name", "port"}
+    from a3s_gateway.providers.kube_translate import SCHEMES, STRATEGIES
+
+    assert service["properties"]["scheme"]["enum"] == list(SCHEMES)
+    assert service["properties"]["strategy"]["enum"] == list(STRATEGIES)
+    assert route_spec["properties"]["tls"]["properties"] == {"secretName": {
+        "type": "string", "description": route_spec["properties"]["tls"]["properties"]["secretName"]["description"]}}

@@ -49,6 +49,7 @@ __all__ = [
     "MiddlewareConfig",
     "MirrorConfig",
     "PassiveConfig",
+    "PemCertificate",
     "ProcessExecutorConfig",
     "ProvidersConfig",
     "RedirectConfig",
@@ -83,6 +84,17 @@ class CertificateConfig:
 
     cert_file: str
     key_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class PemCertificate:
+    """A certificate chain and its key held in memory (PEM), made by a provider (Kubernetes TLS Secrets, §12.5);
+    served on every TLS entrypoint after the configured and ACME-issued ones (§10.2). ``source`` names where it came
+    from (``kubernetes:<ns>/<secret>``)."""
+
+    source: str
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +529,8 @@ class GatewayConfig:
     #: the provider of each provider-made or provider-fed item (§12.1), ``routers.<name>`` / ``services.<name>`` ->
     #: ``discovery`` | ``dns`` | ...; items absent here come from the file
     origins: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP, repr=False)
+    #: the certificates providers supply (§12.5 TLS Secrets), served on every TLS entrypoint (§10.2)
+    provided_certificates: tuple[PemCertificate, ...] = field(default=(), repr=False)
 
     # -- loading (implemented by config/load.py, installed by a3s_gateway.config) -------------------------
 

@@ -6,7 +6,7 @@ targets and cycles, unused entrypoints.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 from typing import Final
 
@@ -37,11 +37,16 @@ def check_references(
     known_middlewares: set[str],
     admin: AdminConfig,
     providers: ProvidersConfig,
+    *,
+    may_be_empty: Collection[str] = (),
 ) -> tuple[dict[str, RouterConfig], dict[str, ServiceConfig]]:
-    """Check every reference between blocks; returns the routers and services with their protocols filled in."""
+    """Check every reference between blocks; returns the routers and services with their protocols filled in.
+
+    ``may_be_empty`` names services whose servers a provider supplies and that may have none at the moment (a
+    Kubernetes Service without ready endpoints, SPEC §12.5): they are not "without backends"."""
     _check_entrypoints(ctx, entrypoints, admin)
     routers = _check_routers(ctx, routers, entrypoints, services, middlewares, known_middlewares)
-    services = _check_services(ctx, services, routers, providers)
+    services = _check_services(ctx, services, routers, providers, may_be_empty)
     _check_admin(ctx, admin, middlewares, known_middlewares)
     _warn_unused_entrypoints(ctx, entrypoints, routers)
     return routers, services
@@ -317,7 +322,8 @@ def _all_servers(service: ServiceConfig) -> tuple[ServerConfig, ...]:
 
 
 def _check_services(
-    ctx: Ctx, services: dict[str, ServiceConfig], routers: dict[str, RouterConfig], providers: ProvidersConfig
+    ctx: Ctx, services: dict[str, ServiceConfig], routers: dict[str, RouterConfig], providers: ProvidersConfig,
+    may_be_empty: Collection[str] = (),
 ) -> dict[str, ServiceConfig]:
     protocols = _service_protocols(ctx, services, routers)
     fed_by_dns: dict[str, int] = {}
@@ -357,7 +363,7 @@ def _check_services(
             elif protocol != "http" and hc.path is not None:
                 where = f"{p}.load_balancer.health_check.path"
                 ctx.error(ctx.at(where), where, f"{protocol} services are probed by a connect; remove path")
-        has_backends = bool(lb.servers) or bool(service.revisions) or name in fed_by_dns
+        has_backends = bool(lb.servers) or bool(service.revisions) or name in fed_by_dns or name in may_be_empty
         has_backends = has_backends or (service.scaling is not None and service.scaling.executor != "static")
         if not has_backends and ctx.ok(f"{p}.load_balancer.servers", f"{p}.revisions", f"{p}.load_balancer"):
             ctx.error(

@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Iterable, Mapping
 from types import MappingProxyType
 
 from .._aio import cancel_and_wait
-from ..config.model import GatewayConfig, RouterConfig, ServerConfig, ServiceConfig
+from ..config.model import GatewayConfig, PemCertificate, RouterConfig, ServerConfig, ServiceConfig
 from ..config.references import check_references
 from ..config.schema.engine import Ctx
 from ..middleware import catalog
@@ -26,9 +26,12 @@ from ..middleware import catalog
 class Contribution:
     """What one provider adds to the file configuration now.
 
-    ``provider`` is the provider kind shown by the admin API (``dns``, ``discovery``); ``sources`` maps
-    ``routers.<name>`` / ``services.<name>`` to the diagnostic prefix of the item's source (§2.6:
+    ``provider`` is the provider kind shown by the admin API (``dns``, ``discovery``, ``kubernetes``); ``sources``
+    maps ``routers.<name>`` / ``services.<name>`` to the diagnostic prefix of the item's source (§2.6:
     ``discovery:<seed url>``); ``servers`` replaces the servers of file-defined services (DNS, §12.4).
+    ``certificates`` are served on every TLS entrypoint (Kubernetes TLS Secrets, §10.2); ``warnings`` are the
+    provider's own (source-prefixed) reasons for items it left out, reported with the merge's.
+    Provider services may have no servers (a Kubernetes Service without ready endpoints): requests get 503.
     """
 
     provider: str
@@ -36,6 +39,8 @@ class Contribution:
     services: Mapping[str, ServiceConfig] = dataclasses.field(default_factory=dict)
     servers: Mapping[str, tuple[ServerConfig, ...]] = dataclasses.field(default_factory=dict)
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    certificates: tuple[PemCertificate, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def source(self, key: str) -> str:
         return self.sources.get(key, self.provider)
@@ -61,7 +66,10 @@ def merge(base: GatewayConfig, contributions: Iterable[Contribution]) -> tuple[G
     origins: dict[str, str] = {}
     fed: dict[str, tuple[ServerConfig, ...]] = {}
     contributions = list(contributions)
+    certificates: list[PemCertificate] = []
     for c in contributions:
+        warnings.extend(c.warnings)
+        certificates.extend(c.certificates)
         skipped: set[str] = set()  # this provider's services that were skipped: its routers to them go too
         for name, servers in c.servers.items():
             if name in base.services:  # the file names the service (checked at load); it may be gone since
@@ -101,7 +109,7 @@ def merge(base: GatewayConfig, contributions: Iterable[Contribution]) -> tuple[G
         ctx = Ctx({})
         all_routers, all_services = check_references(
             ctx, dict(base.entrypoints), {**base.routers, **routers}, {**base.services, **services},
-            dict(base.middlewares), set(base.middlewares), base.admin, base.providers,
+            dict(base.middlewares), set(base.middlewares), base.admin, base.providers, may_be_empty=set(services),
         )
         errors = [i for i in ctx.issues if i.severity == "error"]
         if not errors:
@@ -154,6 +162,7 @@ def merge(base: GatewayConfig, contributions: Iterable[Contribution]) -> tuple[G
         services=merged_services,
         explicit=base.explicit | frozenset(explicit),
         origins=MappingProxyType(origins),
+        provided_certificates=tuple(certificates),
     )
     return merged, warnings
 

@@ -26,7 +26,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from ..config.model import TlsConfig
+from ..config.model import PemCertificate, TlsConfig
 from ..errors import GatewayError
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ class CertStore:
         pairs += [(c.cert_file, c.key_file) for c in cfg.certificates]
         self._certs = [self._load(cert, key, _digest(cert, key)) for cert, key in pairs] or [self._self_signed()]
         self._configured = len(self._certs)  # the certificates after these were issued by ACME (set_issued)
+        self._provided = 0  # the last certificates come from providers (set_provided)
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: dict[str, ssl.SSLContext] = {}  # "*.example.com" is stored under "example.com"
         self._index()
@@ -196,8 +197,58 @@ class CertStore:
                 if old is not None:
                     old.failed = digest
                     fresh.append(old)
-        self._certs = self._certs[: self._configured] + fresh
+        provided = self._certs[len(self._certs) - self._provided:]
+        self._certs = self._certs[: self._configured] + fresh + provided
         self._index()
+
+    def set_provided(self, certificates: tuple[PemCertificate, ...]) -> None:
+        """Serve the provider-supplied ``certificates`` (Kubernetes TLS Secrets, SPEC §12.5) after the configured
+        and ACME-issued ones (§10.2 order) for new handshakes: unchanged ones are kept, new and changed ones loaded,
+        the ones not listed dropped. One that fails to load is left out, logged and counted."""
+        current = {c.digest: c for c in self._certs[len(self._certs) - self._provided:]}
+        fresh: list[_Cert] = []
+        for pem in certificates:
+            digest = hashlib.sha256(len(pem.cert_pem).to_bytes(8, "big") + pem.cert_pem + pem.key_pem).digest()
+            old = current.get(digest)
+            if old is not None:
+                fresh.append(old)
+                continue
+            try:
+                fresh.append(self._load_pem(pem, digest))
+            except TlsError as exc:
+                self.reload_errors += 1
+                log.error("%s; not served", exc)
+        if [id(c) for c in fresh] == [id(c) for c in current.values()]:
+            return
+        self._certs = self._certs[: len(self._certs) - self._provided] + fresh
+        self._provided = len(fresh)
+        self._index()
+
+    def _load_pem(self, pem: PemCertificate, digest: bytes) -> _Cert:
+        """A certificate held in memory; TlsError names its source. load_cert_chain reads files only: a private
+        temporary directory (mode 0700) holds the pair while it loads."""
+        from cryptography import x509
+
+        context = self._new_context()
+        try:
+            parsed = x509.load_pem_x509_certificate(pem.cert_pem)
+            names = _cert_names(parsed)
+        except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+            raise TlsError(f"cannot parse the certificate of {pem.source}: {exc}") from exc
+        with tempfile.TemporaryDirectory(prefix="a3s-tls-") as tmp:
+            cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            for path, data in ((cert_path, pem.cert_pem), (key_path, pem.key_pem)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            try:
+                context.load_cert_chain(cert_path, key_path, password=_no_password)
+            except ssl.SSLError as exc:
+                why = "the key does not match" if exc.reason == "KEY_VALUES_MISMATCH" else str(exc)
+                raise TlsError(f"cannot load the certificate of {pem.source}: {why}") from exc
+            except TlsError as exc:
+                raise TlsError(f"cannot load the certificate of {pem.source}: {exc}") from exc
+        return _Cert("", "", context, names, digest, parsed.not_valid_after_utc.timestamp())
 
     def expiry(self) -> dict[str, float]:
         """``notAfter`` (epoch seconds) per name of the loaded certificates (the generated one left out)."""

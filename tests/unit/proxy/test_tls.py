@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from loops import Run
 
-from a3s_gateway.config.model import CertificateConfig, TlsConfig
+from a3s_gateway.config.model import CertificateConfig, PemCertificate, TlsConfig
 from a3s_gateway.proxy.tls import CertStore, TlsError
 
 Pair = tuple[Path, Path]
@@ -557,3 +557,45 @@ def test_sni_alpn_and_reload_under_both_loops(run: Run, tmp_path: Path) -> None:
                 assert await conn.echo() == b"None|ping\n"
 
     run(scenario())
+
+
+# --- provider certificates (Kubernetes TLS Secrets, §10.2, §12.5) -----------------------------------------------
+
+
+def pem(pair: Pair, source: str = "kubernetes:ns/s") -> PemCertificate:
+    return PemCertificate(source, pair[0].read_bytes(), pair[1].read_bytes())
+
+
+def test_provider_certificates_come_after_configured_and_issued_ones(tmp_path: Path,
+                                                                     caplog_tls: pytest.LogCaptureFixture) -> None:
+    default = make_san_cert(tmp_path, "d-", ["default.test"])
+    issued = make_san_cert(tmp_path, "i-", ["both.test"])
+    k8s = make_san_cert(tmp_path, "k-", ["both.test", "*.k8s.test"])
+    store = CertStore(tls(default))
+    store.set_issued([(str(issued[0]), str(issued[1]))])
+    store.set_provided((pem(k8s),))
+    assert served(store.context, "both.test") == der(issued[0])  # ties: the ACME-issued one comes first
+    assert served(store.context, "x.k8s.test") == der(k8s[0])
+    assert served(store.context, "other.test") == der(default[0])
+    # ACME re-issuing keeps the provider certificates; an unchanged set keeps the loaded context
+    store.set_issued([])
+    assert served(store.context, "both.test") == der(k8s[0])
+    context = store.select("x.k8s.test")
+    store.set_provided((pem(k8s),))
+    assert store.select("x.k8s.test") is context
+    # a changed secret replaces it for new handshakes; one that is gone is no longer served
+    renewed = make_san_cert(tmp_path, "r-", ["*.k8s.test"])
+    store.set_provided((pem(renewed),))
+    assert served(store.context, "x.k8s.test") == der(renewed[0])
+    assert served(store.context, "both.test") == der(default[0])
+    store.set_provided(())
+    assert served(store.context, "x.k8s.test") == der(default[0])
+    # one that does not load is left out, logged and counted; the others are served
+    other = make_san_cert(tmp_path, "o-", ["o.test"])
+    bad = PemCertificate("kubernetes:ns/bad", k8s[0].read_bytes(), other[1].read_bytes())
+    store.set_provided((bad, pem(renewed)))
+    assert served(store.context, "x.k8s.test") == der(renewed[0])
+    assert served(store.context, "both.test") == der(default[0])
+    assert store.reload_errors == 1
+    assert "cannot load the certificate of kubernetes:ns/bad: the key does not match; not served" in caplog_tls.text
+    assert store.check() is False  # nothing of theirs is a file to reload

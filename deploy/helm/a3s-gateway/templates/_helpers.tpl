@@ -56,3 +56,49 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Whether the pods talk to the Kubernetes API (the ServiceAccount token is mounted then). */}}
+{{- define "a3s-gateway.kubeApi" -}}
+{{- if or .Values.serviceAccount.automount .Values.providers.kubernetes.enabled .Values.rbac.scaleDeployments -}}
+true
+{{- else -}}
+false
+{{- end -}}
+{{- end -}}
+
+{{/*
+The gateway configuration: `config`, plus a `providers` block made from .Values.providers unless `config` has its
+own (then the kubernetes provider cannot be switched on here: the chart will not edit the user's block).
+*/}}
+{{- define "a3s-gateway.config" -}}
+{{- $own := regexMatch "(?m)^\\s*providers\\s*\\{" .Values.config -}}
+{{- $k8s := .Values.providers.kubernetes -}}
+{{- if and $own $k8s.enabled -}}
+{{- fail "providers.kubernetes.enabled: `config` has its own providers block; remove it (the chart writes it) or add the kubernetes block to it and leave providers.kubernetes.enabled false" -}}
+{{- end -}}
+{{- .Values.config -}}
+{{- if not $own }}
+
+# written by the chart from .Values.providers
+providers {
+  file {
+    watch = {{ .Values.providers.file.watch }}
+  }
+  {{- if $k8s.enabled }}
+  kubernetes {
+    ingress_class     = {{ $k8s.ingressClass.name | quote }}
+    ingress_route_crd = {{ $k8s.ingressRouteCRD }}
+    {{- if $k8s.namespace }}
+    namespace         = {{ $k8s.namespace | quote }}
+    {{- end }}
+    {{- if $k8s.labelSelector }}
+    label_selector    = {{ $k8s.labelSelector | quote }}
+    {{- end }}
+    {{- if $k8s.publishService }}
+    publish_service   = {{ $k8s.publishService | quote }}
+    {{- end }}
+  }
+  {{- end }}
+}
+{{- end }}
+{{- end -}}
