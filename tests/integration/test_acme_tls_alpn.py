@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
+import socket
 import ssl
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pebble_ca import free_port, pebble_server
 from test_acme_e2e import DOMAIN, served, start, wait_for_chain
 
@@ -98,3 +105,69 @@ async def test_pebble_issues_through_tls_alpn_01_on_the_tls_entrypoint(tmp_path:
             assert (storage / DOMAIN / "cert.pem").exists()
         finally:
             await gw.shutdown(0.5)
+
+
+# -- workers: the supervisor orders, the worker that pebble's validation connection lands on answers it --------
+
+WORKER_DOMAINS = [f"w{i}.example.com" for i in range(3)]
+
+
+def _served_sync(port: int, root: bytes, name: str) -> bytes:
+    """The DER certificate a new connection gets for ``name``, verified against ``root``."""
+    ctx = ssl.create_default_context(cadata=root.decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
+            ctx.wrap_socket(sock, server_hostname=name) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return bytes(der)
+
+
+def test_with_workers_every_worker_answers_tls_alpn_01_and_serves_the_chains(tmp_path: Path) -> None:
+    """Two workers share the TLS port (SO_REUSEPORT): each validation connection of pebble lands on either. Three
+    domains are three orders, each validated over three connections (pebble's VA), and a failed order is retried
+    only an hour later: if one worker lacked the challenge certificates, the test would pass with a chance of
+    (1/2)^9."""
+    tls_port = free_port()
+    storage = tmp_path / "acme"
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = []
+    with pebble_server(http_port=free_port(), tls_port=tls_port) as ca:
+        cfg = tmp_path / "gateway.hcl"
+        domains = ", ".join(f'"{d}"' for d in WORKER_DOMAINS)
+        cfg.write_text(alpn_config(tls_port, "http://127.0.0.1:1", storage, ca.directory_url, ca.ca_file)
+                       .replace('challenge         = "tls-alpn-01"',
+                                f'challenge         = "tls-alpn-01"\n    acme_domains      = [{domains}]'))
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg), "--workers", "2",
+                                     "--admin", "off"], stderr=subprocess.PIPE, text=True)
+            stderr = proc.stderr
+            assert stderr is not None
+            threading.Thread(target=lambda: lines.extend(stderr), daemon=True).start()
+            root = ca.root()
+            deadline = time.monotonic() + 40
+            while sum("acme: certificate for" in line and "issued" in line for line in lines) < len(WORKER_DOMAINS):
+                text = "".join(lines)
+                assert "not obtained" not in text and proc.poll() is None, text + ca.logs()
+                assert time.monotonic() < deadline, text + ca.logs()
+                time.sleep(0.1)
+            for domain in WORKER_DOMAINS:
+                stored = x509.load_pem_x509_certificate((storage / domain / "cert.pem").read_bytes())
+                want = stored.public_bytes(serialization.Encoding.DER)
+                # new connections land on either worker: every one gets the issued chain, verified for the name
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        seen = {_served_sync(tls_port, root, domain) for _ in range(8)}
+                        break
+                    except ssl.SSLCertVerificationError:  # a worker that has not loaded it yet (sync: 50 ms)
+                        assert time.monotonic() < deadline
+                        time.sleep(0.1)
+                assert seen == {want}
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
