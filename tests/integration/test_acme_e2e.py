@@ -163,6 +163,16 @@ async def test_http01_issuance_then_restart_reuses_the_stored_certificate(tmp_pa
             await gw.shutdown(0.5)
 
 
+def not_after(pem_file: Path) -> float:
+    return x509.load_pem_x509_certificate(pem_file.read_bytes()).not_valid_after_utc.timestamp()
+
+
+def expiry_metric(gw: Gateway, domain: str) -> list[float]:
+    """The values of gateway_tls_certificate_expiry_timestamp_seconds for ``domain`` on websecure."""
+    metric = f'gateway_tls_certificate_expiry_timestamp_seconds{{domain="{domain}",entrypoint="websecure"}} '
+    return [float(line[len(metric):]) for line in gw.metrics().splitlines() if line.startswith(metric)]
+
+
 def near_expiry_cert_for(storage: Path, domain: str, days: float) -> bytes:
     """A certificate for ``domain`` (self-issued, not from pebble) valid ``days`` more, stored under ``storage``
     where ACME keeps it; its DER."""
@@ -269,6 +279,7 @@ async def test_a_reload_that_adds_a_domain_orders_it_and_one_that_removes_it_sto
             data = await wait_for_chain(tls_port, root, name=added)
             assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello from backend")
             assert gw.acme.orders == 1 and (await served(tls_port)) == stored[DOMAIN]
+            assert expiry_metric(gw, added) == [not_after(storage / added / "cert.pem")]
             # a reload that removes one: 15 days later, the renewal pass renews the other 40-day certificate and
             # leaves the removed domain's alone
             await gw.reload(hosts(DOMAIN, added))
@@ -280,6 +291,8 @@ async def test_a_reload_that_adds_a_domain_orders_it_and_one_that_removes_it_sto
             assert der_of(storage / gone / "cert.pem") == stored[gone]
             assert f"certificate for {gone}" not in caplog.text
             assert f"renewing a certificate for {DOMAIN}" in caplog.text
+            assert expiry_metric(gw, DOMAIN) == [not_after(storage / DOMAIN / "cert.pem")]  # the renewed one
+            assert expiry_metric(gw, gone) == []
         finally:
             await gw.shutdown(0.5)
 
