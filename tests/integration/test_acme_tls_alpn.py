@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from pebble_ca import free_port, pebble_server
 from test_acme_e2e import DOMAIN, served, start, wait_for_chain
 
+from a3s_gateway import Gateway, GatewayConfig
 from a3s_gateway.acme.client import ACME_IDENTIFIER, alpn_certificate
 from support import start_backend
 
@@ -87,6 +88,33 @@ async def test_the_challenge_certificate_is_served_to_validation_handshakes_only
         cert, _ = await handshake(port, ["acme-tls/1"])
         with pytest.raises(x509.ExtensionNotFound):
             cert.extensions.get_extension_for_oid(ACME_IDENTIFIER)
+    finally:
+        await gw.shutdown(0.5)
+
+
+async def test_a_listener_bound_while_a_challenge_is_pending_answers_it(tmp_path: Path) -> None:
+    """A worker started (or restarted) while an order waits for validation gets the challenge certificates with
+    its start message, before its listeners exist (workers.worker); so does a TLS entrypoint re-bound by a reload
+    meanwhile. The new listener answers validation handshakes from its first connection."""
+    backend = await start_backend()
+    hcl = alpn_config(0, backend.url, tmp_path / "acme", "https://127.0.0.1:1/dir", "")
+    gw = Gateway(GatewayConfig.from_hcl(hcl, filename="test.hcl"), admin="off")
+    gw.apply_acme({"alpn": {DOMAIN: alpn_certificate(DOMAIN, "tok.thumbprint")}})  # as Worker._start does
+    await gw.start()
+    try:
+        port = gw.bound_addresses()["websecure"][1]
+        cert, selected = await handshake(port, ["acme-tls/1"])
+        assert selected == "acme-tls/1"
+        assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER).value.value == \
+            b"\x04\x20" + hashlib.sha256(b"tok.thumbprint").digest()
+        # a reload that changes the tls block binds a new listener (SPEC §13.6): it answers the challenge too
+        await gw.reload(GatewayConfig.from_hcl(hcl.replace('challenge         = "tls-alpn-01"',
+                                                           'challenge         = "tls-alpn-01"\n'
+                                                           '    min_version       = "1.3"'), filename="test.hcl"))
+        port = gw.bound_addresses()["websecure"][1]
+        cert, selected = await handshake(port, ["acme-tls/1"])
+        assert selected == "acme-tls/1"
+        assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER).critical
     finally:
         await gw.shutdown(0.5)
 
