@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import requests
 
+from ..config.schema.checks import parse_nameserver
+
 log: Final = logging.getLogger("a3s_gateway.acme")
 
 LABEL: Final = "_acme-challenge"
@@ -148,11 +150,11 @@ class _Provider:
 
 
 def _host_port(item: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``), or a bare host on port 53."""
-    host, colon, port = item.rpartition(":")
-    if colon and port.isdigit() and (host.startswith("[") or ":" not in host):
-        return host.strip("[]"), int(port)
-    return item.strip("[]"), 53
+    """A resolver address (``ip``, ``ip:port``, ``[v6]:port``; validated with the configuration)."""
+    parsed = parse_nameserver(item)
+    if parsed is None:
+        raise DnsError(f"invalid DNS server address {item!r}; expected an IP address with an optional port")
+    return parsed
 
 
 def _txt(fqdn: str, host: str, port: int) -> set[str]:
