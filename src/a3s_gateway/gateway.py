@@ -26,7 +26,7 @@ from .observability.admin import AdminServer
 from .observability.tracing import Tracer
 from .proxy.listeners import TcpListener, UdpListener
 from .proxy.server import ConnectionRejections, HttpServer
-from .proxy.tls import CertStore, TlsError
+from .proxy.tls import CertStore, TlsError, challenge_contexts
 from .runtime import Runtime, State, watch_rollout
 from .service.revision import RevisionSplit
 
@@ -274,6 +274,9 @@ class Gateway:
         if certs is not None:
             if ep.name in self._issued:
                 certs.set_issued(self._issued[ep.name])
+            if self.live.acme_alpn and ep.tls is not None and ep.tls.acme:
+                # a TLS-ALPN-01 order is waiting for validation (a worker started meanwhile, a re-bound entrypoint)
+                certs.set_challenges(challenge_contexts(self.live.acme_alpn))
             server.certs = certs
             server.cert_watch = asyncio.ensure_future(certs.watch())  # §10.3: changed files every 5 s
         return server
@@ -628,8 +631,6 @@ class Gateway:
     def _install_alpn_challenges(self) -> None:
         """Answer TLS-ALPN-01 validation handshakes with the certificates of ``live.acme_alpn`` on every ACME TLS
         entrypoint of this process (SPEC §10.4)."""
-        from .proxy.tls import challenge_contexts
-
         contexts = challenge_contexts(self.live.acme_alpn)
         for name, server in self._servers.items():
             ep = self._config.entrypoints.get(name)

@@ -163,22 +163,38 @@ async def test_http01_issuance_then_restart_reuses_the_stored_certificate(tmp_pa
             await gw.shutdown(0.5)
 
 
-def near_expiry_cert(directory: Path, days: float) -> None:
-    """A certificate for DOMAIN (self-issued, not from pebble) valid ``days`` more, stored where ACME keeps it."""
-    directory.mkdir(parents=True)
+def not_after(pem_file: Path) -> float:
+    return x509.load_pem_x509_certificate(pem_file.read_bytes()).not_valid_after_utc.timestamp()
+
+
+def expiry_metric(gw: Gateway, domain: str) -> list[float]:
+    """The values of gateway_tls_certificate_expiry_timestamp_seconds for ``domain`` on websecure."""
+    metric = f'gateway_tls_certificate_expiry_timestamp_seconds{{domain="{domain}",entrypoint="websecure"}} '
+    return [float(line[len(metric):]) for line in gw.metrics().splitlines() if line.startswith(metric)]
+
+
+def near_expiry_cert_for(storage: Path, domain: str, days: float) -> bytes:
+    """A certificate for ``domain`` (self-issued, not from pebble) valid ``days`` more, stored under ``storage``
+    where ACME keeps it; its DER."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=60))
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=50))
             .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
             .sign(key, hashes.SHA256()))
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    (directory / "key.pem").chmod(0o600)
+    (storage / domain).mkdir(parents=True)
+    (storage / domain / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (storage / domain / "key.pem").chmod(0o600)
+    (storage / domain / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def near_expiry_cert(directory: Path, days: float) -> None:
+    """A certificate for DOMAIN (self-issued, not from pebble) valid ``days`` more, stored where ACME keeps it."""
+    near_expiry_cert_for(directory.parent, DOMAIN, days)
 
 
 async def test_a_near_expiry_stored_certificate_is_served_then_renewed(tmp_path: Path) -> None:
@@ -232,6 +248,53 @@ async def test_unreachable_ca_serves_the_fallback_and_retries(tmp_path: Path, mo
             await gw.shutdown(0.5)
     finally:
         ca.close()
+
+
+
+async def test_a_reload_that_adds_a_domain_orders_it_and_one_that_removes_it_stops_renewing_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(acme_manager, "CHECK_EVERY", 0.3)  # the renewal pass: every 12 h in production
+    caplog.set_level(logging.INFO, "a3s_gateway.acme")
+    backend = await start_backend()
+    http_port = free_port()
+    storage = tmp_path / "acme"
+    added, gone = "new.example.com", "gone.example.com"
+    stored = {d: near_expiry_cert_for(storage, d, days=40) for d in (DOMAIN, gone)}  # not due: no order at start
+    with pebble_server(http_port) as ca:
+        base = acme_config(http_port, backend.url, storage, ca.directory_url, ca.ca_file)
+
+        def hosts(*names: str) -> GatewayConfig:
+            rule = " || ".join(f"Host(`{n}`)" for n in names)
+            return GatewayConfig.from_hcl(base.replace(f"Host(`{DOMAIN}`)", rule), filename="test.hcl")
+
+        gw = Gateway(hosts(DOMAIN, gone), admin="off")
+        await gw.start()
+        try:
+            assert gw.acme is not None
+            tls_port = gw.bound_addresses()["websecure"][1]
+            root = ca.root()
+            assert (await served(tls_port)) == stored[DOMAIN]
+            # a reload that adds a domain: it is ordered and served by SNI, without a restart
+            await gw.reload(hosts(DOMAIN, gone, added))
+            data = await wait_for_chain(tls_port, root, name=added)
+            assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hello from backend")
+            assert gw.acme.orders == 1 and (await served(tls_port)) == stored[DOMAIN]
+            assert expiry_metric(gw, added) == [not_after(storage / added / "cert.pem")]
+            # a reload that removes one: 15 days later, the renewal pass renews the other 40-day certificate and
+            # leaves the removed domain's alone
+            await gw.reload(hosts(DOMAIN, added))
+            assert f"acme: {gone} is no longer configured; its certificate is not renewed" in caplog.text
+            gw.acme.clock = lambda: time.time() + 15 * 86400
+            await wait_for_chain(tls_port, root)  # DOMAIN: renewed from pebble
+            await asyncio.sleep(1.0)  # three more passes
+            assert gw.acme.orders == 2
+            assert der_of(storage / gone / "cert.pem") == stored[gone]
+            assert f"certificate for {gone}" not in caplog.text
+            assert f"renewing a certificate for {DOMAIN}" in caplog.text
+            assert expiry_metric(gw, DOMAIN) == [not_after(storage / DOMAIN / "cert.pem")]  # the renewed one
+            assert expiry_metric(gw, gone) == []
+        finally:
+            await gw.shutdown(0.5)
 
 
 # -- workers: the supervisor runs ACME, every worker answers the challenge and serves the certificate ---------

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
+import socket
 import ssl
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pebble_ca import free_port, pebble_server
 from test_acme_e2e import DOMAIN, served, start, wait_for_chain
 
+from a3s_gateway import Gateway, GatewayConfig
 from a3s_gateway.acme.client import ACME_IDENTIFIER, alpn_certificate
 from support import start_backend
 
@@ -84,6 +92,33 @@ async def test_the_challenge_certificate_is_served_to_validation_handshakes_only
         await gw.shutdown(0.5)
 
 
+async def test_a_listener_bound_while_a_challenge_is_pending_answers_it(tmp_path: Path) -> None:
+    """A worker started (or restarted) while an order waits for validation gets the challenge certificates with
+    its start message, before its listeners exist (workers.worker); so does a TLS entrypoint re-bound by a reload
+    meanwhile. The new listener answers validation handshakes from its first connection."""
+    backend = await start_backend()
+    hcl = alpn_config(0, backend.url, tmp_path / "acme", "https://127.0.0.1:1/dir", "")
+    gw = Gateway(GatewayConfig.from_hcl(hcl, filename="test.hcl"), admin="off")
+    gw.apply_acme({"alpn": {DOMAIN: alpn_certificate(DOMAIN, "tok.thumbprint")}})  # as Worker._start does
+    await gw.start()
+    try:
+        port = gw.bound_addresses()["websecure"][1]
+        cert, selected = await handshake(port, ["acme-tls/1"])
+        assert selected == "acme-tls/1"
+        assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER).value.value == \
+            b"\x04\x20" + hashlib.sha256(b"tok.thumbprint").digest()
+        # a reload that changes the tls block binds a new listener (SPEC §13.6): it answers the challenge too
+        await gw.reload(GatewayConfig.from_hcl(hcl.replace('challenge         = "tls-alpn-01"',
+                                                           'challenge         = "tls-alpn-01"\n'
+                                                           '    min_version       = "1.3"'), filename="test.hcl"))
+        port = gw.bound_addresses()["websecure"][1]
+        cert, selected = await handshake(port, ["acme-tls/1"])
+        assert selected == "acme-tls/1"
+        assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER).critical
+    finally:
+        await gw.shutdown(0.5)
+
+
 async def test_pebble_issues_through_tls_alpn_01_on_the_tls_entrypoint(tmp_path: Path) -> None:
     backend = await start_backend()
     tls_port = free_port()
@@ -98,3 +133,69 @@ async def test_pebble_issues_through_tls_alpn_01_on_the_tls_entrypoint(tmp_path:
             assert (storage / DOMAIN / "cert.pem").exists()
         finally:
             await gw.shutdown(0.5)
+
+
+# -- workers: the supervisor orders, the worker that pebble's validation connection lands on answers it --------
+
+WORKER_DOMAINS = [f"w{i}.example.com" for i in range(3)]
+
+
+def _served_sync(port: int, root: bytes, name: str) -> bytes:
+    """The DER certificate a new connection gets for ``name``, verified against ``root``."""
+    ctx = ssl.create_default_context(cadata=root.decode())
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
+            ctx.wrap_socket(sock, server_hostname=name) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return bytes(der)
+
+
+def test_with_workers_every_worker_answers_tls_alpn_01_and_serves_the_chains(tmp_path: Path) -> None:
+    """Two workers share the TLS port (SO_REUSEPORT): each validation connection of pebble lands on either. Three
+    domains are three orders, each validated over three connections (pebble's VA), and a failed order is retried
+    only an hour later: if one worker lacked the challenge certificates, the test would pass with a chance of
+    (1/2)^9."""
+    tls_port = free_port()
+    storage = tmp_path / "acme"
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = []
+    with pebble_server(http_port=free_port(), tls_port=tls_port) as ca:
+        cfg = tmp_path / "gateway.hcl"
+        domains = ", ".join(f'"{d}"' for d in WORKER_DOMAINS)
+        cfg.write_text(alpn_config(tls_port, "http://127.0.0.1:1", storage, ca.directory_url, ca.ca_file)
+                       .replace('challenge         = "tls-alpn-01"',
+                                f'challenge         = "tls-alpn-01"\n    acme_domains      = [{domains}]'))
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "a3s_gateway", "-c", str(cfg), "--workers", "2",
+                                     "--admin", "off"], stderr=subprocess.PIPE, text=True)
+            stderr = proc.stderr
+            assert stderr is not None
+            threading.Thread(target=lambda: lines.extend(stderr), daemon=True).start()
+            root = ca.root()
+            deadline = time.monotonic() + 40
+            while sum("acme: certificate for" in line and "issued" in line for line in lines) < len(WORKER_DOMAINS):
+                text = "".join(lines)
+                assert "not obtained" not in text and proc.poll() is None, text + ca.logs()
+                assert time.monotonic() < deadline, text + ca.logs()
+                time.sleep(0.1)
+            for domain in WORKER_DOMAINS:
+                stored = x509.load_pem_x509_certificate((storage / domain / "cert.pem").read_bytes())
+                want = stored.public_bytes(serialization.Encoding.DER)
+                # new connections land on either worker: every one gets the issued chain, verified for the name
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        seen = {_served_sync(tls_port, root, domain) for _ in range(8)}
+                        break
+                    except ssl.SSLCertVerificationError:  # a worker that has not loaded it yet (sync: 50 ms)
+                        assert time.monotonic() < deadline
+                        time.sleep(0.1)
+                assert seen == {want}
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

@@ -3,7 +3,8 @@
 A/AAAA records live in a hosts directory that dnsmasq watches (inotify): :meth:`Dnsmasq.set` rewrites a name's
 records and the next query sees them. Names of ``a3s.test`` without records answer NXDOMAIN; every answer carries
 the TTL given at start; SRV records and names that answer REFUSED (a server failure to the resolver) are fixed per
-start (:meth:`Dnsmasq.restart` changes them). Missing dnsmasq: skip, or fail under A3S_REQUIRE_SERVICES=1
+start (:meth:`Dnsmasq.restart` changes them), as is an authoritative zone (``auth``: SOA and NS records, the name
+server's A record). Missing dnsmasq: skip, or fail under A3S_REQUIRE_SERVICES=1
 (``make services`` installs it).
 """
 
@@ -52,6 +53,8 @@ class Dnsmasq:
         self.proc: subprocess.Popen[bytes] | None = None
         self.srv: list[str] = []  # "_http._tcp.a3s.test,target,port,priority,weight"
         self.refused: list[str] = []  # domains answered with REFUSED
+        #: (zone, name server name): answer for ``zone`` authoritatively (SOA, NS = that name at 127.0.0.1)
+        self.auth: tuple[str, str] | None = None
 
     @property
     def nameserver(self) -> str:
@@ -81,6 +84,10 @@ class Dnsmasq:
                 f"--local-ttl={self.ttl}", "--local=/a3s.test/", "--user=root", "--pid-file=",
                 f"--log-facility={self.root / 'dnsmasq.log'}"]
         args += [f"--srv-host={s}" for s in self.srv] + [f"--server=/{d}/#" for d in self.refused]
+        if self.auth is not None:
+            zone, ns = self.auth
+            args += [f"--auth-server={ns},127.0.0.1", f"--auth-zone={zone}", f"--host-record={ns},127.0.0.1",
+                     f"--auth-ttl={self.ttl}"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # answering yet?

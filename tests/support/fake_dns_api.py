@@ -3,7 +3,8 @@ gateway makes), each keeping its TXT records and pushing them into pebble-challt
 (``/set-txt``, ``/clear-txt``) so that pebble, which resolves through challtestsrv, sees them.
 
 Both serve one zone (``zone``) on 127.0.0.1 in a thread; ``calls`` records (method, path) for assertions and
-``authorization`` the last Authorization header."""
+``authorization`` the last Authorization header. ``delay`` (Cloudflare) makes an added record appear in DNS that many
+seconds after the API call, as with a provider whose name servers lag behind its API."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ R53 = "https://route53.amazonaws.com/doc/2013-04-01/"
 
 
 class _Api:
-    def __init__(self, zone: str, challtestsrv: str, token: str = "") -> None:
+    def __init__(self, zone: str, challtestsrv: str, token: str = "", delay: float = 0.0) -> None:
         self.zone = zone
         self.challtestsrv = challtestsrv  # http://127.0.0.1:<management port>
         self.token = token
+        self.delay = delay  # seconds between an API call that adds a record and its appearance in DNS
         self.records: dict[str, list[str]] = {}  # fqdn -> TXT values
         self.calls: list[tuple[str, str]] = []
         self.authorization = ""
@@ -55,6 +57,16 @@ class _Api:
 
     def handle(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, str, bytes]:
         raise NotImplementedError
+
+    def _added(self, fqdn: str) -> None:
+        """A value of ``fqdn`` was added: challtestsrv serves it now, or ``delay`` seconds later (a provider whose
+        name servers lag behind its API)."""
+        if not self.delay:
+            self._sync(fqdn)
+            return
+        timer = threading.Timer(self.delay, self._sync, (fqdn,))
+        timer.daemon = True
+        timer.start()
 
     def _sync(self, fqdn: str) -> None:
         """challtestsrv holds the values of ``fqdn``: cleared, then each set again."""
@@ -88,7 +100,7 @@ class FakeCloudflare(_Api):
         if url.path == records and method == "POST":
             record = json.loads(body)
             self.records.setdefault(record["name"], []).append(record["content"])
-            self._sync(record["name"])
+            self._added(record["name"])
             return self._reply(200, {"success": True, "result": {"id": f"{record['name']}|{record['content']}"}})
         if url.path == records and method == "GET":
             found = [{"id": f"{name}|{v}", "name": name, "type": "TXT", "content": v}

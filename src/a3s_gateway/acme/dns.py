@@ -10,8 +10,10 @@ and API base URLs come from the environment (``validate`` reports missing creden
   ``AWS_HOSTED_ZONE_ID``, ``AWS_ENDPOINT_URL_ROUTE53`` (then ``AWS_ENDPOINT_URL``). Requests are signed with
   botocore's SigV4 signer (AWS's own implementation; the optional ``route53`` extra) rather than a hand-made one.
 
-Propagation is checked against ``acme_dns_resolvers`` when set, else the zone's authoritative name servers
-(found with the system resolver): every 5 s, up to 120 s.
+Propagation is checked against ``acme_dns_resolvers`` when set, else the zone's authoritative name servers: the
+zone (SOA), its NS names and their addresses are looked up with the system resolver, then each server is asked for
+the TXT record on port 53, every 5 s, up to 120 s. Where those lookups go is the providers' ``bootstrap`` and
+``nameserver_port`` attributes (the system resolver and 53), which tests point at servers on loopback ports.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import requests
+
+from ..config.schema.checks import parse_nameserver
 
 log: Final = logging.getLogger("a3s_gateway.acme")
 
@@ -73,6 +77,10 @@ class _Provider:
 
     timeout = PROPAGATION_TIMEOUT
     every = PROPAGATION_EVERY
+    #: the resolvers ("host:port") that find the zone's SOA, NS names and their addresses; () = the system's
+    bootstrap: tuple[str, ...] = ()
+    #: the port the authoritative name servers are asked on
+    nameserver_port = 53
 
     def __init__(self, resolvers: tuple[str, ...]) -> None:
         self.resolvers = resolvers
@@ -109,18 +117,26 @@ class _Provider:
             time.sleep(self.every)
 
     def _servers(self, fqdn: str) -> list[tuple[str, int]]:
-        """``acme_dns_resolvers``, else the addresses of the zone's authoritative name servers."""
+        """``acme_dns_resolvers``, else the addresses of the zone's authoritative name servers (the zone is the
+        closest enclosing SOA of ``fqdn``; every address of every NS name, IPv4 and IPv6)."""
         if self.resolvers:
-            out = []
-            for item in self.resolvers:
-                host, _, port = item.rpartition(":")
-                out.append((host.strip("[]"), int(port)) if host else (item, 53))
-            return out
+            return [_host_port(item) for item in self.resolvers]
+        import dns.nameserver
         import dns.resolver
 
-        zone = dns.resolver.zone_for_name(fqdn)
-        names = [str(r.target) for r in dns.resolver.resolve(zone, "NS")]
-        return [(str(a), 53) for n in names for a in dns.resolver.resolve(n, "A")]
+        resolver = dns.resolver.Resolver(configure=not self.bootstrap)
+        if self.bootstrap:
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(*_host_port(item)) for item in self.bootstrap]
+        resolver.lifetime = 10.0
+        zone = dns.resolver.zone_for_name(fqdn, resolver=resolver)
+        out: list[tuple[str, int]] = []
+        for ns in resolver.resolve(zone, "NS"):
+            for kind in ("A", "AAAA"):
+                answer = resolver.resolve(ns.target, kind, raise_on_no_answer=False)
+                out.extend((str(address), self.nameserver_port) for address in answer)
+        if not out:
+            raise DnsError(f"no address for the name servers of {zone}")
+        return list(dict.fromkeys(out))
 
     def _json(self, response: requests.Response, what: str) -> Any:
         try:
@@ -131,6 +147,14 @@ class _Provider:
             detail = body.get("errors") if isinstance(body, dict) else response.text[:300]
             raise DnsError(f"{what}: HTTP {response.status_code}: {detail}")
         return body
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    """A resolver address (``ip``, ``ip:port``, ``[v6]:port``; validated with the configuration)."""
+    parsed = parse_nameserver(item)
+    if parsed is None:
+        raise DnsError(f"invalid DNS server address {item!r}; expected an IP address with an optional port")
+    return parsed
 
 
 def _txt(fqdn: str, host: str, port: int) -> set[str]:

@@ -190,3 +190,17 @@ def test_retry_after_header_and_detail_text() -> None:
     expected = datetime.datetime(2027, 1, 15, 10, tzinfo=datetime.timezone.utc).timestamp()
     assert retry_at_from_detail(detail) == expected
     assert acme_client.RATE_LIMITED == "urn:ietf:params:acme:error:rateLimited"
+
+
+def test_dns_server_addresses_with_and_without_a_port(tmp_path: Path) -> None:
+    from a3s_gateway.acme.dns import _host_port
+    from a3s_gateway.errors import ConfigError
+
+    assert _host_port("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert _host_port("127.0.0.1") == ("127.0.0.1", 53)
+    assert _host_port("[::1]:5353") == ("::1", 5353)
+    assert _host_port("::1") == ("::1", 53)  # a bare IPv6 address: port 53, not "::" port 1
+    resolvers = 'challenge = "dns-01"\n    dns_provider = "cloudflare"\n    acme_dns_resolvers = ["ns1.example.com:x"]'
+    with pytest.raises(ConfigError, match=r'invalid nameserver "ns1\.example\.com:x"'):
+        GatewayConfig.from_hcl(hcl(tmp_path, 'acme_domains = ["a.example.com"]', challenge=resolvers),
+                               filename="t.hcl")
