@@ -100,20 +100,27 @@ class _CompressionError(h2.exceptions.ProtocolError):
     error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
 
 
-class _ZeroIncrement(WindowUpdateFrame):
-    """A WINDOW_UPDATE of a stream with a 0 increment, which hyperframe refuses to parse: a stream error
-    (RFC 9113 §6.9), handed to :meth:`_ServerConnection._receive_zero_increment`."""
+class _StreamFault(WindowUpdateFrame):
+    """A frame hyperframe refuses to parse whose error RFC 9113 makes a stream error: a stream's WINDOW_UPDATE
+    with a 0 increment (PROTOCOL_ERROR, §6.9), a PRIORITY frame not 5 bytes long (FRAME_SIZE_ERROR, §6.3).
+    :class:`_BoundedFrameBuffer` hands it to :meth:`_ServerConnection._receive_stream_fault`."""
+
+    def __init__(self, stream_id: int, kind: int, code: int) -> None:
+        super().__init__(stream_id)
+        self.kind = kind
+        self.code = code
 
 
+_PRIORITY: Final = 0x2
 _SETTINGS: Final = 0x4
 _WINDOW_UPDATE: Final = 0x8
 
 
 class _BoundedFrameBuffer(FrameBuffer):
     """h2's frame buffer with a HEADERS + CONTINUATION block bounded by ``max_header_bytes`` (CVE-2024-27316):
-    a longer block is a connection error before it is decoded. Two frames hyperframe rejects as a whole get the
+    a longer block is a connection error before it is decoded. Frames hyperframe rejects as a whole get the
     error RFC 9113 gives them: a SETTINGS ACK with a payload is FRAME_SIZE_ERROR (§6.5), a stream's WINDOW_UPDATE
-    of 0 a stream error (§6.9)."""
+    of 0 and a PRIORITY of the wrong length are stream errors (§6.9, §6.3)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(server=True)
@@ -125,12 +132,20 @@ class _BoundedFrameBuffer(FrameBuffer):
             kind = data[3]
             if kind == _SETTINGS and data[4] & 0x1 and data[:3] != b"\0\0\0":
                 raise h2.exceptions.FrameDataMissingError("SETTINGS ACK with a payload")
-            if kind == _WINDOW_UPDATE and len(data) >= 13 and data[:3] == b"\0\0\4" \
-                    and not any(data[9:13]) and any(data[5:9]):
-                frame = _ZeroIncrement(int.from_bytes(data[5:9], "big") & 0x7FFFFFFF)
-                del data[:13]
-                new = self._update_header_buffer(frame)  # inside a header block: a connection error
-                return new if new is not None else self.__next__()
+            if kind in (_WINDOW_UPDATE, _PRIORITY):
+                sid = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+                length = int.from_bytes(data[:3], "big")
+                fault = None
+                if kind == _WINDOW_UPDATE and sid and length == 4 and len(data) >= 13 \
+                        and not int.from_bytes(data[9:13], "big") & 0x7FFFFFFF:
+                    fault = _StreamFault(sid, kind, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                elif kind == _PRIORITY and sid and length != 5 and length <= self.max_frame_size \
+                        and len(data) >= 9 + length:
+                    fault = _StreamFault(sid, kind, h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                if fault is not None:
+                    del data[: 9 + length]
+                    new = self._update_header_buffer(fault)  # inside a header block: a connection error
+                    return new if new is not None else self.__next__()
         return super().__next__()
 
     def _update_header_buffer(self, f: Any) -> Any:
@@ -153,7 +168,7 @@ class _ServerConnection(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration, header_limit: int) -> None:
         super().__init__(config=config)
         self.incoming_buffer = _BoundedFrameBuffer(header_limit)
-        self._frame_dispatch_table[_ZeroIncrement] = self._receive_zero_increment
+        self._frame_dispatch_table[_StreamFault] = self._receive_stream_fault
         self._created = 0  # the stream the HEADERS frame being received opened or found
         self._settings_seen = False  # the client's preface SETTINGS arrived
         # the decoded header list is bounded by what we announce from the first byte, not from the client's ACK
@@ -193,14 +208,17 @@ class _ServerConnection(h2.connection.H2Connection):
             return [], []  # a closed stream
         return super()._receive_priority_frame(frame)
 
-    def _receive_zero_increment(self, frame: Any) -> Any:
+    def _receive_stream_fault(self, frame: _StreamFault) -> Any:
         sid = frame.stream_id
-        error = h2.exceptions.ProtocolError("WINDOW_UPDATE with a 0 increment")
+        why = "WINDOW_UPDATE with a 0 increment" if frame.kind == _WINDOW_UPDATE else "PRIORITY of the wrong length"
+        error = h2.exceptions.ProtocolError(why)
         if sid in self.streams:
-            return self._malformed(sid, str(error), 0, error)
+            return self._malformed(sid, why, 0, error, frame.code)
         if sid > self.highest_inbound_stream_id:
-            raise error  # on an idle stream: a connection error (§5.1)
-        return [], []
+            if frame.kind == _WINDOW_UPDATE:
+                raise error  # on an idle stream: a connection error (§5.1)
+            return [RstStreamFrame(sid, error_code=frame.code)], []  # PRIORITY may name an idle stream
+        return [], []  # a closed stream
 
     def _get_or_create_stream(self, stream_id: int, allowed_ids: Any) -> Any:
         stream = super()._get_or_create_stream(stream_id, allowed_ids)
@@ -239,12 +257,13 @@ class _ServerConnection(h2.connection.H2Connection):
             # the frame's bytes count against the connection window: the event tells the protocol to give them back
             return self._malformed(frame.stream_id, str(e), frame.flow_controlled_length, e)
 
-    def _malformed(self, sid: int, why: str, length: int, error: Exception) -> Any:
+    def _malformed(self, sid: int, why: str, length: int, error: Exception,
+                   code: int = h2.errors.ErrorCodes.PROTOCOL_ERROR) -> Any:
         stream = self.streams.get(sid)
         if stream is None:
             raise error
         try:
-            frames = stream.reset_stream(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            frames = stream.reset_stream(code)
         except h2.exceptions.ProtocolError:
             raise error from None
         return frames, [StreamMalformed(sid, why, length)]
