@@ -216,7 +216,8 @@ class H2Conn:
     def expect_stream_closed(self, sid: int) -> None:
         """STREAM_CLOSED for a frame on a closed stream: RFC 9113 §5.1 lets the receiver make it a stream error
         (RST_STREAM) or a connection error (GOAWAY, then close); the code is STREAM_CLOSED either way."""
-        frame = self.until(lambda f: isinstance(f, GoAwayFrame) or (isinstance(f, RstStreamFrame) and f.stream_id == sid))
+        frame = self.until(lambda f: isinstance(f, GoAwayFrame) or
+                           (isinstance(f, RstStreamFrame) and f.stream_id == sid))
         assert frame is not None, f"no STREAM_CLOSED for stream {sid}: {self.frames}"
         assert frame.error_code == STREAM_CLOSED, frame
         if isinstance(frame, GoAwayFrame):

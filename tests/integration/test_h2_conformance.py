@@ -362,7 +362,8 @@ def test_ping_is_answered_with_the_same_payload(conn: H2Conn) -> None:
     (raw_frame(PRIORITY, 0, 0, b"\x00\x00\x00\x01\x10"), PROTOCOL_ERROR),  # §6.3: PRIORITY on stream 0
     (raw_frame(CONTINUATION, END_HEADERS, 1, b"\x82"), PROTOCOL_ERROR),  # §6.10: without HEADERS
 ], ids=["ping-on-stream", "ping-length-7", "goaway-on-stream", "push-promise-from-client", "rst-stream-0",
-        "window-update-length-3", "rst-stream-length-3", "data-stream-0", "headers-stream-0", "priority-stream-0", "lone-continuation"])
+        "window-update-length-3", "rst-stream-length-3", "data-stream-0", "headers-stream-0", "priority-stream-0",
+        "lone-continuation"])
 def test_control_frame_errors(conn: H2Conn, frame: bytes, code: int) -> None:
     conn.send(frame)
     conn.expect_connection_error(code)
@@ -846,7 +847,7 @@ def test_informational_response_is_relayed_before_the_final_one(conn: H2Conn) ->
     conn.send(conn.get(1, "/early"))
     resp = conn.response(1)
     assert resp.informational == [103] and resp.status == 200 and resp.body == b"final"
-    hints = [f for f in conn.frames if isinstance(f, HeadersFrame) and f.stream_id == 1][0]
+    hints = next(f for f in conn.frames if isinstance(f, HeadersFrame) and f.stream_id == 1)
     assert "END_STREAM" not in hints.flags
 
 
@@ -884,6 +885,20 @@ def test_data_over_several_frames_beyond_content_length_is_a_stream_error(conn: 
 def test_content_length_on_headers_only_request_is_a_stream_error(conn: H2Conn) -> None:
     conn.send(conn.get(1, "/cl", "POST", extra=[("content-length", "3")]))  # END_STREAM on HEADERS, no DATA
     conn.expect_stream_error(1, PROTOCOL_ERROR)
+
+
+def test_data_shorter_than_content_length_then_trailers_is_a_stream_error(gw: Running, conn: H2Conn) -> None:
+    seen = len(gw.backend.requests)
+    conn.send(conn.get(1, "/cl-trailers", "POST", extra=[("content-length", "10")], end_stream=False),
+              data(1, b"short"), conn.headers(1, [("x-checksum", "1")]))  # the stream ends with the trailers
+    conn.expect_stream_error(1, PROTOCOL_ERROR)
+    assert not any(r["target"] == "/cl-trailers" and len(r["body"]) == 10 for r in gw.backend.requests[seen:])
+
+
+def test_content_length_in_trailers_does_not_change_the_framing(gw: Running, conn: H2Conn) -> None:
+    conn.send(conn.get(1, "/cl-ok", "POST", extra=[("content-length", "5")], end_stream=False),
+              data(1, b"exact"), conn.headers(1, [("x-checksum", "1"), ("content-length", "99")]))
+    assert conn.response(1).body == b"POST /cl-ok body=5"
 
 
 def test_content_length_matching_data_is_served(conn: H2Conn) -> None:

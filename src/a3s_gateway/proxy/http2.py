@@ -227,6 +227,8 @@ class _ServerConnection(h2.connection.H2Connection):
 
     def _receive_headers_frame(self, frame: Any) -> Any:
         self._created = 0
+        known = self.streams.get(frame.stream_id)  # not None: these are trailers
+        declared = None if known is None else known._expected_content_length
         try:
             frames, events = super()._receive_headers_frame(frame)
         except h2.exceptions.StreamClosedError:
@@ -239,9 +241,13 @@ class _ServerConnection(h2.connection.H2Connection):
             if self._created != frame.stream_id or isinstance(e, h2.exceptions.DenialOfServiceError):
                 raise
             return self._malformed(frame.stream_id, str(e), 0, e)
+        if known is not None:
+            # h2 takes the length from the trailers (a content-length there, or none); the request's stands
+            # (trailers never frame the message, RFC 9110 §6.5.1)
+            known._expected_content_length = declared
         if "END_STREAM" in frame.flags:
-            # RFC 9113 §8.1.1: a content-length that the DATA frames (none after END_STREAM) contradict; h2 checks
-            # it on DATA frames only
+            # RFC 9113 §8.1.1: a content-length that the DATA frames contradict, the stream ending with these
+            # headers (h2 checks it on DATA frames only)
             stream = self.streams.get(frame.stream_id)
             expected = None if stream is None else stream._expected_content_length
             if stream is not None and expected is not None and expected != stream._actual_content_length:
