@@ -65,9 +65,9 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
-from support import parse_head, read_chunked, read_head
 
 from a3s_gateway import Gateway, GatewayConfig
+from support import parse_head, read_chunked, read_head
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -969,6 +969,25 @@ def test_graceful_shutdown_goaway_names_the_last_stream_and_lets_it_finish(gw: R
     finally:
         if fut is None:
             gw.run(own.shutdown(0.5))
+
+
+def test_entrypoint_removed_by_a_reload_sends_goaway_and_lets_the_stream_finish(gw: Running) -> None:
+    # SPEC §9.1: a removed entrypoint's connections get GOAWAY(NO_ERROR) naming the last stream, which finishes
+    own: Gateway = gw.run(gw._start(gw.hcl))
+    try:
+        with H2Conn(int(own.bound_addresses()["idle"][1])) as c:
+            c.send(c.get(1, "/slow"))
+            time.sleep(0.1)
+            start, end = gw.hcl.index('entrypoints "idle"'), gw.hcl.index("middlewares")  # the "idle" block
+            without = gw.hcl[:start] + gw.hcl[end:]
+            gw.run(own.reload(GatewayConfig.from_hcl(without, filename="conformance.hcl")))
+            goaway = c.goaway()
+            assert goaway.error_code == NO_ERROR and goaway.last_stream_id == 1
+            resp = c.response(1)
+            assert resp.status == 200 and resp.body == b"GET /slow body=0"
+            c.expect_closed()
+    finally:
+        gw.run(own.shutdown(0.5))
 
 
 def test_connection_survives_a_reload_without_goaway(gw: Running, conn: H2Conn) -> None:
