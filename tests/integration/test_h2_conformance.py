@@ -211,7 +211,8 @@ class Running:
 
 @pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
 def implementation(request: pytest.FixtureRequest) -> str:
-    """The HTTP/2 implementation under test (a second one plugs in here: how to select it, and its name)."""
+    """The HTTP/2 implementation under test. A second one plugs in here: its name and protocol module in
+    IMPLEMENTATIONS, and this fixture makes the gateway choose it (the first case checks that it did)."""
     return str(request.param)
 
 
@@ -235,10 +236,6 @@ def conn(gw: Running) -> Iterator[H2Conn]:
 
 def connect(gw: Running, entry: str = "web", **kw: Any) -> H2Conn:
     return H2Conn(gw.port(entry), **kw)
-
-
-def body_of(status_body: str) -> bytes:
-    return status_body.encode()
 
 
 # == the implementation under test ===============================================================================
@@ -617,7 +614,7 @@ def test_data_beyond_the_stream_window_is_flow_control_error(gw: Running) -> Non
     # exchange's high-water mark) so the window is not given back: a client that sends 2 MiB breaks flow control
     with connect(gw) as c:
         c.send(c.get(1, "/stall", "POST", end_stream=False))
-        c.send(*[data(1, b"z" * 16384) for _ in range(128)])
+        c.send(*[data(1, b"z" * 16384) for _ in range(128)])  # §6.9.1: a stream or a connection error
         frame = c.until(lambda f: isinstance(f, (GoAwayFrame, RstStreamFrame)))
         assert frame is not None and frame.error_code == FLOW_CONTROL_ERROR
 
