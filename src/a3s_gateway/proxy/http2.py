@@ -36,7 +36,8 @@ import h2.exceptions
 import h2.settings
 import h2.stream
 from h2.frame_buffer import FrameBuffer
-from hyperframe.frame import HeadersFrame
+from hpack.exceptions import OversizedHeaderListError
+from hyperframe.frame import GoAwayFrame, HeadersFrame, PriorityFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 
 from .. import _compat
 from ..errors import ProtocolError
@@ -71,6 +72,7 @@ RESET_BURST: Final = 200  # client resets within RESET_WINDOW seconds (rapid res
 RESET_WINDOW: Final = 1.0
 FLOOD_LIMIT: Final = 1000  # SETTINGS, PING or empty DATA frames within FLOOD_WINDOW seconds
 FLOOD_WINDOW: Final = 10.0
+MAX_CONTINUATIONS: Final = 32  # CONTINUATION frames in one header block (CVE-2024-28182; h2 would allow 64)
 SLICE: Final = 64 * 1024  # received bytes handed to h2 at a time: an abusive burst is cut short between slices
 
 
@@ -92,15 +94,63 @@ class StreamMalformed(h2.events.Event):
         self.flow_controlled_length = flow_controlled_length
 
 
+class _CompressionError(h2.exceptions.ProtocolError):
+    """A header block HPACK cannot decode: a connection error of type COMPRESSION_ERROR (RFC 9113 §4.3)."""
+
+    error_code = h2.errors.ErrorCodes.COMPRESSION_ERROR
+
+
+class _StreamFault(WindowUpdateFrame):
+    """A frame hyperframe refuses to parse whose error RFC 9113 makes a stream error: a stream's WINDOW_UPDATE
+    with a 0 increment (PROTOCOL_ERROR, §6.9), a PRIORITY frame not 5 bytes long (FRAME_SIZE_ERROR, §6.3).
+    :class:`_BoundedFrameBuffer` hands it to :meth:`_ServerConnection._receive_stream_fault`."""
+
+    def __init__(self, stream_id: int, kind: int, code: int) -> None:
+        super().__init__(stream_id)
+        self.kind = kind
+        self.code = code
+
+
+_PRIORITY: Final = 0x2
+_SETTINGS: Final = 0x4
+_WINDOW_UPDATE: Final = 0x8
+
+
 class _BoundedFrameBuffer(FrameBuffer):
     """h2's frame buffer with a HEADERS + CONTINUATION block bounded by ``max_header_bytes`` (CVE-2024-27316):
-    a longer block is a connection error before it is decoded."""
+    a longer block is a connection error before it is decoded. Frames hyperframe rejects as a whole get the
+    error RFC 9113 gives them: a SETTINGS ACK with a payload is FRAME_SIZE_ERROR (§6.5), a stream's WINDOW_UPDATE
+    of 0 and a PRIORITY of the wrong length are stream errors (§6.9, §6.3)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(server=True)
         self.block_limit = limit
 
+    def __next__(self) -> Any:
+        data = self._data
+        if len(data) >= 9:
+            kind = data[3]
+            if kind == _SETTINGS and data[4] & 0x1 and data[:3] != b"\0\0\0":
+                raise h2.exceptions.FrameDataMissingError("SETTINGS ACK with a payload")
+            if kind in (_WINDOW_UPDATE, _PRIORITY):
+                sid = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+                length = int.from_bytes(data[:3], "big")
+                fault = None
+                if kind == _WINDOW_UPDATE and sid and length == 4 and len(data) >= 13 \
+                        and not int.from_bytes(data[9:13], "big") & 0x7FFFFFFF:
+                    fault = _StreamFault(sid, kind, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                elif kind == _PRIORITY and sid and length != 5 and length <= self.max_frame_size \
+                        and len(data) >= 9 + length:
+                    fault = _StreamFault(sid, kind, h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                if fault is not None:
+                    del data[: 9 + length]
+                    new = self._update_header_buffer(fault)  # inside a header block: a connection error
+                    return new if new is not None else self.__next__()
+        return super().__next__()
+
     def _update_header_buffer(self, f: Any) -> Any:
+        if len(self._headers_buffer) >= MAX_CONTINUATIONS:  # empty CONTINUATIONs never grow the block
+            raise h2.exceptions.DenialOfServiceError("too many CONTINUATION frames")
         f = super()._update_header_buffer(f)
         pending = self._headers_buffer
         size = sum(len(x.data) for x in pending) if pending else len(f.data) if isinstance(f, HeadersFrame) else 0
@@ -118,7 +168,57 @@ class _ServerConnection(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration, header_limit: int) -> None:
         super().__init__(config=config)
         self.incoming_buffer = _BoundedFrameBuffer(header_limit)
+        self._frame_dispatch_table[_StreamFault] = self._receive_stream_fault
         self._created = 0  # the stream the HEADERS frame being received opened or found
+        self._settings_seen = False  # the client's preface SETTINGS arrived
+        # the decoded header list is bounded by what we announce from the first byte, not from the client's ACK
+        # of our SETTINGS on (h2 applies it then): an HPACK bomb sent at once is stopped as well
+        self.decoder.max_header_list_size = header_limit
+
+    def goaway(self, code: int = 0) -> None:
+        """GOAWAY naming the last stream processed, without closing h2's state: the streams in progress finish
+        (h2's close_connection would refuse every frame after it)."""
+        self._prepare_for_sending([GoAwayFrame(0, last_stream_id=self.highest_inbound_stream_id, error_code=code)])
+
+    def _receive_frame(self, frame: Any) -> Any:
+        if not self._settings_seen:  # RFC 9113 §3.4: the client preface ends with a SETTINGS frame
+            if not isinstance(frame, SettingsFrame) or "ACK" in frame.flags:
+                raise h2.exceptions.ProtocolError("the connection preface is not followed by SETTINGS")
+            self._settings_seen = True
+        return super()._receive_frame(frame)
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        """The client's GOAWAY (RFC 9113 §6.8): it opens no more streams, and those in progress finish (h2 would
+        stop sending at once)."""
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors._error_code_from_int(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+    def _receive_priority_frame(self, frame: Any) -> Any:
+        if isinstance(frame, PriorityFrame) and frame.depends_on == frame.stream_id:
+            # RFC 9113 §5.3.1: a stream depending on itself is a stream error
+            sid = frame.stream_id
+            if sid in self.streams:
+                return self._malformed(sid, "stream depends on itself", 0,
+                                       h2.exceptions.ProtocolError("stream depends on itself"))
+            if sid > self.highest_inbound_stream_id:  # idle: nothing to reset but the frame
+                return [RstStreamFrame(sid, error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)], []
+            return [], []  # a closed stream
+        return super()._receive_priority_frame(frame)
+
+    def _receive_stream_fault(self, frame: _StreamFault) -> Any:
+        sid = frame.stream_id
+        why = "WINDOW_UPDATE with a 0 increment" if frame.kind == _WINDOW_UPDATE else "PRIORITY of the wrong length"
+        error = h2.exceptions.ProtocolError(why)
+        if sid in self.streams:
+            return self._malformed(sid, why, 0, error, frame.code)
+        if sid > self.highest_inbound_stream_id:
+            if frame.kind == _WINDOW_UPDATE:
+                raise error  # on an idle stream: a connection error (§5.1)
+            return [RstStreamFrame(sid, error_code=frame.code)], []  # PRIORITY may name an idle stream
+        return [], []  # a closed stream
 
     def _get_or_create_stream(self, stream_id: int, allowed_ids: Any) -> Any:
         stream = super()._get_or_create_stream(stream_id, allowed_ids)
@@ -127,14 +227,34 @@ class _ServerConnection(h2.connection.H2Connection):
 
     def _receive_headers_frame(self, frame: Any) -> Any:
         self._created = 0
+        known = self.streams.get(frame.stream_id)  # not None: these are trailers
+        declared = None if known is None else known._expected_content_length
         try:
-            return super()._receive_headers_frame(frame)
+            frames, events = super()._receive_headers_frame(frame)
         except h2.exceptions.StreamClosedError:
             raise
         except h2.exceptions.ProtocolError as e:
+            cause = e.__cause__
+            if self._created != frame.stream_id and cause is not None \
+                    and not isinstance(cause, OversizedHeaderListError):
+                raise _CompressionError(str(e)) from cause  # HPACK could not decode the block (before the stream)
             if self._created != frame.stream_id or isinstance(e, h2.exceptions.DenialOfServiceError):
                 raise
             return self._malformed(frame.stream_id, str(e), 0, e)
+        if known is not None:
+            # h2 takes the length from the trailers (a content-length there, or none); the request's stands
+            # (trailers never frame the message, RFC 9110 §6.5.1)
+            known._expected_content_length = declared
+        if "END_STREAM" in frame.flags:
+            # RFC 9113 §8.1.1: a content-length that the DATA frames contradict, the stream ending with these
+            # headers (h2 checks it on DATA frames only)
+            stream = self.streams.get(frame.stream_id)
+            expected = None if stream is None else stream._expected_content_length
+            if stream is not None and expected is not None and expected != stream._actual_content_length:
+                more, malformed = self._malformed(frame.stream_id, "content-length without as much DATA", 0,
+                                                  h2.exceptions.ProtocolError("content-length"))
+                return frames + more, events + malformed
+        return frames, events
 
     def _receive_data_frame(self, frame: Any) -> Any:
         try:
@@ -143,12 +263,13 @@ class _ServerConnection(h2.connection.H2Connection):
             # the frame's bytes count against the connection window: the event tells the protocol to give them back
             return self._malformed(frame.stream_id, str(e), frame.flow_controlled_length, e)
 
-    def _malformed(self, sid: int, why: str, length: int, error: Exception) -> Any:
+    def _malformed(self, sid: int, why: str, length: int, error: Exception,
+                   code: int = h2.errors.ErrorCodes.PROTOCOL_ERROR) -> Any:
         stream = self.streams.get(sid)
         if stream is None:
             raise error
         try:
-            frames = stream.reset_stream(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            frames = stream.reset_stream(code)
         except h2.exceptions.ProtocolError:
             raise error from None
         return frames, [StreamMalformed(sid, why, length)]
@@ -383,6 +504,7 @@ class H2Protocol(asyncio.Protocol):
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
+        del self.h2.local_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL]  # §9.1: not sent
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)  # §9.1: 16 MiB for the connection
         self.max_streams = limits.max_concurrent_streams
@@ -410,7 +532,7 @@ class H2Protocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: GOAWAY now; streams in progress finish."""
         self.closing = True
-        self.h2.close_connection()
+        self.h2.goaway()
         self.flush()
         if not self.streams:
             self.transport.close()
@@ -463,6 +585,8 @@ class H2Protocol(asyncio.Protocol):
         except h2.exceptions.ProtocolError as e:
             if isinstance(e, h2.exceptions.DenialOfServiceError):
                 self._abuse("header_block")
+            elif self.h2.state_machine.state != h2.connection.ConnectionState.CLOSED:
+                self.h2.goaway(e.error_code)  # not a preface (RFC 9113 §3.4): h2 raised before its own GOAWAY
             log.info("HTTP/2 protocol error from %s: %s", self.transport.get_extra_info("peername"), e)
             self._stop_streams()
             self.flush()
@@ -500,7 +624,13 @@ class H2Protocol(asyncio.Protocol):
                 for stream in list(self.streams.values()):
                     stream.flush()
             elif isinstance(event, h2.events.ConnectionTerminated):
+                # the client's GOAWAY: no new streams; those in progress finish, unless it reports an error
                 self.closing = True
+                if event.error_code != h2.errors.ErrorCodes.NO_ERROR or not (self.streams or self.starting):
+                    self._stop_streams()
+                    self.flush()
+                    self.transport.close()
+                    return False
         # streams start once every frame of these bytes is processed: one reset in the same bytes never
         # reaches routing or a backend (SPEC §9.1)
         if self.starting:
