@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Client, Request, gateway_port, ok, start_backend
+from certs import make_san_cert
 
 from a3s_gateway import Gateway, GatewayConfig
 from a3s_gateway.config.model import KubernetesProviderConfig
 from a3s_gateway.providers.kube_translate import KubeState, served_ingresses, translate
 from a3s_gateway.providers.merge import merge
-from certs import make_san_cert
+from support import Client, Request, gateway_port, ok, start_backend
 
 pytestmark = pytest.mark.timeout(60)
 
