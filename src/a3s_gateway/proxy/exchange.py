@@ -478,7 +478,7 @@ class Exchange(Client):
                     self.cold = True
                     self.conn.stop_timer()
                     interval = cast("RouteTarget", self.target).queued_keepalive
-                    if interval > 0.0 and self.ka_timer is None and not self.head_sent and self._wants_stream():
+                    if interval > 0.0 and self.ka_timer is None and not self.head_sent:
                         self.ka_interval = interval
                         self.ka_timer = self.conn.loop.call_later(interval, self._keepalive)
                     return
@@ -489,13 +489,24 @@ class Exchange(Client):
 
     # -- queued_keepalive (SPEC §16.3) -------------------------------------------------------------------------
     def _wants_stream(self) -> bool:
-        """A streaming request: ``"stream": true`` in its inspected body, or ``Accept: text/event-stream``."""
+        """A streaming request: ``Accept: text/event-stream``, or ``"stream": true`` in its body — inspected, or
+        else the start of it read while the request waits (a ``Content-Length`` body)."""
         if self.streaming:
             return True
         for name, value in self.head.headers:
             if name.lower() == b"accept" and b"text/event-stream" in value.lower():
                 return True
-        return False
+        conn = self.conn
+        body = conn.body
+        if self.meter is not None or body is None or body.mode == CHUNKED:
+            return False
+        if not conn.expect and conn.has_buffered():
+            conn.read_body()  # what came with the head joins the held bytes
+        if conn.gone() or not self.pending:
+            return False
+        limit = conn.entry.limits.ai_inspect_limit
+        held = b"".join(self.pending)
+        return read_request(held[:limit], conn.body_done and len(held) <= limit).stream
 
     def _keepalive(self) -> None:
         """Every ``queued_keepalive`` while the request waits: the first time (still queued) the 200 SSE head, then
@@ -507,8 +518,10 @@ class Exchange(Client):
         chunked = self.head.version == 1
         out = b""
         if not self.head_sent:
-            if self.held is None:
-                return  # dispatched before the interval passed: the backend's own head will answer
+            if self.held is None or not self._wants_stream():
+                return  # dispatched before the interval passed (the backend's head answers), or no stream
+            if self.stats is None or conn.gone():
+                return
             self.head_sent = True
             self.resp_started = True
             self.status = 200
