@@ -242,7 +242,7 @@ async def test_a_queued_stream_answered_with_an_error_status_ends_with_an_sse_er
     c = await Client.connect(gateway_port(gw))
     c.send(chat("hello", stream=True))
     first, headers, chunks = await read_stream(c, 20)
-    assert first.startswith("HTTP/1.1 200")
+    assert first.startswith("HTTP/1.1 200") and headers["content-type"] == "text/event-stream"
     body = b"".join(data for _, data in chunks)
     assert b": queued" in body
     assert body.endswith(b'event: error\ndata: {"error":"Upstream answered 503"}\n\n'), body

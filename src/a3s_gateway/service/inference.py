@@ -168,26 +168,25 @@ def store(backend: Backend, waiting: float, running: float, kv_usage: float, at:
 
 
 def rows(scrapers: dict[str, Scraper]) -> list[tuple[str, str, int, float, float, float, float]]:
-    """What the supervisor sends its workers: (service, URL, scrape number, waiting, running, kv, age in seconds)
-    of every backend with a reading."""
-    now = time.monotonic()
+    """What the supervisor sends its workers: (service, URL, scrape number, waiting, running, kv, when) of every
+    backend with a reading; ``when`` is ``time.monotonic()``, one clock for every process of the machine, so the
+    message changes only with a new scrape (the supervisor sends a sync only when it changed)."""
     out: list[tuple[str, str, int, float, float, float, float]] = []
     for name, scraper in scrapers.items():
         for b in scraper.backends():
             if b.scraped_at >= 0.0:
-                out.append((name, b.url, b.scrapes, b.waiting, b.running, b.kv_usage, now - b.scraped_at))
+                out.append((name, b.url, b.scrapes, b.waiting, b.running, b.kv_usage, b.scraped_at))
     return out
 
 
 def apply_rows(services: dict[str, Any], data: list[Any]) -> None:
     """A worker takes the supervisor's readings (a reading it has already is left alone, so its picks since that
     scrape keep counting)."""
-    now = time.monotonic()
-    for service, url, number, waiting, running, kv, age in data:
+    for service, url, number, waiting, running, kv, when in data:
         svc = services.get(service)
         if svc is None:
             continue
         for b in svc.backends:
             if b.url == url and b.scrapes != number:
-                store(b, float(waiting), float(running), float(kv), now - float(age))
+                store(b, float(waiting), float(running), float(kv), float(when))
                 b.scrapes = int(number)

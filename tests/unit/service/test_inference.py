@@ -13,7 +13,7 @@ from a3s_gateway.config import GatewayConfig
 from a3s_gateway.errors import ConfigError
 from a3s_gateway.http.inspect import prompt_key, read_request
 from a3s_gateway.service.balancer import Backend, InferenceBalancer, make_balancer
-from a3s_gateway.service.inference import apply_rows, parse_metrics, store
+from a3s_gateway.service.inference import apply_rows, parse_metrics, rows, store
 
 VLLM = b"""# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
 # TYPE vllm:num_requests_waiting gauge
@@ -159,12 +159,21 @@ def test_worker_takes_the_supervisors_readings_once_per_scrape() -> None:
 
     (a,) = pool(1)
     a.sent_since_scrape = 4
-    apply_rows({"s": Svc([a])}, [("s", a.url, 7, 3.0, 1.0, 0.5, 0.1), ("gone", "http://x:1", 1, 0, 0, 0, 0)])
-    assert (a.waiting, a.running, a.kv_usage, a.scrapes, a.sent_since_scrape) == (3.0, 1.0, 0.5, 7, 0)
-    assert time.monotonic() - a.scraped_at == pytest.approx(0.1, abs=0.05)
+    when = time.monotonic() - 0.1
+    apply_rows({"s": Svc([a])}, [("s", a.url, 7, 3.0, 1.0, 0.5, when), ("gone", "http://x:1", 1, 0, 0, 0, 0)])
+    assert (a.waiting, a.running, a.kv_usage, a.scrapes, a.sent_since_scrape, a.scraped_at) == (
+        3.0, 1.0, 0.5, 7, 0, when)
     a.sent_since_scrape = 2
-    apply_rows({"s": Svc([a])}, [("s", a.url, 7, 3.0, 1.0, 0.5, 0.3)])  # the same scrape: picks keep counting
+    apply_rows({"s": Svc([a])}, [("s", a.url, 7, 3.0, 1.0, 0.5, when)])  # the same scrape: picks keep counting
     assert a.sent_since_scrape == 2
+    supervisor = Backend("http://10.0.0.9:8000")
+    store(supervisor, 1.0, 2.0, 0.25, when)
+
+    class Scr:
+        def backends(self) -> list[Backend]:
+            return [supervisor]
+
+    assert rows({"s": Scr()}) == [("s", supervisor.url, 1, 1.0, 2.0, 0.25, when)]  # type: ignore[dict-item]
 
 
 def test_make_balancer_inference() -> None:
