@@ -248,3 +248,25 @@ async def test_a_queued_stream_answered_with_an_error_status_ends_with_an_sse_er
     assert body.endswith(b'event: error\ndata: {"error":"Upstream answered 503"}\n\n'), body
     assert b"status 503" not in body  # the backend's own error body is not relayed
     c.close()
+
+
+async def test_a_reload_replaces_the_scraper_and_keeps_the_readings(start_gateway) -> None:
+    from a3s_gateway import GatewayConfig
+
+    a, b = await servers(2)
+    a.waiting = 50
+    gw = await start_gateway(inference_config([a, b]))
+    await until(lambda: readings(gw) == {a.url: 50, b.url: 0})
+    old = gw.runtime.services["vllm"].scraper
+    await gw.reload(GatewayConfig.from_hcl(inference_config([a, b], "max_queue = 10")))
+    new = gw.runtime.services["vllm"].scraper
+    assert new is not old and readings(gw) == {a.url: 50, b.url: 0}  # the backends keep their last reading
+    await until(lambda: old._task is None)  # the retired scraper stopped
+    seen = a.scrapes
+    a.waiting = 20  # above the new max_queue: still no traffic while b reports 0
+    await until(lambda: a.scrapes > seen + 2 and readings(gw)[a.url] == 20)
+    c = await Client.connect(gateway_port(gw))
+    for i in range(5):
+        assert (await c.request(chat(f"after reload {i}"))).status == 200
+    assert len(a.prompts) == 0 and len(b.prompts) == 5
+    c.close()
