@@ -948,9 +948,13 @@ class Gateway:
         return out
 
     def _backend_view(self, service: str, b: Any) -> dict[str, Any]:
-        return {"service": service, "url": b.url, "weight": b.weight, "healthy": bool(b.eligible),
+        view = {"service": service, "url": b.url, "weight": b.weight, "healthy": bool(b.eligible),
                 "active_connections": b.load(),  # with workers: the instance's count in the shared segment
                 "revision": b.revision or None}
+        if b.scraped_at >= 0.0:  # what its model server reported to the inference strategy (SPEC §16.5)
+            view["model_server"] = {"waiting": b.waiting, "running": b.running, "kv_cache_usage": b.kv_usage,
+                                    "age_seconds": round(time.monotonic() - b.scraped_at, 3)}
+        return view
 
     def services(self) -> list[dict[str, Any]]:
         """Services sorted by name (``GET /api/gateway/services``)."""

@@ -102,6 +102,8 @@ class ServiceRuntime:
     #: RevisionSplit that names the revision's target; None when no target of the service buffers
     scaling: Any = None
     rollout: Any = None  # the Rollout of its revisions (§8.7), None without a rollout block
+    scraper: Any = None  # model-server metrics of its ``inference`` pools (§16.5; service/inference.Scraper)
+    affinity_bytes: int = 0  # prompt-prefix bytes hashed for affinity (§16.5), 0: none
 
     @property
     def backends(self) -> list[Backend]:
@@ -116,6 +118,8 @@ class RouteTarget:
     service: ServiceRuntime
     stats: RouteStats  # counters of (router, service), carried across reloads
     chain: Chain | None = None  # the router's middlewares (None: none, the proxy's fast path)
+    inspect: bool = False  # its requests are inspected (§16.1) though no rule reads the model: an inference service
+    queued_keepalive: float = 0.0  # ``ai.queued_keepalive`` of the router (§16.3), 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +180,12 @@ class Retired:
     checkers: list[ActiveChecker] = field(default_factory=list)
     passives: list[PassiveHealth] = field(default_factory=list)
     mirrors: list[Mirror] = field(default_factory=list)
+    scrapers: list[Any] = field(default_factory=list)  # model-server metrics scrapers (§16.5)
 
     async def close(self) -> None:
         """Stop the mirrors and health checks, close the middleware instances, stop the scale targets."""
         closing: list[Awaitable[None]] = [m.close() for m in self.mirrors]
+        closing += [s.close() for s in self.scrapers]
         closing += [c.close() for c in self.checkers]
         closing += [p.close() for p in self.passives]
         closing += [mw.close() for mw in self.middlewares]
@@ -266,6 +272,8 @@ class State:
                     retired.passives.append(svc.passive)
                 if svc.mirror is not None:
                     retired.mirrors.append(svc.mirror)  # a mirror belongs to one generation
+                if svc.scraper is not None:
+                    retired.scrapers.append(svc.scraper)  # so does a scraper (the readings stay on the backends)
         self.pools = {name: (svc.transport, svc.pools) for name, svc in new.services.items()}
         self.checks = {name: (new.service_configs[name], svc.checker, svc.passive)
                        for name, svc in new.services.items() if name in new.service_configs}
@@ -298,6 +306,8 @@ class State:
                     svc.checker.start()
             if svc.passive is not None and control:
                 svc.passive.start()
+            if svc.scraper is not None and control:
+                svc.scraper.start()
 
     def close(self, runtime: Runtime | None) -> Retired:
         """At shutdown: close every pool now; return the rest of the running generation's objects to close."""
@@ -313,6 +323,7 @@ class State:
                 retired.passives.append(passive)
         if runtime is not None:
             retired.mirrors = [svc.mirror for svc in runtime.services.values() if svc.mirror is not None]
+            retired.scrapers = [svc.scraper for svc in runtime.services.values() if svc.scraper is not None]
         return retired
 
 

@@ -121,3 +121,39 @@ def test_make_run_readme_full_example(tmp_path: Path) -> None:
         out, _ = demo.communicate(timeout=60)
     assert demo.returncode == 0, out
     assert "Authorization: Bearer ey" in out  # the printed try-line carries a token
+
+
+@pytest.mark.timeout(60)
+def test_make_run_llm_gateway_streams_by_model_with_usage_and_scraped_metrics() -> None:
+    """examples/llm-gateway.hcl: the demo model servers report vLLM metrics the inference strategy scrapes, and a
+    streamed completion routed by its model is accounted from the stream's usage chunk in the access log."""
+    for port in (8080, 9901, 8001, 8002):
+        assert not port_taken(port), f"port {port} is in use: the example needs it free"
+    demo = subprocess.Popen([sys.executable, str(EXAMPLES / "run_demo.py"), str(EXAMPLES / "llm-gateway.hcl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        scraped: list[dict[str, object]] = []
+        while len(scraped) < 2 and time.monotonic() < deadline:  # both llama servers scraped
+            time.sleep(0.1)
+            if port_taken(9901):
+                scraped = [b for b in json.loads(get("http://127.0.0.1:9901/api/gateway/backends")[1])
+                           if b["service"] == "llama" and "model_server" in b]
+        assert len(scraped) == 2, scraped
+        conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=30)
+        conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
+                     body=json.dumps({"model": "llama-3-8b", "stream": True, "stream_options": {"include_usage": True},
+                                      "messages": [{"role": "user", "content": "Hello"}]}))
+        resp = conn.getresponse()
+        events = [line.decode().strip() for line in resp if line.startswith(b"data: ")]
+        conn.close()
+        assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+        assert json.loads(events[-2][6:])["usage"]["completion_tokens"] == 13 and events[-1] == "data: [DONE]"
+        assert "gateway_llm_requests_total" in get("http://127.0.0.1:9901/metrics")[1].decode()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=30)
+    assert demo.returncode == 0, out
+    logged = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"model"' in line]
+    assert any(e["model"] == "llama-3-8b" and e["output_tokens"] == 13 and e["usage_source"] == "reported"
+               for e in logged), out

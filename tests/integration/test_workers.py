@@ -48,6 +48,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/health":
             server.probes += 1
             status = server.health_status
+        elif self.path == "/metrics":  # a model server's queue, in vLLM's names (SPEC §16.5)
+            server.scrapes += 1
+            body = f"vllm:num_requests_waiting {server.waiting}\nvllm:num_requests_running 0\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         body = json.dumps({"backend": server.name, "path": self.path}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -68,6 +76,8 @@ class Backend(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.status = 200
         self.health_status = 200
         self.probes = 0
+        self.waiting = 0
+        self.scrapes = 0
         self.slow_started = threading.Event()
         self.release = threading.Event()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -644,3 +654,28 @@ def _refused(port: int) -> bool:
             return False
     except OSError:
         return True
+
+
+def test_the_supervisor_scrapes_model_servers_once_and_every_worker_balances_on_the_readings(
+        start_gateway, backends) -> None:
+    a, b = backends("a"), backends("b")
+    a.waiting = 50
+    gw = start_gateway(simple(a.url, strategy="inference", servers=f'{{ url = "{a.url}" }}, {{ url = "{b.url}" }}',
+                              balancing='inference { scrape_interval = "100ms" }'))
+
+    def readings() -> dict[str, float]:
+        rows = json.loads(gw.admin_get("/api/gateway/backends")[1])
+        return {r["url"]: r["model_server"]["waiting"] for r in rows if "model_server" in r}
+
+    wait_until(lambda: readings() == {a.url: 50, b.url: 0}, 10, "both scraped")
+    time.sleep(0.3)  # the supervisor's sync reaches the workers within 50 ms
+    seen = [json.loads(body)["backend"] for _, body in many(gw.port, "/x", 40)]
+    assert seen == ["b"] * 40
+    start = a.scrapes
+    time.sleep(1.0)
+    assert 5 <= a.scrapes - start <= 14, a.scrapes - start  # ~10 a second: one scraper (the supervisor)
+    a.waiting, b.waiting = 0, 50
+    wait_until(lambda: readings() == {a.url: 0, b.url: 50}, 10, "the queues changed places")
+    time.sleep(0.3)
+    seen = [json.loads(body)["backend"] for _, body in many(gw.port, "/x", 20)]
+    assert seen == ["a"] * 20

@@ -22,8 +22,9 @@ from ..routing.tcp import TcpRoute, TcpRouter
 from ..runtime import EntrypointRuntime, RouteTarget, Runtime, ServiceRuntime, State
 from ..scaling.rollout import Rollout
 from ..scaling.target import ScaleTarget
-from ..service.balancer import Backend, Balancer, CappedBalancer, make_balancer
+from ..service.balancer import Backend, Balancer, CappedBalancer, InferenceBalancer, make_balancer
 from ..service.health import ActiveChecker, HealthState, PassiveHealth
+from ..service.inference import Scraper
 from ..service.mirror import Mirror, MirrorCounts
 from ..service.revision import Revision, RevisionSplit
 from ..service.sticky import Sticky
@@ -148,7 +149,9 @@ def build_runtime(
             node = rules.check_rule(rule, "http")
             routes.append(
                 Route(r_name, rule, router.effective_priority, rules.compile_rule(node),
-                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chains[r_name]))
+                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chains[r_name],
+                                  services[router.service].scraper is not None,
+                                  router.ai.queued_keepalive if router.ai is not None else 0.0))
             )
         entrypoints[ep_name] = EntrypointRuntime(
             name=ep_name,
@@ -180,6 +183,7 @@ def _service_parts(
     backends: list[Backend] = []
     pools: dict[str, Any] = {}
     lb = svc.load_balancer
+    inf = lb.inference
     # plain services have one group of servers; with revisions (§8.6) each revision is a group of its own
     groups = [(r.name, r.servers, r.strategy) for r in svc.revisions] or [("", lb.servers, lb.strategy)]
     health = state.health
@@ -210,7 +214,7 @@ def _service_parts(
                 target = _new_target(tname, name, revision_name, svc, svc.scaling, group, pools, urls, loop, health)
             targets[tname] = (key, target)
             mine.append(target)
-            balancer: Balancer = make_balancer(strategy, group)
+            balancer: Balancer = make_balancer(strategy, group, None, inf.stale_after, inf.max_queue)
             if svc.scaling.container_concurrency > 0:
                 balancer = CappedBalancer(balancer, svc.scaling.container_concurrency)
             group_balancers.append(balancer)
@@ -236,14 +240,15 @@ def _service_parts(
         checked.extend(group)
         if revision_name:
             percent = next(r.traffic_percent for r in svc.revisions if r.name == revision_name)
-            revisions.append(Revision(revision_name, percent, make_balancer(strategy, group)))
+            revisions.append(Revision(revision_name, percent,
+                                      make_balancer(strategy, group, None, inf.stale_after, inf.max_queue)))
     health.attach(name, backends)  # backends carried over keep their health; new ones start healthy (§7.3)
     if revisions:
         dispatch: Balancer | RevisionSplit = RevisionSplit(revisions)
     elif group_balancers:
         dispatch = group_balancers[0]
     else:
-        dispatch = make_balancer(lb.strategy, backends)
+        dispatch = make_balancer(lb.strategy, backends, None, inf.stale_after, inf.max_queue)
     checks = state.checks.get(name)
     if checks is not None and checks[0] == svc:  # an unchanged service keeps its checker and passive health
         checker, passive = checks[1], checks[2]
@@ -258,6 +263,10 @@ def _service_parts(
             rollout = old_rollout  # unchanged block: the rollout goes on (adopted by State.carry)
         else:
             rollout = Rollout(name, svc.rollout, dispatch.revisions, loop.time())
+    # the inference pools' balancers (under a container_concurrency cap or in revisions): their backends are scraped
+    pools_of = [r.balancer for r in revisions] if revisions else [dispatch]
+    inference = [b.inner if isinstance(b, CappedBalancer) else b for b in pools_of]
+    scraped = [b for b in inference if isinstance(b, InferenceBalancer)]
     buffered = next((t for t in mine if t.buffered), None)
     scaling: object = None
     if buffered is not None:
@@ -273,6 +282,8 @@ def _service_parts(
         "targets": tuple(mine),
         "scaling": scaling,
         "rollout": rollout,
+        "scraper": Scraper(name, scraped, inf, transport) if scraped else None,
+        "affinity_bytes": inf.prefix_affinity_bytes if scraped else 0,
     }
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "FileProviderConfig",
     "GatewayConfig",
     "HealthCheckConfig",
+    "InferenceConfig",
     "KubernetesExecutorConfig",
     "KubernetesProviderConfig",
     "LoadBalancerConfig",
@@ -55,6 +56,7 @@ __all__ = [
     "RedirectConfig",
     "RevisionConfig",
     "RolloutConfig",
+    "RouterAiConfig",
     "RouterConfig",
     "ScalingConfig",
     "ServerConfig",
@@ -177,6 +179,14 @@ class RouterConfig:
     priority: int = 0
     effective_priority: int = 0
     protocol: str = "http"
+    ai: RouterAiConfig | None = None  # the router's ``ai`` block (§16.3)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterAiConfig:
+    """A router's ``ai`` block (§16.3)."""
+
+    queued_keepalive: float = 0.0  # seconds; 0 = off
 
 
 # --- services (§3.3, §7, §8) ------------------------------------------------------------------------------------
@@ -232,6 +242,17 @@ class StickyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    """``load_balancer.inference``: model-server metrics scraping of the ``inference`` strategy (§16.5)."""
+
+    metrics_path: str = "/metrics"
+    scrape_interval: float = 0.25
+    stale_after: float = 2.0
+    prefix_affinity_bytes: int = 256
+    max_queue: int = 128
+
+
+@dataclass(frozen=True, slots=True)
 class LoadBalancerConfig:
     """``load_balancer`` (§3.3)."""
 
@@ -241,6 +262,7 @@ class LoadBalancerConfig:
     health_check: HealthCheckConfig | None = None
     passive: PassiveConfig = PassiveConfig()
     sticky: StickyConfig | None = None
+    inference: InferenceConfig = InferenceConfig()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ member wins; a member whose value the prefix cuts is not read). Anything that is
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
@@ -15,7 +16,9 @@ import orjson
 #: ``Content-Type`` of an inspected request (parameters ignored, case-insensitive)
 JSON_TYPE: Final = b"application/json"
 _MAX_TOKENS_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_WANTED: Final = frozenset({"model", "stream", "stream_options", *_MAX_TOKENS_KEYS})
+_WANTED: Final = frozenset({"model", "stream", "stream_options", "messages", "prompt", *_MAX_TOKENS_KEYS})
+# a message's text in a prefix cut inside the messages array (prefix affinity, SPEC §16.5)
+_CONTENT: Final = re.compile(rb'"(?:content|text)"\s*:\s*"((?:[^"\\]|\\.)*)("|\\?$)', re.DOTALL)
 _WS: Final = b" \t\r\n"
 # a JSON string (escapes included), or one bracket: what a nested value is skipped by, at C speed
 _STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -26,9 +29,11 @@ _SCALAR_END: Final = re.compile(rb"[,}\]\s]")
 class RequestInfo:
     """The members §16.1 takes from a request body; None (or False) where the body does not say."""
 
-    __slots__ = ("include_usage", "max_tokens", "model", "stream")
+    __slots__ = ("include_usage", "max_tokens", "members", "model", "prefix", "stream")
 
     def __init__(self) -> None:
+        self.members: dict[str, object] = {}  # the body's top-level members (the wanted ones of a cut body)
+        self.prefix = b""  # the held bytes of a body cut at ai_inspect_limit (b"" when complete)
         self.model: str | None = None
         self.stream = False
         self.max_tokens: int | None = None
@@ -57,6 +62,9 @@ def read_request(body: bytes, complete: bool) -> RequestInfo:
     else:
         members = _scan_members(body)
     info = RequestInfo()
+    info.members = members
+    if not complete:
+        info.prefix = body
     model = members.get("model")
     if isinstance(model, str):
         info.model = model
@@ -142,3 +150,57 @@ def _scan_members(data: bytes) -> dict[str, object]:
         if i >= len(data) or data[i] != 0x2C:  # ','
             return found
         i += 1
+
+
+def prompt_key(info: RequestInfo, limit: int) -> int:
+    """The prompt-prefix hash of prefix affinity (SPEC §16.5): the first ``limit`` bytes (UTF-8) of the prompt text
+    — the ``messages``' contents concatenated (string contents, and the ``text`` of content parts), or ``prompt`` —
+    as a 64-bit integer; -1 when the request has no prompt text. In a body cut before its messages end, the
+    contents found in the held prefix are used."""
+    parts: list[bytes] = []
+    size = 0
+    messages = info.members.get("messages")
+    prompt = info.members.get("prompt")
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            texts: list[object] = [content] if isinstance(content, str) else []
+            if isinstance(content, list):
+                texts = [part.get("text") for part in content if isinstance(part, dict)]
+            for text in texts:
+                if isinstance(text, str):
+                    data = text.encode()
+                    parts.append(data)
+                    size += len(data)
+            if size >= limit:
+                break
+    elif isinstance(prompt, str):
+        parts.append(prompt.encode())
+    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        parts.append(prompt[0].encode())
+    elif info.prefix:
+        start = info.prefix.find(b'"messages"')
+        if start >= 0:
+            for m in _CONTENT.finditer(info.prefix, start):
+                text = _unquote(m.group(1))  # the last one may be cut by the limit
+                if text is None:
+                    break
+                parts.append(text.encode())
+                size += len(parts[-1])
+                if size >= limit or not m.group(2):
+                    break
+    text = b"".join(parts)[:limit]
+    if not text:
+        return -1
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def _unquote(raw: bytes) -> str | None:
+    """A JSON string's content; one cut inside an escape sequence loses that sequence."""
+    for cut in range(min(len(raw), 6) + 1):
+        try:
+            value = orjson.loads(b'"' + raw[: len(raw) - cut] + b'"')
+        except orjson.JSONDecodeError:
+            continue
+        return value if isinstance(value, str) else None
+    return None

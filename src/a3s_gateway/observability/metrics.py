@@ -297,6 +297,22 @@ class GatewayCollector:
                 mirrors.add_metric([name, "failed"], counts.failed)
                 mirrors.add_metric([name, "skipped"], counts.skipped)
         yield mirrors
+        queue = GaugeMetricFamily("gateway_backend_queue_depth", "Waiting requests a model server reports.",
+                                  labels=["service", "backend"])
+        kv = GaugeMetricFamily("gateway_backend_kv_cache_usage", "KV-cache use (0-1) a model server reports.",
+                               labels=["service", "backend"])
+        hits = CounterMetricFamily("gateway_inference_prefix_hits", "Picks that followed the prompt-prefix affinity.",
+                                   labels=["service"])
+        if runtime is not None:
+            for svc in runtime.services.values():
+                if svc.scraper is None:
+                    continue
+                for b in svc.backends:
+                    if b.scraped_at >= 0.0:
+                        queue.add_metric([svc.name, b.url], b.waiting)
+                        kv.add_metric([svc.name, b.url], b.kv_usage)
+                hits.add_metric([svc.name], sum(b.prefix_hits for b in svc.backends))
+        yield from (queue, kv, hits)
 
         reloads = CounterMetricFamily("gateway_config_reloads", "Configuration reloads by result.",
                                       labels=["result"])

@@ -27,7 +27,7 @@ import orjson
 from ..http import hdrs
 from ..http.framing import CHUNKED, LENGTH
 from ..http.headers import request_head
-from ..http.inspect import is_json, read_request
+from ..http.inspect import is_json, prompt_key, read_request
 from ..http.usage import UsageMeter
 from ..middleware.chain import JSON, Chain, Request, Response
 from ..middleware.retry import parse_retry_after
@@ -167,11 +167,11 @@ class Exchange(Client):
     """One request on a client connection, from its parsed head to its accounting (a native class under mypyc)."""
 
     __slots__ = (
-        "attempt", "backend", "backend_url", "bytes_out", "chain", "cold", "conn", "connect_task", "framing",
-        "held", "mirror", "mirror_body", "mirror_bytes", "mirror_decided", "model", "mreq", "peek", "peek_bytes",
-        "pending", "pending_bytes", "pool",
-        "replay", "replay_bytes", "resp_started", "retried", "revision", "rid", "skip_queue", "stats", "status", "t0",
-        "target", "trace", "tried", "ttfb", "up_head", "upstream", "wall0", "window",
+        "affinity", "attempt", "backend", "backend_url", "bytes_out", "chain", "cold", "conn", "connect_task",
+        "framing", "held", "ka_interval", "ka_timer", "mirror", "mirror_body", "mirror_bytes", "mirror_decided",
+        "model", "mreq", "peek", "peek_bytes", "peek_route", "pending", "pending_bytes", "pool", "replay",
+        "replay_bytes", "resp_started", "retried", "revision", "rid", "skip_queue", "stats", "status", "streaming",
+        "t0", "target", "trace", "tried", "ttfb", "up_head", "upstream", "wall0", "window",
     )
 
     def __init__(self, conn: Downstream) -> None:
@@ -221,6 +221,12 @@ class Exchange(Client):
         self.peek: list[bytes] | None = None
         self.peek_bytes = 0
         self.model: str | None = None
+        self.peek_route: Route | None = None  # the route already matched when its service needs the inspection
+        self.affinity = -1  # the prompt-prefix hash for an inference service (§16.5), -1: none
+        self.streaming = False  # the inspected body asks for a stream (``"stream": true``)
+        # queued_keepalive (§16.3): the interval of ``: queued`` comments while the request waits (0: none), its timer
+        self.ka_interval = 0.0
+        self.ka_timer: asyncio.TimerHandle | None = None
 
     # -- start ------------------------------------------------------------------------------------------------
     def start(self, head: Any, entry: EntrypointRuntime) -> None:
@@ -247,6 +253,9 @@ class Exchange(Client):
         self.mirror_decided = False
         self.pending = _NO_PIECES
         self.pending_bytes = 0
+        self.affinity = -1
+        self.streaming = False
+        self.head_sent = False
         tracer = entry.tracer
         trace = tracer.begin(head.headers, head.header_ids) if tracer is not None else None
         self.trace = trace
@@ -295,6 +304,10 @@ class Exchange(Client):
             self.local(404, "No route matched")
             return
         target = cast("RouteTarget", route.target)
+        if target.inspect and self.meter is None and self.peek_route is None and self._inspectable(self.head):
+            self.peek_route = route  # an inference service reads the prompt (SPEC §16.1, §16.5)
+            self._begin_peek(entry, framing)
+            return
         self.stats = target.stats
         if trace is not None:
             framing += trace.inject
@@ -348,6 +361,7 @@ class Exchange(Client):
         data = b"".join(peek)
         info = read_request(data[:limit], done and len(data) <= limit)
         self.model = info.model
+        self.streaming = info.stream
         body = conn.body
         held = body.rechunk(peek) if body is not None and body.mode == CHUNKED else peek
         if held:
@@ -358,11 +372,17 @@ class Exchange(Client):
                 conn.pause_reading_for(P_PENDING)
         head = self.head
         client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
-        route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
-                                   info.model)
+        route = self.peek_route
+        self.peek_route = None
+        if route is None:
+            route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
+                                       info.model)
         if route is not None:  # its response's usage is accounted (§16.2) under the model's metrics (§16.6)
-            stats = cast("RouteTarget", route.target).stats
-            self.meter = UsageMeter(stats.model_stats(info.model or ""))
+            routed = cast("RouteTarget", route.target)
+            self.meter = UsageMeter(routed.stats.model_stats(info.model or ""))
+            affinity_bytes = routed.service.affinity_bytes
+            if affinity_bytes > 0:
+                self.affinity = prompt_key(info, affinity_bytes)
         self._routed(route, entry, self.framing, client_ip)
 
     def _fast_forward(self, client_ip: str) -> None:
@@ -372,7 +392,7 @@ class Exchange(Client):
         target = cast("RouteTarget", self.target)
         svc = target.service
         if svc.sticky is None and svc.failover is None and not self.cold:
-            backend = svc.balancer.pick()
+            backend = svc.balancer.pick() if self.affinity < 0 else svc.balancer.pick_keyed(self.affinity)
         else:
             svc, backend = self._pick(svc, head.headers, 0)
         if backend is None:
@@ -433,7 +453,7 @@ class Exchange(Client):
         sticky = svc.sticky
         backend = sticky.pinned(headers) if sticky is not None else None
         if backend is None:
-            backend = svc.balancer.pick()
+            backend = svc.balancer.pick() if self.affinity < 0 else svc.balancer.pick_keyed(self.affinity)
         if backend is not None:
             extra = _COLD if self.cold else b""
             if sticky is not None:
@@ -457,11 +477,83 @@ class Exchange(Client):
                     self.held = queue
                     self.cold = True
                     self.conn.stop_timer()
+                    interval = cast("RouteTarget", self.target).queued_keepalive
+                    if interval > 0.0 and self.ka_timer is None and not self.head_sent:
+                        self.ka_interval = interval
+                        self.ka_timer = self.conn.loop.call_later(interval, self._keepalive)
                     return
                 self._queue_failed(primary, 503, "Request buffer full", b"Retry-After: 5\r\n")
                 return
         message = "No healthy backends (primary + failover)" if primary.failover is not None else "No healthy backends"
         self.local(503, message, (_COLD if self.cold else b"") + b"Retry-After: 1\r\n")
+
+    # -- queued_keepalive (SPEC §16.3) -------------------------------------------------------------------------
+    def _wants_stream(self) -> bool:
+        """A streaming request: ``Accept: text/event-stream``, or ``"stream": true`` in its body — inspected, or
+        else the start of it read while the request waits (a ``Content-Length`` body)."""
+        if self.streaming:
+            return True
+        for name, value in self.head.headers:
+            if name.lower() == b"accept" and b"text/event-stream" in value.lower():
+                return True
+        conn = self.conn
+        body = conn.body
+        if self.meter is not None or body is None or body.mode == CHUNKED:
+            return False
+        if not conn.expect and conn.has_buffered():
+            conn.read_body()  # what came with the head joins the held bytes
+        if conn.gone() or not self.pending:
+            return False
+        limit = conn.entry.limits.ai_inspect_limit
+        held = b"".join(self.pending)
+        return read_request(held[:limit], conn.body_done and len(held) <= limit).stream
+
+    def _keepalive(self) -> None:
+        """Every ``queued_keepalive`` while the request waits: the first time (still queued) the 200 SSE head, then
+        a ``: queued <s>s`` comment, until the backend's head arrives or the exchange ends."""
+        self.ka_timer = None
+        conn = self.conn
+        if self.ka_interval <= 0.0 or self.stats is None or conn.gone():
+            return
+        chunked = self.head.version == 1
+        out = b""
+        if not self.head_sent:
+            if self.held is None or not self._wants_stream():
+                return  # dispatched before the interval passed (the backend's head answers), or no stream
+            if self.stats is None or conn.gone():
+                return
+            self.head_sent = True
+            self.resp_started = True
+            self.status = 200
+            out = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" + _COLD
+                   + responses.date_line()
+                   + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Connection: close\r\n\r\n"))
+        comment = b": queued %ds\n\n" % int(conn.loop.time() - self.t0)
+        self.bytes_out += len(comment)
+        out += b"%x\r\n%s\r\n" % (len(comment), comment) if chunked else comment
+        conn.transport.write(out)
+        self.ka_timer = conn.loop.call_later(self.ka_interval, self._keepalive)
+
+    def _stop_keepalive(self) -> None:
+        self.ka_interval = 0.0
+        timer = self.ka_timer
+        if timer is not None:
+            self.ka_timer = None
+            timer.cancel()
+
+    def _stream_error(self, message: str) -> None:
+        """The queued stream ends without the backend's body: one SSE ``error`` event with the §5.7 JSON."""
+        self._stop_keepalive()
+        conn = self.conn
+        event = b"event: error\ndata: " + orjson.dumps({"error": message}) + b"\n\n"
+        chunked = self.head.version == 1
+        stats = self.stats
+        if stats is not None:
+            stats.sse_errors += 1
+        self.bytes_out += len(event)
+        conn.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event) if chunked else event)
+        self._record(True)
+        self._after_local(not chunked or self._close_after_local())
 
     def _queue_failed(self, primary: ServiceRuntime, status: int, message: str, extra: bytes) -> None:
         """The queue cannot take or keep the request: the failover service if any, else ``status``."""
@@ -564,7 +656,8 @@ class Exchange(Client):
         except (OSError, TimeoutError) as e:
             self.connect_task = None
             target = pool.backend.target
-            if target is not None and conn.transport is not None and not self.resp_started:
+            queued_stream = self.head_sent and self.ka_interval > 0.0  # still waiting behind its keep-alive (§16.3)
+            if target is not None and conn.transport is not None and (not self.resp_started or queued_stream):
                 # a replica that refuses is not ready (§8.3); with a buffer the request waits again, first in line
                 target.mark_not_ready(pool.backend)
                 if target.buffered and not conn.gone():
@@ -742,7 +835,7 @@ class Exchange(Client):
         primary = cast("RouteTarget", self.target).service
         if primary.sticky is None and primary.failover is None and not self.cold:
             svc = primary  # the plain balancer, as on the fast path (``_pick`` does the rest)
-            backend = svc.balancer.pick()
+            backend = svc.balancer.pick() if self.affinity < 0 else svc.balancer.pick_keyed(self.affinity)
         else:
             svc, backend = self._pick(primary, req.headers, 0)
         if backend is None:
@@ -909,6 +1002,8 @@ class Exchange(Client):
         return phase
 
     def start_response(self, status: int, keep_alive: bool) -> None:
+        if self.ka_interval > 0.0:
+            self._stop_keepalive()  # the backend answers: no more comments
         self.resp_started = True
         self.conn.keep_alive = keep_alive
         self.status = status
@@ -945,6 +1040,15 @@ class Exchange(Client):
         self.upstream = None
         if self.conn.transport is None:
             self._release_backend()
+            return
+        if self.head_sent and self.status == 200 and self.ka_interval > 0.0:
+            # the client has its queued keep-alive stream: the failure is its last event (§16.3)
+            b = self.backend
+            self._log_failure(status, message, b.url if b is not None else self.backend_url, detail)
+            if b is not None:
+                self._account(b, status, failure != _STATUS)
+            self._release_backend()
+            self._stream_error(message)
             return
         if self.resp_started:
             self.stream_failed(False, self.bytes_out)
@@ -1026,6 +1130,7 @@ class Exchange(Client):
     def client_gone(self) -> None:
         """The client connection was lost: out of any queue, the exchange accounted, the upstream cancelled."""
         self.peek = None
+        self.peek_route = None
         held = self.held
         if held is not None:  # the client left while its request waited for a replica: out of the queue
             self.held = None
@@ -1075,6 +1180,7 @@ class Exchange(Client):
     def abort(self, status: int, message: str) -> None:
         """The request cannot go on (a bad body, a body timeout): ``status`` if no response started, then close."""
         self.peek = None
+        self.peek_route = None
         self.cancel_upstream()
         conn = self.conn
         if not self.resp_started and conn.transport is not None:
@@ -1121,6 +1227,10 @@ class Exchange(Client):
     def local(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer a gateway error response for the current request, then continue or close."""
         conn = self.conn
+        if self.head_sent and self.ka_interval > 0.0:  # queued keep-alive stream (§16.3): its error event
+            self._release_backend()
+            self._stream_error(message)
+            return
         if conn.grpc and self.chain is None:
             self._grpc_error(status, message, extra)
             return
@@ -1285,6 +1395,8 @@ class Exchange(Client):
         if stats is None:
             return
         self.stats = None
+        if self.ka_timer is not None:
+            self._stop_keepalive()
         duration = self.conn.loop.time() - self.t0
         head = self.head
         if head is not None:

@@ -70,7 +70,7 @@ class Client:
     exchange decides (retry, response phase, accounting) and writes to its client. A base class rather than a
     Protocol so that mypyc calls it natively; the exchange overrides every method."""
 
-    __slots__ = ("deadline_at", "head", "meter", "response_extra", "upgrade")
+    __slots__ = ("deadline_at", "head", "head_sent", "meter", "response_extra", "upgrade")
 
     def __init__(self) -> None:
         self.head: Any = None  # the client's parsed request head (method, version, keep_alive, te_trailers)
@@ -78,6 +78,9 @@ class Client:
         self.deadline_at = 0.0  # a gRPC deadline as a loop time (0: none)
         self.response_extra = b""  # lines the gateway adds to the response head (sticky cookie, cold start)
         self.meter: UsageMeter | None = None  # an inspected request's usage accounting (§16.2); None: plain path
+        # the gateway already answered 200 text/event-stream while the request was queued (queued_keepalive,
+        # §16.3): the backend's head is dropped and its body relayed as the rest of that stream
+        self.head_sent = False
 
     def write(self, data: bytes) -> None:
         """Bytes for the client."""
@@ -364,6 +367,10 @@ class UpstreamConnection:
         if client.retry_status(status, headers):
             self.abort()  # this answer is dropped with its connection; the request goes out again
             return
+        if client.head_sent and not 200 <= status < 300:  # after a queued keep-alive stream: an SSE error (§16.3)
+            self.abort()
+            client.upstream_failed(status, f"Upstream answered {status}", 2)
+            return
         phase = client.response_phase(status, headers)
         if phase is not None:
             headers = phase.headers
@@ -403,6 +410,10 @@ class UpstreamConnection:
             chunked_out = head.version == 1
             framing = b"Transfer-Encoding: chunked\r\n" if chunked_out else b""
             client_keep_alive = client_keep_alive and chunked_out
+        if client.head_sent:  # the client's head went out while queued (§16.3): chunks on HTTP/1.1, else to close
+            chunked_out = head.version == 1
+            client_keep_alive = client_keep_alive and chunked_out
+            self.filter = None
         if not client_keep_alive:
             framing += b"Connection: close\r\n"
         elif head.version == 0:
@@ -424,7 +435,7 @@ class UpstreamConnection:
             resp.connection_tokens,
             framing,
             client.response_extra,
-        )
+        ) if not client.head_sent else b""
         client.start_response(status, client_keep_alive)
         now = self.loop.time()
         if reader.done or rest:
@@ -433,7 +444,8 @@ class UpstreamConnection:
         else:
             self.last_at = 0.0
         if reader.done:
-            client.write(out)
+            if out:
+                client.write(out)
             if rest:
                 self.keep_alive = False
             self._finish(client)
@@ -443,7 +455,7 @@ class UpstreamConnection:
         self._arm()
         if rest:
             self._relay(client, rest, out)
-        else:
+        elif out:
             client.write(out)
 
     def _relay(self, client: Client, data: bytes, head: bytes = b"") -> None:

@@ -7,7 +7,9 @@ configuration order; a pick allocates nothing.
 
 from __future__ import annotations
 
+import hashlib
 import random
+import time
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -15,7 +17,8 @@ from ..config.model import DEFAULT_PORTS
 from ..observability.stats import CodeCounter
 
 SCHEMES: Final = ("http", "https", "h2c", "tcp", "udp")
-STRATEGIES: Final = ("round-robin", "weighted", "least-connections", "random", "p2c")
+STRATEGIES: Final = ("round-robin", "weighted", "least-connections", "random", "p2c", "inference")
+_MASK64: Final = (1 << 64) - 1
 
 
 class Backend:
@@ -71,6 +74,18 @@ class Backend:
         self.revision = ""  # the revision pool it belongs to (§8.6), "" without revisions
         self.target: Any = None  # the scale target it is a replica of (§8), told when a request on it ends
         self.window: Any = None  # the rollout window of its revision while it is a rollout's `to` (§8.7)
+        # what the model server reports (``inference`` strategy, SPEC §16.5), set by the scraper (or, in a worker,
+        # by the supervisor's sync): requests waiting and running, KV-cache use (0-1), when (time.monotonic(); < 0:
+        # never), a sequence number of scrapes, and the picks of this process since that scrape
+        self.waiting = 0.0
+        self.running = 0.0
+        self.kv_usage = 0.0
+        self.scraped_at = -1.0
+        self.scrapes = 0
+        self.sent_since_scrape = 0
+        self.prefix_hits = 0  # picks of it as its prompt prefix's backend (gateway_inference_prefix_hits_total)
+        #: stable 64-bit identity of the URL for rendezvous hashing (prefix affinity, §16.5)
+        self.ident = int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big")
 
     def __repr__(self) -> str:
         return f"Backend({self.url!r}, weight={self.weight})"
@@ -122,6 +137,11 @@ class Balancer:
     def pick(self) -> Backend | None:
         """An eligible backend, in the strategy's order, or None when none is eligible."""
         raise NotImplementedError
+
+    def pick_keyed(self, key: int) -> Backend | None:
+        """As :meth:`pick`, for a request with a prompt-prefix hash ``key`` (>= 0): only the ``inference``
+        strategy uses it (SPEC §16.5)."""
+        return self.pick()
 
     def eligible_count(self) -> int:
         """Number of eligible backends."""
@@ -269,9 +289,12 @@ class CappedBalancer(Balancer):
         self.limit = limit
 
     def pick(self) -> Backend | None:
+        return self.pick_keyed(-1)
+
+    def pick_keyed(self, key: int) -> Backend | None:
         limit = self.limit
         for _ in range(len(self.backends)):
-            backend = self.inner.pick()
+            backend = self.inner.pick() if key < 0 else self.inner.pick_keyed(key)
             if backend is None:
                 return None
             if backend.load() < limit:
@@ -289,8 +312,105 @@ class CappedBalancer(Balancer):
         return free
 
 
-def make_balancer(strategy: str, backends: list[Backend], rng: random.Random | None = None) -> Balancer:
-    """The balancer for a canonical ``strategy`` name (SPEC §7.2); ``rng`` defaults to a fresh ``random.Random``."""
+def _mix(key: int, ident: int) -> int:
+    """Rendezvous weight of a backend for a key: splitmix64's finaliser over the two combined."""
+    z = (key ^ ident) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class InferenceBalancer(Balancer):
+    """Model-server aware (SPEC §16.5): the lowest score ``waiting + in_flight_since_scrape + 0.5 × running /
+    max(Σ running, 1) + 2 × kv_usage`` from each backend's scraped metrics (in-flight alone for a backend whose
+    metrics are stale or missing, as ``least-connections``); a backend reporting more than ``max_queue`` waiting
+    requests is left out while another is not. With a prompt-prefix key, the backend rendezvous hashing gives for
+    it is taken when its score is within 1.0 of the best. Ties go round-robin, as ``least-connections``."""
+
+    def __init__(self, backends: list[Backend], stale_after: float = 2.0, max_queue: int = 128) -> None:
+        super().__init__(backends)
+        self.stale_after = stale_after
+        self.max_queue = max_queue
+        self.last = -1  # position of the previous pick in ``backends``
+        self.scores: list[float] = []  # scratch, reused
+
+    def pick(self) -> Backend | None:
+        return self.pick_keyed(-1)
+
+    def pick_keyed(self, key: int) -> Backend | None:
+        backends = self.backends
+        n = len(backends)
+        scores = self.scores
+        if len(scores) != n:
+            scores = [0.0] * n
+            self.scores = scores
+        fresh_after = time.monotonic() - self.stale_after
+        max_queue = float(self.max_queue)
+        total_running = 0.0
+        any_open = False  # an eligible backend not over max_queue
+        for idx in range(n):
+            backend = backends[idx]
+            if not backend.eligible:
+                continue
+            if backend.scraped_at >= fresh_after:
+                total_running += backend.running
+                if backend.waiting <= max_queue:
+                    any_open = True
+            else:
+                any_open = True
+        if total_running < 1.0:
+            total_running = 1.0
+        last = self.last
+        best = -1
+        after = -1  # first backend with the best score positioned after ``last``
+        best_score = 0.0
+        affine = -1
+        affine_weight = -1
+        for idx in range(n):
+            backend = backends[idx]
+            if not backend.eligible:
+                continue
+            load = backend.load()
+            if backend.scraped_at >= fresh_after:
+                if any_open and backend.waiting > max_queue:
+                    continue
+                sent = backend.sent_since_scrape
+                recent = sent if sent < load else load
+                score = (backend.waiting + float(recent) + 0.5 * backend.running / total_running
+                         + 2.0 * backend.kv_usage)
+            else:
+                score = float(load)
+            scores[idx] = score
+            if best < 0 or score < best_score:
+                best = idx
+                best_score = score
+                after = idx if idx > last else -1
+            elif score == best_score and after < 0 and idx > last:
+                after = idx
+            if key >= 0:
+                weight = _mix(key, backend.ident)
+                if weight > affine_weight:
+                    affine_weight = weight
+                    affine = idx
+        if best < 0:
+            return None
+        chosen = after if after >= 0 else best
+        if affine >= 0 and scores[affine] <= best_score + 1.0:
+            chosen = affine
+            backends[chosen].prefix_hits += 1
+        else:
+            self.last = chosen
+        backend = backends[chosen]
+        backend.sent_since_scrape += 1
+        return backend
+
+
+def make_balancer(
+    strategy: str, backends: list[Backend], rng: random.Random | None = None, stale_after: float = 2.0,
+    max_queue: int = 128,
+) -> Balancer:
+    """The balancer for a canonical ``strategy`` name (SPEC §7.2); ``rng`` defaults to a fresh ``random.Random``.
+    ``stale_after`` and ``max_queue``: the ``inference`` block's (SPEC §16.5)."""
     if strategy == "round-robin":
         return RoundRobinBalancer(backends)
     if strategy == "weighted":
@@ -301,4 +421,6 @@ def make_balancer(strategy: str, backends: list[Backend], rng: random.Random | N
         return RandomBalancer(backends, rng if rng is not None else random.Random())
     if strategy == "p2c":
         return P2CBalancer(backends, rng if rng is not None else random.Random())
+    if strategy == "inference":
+        return InferenceBalancer(backends, stale_after, max_queue)
     raise ValueError(f"unknown load-balancing strategy {strategy!r} (expected one of: {', '.join(STRATEGIES)})")

@@ -56,13 +56,17 @@ class RevisionSplit:
         return [b for r in self.revisions for b in r.backends]
 
     def pick(self) -> Backend | None:
+        return self.pick_keyed(-1)
+
+    def pick_keyed(self, key: int) -> Backend | None:
+        """As :meth:`pick`, with a prompt-prefix hash for an ``inference`` pool (SPEC §16.5; -1: none)."""
         self.held = None
         tried: list[Revision] = []
         while len(tried) < len(self.revisions):
             revision = self._choose(tried)
             if revision is None:
                 return None
-            backend = revision.balancer.pick()
+            backend = revision.balancer.pick() if key < 0 else revision.balancer.pick_keyed(key)
             if backend is not None:
                 return backend
             target = revision.target

@@ -19,6 +19,8 @@ from ..observability.metrics import GatewayCollector, MetricsSource
 SUPERVISOR_FAMILIES: Final = frozenset({
     "gateway_backend_up",
     "gateway_backend_in_flight",  # read from the shared segment
+    "gateway_backend_queue_depth",  # model-server metrics: the supervisor scrapes them (§16.5)
+    "gateway_backend_kv_cache_usage",
     "gateway_rollout_traffic_percent",
     "gateway_rollout_state",
     "gateway_autoscaler_desired_replicas",

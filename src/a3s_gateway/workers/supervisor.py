@@ -37,6 +37,7 @@ from ..config.model import EntrypointConfig, GatewayConfig
 from ..errors import StartupError
 from ..gateway import SUPERVISOR, Gateway, GatewayState
 from ..runtime import Runtime
+from ..service import inference
 from ..service.revision import RevisionSplit
 from .aggregate import MergedCollector
 from .channel import Channel, ChannelClosed
@@ -469,8 +470,9 @@ def sync_message(runtime: Runtime, gateway: Gateway) -> dict[str, Any]:
             state = health.get(target.service, backend)
             endpoints.append((backend.url, state.ready, state.draining))
         targets[name] = (endpoints, getattr(target, "stand_in", None))
+    scrapers = {name: svc.scraper for name, svc in runtime.services.items() if svc.scraper is not None}
     return {"op": "sync", "health": rows, "targets": targets, "splits": splits, "rollouts": rollouts,
-            "acme": gateway.acme_state()}
+            "acme": gateway.acme_state(), "inference": inference.rows(scrapers) if scrapers else []}
 
 
 def _reserve(ep: EntrypointConfig) -> socket.socket | int:

@@ -26,6 +26,7 @@ from ..errors import ConfigError, StartupError
 from ..gateway import WORKER, Gateway, GatewayState
 from ..runtime import Runtime
 from ..segment import Segment
+from ..service import inference
 from ..service.revision import RevisionSplit
 from .aggregate import snapshot
 from .channel import Channel
@@ -245,6 +246,9 @@ def apply_sync(runtime: Runtime, gateway: Gateway, message: dict[str, Any]) -> N
             for revision in svc.balancer.revisions:
                 if revision.name in percents:
                     revision.percent = int(percents[revision.name])
+    readings = message.get("inference")
+    if readings:  # model-server metrics the supervisor scraped (SPEC §16.5)
+        inference.apply_rows(dict(runtime.services), readings)
     for service, state in message.get("rollouts", {}).items():
         svc = runtime.services.get(service)
         if svc is not None and svc.rollout is not None:

@@ -626,6 +626,7 @@ def test_to_dict_shape() -> None:
         "entrypoints": [],
         "middlewares": [],
         "priority": 0,
+        "ai": None,
     }
     assert data["services"]["s"]["load_balancer"]["servers"] == [{"url": "http://127.0.0.1:9000", "weight": 1}]
     assert data["services"]["s"]["transport"]["tunnel_idle_timeout"] == "1h"

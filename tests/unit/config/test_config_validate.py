@@ -250,7 +250,7 @@ def test_corrected_full_example_is_valid(
         (
             'services "t" { load_balancer { strategy = "fastest"; servers = [{ url = "http://a:1" }] } }',
             'services.t.load_balancer.strategy: invalid value "fastest"; expected one of: round-robin, weighted, '
-            "least-connections, random, p2c",
+            "least-connections, random, p2c, inference",
         ),
         (
             'middlewares "m" { type = "jwtt"; value = "x" }',

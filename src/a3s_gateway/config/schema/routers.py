@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from a3s_gateway.config.model import RouterConfig
+from a3s_gateway.config.model import RouterAiConfig, RouterConfig
 from a3s_gateway.config.schema.engine import STR, Ctx, Decoded, K, T, schema
 
 
@@ -17,7 +17,16 @@ def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
         entrypoints=v["entrypoints"],
         middlewares=v["middlewares"],
         priority=v["priority"],
+        ai=v["ai"],
     )
+
+
+AI: Final = schema(
+    "ai",
+    [K("queued_keepalive", T.duration(0))],
+    lambda d, ctx: RouterAiConfig(**d.values),
+    model=RouterAiConfig,
+)
 
 
 ROUTER: Final = schema(
@@ -28,6 +37,7 @@ ROUTER: Final = schema(
         K("entrypoints", T.list_of(STR)),
         K("middlewares", T.list_of(STR)),
         K("priority", T.integer()),
+        K("ai", T.block(AI)),
     ],
     _build_router,
     model=RouterConfig,

@@ -15,6 +15,7 @@ from a3s_gateway.config.model import (
     BoxExecutorConfig,
     FailoverConfig,
     HealthCheckConfig,
+    InferenceConfig,
     KubernetesExecutorConfig,
     LoadBalancerConfig,
     MirrorConfig,
@@ -89,7 +90,7 @@ SERVER: Final = schema(
     "server", [K("url", STR, required=True), K("weight", T.integer(0, 1000000))], _build_server, model=ServerConfig
 )
 
-STRATEGY: Final = T.enum("round-robin", "weighted", "least-connections", "random", "p2c")
+STRATEGY: Final = T.enum("round-robin", "weighted", "least-connections", "random", "p2c", "inference")
 
 
 def _build_health(d: Decoded, ctx: Ctx) -> HealthCheckConfig:
@@ -170,6 +171,26 @@ STICKY: Final = schema(
 )
 
 
+def _check_metrics_path(value: Any) -> str | None:
+    if not value.startswith("/") or any(c in value for c in " \t\r\n#"):
+        return f"invalid metrics_path {quote(value)}; expected an absolute path such as \"/metrics\""
+    return None
+
+
+INFERENCE: Final = schema(
+    "inference",
+    [
+        K("metrics_path", T.string(_check_metrics_path)),
+        K("scrape_interval", T.duration(0.05, 10.0)),
+        K("stale_after", T.duration(0, lo_open=True)),
+        K("prefix_affinity_bytes", T.integer(0, 1048576)),
+        K("max_queue", T.integer(0)),
+    ],
+    lambda d, ctx: InferenceConfig(**d.values),
+    model=InferenceConfig,
+)
+
+
 def _build_lb(d: Decoded, ctx: Ctx) -> LoadBalancerConfig:
     v = d.values
     servers = v["servers"]
@@ -188,6 +209,7 @@ LB: Final = schema(
         K("health_check", T.block(HEALTH)),
         K("passive", T.block(PASSIVE)),
         K("sticky", T.block(STICKY)),
+        K("inference", T.block(INFERENCE)),
     ],
     _build_lb,
     model=LoadBalancerConfig,
@@ -456,6 +478,11 @@ def _build_service(d: Decoded, ctx: Ctx) -> ServiceConfig:
     lb: LoadBalancerConfig = v["load_balancer"]
     revisions = tuple(replace(r, strategy=r.strategy or lb.strategy) for r in v["revisions"])
     v["revisions"] = revisions
+    if d.has("load_balancer") and lb.inference != InferenceConfig() and ctx.ok(f"{p}.load_balancer.inference"):
+        if "inference" not in {lb.strategy, *(r.strategy for r in revisions)}:
+            where = f"{p}.load_balancer.inference"
+            ctx.error(ctx.at(where), where, 'the inference block needs strategy = "inference"',
+                      'set load_balancer.strategy = "inference" or remove the block')
     if revisions:
         ctx.explicit.add("revisions")
         if lb.servers:
