@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from quickstart import get, port_taken
 
 from a3s_gateway.proxy.tls import generate_self_signed
-from quickstart import get, port_taken
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
