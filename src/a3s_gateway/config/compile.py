@@ -146,9 +146,13 @@ def build_runtime(
                 continue
             rule = router.rule or ""  # validation guarantees a rule on HTTP routers
             node = rules.check_rule(rule, "http")
+            chain = chains[r_name]
+            stream_usage = router.ai is not None and router.ai.stream_usage
+            inspect = stream_usage or (chain is not None and chain.accounting != ())
             routes.append(
                 Route(r_name, rule, router.effective_priority, rules.compile_rule(node),
-                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chains[r_name]))
+                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chain,
+                                  inspect, stream_usage))
             )
         entrypoints[ep_name] = EntrypointRuntime(
             name=ep_name,

@@ -149,6 +149,13 @@ class EntrypointConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AiConfig:
+    """A router's ``ai`` block (§16.3)."""
+
+    stream_usage: bool = False  # add stream_options.include_usage, take the extra usage event out (§16.2)
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     """``routers "<name>"`` (§3.2).
 
@@ -165,6 +172,7 @@ class RouterConfig:
     priority: int = 0
     effective_priority: int = 0
     protocol: str = "http"
+    ai: AiConfig | None = None  # the ``ai`` block (§16.3); None: not written
 
 
 # --- services (§3.3, §7, §8) ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import orjson
 from ..http import hdrs
 from ..http.framing import CHUNKED, LENGTH
 from ..http.headers import request_head
-from ..http.inspect import is_json, read_request
+from ..http.inspect import RequestInfo, is_json, read_request, with_include_usage
 from ..http.usage import UsageMeter
 from ..middleware.chain import JSON, Chain, Request, Response
 from ..middleware.retry import parse_retry_after
@@ -168,8 +168,8 @@ class Exchange(Client):
 
     __slots__ = (
         "attempt", "backend", "backend_url", "bytes_out", "chain", "cold", "conn", "connect_task", "framing",
-        "held", "mirror", "mirror_body", "mirror_bytes", "mirror_decided", "model", "mreq", "peek", "peek_bytes",
-        "pending", "pending_bytes", "pool",
+        "held", "info", "mirror", "mirror_body", "mirror_bytes", "mirror_decided", "model", "mreq", "peek",
+        "peek_bytes", "peek_route", "pending", "pending_bytes", "pool",
         "replay", "replay_bytes", "resp_started", "retried", "revision", "rid", "skip_queue", "stats", "status", "t0",
         "target", "trace", "tried", "ttfb", "up_head", "upstream", "wall0", "window",
     )
@@ -221,6 +221,8 @@ class Exchange(Client):
         self.peek: list[bytes] | None = None
         self.peek_bytes = 0
         self.model: str | None = None
+        self.info: RequestInfo | None = None  # what the inspected body says (None: not inspected)
+        self.peek_route: Route | None = None  # the route already matched when a body is inspected for it
 
     # -- start ------------------------------------------------------------------------------------------------
     def start(self, head: Any, entry: EntrypointRuntime) -> None:
@@ -247,6 +249,8 @@ class Exchange(Client):
         self.mirror_decided = False
         self.pending = _NO_PIECES
         self.pending_bytes = 0
+        self.info = None
+        self.peek_route = None
         tracer = entry.tracer
         trace = tracer.begin(head.headers, head.header_ids) if tracer is not None else None
         self.trace = trace
@@ -295,6 +299,12 @@ class Exchange(Client):
             self.local(404, "No route matched")
             return
         target = cast("RouteTarget", route.target)
+        if target.inspect and self.info is None and self._inspectable(self.head):
+            # a token-limit or stream_usage route: its body is read first (SPEC §16.1), then it goes on from here
+            self.peek_route = route
+            self._begin_peek(entry, framing)
+            self.stats = target.stats
+            return
         self.stats = target.stats
         if trace is not None:
             framing += trace.inject
@@ -346,9 +356,29 @@ class Exchange(Client):
             return
         self.peek = None
         data = b"".join(peek)
-        info = read_request(data[:limit], done and len(data) <= limit)
+        complete = done and len(data) <= limit
+        info = read_request(data[:limit], complete)
         self.model = info.model
+        self.info = info
         body = conn.body
+        head = self.head
+        info.body_bytes = self.peek_bytes if done or head.content_length < 0 else int(head.content_length)
+        route = self.peek_route
+        self.peek_route = None
+        client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
+        if route is None:
+            route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
+                                       info.model)
+        if (route is not None and info.stream and not info.include_usage and complete
+                and cast("RouteTarget", route.target).stream_usage):
+            # stream_usage (§16.2): the body goes with stream_options.include_usage added, its framing adjusted
+            changed = with_include_usage(data)
+            if changed is not None:
+                peek = [changed]
+                if body is None or body.mode != CHUNKED:
+                    self.framing = b"Content-Length: %d\r\n" % len(changed)
+        else:
+            changed = None
         held = body.rechunk(peek) if body is not None and body.mode == CHUNKED else peek
         if held:
             self.pending = held
@@ -356,13 +386,11 @@ class Exchange(Client):
                 self.pending_bytes += len(p)
             if self.pending_bytes > HIGH_WATER:
                 conn.pause_reading_for(P_PENDING)
-        head = self.head
-        client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
-        route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
-                                   info.model)
         if route is not None:  # its response's usage is accounted (§16.2) under the model's metrics (§16.6)
             stats = cast("RouteTarget", route.target).stats
-            self.meter = UsageMeter(stats.model_stats(info.model or ""))
+            meter = UsageMeter(stats.model_stats(info.model or ""))
+            meter.strip_usage = changed is not None
+            self.meter = meter
         self._routed(route, entry, self.framing, client_ip)
 
     def _fast_forward(self, client_ip: str) -> None:
@@ -660,6 +688,7 @@ class Exchange(Client):
         # the parsed header list is shared with the Request, which copies it before its first change
         req = Request(method, path, query, host, headers, client_ip, target.router, conn.entry.proto, body_length,
                       len(chain.middlewares), conn.trusted, conn.client_ip)
+        req.ai = self.info
         self.chain = chain
         self.mreq = req
         self.target = target
@@ -1013,6 +1042,7 @@ class Exchange(Client):
         self.response_extra = b""
         self.model = None
         self.meter = None
+        self.info = None
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""
@@ -1299,6 +1329,13 @@ class Exchange(Client):
             model_stats = meter.model_stats
             if count and model_stats is not None:
                 model_stats.codes.add(self.status)
+        chain = self.chain
+        if chain is not None and chain.accounting:  # token budgets: reservations replaced by the usage (§16.4)
+            req = self.mreq
+            if req is not None:
+                now = self.conn.loop.time()
+                for mw in chain.accounting:
+                    mw.settle(req, meter, now)
         if self.ttfb >= 0.0:
             stats.ttfb.observe(self.ttfb)
             if self.revision:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Final
 
-from a3s_gateway.config.model import RouterConfig
-from a3s_gateway.config.schema.engine import STR, Ctx, Decoded, K, T, schema
+from a3s_gateway.config.model import AiConfig, RouterConfig
+from a3s_gateway.config.schema.engine import BOOL, STR, Ctx, Decoded, K, T, schema
+
+
+def _build_ai(d: Decoded, ctx: Ctx) -> AiConfig:
+    return AiConfig(**d.values)
+
+
+AI: Final = schema("ai", [K("stream_usage", BOOL)], _build_ai, model=AiConfig)
 
 
 def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
@@ -17,6 +24,7 @@ def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
         entrypoints=v["entrypoints"],
         middlewares=v["middlewares"],
         priority=v["priority"],
+        ai=v["ai"],
     )
 
 
@@ -28,6 +36,7 @@ ROUTER: Final = schema(
         K("entrypoints", T.list_of(STR)),
         K("middlewares", T.list_of(STR)),
         K("priority", T.integer()),
+        K("ai", T.block(AI)),
     ],
     _build_router,
     model=RouterConfig,
