@@ -16,6 +16,7 @@ import pytest
 from openai_fake import PROMPT_TOKENS, REPLY, openai_handler, stream_body
 from redis_server import RedisServer, redis_server
 from test_ai_usage import log_lines
+from test_observability import ADMIN, sample, scrape
 
 from support import Client, Request, gateway_port, start_backend
 
@@ -189,6 +190,27 @@ middlewares "auth" {
     assert r.status == 429 and r.header("RateLimit-Remaining") == "100"
     r = await send(port, bob)  # another subject: its own budget
     assert r.status == 200 and r.header("RateLimit-Remaining") == str(500 - 300 - est(body))
+
+
+async def test_each_exchange_is_counted_once_with_its_rejections(start_gateway) -> None:
+    server = UsageServer()
+    backend = await start_backend(server.handle)
+    gw = await start_gateway(limit_config(backend.url, "limit = 50"), admin=ADMIN)
+    raw, _ = chat(max_tokens=100)
+    c = await Client.connect(gateway_port(gw))
+    statuses = [(await c.request(raw)).status for _ in range(3)]  # keep-alive; the body comes with the head
+    c.close()
+    assert statuses == [200, 429, 429]
+    for _ in range(200):  # until the gateway has seen the client leave
+        if not sum(gw.connection_counts().values()):
+            break
+        await asyncio.sleep(0.01)
+    fam = await scrape(gw)
+    assert sample(fam, "gateway_token_limit_rejections", "gateway_token_limit_rejections_total", router="llm",
+                  middleware="tokens") == 2
+    counts = [(s.labels["code"], s.value) for s in fam["gateway_requests"].samples
+              if s.name == "gateway_requests_total" and s.labels.get("router") == "llm"]
+    assert sorted(counts) == [("200", 1), ("429", 2)]
 
 
 def sse_events(n: int) -> list[bytes]:

@@ -303,7 +303,6 @@ class Exchange(Client):
             # a token-limit or stream_usage route: its body is read first (SPEC §16.1), then it goes on from here
             self.peek_route = route
             self._begin_peek(entry, framing)
-            self.stats = target.stats
             return
         self.stats = target.stats
         if trace is not None:
@@ -333,7 +332,10 @@ class Exchange(Client):
         conn = self.conn
         self.peek = []
         self.peek_bytes = 0
-        self.stats = entry.unmatched  # counted as unrouted if the body never comes (408, client gone)
+        # counted as unrouted if the body never comes (408, client gone); under its route when it is known (set
+        # before reading: the whole exchange may end within read_body)
+        route = self.peek_route
+        self.stats = entry.unmatched if route is None else cast("RouteTarget", route.target).stats
         self.framing = framing
         if conn.expect:  # the client waits for a 100 Continue before it sends the body the route depends on
             conn.expect = False
