@@ -159,3 +159,27 @@ def test_an_unfinished_event_goes_out_at_the_end() -> None:
     assert f.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {"cho') == \
         b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
     assert f.finish() == b'data: {"cho'
+
+
+# -- keys ----------------------------------------------------------------------------------------------------------
+
+def test_api_key_budgets_are_per_accepted_key_and_never_store_it() -> None:
+    from mw_support import params, request
+
+    from a3s_gateway.middleware.auth import ApiKey
+    from a3s_gateway.middleware.chain import Chain
+    from a3s_gateway.middleware.tokenlimit import TokenLimit
+
+    api = ApiKey("auth", "r", params("api-key", 'keys = ["key-one", "key-two"]'))
+    limit = TokenLimit("tokens", "r", params("token-limit", 'limit = 10\n  key = "api_key"\n  reserve = "none"'))
+    Chain([api, limit])
+
+    def key_of(value: bytes, ip: str = "10.0.0.1") -> str:
+        req = request(headers=[(b"X-API-Key", value)], client_ip=ip, slots=2)
+        assert api.request(req, 0.0) is None
+        return limit.budget_key(req)
+
+    one = key_of(b"key-one")
+    assert one == key_of(b"key-one", "10.0.0.2") != key_of(b"key-two")
+    assert one.startswith("k:") and "key-one" not in one
+    assert limit.budget_key(request(client_ip="10.0.0.3")) == "10.0.0.3"  # no key accepted: the client IP
