@@ -116,10 +116,9 @@ class RouteTarget:
     service: ServiceRuntime
     stats: RouteStats  # counters of (router, service), carried across reloads
     chain: Chain | None = None  # the router's middlewares (None: none, the proxy's fast path)
-    #: the request's body is inspected (SPEC §16.1) even when no rule needs its model: a token-limit middleware or
-    #: ``ai.stream_usage``
-    inspect: bool = False
-    stream_usage: bool = False  # ``ai { stream_usage = true }`` (§16.2)
+    #: ``ai { stream_usage = true }`` (§16.2); the route's ``inspect`` (routing/router.py) is set with it, and with a
+    #: token-limit middleware
+    stream_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,7 +152,7 @@ def build_runtime(
             routes.append(
                 Route(r_name, rule, router.effective_priority, rules.compile_rule(node),
                       RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chain,
-                                  inspect, stream_usage))
+                                  stream_usage), inspect)
             )
         entrypoints[ep_name] = EntrypointRuntime(
             name=ep_name,

@@ -299,7 +299,7 @@ class Exchange(Client):
             self.local(404, "No route matched")
             return
         target = cast("RouteTarget", route.target)
-        if target.inspect and self.info is None and self._inspectable(self.head):
+        if route.inspect and self.info is None and self._inspectable(self.head):
             # a token-limit or stream_usage route: its body is read first (SPEC §16.1), then it goes on from here
             self.peek_route = route
             self._begin_peek(entry, framing)
