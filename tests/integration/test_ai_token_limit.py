@@ -213,6 +213,31 @@ async def test_each_exchange_is_counted_once_with_its_rejections(start_gateway) 
     assert sorted(counts) == [("200", 1), ("429", 2)]
 
 
+async def test_a_client_that_leaves_before_the_answer_is_charged_the_input_estimate(start_gateway) -> None:
+    server = UsageServer()
+    server.usage["probe"] = (0, 0)
+    backend = await start_backend(server.handle)
+    gw = await start_gateway(limit_config(backend.url, "limit = 5000"))
+    port = gateway_port(gw)
+    raw, body = chat(max_tokens=1000)
+    server.gate.clear()
+    c = await Client.connect(port)
+    c.send(raw)
+    for _ in range(500):
+        if server.held == 1:
+            break
+        await asyncio.sleep(0.01)
+    c.writer.transport.abort()  # the request reached the model; its client leaves before any answer
+    for _ in range(500):
+        if not sum(gw.connection_counts().values()):
+            break
+        await asyncio.sleep(0.01)
+    server.gate.set()
+    probe, probe_body = chat("probe", max_tokens=0)
+    r = await send(port, probe)
+    assert r.status == 200 and r.header("RateLimit-Remaining") == str(5000 - est(body) - est(probe_body))
+
+
 def sse_events(n: int) -> list[bytes]:
     return [b'data: {"choices":[{"index":0,"delta":{"content":"w%d"}}]}\n\n' % i for i in range(n)]
 

@@ -75,14 +75,15 @@ class UsageMeter:
 
     __slots__ = (
         "cr", "data", "data_bytes", "events", "first_at", "input_tokens", "json", "json_bytes", "last_at", "line",
-        "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out", "responded", "sent_at",
-        "source", "strip_usage",
+        "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out", "responded", "sent",
+        "sent_at", "source", "strip_usage",
     )
 
     def __init__(self, model_stats: ModelStats | None) -> None:
         self.model_stats = model_stats
         self.mode = _NONE
         self.responded = False  # a backend response head arrived (``begin``)
+        self.sent = False  # the request went to a backend (set by the exchange at its end, for token-limit)
         # the gateway added ``stream_options.include_usage`` (§16.2 ``stream_usage``): the usage-only event is taken
         # out of the stream the client gets (:class:`UsageEventFilter`)
         self.strip_usage = False

@@ -512,8 +512,8 @@ class TokenLimit(Middleware):
 
     def charge(self, usage: Any, estimate: int) -> int:
         """The tokens an exchange costs (§16.2): the usage reported (or estimated from the stream); without usage,
-        the input estimate when a backend answered, nothing when none did (the model never ran)."""
-        if usage is None or not usage.responded:
+        the input estimate when the request went to a backend, nothing when it did not (the model never saw it)."""
+        if usage is None or not (usage.responded or usage.sent):
             return 0
         inp = usage.input_tokens
         out = usage.output_tokens

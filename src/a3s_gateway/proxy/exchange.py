@@ -1335,6 +1335,8 @@ class Exchange(Client):
         if chain is not None and chain.accounting:  # token budgets: reservations replaced by the usage (§16.4)
             req = self.mreq
             if req is not None:
+                if meter is not None and self.backend_url is not None:
+                    meter.sent = True
                 now = self.conn.loop.time()
                 for mw in chain.accounting:
                     mw.settle(req, meter, now)
