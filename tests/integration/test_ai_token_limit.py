@@ -317,6 +317,26 @@ async def test_stream_usage_is_invisible_to_the_client(start_gateway, tmp_path: 
         [(PROMPT_TOKENS, len(REPLY), "reported")] * 3
 
 
+async def test_stream_usage_under_compression(start_gateway) -> None:
+    import zlib
+
+    backend = await start_backend(openai_handler(piece=5))
+    extra = '''
+middlewares "zip" {
+  type                 = "compress"
+  min_size             = 0
+  encodings            = ["gzip"]
+  include_event_stream = true
+}
+'''
+    gw = await start_gateway(limit_config(backend.url, "limit = 100000", '"zip"', extra, "ai { stream_usage = true }"))
+    raw, _ = chat("m1", max_tokens=None, stream=True, headers="Accept-Encoding: gzip\r\n")
+    r = await send(gateway_port(gw), raw)
+    assert r.status == 200 and r.header("Content-Encoding") == "gzip"
+    assert zlib.decompress(r.body, 47) == stream_body("m1", False)
+    assert json.loads(backend.requests[-1].body)["stream_options"] == {"include_usage": True}
+
+
 # -- Redis ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture

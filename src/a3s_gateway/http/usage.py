@@ -309,3 +309,22 @@ class UsageEventFilter:
         held = self.held
         self.held = b""
         return held if not _usage_only(held) else b""
+
+
+class ThenFilter:
+    """The usage-event filter, then another body filter (compress of an event stream)."""
+
+    __slots__ = ("first", "then")
+
+    def __init__(self, first: UsageEventFilter, then: Any) -> None:
+        self.first = first
+        self.then = then
+
+    def feed(self, data: bytes) -> bytes:
+        out: bytes = self.then.feed(self.first.feed(data))
+        return out
+
+    def finish(self) -> bytes:
+        tail = self.first.finish()
+        out: bytes = (self.then.feed(tail) if tail else b"") + self.then.finish()
+        return out

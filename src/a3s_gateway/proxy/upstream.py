@@ -19,7 +19,7 @@ from ..http import hdrs
 from ..http.framing import CHUNKED, LENGTH, UNTIL_CLOSE, chunk_frames, last_chunk, new_body_reader
 from ..http.headers import interim_head, response_head
 from ..http.parser import new_chunked_decoder, parse_response
-from ..http.usage import UsageEventFilter
+from ..http.usage import ThenFilter, UsageEventFilter
 
 if TYPE_CHECKING:
     from ..config.model import TransportConfig
@@ -372,9 +372,12 @@ class UpstreamConnection:
             body_filter = phase.body_filter
         meter = client.meter
         strip = False  # the usage-only event the gateway asked for is taken out (§16.2 stream_usage)
-        if meter is not None and meter.strip_usage and body_filter is None and resp.event_stream:
-            body_filter = UsageEventFilter()
-            strip = True
+        if meter is not None and meter.strip_usage and resp.event_stream:
+            if body_filter is None:
+                body_filter = UsageEventFilter()
+                strip = True
+            else:  # compressed: the usage event is taken out before compression
+                body_filter = ThenFilter(UsageEventFilter(), body_filter)
         self.filter = None
         self.filtered = 0
         if head.method == b"HEAD" or status == 204 or status == 304:

@@ -183,3 +183,25 @@ def test_api_key_budgets_are_per_accepted_key_and_never_store_it() -> None:
     assert one == key_of(b"key-one", "10.0.0.2") != key_of(b"key-two")
     assert one.startswith("k:") and "key-one" not in one
     assert limit.budget_key(request(client_ip="10.0.0.3")) == "10.0.0.3"  # no key accepted: the client IP
+
+
+def test_the_usage_event_is_taken_out_before_compression() -> None:
+    import zlib
+
+    from a3s_gateway.http.usage import ThenFilter
+
+    class Deflate:
+        def __init__(self) -> None:
+            self.z = zlib.compressobj()
+
+        def feed(self, data: bytes) -> bytes:
+            return self.z.compress(data) + self.z.flush(zlib.Z_SYNC_FLUSH)
+
+        def finish(self) -> bytes:
+            return self.z.flush()
+
+    content = event({"choices": [{"delta": {"content": "hi"}}]})
+    stream = content + event({"choices": [], "usage": {"prompt_tokens": 3}}) + b"data: [DONE]"
+    f = ThenFilter(UsageEventFilter(), Deflate())
+    out = b"".join(f.feed(stream[i:i + 5]) for i in range(0, len(stream), 5)) + f.finish()
+    assert zlib.decompress(out) == content + b"data: [DONE]"
