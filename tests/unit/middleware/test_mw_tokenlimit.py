@@ -205,3 +205,40 @@ def test_the_usage_event_is_taken_out_before_compression() -> None:
     f = ThenFilter(UsageEventFilter(), Deflate())
     out = b"".join(f.feed(stream[i:i + 5]) for i in range(0, len(stream), 5)) + f.finish()
     assert zlib.decompress(out) == content + b"data: [DONE]"
+
+
+def test_a_claim_or_api_key_without_its_middleware_before_is_a_warning() -> None:
+    def warnings(key: str, chain: str) -> list[str]:
+        hcl = BASE.replace('["t"]', chain) + f'''middlewares "t" {{
+  type = "token-limit"
+  limit = 10
+  key = "{key}"
+}}
+middlewares "j" {{ type = "jwt"; value = "s3cret" }}
+middlewares "k" {{ type = "api-key"; keys = ["x"] }}
+'''
+        return [str(w) for w in GatewayConfig.from_hcl(hcl, "g.hcl", env={}).warnings]
+
+    found = warnings("jwt:sub", '["t", "j"]')
+    assert len(found) == 1 and found[0].startswith("g.hcl:") and "no jwt middleware comes before it" in found[0]
+    assert "no api-key middleware" in warnings("api_key", '["j", "t"]')[0]
+    assert warnings("jwt:sub", '["j", "t"]') == warnings("api_key", '["k", "t"]') == []
+    assert warnings("header:X-Tenant", '["t"]') == []
+
+
+def test_the_ai_block_is_for_http_routers() -> None:
+    hcl = '''
+entrypoints "tcp" {
+  address  = ":9000"
+  protocol = "tcp"
+}
+routers "r" {
+  rule        = "HostSNI(`*`)"
+  service     = "s"
+  entrypoints = ["tcp"]
+  ai { stream_usage = true }
+}
+services "s" { load_balancer { servers = [{ url = "tcp://127.0.0.1:9001" }] } }
+'''
+    with pytest.raises(ConfigError, match="the ai block applies to HTTP routers only"):
+        GatewayConfig.from_hcl(hcl, "g.hcl", env={})
