@@ -118,8 +118,10 @@ class RouteTarget:
     service: ServiceRuntime
     stats: RouteStats  # counters of (router, service), carried across reloads
     chain: Chain | None = None  # the router's middlewares (None: none, the proxy's fast path)
-    inspect: bool = False  # its requests are inspected (§16.1) though no rule reads the model: an inference service
     queued_keepalive: float = 0.0  # ``ai.queued_keepalive`` of the router (§16.3), 0: off
+    #: ``ai { stream_usage = true }`` (§16.2); the route's ``inspect`` (routing/router.py) is set with it, with a
+    #: token-limit middleware and for an ``inference`` service
+    stream_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        """A chat completion whose reported usage equals the token-limit reservation: input ceil(bytes / 4),
+        output ``max_tokens`` (so a budget admits the same number of requests whatever their timing)."""
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        doc = json.loads(body)
+        usage = {"prompt_tokens": (len(body) + 3) // 4, "completion_tokens": doc.get("max_tokens", 0)}
+        out = json.dumps({"object": "chat.completion", "choices": [], "usage": usage}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -395,6 +408,37 @@ middlewares "limit" {
     _, text = gw.admin_get("/metrics")
     assert re.search(r'^gateway_ratelimit_rejections_total\{middleware="limit",router="r"\} 40\.0$', text.decode(),
                      re.M)
+
+
+def test_a_local_token_limit_is_exact_across_workers(start_gateway, backends) -> None:
+    b = backends("a")
+    extra = '''
+middlewares "tokens" {
+  type   = "token-limit"
+  limit  = 1000
+  window = "1h"
+}
+'''
+    gw = start_gateway(simple(b.url, extra, middlewares='"tokens"'))
+    body = json.dumps({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
+    per_request = 100 + (len(body) + 3) // 4  # reserved, and then reported as used
+
+    def post(_: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        try:
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            return r.status
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(25) as pool:
+        statuses = list(pool.map(post, range(50)))
+    assert statuses.count(200) == 1000 // per_request and statuses.count(429) == 50 - 1000 // per_request
+    _, text = gw.admin_get("/metrics")
+    assert re.search(rf'^gateway_token_limit_rejections_total\{{middleware="tokens",router="r"\}} '
+                     rf'{50 - 1000 // per_request}\.0$', text.decode(), re.M)
 
 
 def test_least_connections_sees_the_in_flight_requests_of_both_workers(start_gateway, backends) -> None:

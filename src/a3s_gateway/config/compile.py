@@ -147,11 +147,16 @@ def build_runtime(
                 continue
             rule = router.rule or ""  # validation guarantees a rule on HTTP routers
             node = rules.check_rule(rule, "http")
+            chain = chains[r_name]
+            stream_usage = router.ai is not None and router.ai.stream_usage
+            # the route reads the request body first (§16.1): for stream_usage, a token-limit, an inference service
+            inspect = (stream_usage or (chain is not None and chain.accounting != ())
+                       or services[router.service].scraper is not None)
             routes.append(
                 Route(r_name, rule, router.effective_priority, rules.compile_rule(node),
-                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chains[r_name],
-                                  services[router.service].scraper is not None,
-                                  router.ai.queued_keepalive if router.ai is not None else 0.0))
+                      RouteTarget(r_name, services[router.service], stats_of(r_name, router.service), chain,
+                                  router.ai.queued_keepalive if router.ai is not None else 0.0, stream_usage),
+                      inspect)
             )
         entrypoints[ep_name] = EntrypointRuntime(
             name=ep_name,

@@ -56,7 +56,6 @@ __all__ = [
     "RedirectConfig",
     "RevisionConfig",
     "RolloutConfig",
-    "RouterAiConfig",
     "RouterConfig",
     "ScalingConfig",
     "ServerConfig",
@@ -163,6 +162,14 @@ class EntrypointConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AiConfig:
+    """A router's ``ai`` block (§16.3)."""
+
+    stream_usage: bool = False  # add stream_options.include_usage, take the extra usage event out (§16.2)
+    queued_keepalive: float = 0.0  # seconds; 0 = off: SSE comments while a streaming request is queued (§16.3)
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     """``routers "<name>"`` (§3.2).
 
@@ -179,14 +186,7 @@ class RouterConfig:
     priority: int = 0
     effective_priority: int = 0
     protocol: str = "http"
-    ai: RouterAiConfig | None = None  # the router's ``ai`` block (§16.3)
-
-
-@dataclass(frozen=True, slots=True)
-class RouterAiConfig:
-    """A router's ``ai`` block (§16.3)."""
-
-    queued_keepalive: float = 0.0  # seconds; 0 = off
+    ai: AiConfig | None = None  # the ``ai`` block (§16.3); None: not written
 
 
 # --- services (§3.3, §7, §8) ------------------------------------------------------------------------------------

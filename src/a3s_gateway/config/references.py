@@ -252,6 +252,8 @@ def _check_routers(
                 udp_owner.setdefault(name, router.name)
         elif rule is not None and ctx.ok(f"{p}.rule", f"{p}.entrypoints"):
             _check_rule(ctx, router, written or rule)
+        if router.ai is not None and protocol != "http":
+            ctx.error(ctx.at(f"{p}.ai"), f"{p}.ai", f"the ai block applies to HTTP routers only, not {protocol}")
         if ctx.ok(f"{p}.service") and router.service not in services:
             _unknown(ctx, f"{p}.service", "service", router.service, services)
         _check_chain(ctx, router, middlewares, known_middlewares)
@@ -281,6 +283,19 @@ def _check_chain(ctx: Ctx, router: RouterConfig, middlewares: dict[str, Middlewa
             ctx.error(ctx.at(where), where, "tcp-filter can only be used by TCP routers")
         elif mw.type == "ws-mux" and i != last:
             ctx.error(ctx.at(where), where, "ws-mux must be the last middleware of the router")
+        elif mw.type == "token-limit":
+            _check_token_key(ctx, where, name, mw, [middlewares.get(n) for n in router.middlewares[:i]])
+
+
+def _check_token_key(ctx: Ctx, where: str, name: str, mw: MiddlewareConfig,
+                     before: list[MiddlewareConfig | None]) -> None:
+    """A token-limit keyed by a JWT claim or an api key needs that middleware before it (SPEC §16.4)."""
+    key = str(mw.params.get("key", ""))
+    need = "jwt" if key.startswith("jwt:") else "api-key" if key == "api_key" else None
+    if need is not None and not any(m is not None and m.type == need for m in before):
+        ctx.warn(ctx.at(where), where,
+                 f'token-limit "{name}" is keyed by {key} but no {need} middleware comes before it on this router: '
+                 "every request is keyed by its client IP")
 
 
 def _check_admin(ctx: Ctx, admin: AdminConfig, middlewares: dict[str, MiddlewareConfig], known: set[str]) -> None:

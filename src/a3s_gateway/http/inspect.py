@@ -29,7 +29,7 @@ _SCALAR_END: Final = re.compile(rb"[,}\]\s]")
 class RequestInfo:
     """The members §16.1 takes from a request body; None (or False) where the body does not say."""
 
-    __slots__ = ("include_usage", "max_tokens", "members", "model", "prefix", "stream")
+    __slots__ = ("body_bytes", "include_usage", "max_tokens", "members", "model", "prefix", "stream")
 
     def __init__(self) -> None:
         self.members: dict[str, object] = {}  # the body's top-level members (the wanted ones of a cut body)
@@ -38,6 +38,9 @@ class RequestInfo:
         self.stream = False
         self.max_tokens: int | None = None
         self.include_usage = False
+        # request body bytes known when the request is routed: the whole body, its Content-Length, or (a chunked
+        # body longer than the limit) the bytes held; the input estimate of §16.2/§16.4 is ceil(body_bytes / 4)
+        self.body_bytes = 0
 
     def __repr__(self) -> str:
         return (f"RequestInfo(model={self.model!r}, stream={self.stream}, max_tokens={self.max_tokens}, "
@@ -77,6 +80,22 @@ def read_request(body: bytes, complete: bool) -> RequestInfo:
     options = members.get("stream_options")
     info.include_usage = isinstance(options, dict) and options.get("include_usage") is True
     return info
+
+
+def with_include_usage(body: bytes) -> bytes | None:
+    """``body`` (a whole JSON object) with ``"stream_options": {"include_usage": true}`` added (other stream options
+    kept), re-serialised by orjson (SPEC §16.2 ``stream_usage``); None when it is not a JSON object."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    options = value.get("stream_options")
+    merged: dict[str, object] = dict(options) if isinstance(options, dict) else {}
+    merged["include_usage"] = True
+    value["stream_options"] = merged
+    return orjson.dumps(value)
 
 
 def _skip_ws(data: bytes, i: int) -> int:

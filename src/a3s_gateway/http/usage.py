@@ -14,6 +14,7 @@ top-level, or under ``response`` (Responses API ``response.completed``) or ``mes
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import orjson
@@ -74,12 +75,18 @@ class UsageMeter:
 
     __slots__ = (
         "cr", "data", "data_bytes", "events", "first_at", "input_tokens", "json", "json_bytes", "last_at", "line",
-        "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out", "sent_at", "source",
+        "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out", "responded", "sent",
+        "sent_at", "source", "strip_usage",
     )
 
     def __init__(self, model_stats: ModelStats | None) -> None:
         self.model_stats = model_stats
         self.mode = _NONE
+        self.responded = False  # a backend response head arrived (``begin``)
+        self.sent = False  # the request went to a backend (set by the exchange at its end, for token-limit)
+        # the gateway added ``stream_options.include_usage`` (§16.2 ``stream_usage``): the usage-only event is taken
+        # out of the stream the client gets (:class:`UsageEventFilter`)
+        self.strip_usage = False
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.source: str | None = None
@@ -103,6 +110,7 @@ class UsageMeter:
     def begin(self, content_type: bytes, sent_at: float) -> None:
         """A response head from the backend (``sent_at``: loop time its request was sent): what its body is."""
         kind = media_type(content_type)
+        self.responded = True
         self.mode = _SSE if kind == _SSE_TYPE else _JSON if kind == _JSON_TYPE else _NONE
         self._reset(sent_at)
 
@@ -248,3 +256,75 @@ class UsageMeter:
         span = self.last_at - self.first_at
         if mode == _SSE and span > 0.0 and self.output_tokens:
             stats.tokens_per_second.observe(self.output_tokens / span)
+
+
+# the end of an SSE event: a blank line (the line ends servers write; a lone "\r" line end before "\n" is waited for)
+_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r(?!\n)")
+
+
+def _usage_only(event: bytes) -> bool:
+    """Whether an SSE event is the usage-only chunk ``stream_options.include_usage`` adds: ``choices`` empty and a
+    ``usage`` object."""
+    if b'"usage"' not in event:
+        return False
+    data = [line[6:] if line[5:6] == b" " else line[5:] for line in event.splitlines() if line[:5] == b"data:"]
+    if not data:
+        return False
+    try:
+        value = orjson.loads(b"\n".join(data))
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and value.get("choices") == [] and isinstance(value.get("usage"), dict)
+
+
+class UsageEventFilter:
+    """A response body filter (``chain.BodyFilter``) for ``stream_usage`` (SPEC §16.2): relays an SSE stream event by
+    event, unchanged, except the usage-only events the gateway asked for. An event is held until its blank line."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.held + data if self.held else data
+        start = 0
+        out: list[bytes] = []
+        while True:
+            m = _EVENT_END.search(buf, start)
+            if m is None:
+                break
+            end = m.end()
+            event = buf[start:end]
+            if not _usage_only(event):
+                out.append(event)
+            start = end
+        self.held = buf[start:]
+        if not out:
+            return b""
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def finish(self) -> bytes:
+        """The bytes of an event the stream did not end (relayed as they came)."""
+        held = self.held
+        self.held = b""
+        return held if not _usage_only(held) else b""
+
+
+class ThenFilter:
+    """The usage-event filter, then another body filter (compress of an event stream)."""
+
+    __slots__ = ("first", "then")
+
+    def __init__(self, first: UsageEventFilter, then: Any) -> None:
+        self.first = first
+        self.then = then
+
+    def feed(self, data: bytes) -> bytes:
+        out: bytes = self.then.feed(self.first.feed(data))
+        return out
+
+    def finish(self) -> bytes:
+        tail = self.first.finish()
+        out: bytes = (self.then.feed(tail) if tail else b"") + self.then.finish()
+        return out

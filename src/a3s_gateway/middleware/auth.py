@@ -53,6 +53,7 @@ class ApiKey(Middleware):
             match |= hmac.compare_digest(digest, key)
         if not match:
             return json_reply(401, _API_KEY_ERROR)
+        req.api_key = value  # a token-limit key (SPEC §16.4)
         if self._strip:
             req.remove(self.header)
         return None

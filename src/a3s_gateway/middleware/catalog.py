@@ -19,6 +19,7 @@ IMPLEMENTATIONS: Mapping[str, tuple[str, str]] = {
     "forward-auth": ("a3s_gateway.middleware.forward_auth", "ForwardAuth"),
     "rate-limit": ("a3s_gateway.middleware.ratelimit", "RateLimit"),
     "rate-limit-redis": ("a3s_gateway.middleware.ratelimit_redis", "RateLimitRedis"),
+    "token-limit": ("a3s_gateway.middleware.tokenlimit", "TokenLimit"),
     "cors": ("a3s_gateway.middleware.cors", "Cors"),
     "headers": ("a3s_gateway.middleware.headers", "Headers"),
     "strip-prefix": ("a3s_gateway.middleware.rewrite", "StripPrefix"),

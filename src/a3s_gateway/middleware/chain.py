@@ -277,8 +277,8 @@ class Request(_Fields):
     address (``client_ip`` when empty), which the gateway appends to X-Forwarded-For.
     """
 
-    __slots__ = ("body_length", "changed", "client_ip", "edited", "host", "method", "notes", "path", "peer", "proto",
-                 "query", "router", "trusted")
+    __slots__ = ("ai", "api_key", "body_length", "changed", "claims", "client_ip", "edited", "host", "method", "notes",
+                 "path", "peer", "proto", "query", "router", "trusted")
 
     def __init__(self, method: bytes, path: bytes, query: bytes | None, host: bytes,
                  headers: list[tuple[bytes, bytes]], client_ip: str, router: str, proto: bytes,
@@ -299,6 +299,11 @@ class Request(_Fields):
         # headers a middleware set or deleted are sent as it left them (SPEC §5.2, §6.8)
         self.edited = 0
         self.notes: list[Any] = [None] * slots
+        # what earlier middlewares established, for token-limit keys (SPEC §16.4): the claims of a verified JWT, the
+        # key an api-key middleware accepted
+        self.claims: dict[str, Any] | None = None
+        self.api_key: bytes | None = None
+        self.ai: Any = None  # an inspected request's ``inspect.RequestInfo`` (SPEC §16.1), else None
 
     def set(self, name: bytes, value: bytes) -> None:
         super().set(name, value)
@@ -411,6 +416,11 @@ class Middleware:
     def abandon(self, req: Request, now: float) -> None:
         return None
 
+    def settle(self, req: Request, usage: Any, now: float) -> None:
+        """The exchange is over (response ended or failed, client gone, local answer): ``usage`` is the request's
+        ``UsageMeter`` after ``finish`` (None: not inspected). Called for the chain's ``accounting`` middlewares."""
+        return None
+
     async def close(self) -> None:
         """Release resources (connections to Redis, JWKS fetchers) when the instance is retired by a reload."""
         return None
@@ -419,7 +429,7 @@ class Middleware:
 class Chain:
     """The compiled middlewares of one router, in list order."""
 
-    __slots__ = ("body_limit", "has_async", "has_response", "middlewares", "retry")
+    __slots__ = ("accounting", "body_limit", "has_async", "has_response", "middlewares", "retry")
 
     def __init__(self, middlewares: list[Middleware]) -> None:
         for i, mw in enumerate(middlewares):
@@ -430,6 +440,8 @@ class Chain:
         limits = [int(getattr(m, "max_body_bytes", 0)) for m in middlewares if m.kind == "body-limit"]
         self.body_limit = min(limits) if limits else 0
         self.retry: Any = next((m for m in middlewares if m.kind == "retry"), None)
+        # settled at the end of every exchange with its token usage (token-limit, SPEC §16.4)
+        self.accounting = tuple(m for m in middlewares if m.kind == "token-limit")
 
     def __len__(self) -> int:
         return len(self.middlewares)

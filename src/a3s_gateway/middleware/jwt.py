@@ -237,6 +237,7 @@ class Jwt(Middleware):
         problem = self._check_claims(tok.claims)
         if problem is not None:
             return _invalid(problem)
+        req.claims = tok.claims  # a token-limit key (SPEC §16.4)
         for claim, header in self._forward:
             value = tok.claims.get(claim)
             encoded = None if value is None and claim not in tok.claims else _header_value(value)

@@ -169,8 +169,11 @@ class GatewayCollector:
                                     labels=["router", "middleware"])
         rejected = CounterMetricFamily("gateway_ratelimit_rejections", "Requests answered 429 by a rate limit.",
                                        labels=["router", "middleware"])
-        redis_errors = CounterMetricFamily("gateway_ratelimit_redis_errors", "Redis failures of rate-limit-redis.",
+        redis_errors = CounterMetricFamily("gateway_ratelimit_redis_errors",
+                                           "Redis failures of rate-limit-redis and token-limit.",
                                            labels=["router", "middleware"])
+        token_rejected = CounterMetricFamily("gateway_token_limit_rejections",
+                                             "Requests answered 429 by a token-limit.", labels=["router", "middleware"])
         if runtime is not None:
             for (router, name), (_, mw) in sorted(runtime.middlewares.items()):
                 if mw.kind == "circuit-breaker":
@@ -180,7 +183,11 @@ class GatewayCollector:
                     rejected.add_metric([router, name], int(getattr(mw, "rejections", 0)))
                     if mw.kind == "rate-limit-redis":
                         redis_errors.add_metric([router, name], int(getattr(mw, "errors", 0)))
-        yield from (breaker, rejected, redis_errors)
+                elif mw.kind == "token-limit":
+                    token_rejected.add_metric([router, name], int(getattr(mw, "rejections", 0)))
+                    if getattr(mw, "redis_url", ""):
+                        redis_errors.add_metric([router, name], int(getattr(mw, "errors", 0)))
+        yield from (breaker, rejected, redis_errors, token_rejected)
 
         active = GaugeMetricFamily("gateway_active_connections", "Open downstream connections.",
                                    labels=["entrypoint"])

@@ -27,7 +27,7 @@ import orjson
 from ..http import hdrs
 from ..http.framing import CHUNKED, LENGTH
 from ..http.headers import request_head
-from ..http.inspect import is_json, prompt_key, read_request
+from ..http.inspect import RequestInfo, is_json, prompt_key, read_request, with_include_usage
 from ..http.usage import UsageMeter
 from ..middleware.chain import JSON, Chain, Request, Response
 from ..middleware.retry import parse_retry_after
@@ -168,10 +168,10 @@ class Exchange(Client):
 
     __slots__ = (
         "affinity", "attempt", "backend", "backend_url", "bytes_out", "chain", "cold", "conn", "connect_task",
-        "framing", "held", "ka_interval", "ka_timer", "mirror", "mirror_body", "mirror_bytes", "mirror_decided",
-        "model", "mreq", "peek", "peek_bytes", "peek_route", "pending", "pending_bytes", "pool", "replay",
-        "replay_bytes", "resp_started", "retried", "revision", "rid", "skip_queue", "stats", "status", "streaming",
-        "t0", "target", "trace", "tried", "ttfb", "up_head", "upstream", "wall0", "window",
+        "framing", "held", "info", "ka_interval", "ka_timer", "mirror", "mirror_body", "mirror_bytes",
+        "mirror_decided", "model", "mreq", "peek", "peek_bytes", "peek_route", "pending", "pending_bytes", "pool",
+        "replay", "replay_bytes", "resp_started", "retried", "revision", "rid", "skip_queue", "stats", "status",
+        "streaming", "t0", "target", "trace", "tried", "ttfb", "up_head", "upstream", "wall0", "window",
     )
 
     def __init__(self, conn: Downstream) -> None:
@@ -221,7 +221,8 @@ class Exchange(Client):
         self.peek: list[bytes] | None = None
         self.peek_bytes = 0
         self.model: str | None = None
-        self.peek_route: Route | None = None  # the route already matched when its service needs the inspection
+        self.info: RequestInfo | None = None  # what the inspected body says (None: not inspected)
+        self.peek_route: Route | None = None  # the route already matched when a body is inspected for it
         self.affinity = -1  # the prompt-prefix hash for an inference service (§16.5), -1: none
         self.streaming = False  # the inspected body asks for a stream (``"stream": true``)
         # queued_keepalive (§16.3): the interval of ``: queued`` comments while the request waits (0: none), its timer
@@ -256,6 +257,8 @@ class Exchange(Client):
         self.affinity = -1
         self.streaming = False
         self.head_sent = False
+        self.info = None
+        self.peek_route = None
         tracer = entry.tracer
         trace = tracer.begin(head.headers, head.header_ids) if tracer is not None else None
         self.trace = trace
@@ -304,8 +307,10 @@ class Exchange(Client):
             self.local(404, "No route matched")
             return
         target = cast("RouteTarget", route.target)
-        if target.inspect and self.meter is None and self.peek_route is None and self._inspectable(self.head):
-            self.peek_route = route  # an inference service reads the prompt (SPEC §16.1, §16.5)
+        if route.inspect and self.info is None and self._inspectable(self.head):
+            # a token-limit, stream_usage or inference route: its body is read first (SPEC §16.1, §16.5), then it
+            # goes on from here
+            self.peek_route = route
             self._begin_peek(entry, framing)
             return
         self.stats = target.stats
@@ -336,7 +341,10 @@ class Exchange(Client):
         conn = self.conn
         self.peek = []
         self.peek_bytes = 0
-        self.stats = entry.unmatched  # counted as unrouted if the body never comes (408, client gone)
+        # counted as unrouted if the body never comes (408, client gone); under its route when it is known (set
+        # before reading: the whole exchange may end within read_body)
+        route = self.peek_route
+        self.stats = entry.unmatched if route is None else cast("RouteTarget", route.target).stats
         self.framing = framing
         if conn.expect:  # the client waits for a 100 Continue before it sends the body the route depends on
             conn.expect = False
@@ -359,10 +367,30 @@ class Exchange(Client):
             return
         self.peek = None
         data = b"".join(peek)
-        info = read_request(data[:limit], done and len(data) <= limit)
+        complete = done and len(data) <= limit
+        info = read_request(data[:limit], complete)
         self.model = info.model
         self.streaming = info.stream
+        self.info = info
         body = conn.body
+        head = self.head
+        info.body_bytes = self.peek_bytes if done or head.content_length < 0 else int(head.content_length)
+        route = self.peek_route
+        self.peek_route = None
+        client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
+        if route is None:
+            route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
+                                       info.model)
+        if (route is not None and info.stream and not info.include_usage and complete
+                and cast("RouteTarget", route.target).stream_usage):
+            # stream_usage (§16.2): the body goes with stream_options.include_usage added, its framing adjusted
+            changed = with_include_usage(data)
+            if changed is not None:
+                peek = [changed]
+                if body is None or body.mode != CHUNKED:
+                    self.framing = b"Content-Length: %d\r\n" % len(changed)
+        else:
+            changed = None
         held = body.rechunk(peek) if body is not None and body.mode == CHUNKED else peek
         if held:
             self.pending = held
@@ -370,16 +398,11 @@ class Exchange(Client):
                 self.pending_bytes += len(p)
             if self.pending_bytes > HIGH_WATER:
                 conn.pause_reading_for(P_PENDING)
-        head = self.head
-        client_ip = conn.client_ip if not conn.trusted else self._forwarded_client(head)
-        route = self.peek_route
-        self.peek_route = None
-        if route is None:
-            route = entry.router.match(head.method, head.host, head.path, head.query, head.headers, client_ip,
-                                       info.model)
         if route is not None:  # its response's usage is accounted (§16.2) under the model's metrics (§16.6)
             routed = cast("RouteTarget", route.target)
-            self.meter = UsageMeter(routed.stats.model_stats(info.model or ""))
+            meter = UsageMeter(routed.stats.model_stats(info.model or ""))
+            meter.strip_usage = changed is not None
+            self.meter = meter
             affinity_bytes = routed.service.affinity_bytes
             if affinity_bytes > 0:
                 self.affinity = prompt_key(info, affinity_bytes)
@@ -753,6 +776,7 @@ class Exchange(Client):
         # the parsed header list is shared with the Request, which copies it before its first change
         req = Request(method, path, query, host, headers, client_ip, target.router, conn.entry.proto, body_length,
                       len(chain.middlewares), conn.trusted, conn.client_ip)
+        req.ai = self.info
         self.chain = chain
         self.mreq = req
         self.target = target
@@ -1117,6 +1141,7 @@ class Exchange(Client):
         self.response_extra = b""
         self.model = None
         self.meter = None
+        self.info = None
 
     def response_done(self, reusable: bool) -> None:
         """The response ended (completely when ``reusable``; otherwise the connection must close)."""
@@ -1411,6 +1436,15 @@ class Exchange(Client):
             model_stats = meter.model_stats
             if count and model_stats is not None:
                 model_stats.codes.add(self.status)
+        chain = self.chain
+        if chain is not None and chain.accounting:  # token budgets: reservations replaced by the usage (§16.4)
+            req = self.mreq
+            if req is not None:
+                if meter is not None and self.backend_url is not None:
+                    meter.sent = True
+                now = self.conn.loop.time()
+                for mw in chain.accounting:
+                    mw.settle(req, meter, now)
         if self.ttfb >= 0.0:
             stats.ttfb.observe(self.ttfb)
             if self.revision:

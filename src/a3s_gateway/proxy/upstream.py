@@ -19,6 +19,7 @@ from ..http import hdrs
 from ..http.framing import CHUNKED, LENGTH, UNTIL_CLOSE, chunk_frames, last_chunk, new_body_reader
 from ..http.headers import interim_head, response_head
 from ..http.parser import new_chunked_decoder, parse_response
+from ..http.usage import ThenFilter, UsageEventFilter
 
 if TYPE_CHECKING:
     from ..config.model import TransportConfig
@@ -376,6 +377,14 @@ class UpstreamConnection:
             headers = phase.headers
             header_ids = phase.header_ids(header_ids)
             body_filter = phase.body_filter
+        meter = client.meter
+        strip = False  # the usage-only event the gateway asked for is taken out (§16.2 stream_usage)
+        if meter is not None and meter.strip_usage and resp.event_stream:
+            if body_filter is None:
+                body_filter = UsageEventFilter()
+                strip = True
+            else:  # compressed: the usage event is taken out before compression
+                body_filter = ThenFilter(UsageEventFilter(), body_filter)
         self.filter = None
         self.filtered = 0
         if head.method == b"HEAD" or status == 204 or status == 304:
@@ -421,10 +430,9 @@ class UpstreamConnection:
         self.reader = reader
         self.keep_alive = keep_alive
         self.client_chunked = chunked_out
-        self.sse = chunked_out and resp.event_stream and self.filter is None
+        self.sse = chunked_out and resp.event_stream and (self.filter is None or strip)
         self.te_trailers = head.te_trailers
         self.state = _BODY
-        meter = client.meter
         self.meter = meter
         if meter is not None:  # an inspected request (§16.2): what its response body is
             meter.begin(_content_type(resp.headers, resp.header_ids), self.sent_at)
@@ -531,6 +539,12 @@ class UpstreamConnection:
         sse = self.sse
         client.stream_failed(sse, self.reader.received)
         if sse:
+            body_filter = self.filter
+            if body_filter is not None:  # the usage-event filter: the event it holds goes out before the error
+                self.filter = None
+                tail = body_filter.finish()
+                if tail:
+                    client.writelines(chunk_frames([tail]))
             client.write(_SSE_ERROR_CHUNK)
         client.response_end(sse, self.reader.received)
 

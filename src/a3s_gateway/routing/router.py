@@ -26,12 +26,16 @@ from a3s_gateway.routing.matchers import (
 class Route:
     """One router of an entrypoint: ``priority`` is the effective priority; ``target`` is the proxy's payload."""
 
-    def __init__(self, name: str, rule: str, priority: int, matcher: Matcher, target: object) -> None:
+    def __init__(self, name: str, rule: str, priority: int, matcher: Matcher, target: object,
+                 inspect: bool = False) -> None:
         self.name = name
         self.rule = rule
         self.priority = priority
         self.matcher = matcher
         self.target = target
+        # its requests' bodies are inspected (SPEC §16.1) whatever the rule: read here, a native field, so that the
+        # plain path pays no attribute lookup on the (interpreted) target for it
+        self.inspect = inspect
 
     def __repr__(self) -> str:
         return f"Route({self.name!r}, priority={self.priority})"

@@ -8,7 +8,9 @@ objects at it (:func:`attach`):
   ``1 + i`` worker ``i``'s part of it — when a worker dies its part is taken back out (:meth:`Layout.forget_worker`),
   so the count never keeps requests of a process that is gone;
 - per ``rate-limit`` instance (router, middleware, configuration) a GCRA table of ``max_keys`` entries rounded up to
-  a power of two: its buckets, exact for the whole instance.
+  a power of two: its buckets, exact for the whole instance;
+- per local ``token-limit`` instance a table of the same shape (``SHARED_KEYS`` entries): its token budgets
+  (middleware/tokenlimit.py ``SharedBudgets``).
 
 Slots and tables are never reused: an identity that comes back gets its old place, so requests that began under an
 older generation still count where they started. Pages are touched only when used (the segment is sparse).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
+from ..middleware.tokenlimit import SHARED_KEYS
 from ..runtime import Runtime
 from ..segment import ENTRY_WORDS, PROBES, Segment
 
@@ -27,6 +30,11 @@ log: Final = logging.getLogger("a3s_gateway.supervisor")
 SEGMENT_BYTES: Final = 512 * 1024 * 1024  # address space, not memory: pages are backed when first written
 COUNTER_BASE: Final = 8  # words before the first counter group (unused header)
 MAX_COUNTER_GROUPS: Final = 65536
+
+
+def _shares_table(mw: Any) -> bool:
+    """A middleware whose state lives in a table of the segment: rate-limit, and token-limit without Redis."""
+    return bool(mw.kind == "rate-limit" or (mw.kind == "token-limit" and not mw.redis_url))
 
 
 def table_key(router: str, name: str, cfg: Any) -> str:
@@ -61,15 +69,15 @@ class Layout:
                 elif key not in self.slots:
                     self._warn_full(f"backend {backend.url} of service {name}")
         for (router, name), (cfg, mw) in runtime.middlewares.items():
-            if mw.kind != "rate-limit":
+            if not _shares_table(mw):
                 continue
             ident = table_key(router, name, cfg)
             if ident in self.tables:
                 continue
-            max_keys = int(cfg.params.get("max_keys", 65536))
+            max_keys = int(cfg.params.get("max_keys", SHARED_KEYS))
             capacity = max(PROBES, 1 << max(0, (max_keys - 1).bit_length()))
             if self._next_table + capacity * ENTRY_WORDS > self.words:
-                self._warn_full(f"rate-limit {name} of router {router}")
+                self._warn_full(f"{mw.kind} {name} of router {router}")
                 continue
             self.tables[ident] = (self._next_table, capacity)
             self._next_table += capacity * ENTRY_WORDS
@@ -104,7 +112,7 @@ def attach(runtime: Runtime, segment: Segment, layout: dict[str, Any], index: in
                 backend.share(segment, slot, slot + 1 + index)
     tables: dict[str, tuple[int, int]] = layout.get("tables", {})
     for (router, name), (cfg, mw) in runtime.middlewares.items():
-        if mw.kind == "rate-limit":
+        if _shares_table(mw):
             table = tables.get(table_key(router, name, cfg))
             if table is not None:
                 mw.share(segment, table[0], table[1])  # type: ignore[attr-defined]

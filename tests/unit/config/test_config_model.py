@@ -290,6 +290,23 @@ MIDDLEWARE_DEFAULTS: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     (
+        "token-limit",
+        "limit = 1000",
+        {
+            "limit": 1000,
+            "window": 60.0,
+            "count": "total",
+            "key": "client_ip",
+            "per_model": {},
+            "reserve": "max_tokens",
+            "default_reserve": 256,
+            "redis_url": "",
+            "failure_mode": "open",
+            "redis_timeout": 1.0,
+            "key_prefix": "a3s:tokens:",
+        },
+    ),
+    (
         "cors",
         "",
         {
@@ -349,7 +366,7 @@ MIDDLEWARE_DEFAULTS: list[tuple[str, str, dict[str, Any]]] = [
 
 def test_every_middleware_type_has_a_defaults_case() -> None:
     assert sorted(t for t, _, _ in MIDDLEWARE_DEFAULTS) == sorted(MIDDLEWARE_TYPES)
-    assert len(MIDDLEWARE_TYPES) == 16
+    assert len(MIDDLEWARE_TYPES) == 17
 
 
 @pytest.mark.parametrize(("mw_type", "keys", "expected"), MIDDLEWARE_DEFAULTS)

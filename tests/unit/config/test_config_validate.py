@@ -255,8 +255,8 @@ def test_corrected_full_example_is_valid(
         (
             'middlewares "m" { type = "jwtt"; value = "x" }',
             'middlewares.m.type: invalid value "jwtt"; expected one of: jwt, '
-            "api-key, basic-auth, forward-auth, rate-limit, rate-limit-redis, cors, headers, strip-prefix, "
-            "body-limit, retry, "
+            "api-key, basic-auth, forward-auth, rate-limit, rate-limit-redis, token-limit, cors, headers, "
+            "strip-prefix, body-limit, retry, "
             "circuit-breaker, ip-allow, compress, tcp-filter, ws-mux",
         ),
         (

@@ -47,6 +47,7 @@ MIDDLEWARE_TYPES: Final = (
     "forward-auth",
     "rate-limit",
     "rate-limit-redis",
+    "token-limit",
     "cors",
     "headers",
     "strip-prefix",
@@ -191,6 +192,20 @@ def _check_limit_key(value: Any) -> str | None:
     return f'invalid key {quote(value)}; expected "client_ip", "global" or "header:<Name>"'
 
 
+def _check_token_key(value: Any) -> str | None:
+    if value in ("client_ip", "api_key"):
+        return None
+    if value.startswith("header:") and TOKEN_RE.match(value[7:]):
+        return None
+    if value.startswith("jwt:") and value[4:]:
+        return None
+    return f'invalid key {quote(value)}; expected "client_ip", "header:<Name>", "jwt:<claim>" or "api_key"'
+
+
+def _check_optional_redis_url(value: Any) -> str | None:
+    return None if value == "" else _check_redis_url(value)
+
+
 def _rate_limit(d: Decoded, ctx: Ctx) -> None:
     v = d.values
     if v["burst"] is None:
@@ -333,6 +348,22 @@ MIDDLEWARE_KEYS: Final[dict[str, tuple[tuple[K, ...], Callable[[Decoded, Ctx], N
             K("key_prefix", STR, "a3s:ratelimit:"),
         ),
         _rate_limit,
+    ),
+    "token-limit": (
+        (
+            K("limit", T.integer(1, 10_000_000_000), None, required=True),
+            K("window", T.duration(1, 86400), 60.0),
+            K("count", T.enum("total", "output", "input"), "total"),
+            K("key", T.string(_check_token_key), "client_ip"),
+            K("per_model", T.map_of(T.integer(1, 10_000_000_000)), EMPTY_MAP),
+            K("reserve", T.enum("max_tokens", "none"), "max_tokens"),
+            K("default_reserve", T.integer(0, 10_000_000_000), 256),
+            K("redis_url", T.string(_check_optional_redis_url), "", url=True),
+            K("failure_mode", T.enum("open", "closed"), "open"),
+            K("redis_timeout", T.duration(0, lo_open=True), 1.0),
+            K("key_prefix", STR, "a3s:tokens:"),
+        ),
+        _noop,
     ),
     "cors": (
         (

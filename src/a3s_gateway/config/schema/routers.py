@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from a3s_gateway.config.model import RouterAiConfig, RouterConfig
-from a3s_gateway.config.schema.engine import STR, Ctx, Decoded, K, T, schema
+from a3s_gateway.config.model import AiConfig, RouterConfig
+from a3s_gateway.config.schema.engine import BOOL, STR, Ctx, Decoded, K, T, schema
 
 
 def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
@@ -23,9 +23,9 @@ def _build_router(d: Decoded, ctx: Ctx) -> RouterConfig:
 
 AI: Final = schema(
     "ai",
-    [K("queued_keepalive", T.duration(0))],
-    lambda d, ctx: RouterAiConfig(**d.values),
-    model=RouterAiConfig,
+    [K("stream_usage", BOOL), K("queued_keepalive", T.duration(0))],
+    lambda d, ctx: AiConfig(**d.values),
+    model=AiConfig,
 )
 
 
