@@ -287,11 +287,12 @@ class FakeCluster:
             self._send(writer, 405, _status(405, "not in the fake"))
             return True
         labels = _selector(req.query.get("labelSelector", ""))
-        fields = req.query.get("fieldSelector", "")
-        want_type = fields.partition("type=")[2] if fields.startswith("type=") else ""
+        fields = dict(t.split("=", 1) for t in req.query.get("fieldSelector", "").split(",") if "=" in t)
 
         def match(obj: dict[str, Any]) -> bool:
-            return labels(obj["metadata"].get("labels") or {}) and (not want_type or obj.get("type") == want_type)
+            return (labels(obj["metadata"].get("labels") or {})
+                    and obj.get("type") == fields.get("type", obj.get("type"))
+                    and obj["metadata"]["name"] == fields.get("metadata.name", obj["metadata"]["name"]))
 
         if req.query.get("watch") not in ("1", "true"):
             items = [copy.deepcopy(o) for o in self.store[resource].values() if self._visible(namespace, match, o)]
