@@ -20,10 +20,11 @@ import asyncio
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config import ConfigException, load_kube_config
 from kubernetes_asyncio.config.incluster_config import (
@@ -108,23 +109,18 @@ def connect_explicit(api_url: str, token_file: str, ca_file: str) -> KubeClient:
     if os.path.isfile(ca_file):
         configuration.ssl_ca_cert = ca_file
 
-    def read_token(config: Configuration, *_: object) -> None:
+    def authorization() -> str:
         try:
             # a small local file, read synchronously on purpose: re-read every call because tokens rotate
             with open(token_file, "rb") as f:
                 token = f.read(MAX_TOKEN).decode("latin-1").strip()
         except OSError:
-            token = ""
+            return ""  # no token: out of cluster against a proxy, or anonymous access
         if _BAD_TOKEN.search(token):
             raise KubeError(f"kubernetes token file {token_file}: token has invalid characters")
-        if token:
-            config.api_key["BearerToken"] = "Bearer " + token
-        else:
-            config.api_key.pop("BearerToken", None)
+        return f"Bearer {token}" if token else ""
 
-    configuration.refresh_api_key_hook = read_token
-    read_token(configuration)  # the BearerToken auth setting is only looked at when the key is there
-    return KubeClient(configuration, f"api_url {api_url}")
+    return KubeClient(configuration, f"api_url {api_url}", authorization)
 
 
 def status_message(body: bytes) -> str:
@@ -162,13 +158,17 @@ class Watch:
     async def next(self) -> dict[str, Any] | None:
         while True:
             try:
-                line = await self._response.content.readline()
-            except asyncio.TimeoutError:  # aiohttp's read timeout
+                # our own deadline too: with aiohttp's C parser, a framing error in the middle of a body leaves the
+                # reader waiting past the session's read timeout (even after the server closed the connection)
+                line = await asyncio.wait_for(self._response.content.readline(), WATCH_READ_TIMEOUT)
+            except asyncio.TimeoutError:  # aiohttp's read timeout or ours
                 raise KubeError(f"{self.what}: no event or bookmark for {WATCH_READ_TIMEOUT:g}s") from None
-            except (aiohttp.ClientError, ValueError, OSError) as e:  # ValueError: a line over the read buffer
+            except (aiohttp.ClientError, HttpProcessingError, ValueError, OSError) as e:  # ValueError: line too long
                 raise KubeError(f"{self.what}: reading events: {e or type(e).__name__}") from e
             if not line:
                 return None
+            if not line.endswith(b"\n"):
+                raise KubeError(f"{self.what}: the stream ended inside an event")
             if line.strip():
                 return json_object(line, self.what)
 
@@ -179,9 +179,12 @@ class Watch:
 class KubeClient:
     """Calls to one API server. ``source`` says where the connection came from (for logs)."""
 
-    def __init__(self, configuration: Configuration, source: str) -> None:
+    def __init__(self, configuration: Configuration, source: str,
+                 authorization: Callable[[], str] | None = None) -> None:
         self.configuration = configuration
         self.source = source
+        #: the Authorization header of each call ("" = none); None: the configuration's credentials
+        self._authorization = authorization
         self._api: ApiClient | None = None
 
     @property
@@ -196,11 +199,17 @@ class KubeClient:
     async def _call(self, method: str, path: str, query: Query, body: object, content_type: str,
                     timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         what = f"kubernetes {method} {self.host}{path}"
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        auth = ["BearerToken"]
+        if self._authorization is not None:
+            auth = []
+            value = self._authorization()
+            if value:
+                headers["Authorization"] = value
         try:
             response: aiohttp.ClientResponse = await self._client().call_api(
-                path, method, query_params=list(query),
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout,
+                path, method, query_params=list(query), header_params=headers,
+                body=body, auth_settings=auth, _preload_content=False, _request_timeout=timeout,
             )
         except asyncio.TimeoutError:
             raise KubeError(f"{what}: timed out after {API_TIMEOUT:g}s") from None
