@@ -12,6 +12,10 @@ the JSON itself (no generated-model conversion, which costs most of the time on 
 Connections (:func:`connect`): the given kubeconfig path; the in-cluster service account; ``$KUBECONFIG``;
 ``~/.kube/config`` — the first that exists (SPEC §12.5). :func:`connect_explicit` is the scale executor's
 ``api_url`` + ``token_file`` + ``ca_file`` (the token re-read on every call: projected tokens rotate).
+
+kubernetes_asyncio and aiohttp are imported when a client is made, not with this module: the library's package
+imports every generated API and model (~0.5 s, ~37 MiB), which only a configuration with the Kubernetes provider
+or executor should pay, and never at ``validate`` time (:func:`find_source` reads only the environment and files).
 """
 
 from __future__ import annotations
@@ -21,20 +25,16 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
-from aiohttp.http_exceptions import HttpProcessingError
-from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.config import ConfigException, load_kube_config
-from kubernetes_asyncio.config.incluster_config import (
-    SERVICE_CERT_FILENAME,
-    SERVICE_HOST_ENV_NAME,
-    SERVICE_PORT_ENV_NAME,
-    SERVICE_TOKEN_FILENAME,
-    load_incluster_config,
-)
+if TYPE_CHECKING:  # imported when a client is made: the generated client package costs ~0.5 s and ~37 MiB
+    import aiohttp
+    from kubernetes_asyncio.client import ApiClient, Configuration
 
+#: the in-cluster service account (kubernetes_asyncio.config.incluster_config's names and paths)
+SERVICE_HOST_ENV_NAME: Final = "KUBERNETES_SERVICE_HOST"
+SERVICE_TOKEN_FILENAME: Final = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SERVICE_CERT_FILENAME: Final = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 API_TIMEOUT: Final = 10.0  # per call; for a watch, up to the response head
 WATCH_SECONDS: Final = 300  # asked of the server (timeoutSeconds): the stream then ends and the caller goes on
 WATCH_READ_TIMEOUT: Final = WATCH_SECONDS + API_TIMEOUT  # a watch silent for longer is on a dead connection
@@ -81,6 +81,9 @@ def find_source(kubeconfig: str) -> str | None:
 
 async def connect(kubeconfig: str = "") -> KubeClient:
     """A client for the first connection source of SPEC §12.5; KubeConfigError when there is none or it is bad."""
+    from kubernetes_asyncio.client import Configuration
+    from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
+
     configuration = Configuration()
     if kubeconfig and not os.path.isfile(kubeconfig):
         raise KubeConfigError(f"kubeconfig {kubeconfig}: no such file")
@@ -90,7 +93,8 @@ async def connect(kubeconfig: str = "") -> KubeClient:
             await load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
             source = f"kubeconfig {path}"
         elif in_cluster():
-            load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            load_incluster_config(client_configuration=configuration,  # type: ignore[no-untyped-call]
+                                  token_filename=SERVICE_TOKEN_FILENAME, cert_filename=SERVICE_CERT_FILENAME)
             source = "in-cluster service account"
         else:
             raise KubeConfigError(
@@ -105,6 +109,8 @@ async def connect(kubeconfig: str = "") -> KubeClient:
 def connect_explicit(api_url: str, token_file: str, ca_file: str) -> KubeClient:
     """A client for ``api_url`` with the bearer token of ``token_file`` (re-read before every call; no file: no
     token) and the CA bundle ``ca_file`` (when it exists; else the system's)."""
+    from kubernetes_asyncio.client import Configuration
+
     configuration = Configuration(host=api_url.rstrip("/"))
     if os.path.isfile(ca_file):
         configuration.ssl_ca_cert = ca_file
@@ -156,6 +162,9 @@ class Watch:
         self.what = what
 
     async def next(self) -> dict[str, Any] | None:
+        import aiohttp
+        from aiohttp.http_exceptions import HttpProcessingError
+
         while True:
             try:
                 # our own deadline too: with aiohttp's C parser, a framing error in the middle of a body leaves the
@@ -193,11 +202,15 @@ class KubeClient:
 
     def _client(self) -> ApiClient:
         if self._api is None:  # made on first use: aiohttp's session belongs to the running loop
+            from kubernetes_asyncio.client import ApiClient
+
             self._api = ApiClient(self.configuration)
         return self._api
 
     async def _call(self, method: str, path: str, query: Query, body: object, content_type: str,
                     timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        import aiohttp
+
         what = f"kubernetes {method} {self.host}{path}"
         headers = {"Accept": "application/json", "Content-Type": content_type}
         auth = ["BearerToken"]
@@ -227,6 +240,8 @@ class KubeClient:
     async def request(self, method: str, path: str, query: Query = (), body: object = None,
                       content_type: str = "application/json") -> dict[str, Any]:
         """One call; its JSON object. ``body`` is sent as JSON. KubeError on failure (``status`` set for a reply)."""
+        import aiohttp
+
         response = await self._call(method, path, query, body, content_type,
                                     aiohttp.ClientTimeout(total=API_TIMEOUT))
         what = f"kubernetes {method} {self.host}{path}"
@@ -243,6 +258,8 @@ class KubeClient:
 
     async def watch(self, path: str, query: Query, version: str, bookmarks: bool = True) -> Watch:
         """Open a watch of ``path`` from ``version`` (KubeError with status 410 when that version is gone)."""
+        import aiohttp
+
         params = [*query, ("watch", "1"), ("resourceVersion", version), ("timeoutSeconds", str(WATCH_SECONDS))]
         if bookmarks:
             params.append(("allowWatchBookmarks", "true"))
@@ -259,5 +276,3 @@ class KubeClient:
             await api.close()
 
 
-__all__ = ["API_TIMEOUT", "SERVICE_CERT_FILENAME", "SERVICE_PORT_ENV_NAME", "KubeClient", "KubeConfigError",
-           "KubeError", "Watch", "connect", "connect_explicit", "find_source", "status_message"]
