@@ -113,7 +113,7 @@ async def test_ingress_route_follows_endpoints_survives_api_outage_and_goes_with
         assert await get(port) == (200, b"one")
         assert await get(port, "/shop") == (200, b"one")
         assert (await get(port, "/shopping"))[0] == 404  # Prefix is element-wise
-        router = next(r for r in gw.routers() if r["name"] == "k8s-shop-shop-0-0")
+        router = next(r for r in gw.routes() if r["name"] == "k8s-shop-shop-0-0")
         assert router["provider"] == "kubernetes"
         # the served Ingress gets the published address in its status
         await until(lambda: cluster.get("ingresses", "shop", "shop").get("status") is not None)
@@ -144,7 +144,7 @@ async def test_ingress_route_follows_endpoints_survives_api_outage_and_goes_with
 
         # deleting the Ingress removes the route
         cluster.delete("ingresses", "shop", "shop")
-        await until(lambda: not any(r["name"].startswith("k8s-shop-shop") for r in gw.routers()))
+        await until(lambda: not any(r["name"].startswith("k8s-shop-shop") for r in gw.routes()))
         assert (await get(port))[0] == 404
     await one.stop()
     await two.stop()
@@ -173,7 +173,7 @@ async def test_ingress_route_with_two_weighted_services_splits_traffic(
                 {"name": "stable", "port": 80, "weight": 3}, {"name": "canary", "port": "http", "weight": 1}]}]}})
         gw = await start_gateway(gateway_hcl(cluster.kubeconfig(tmp_path / "kc"), "ingress_route_crd = true"))
         port = gateway_port(gw)
-        await until(lambda: any(r["name"] == "k8s-shop-split-0" for r in gw.routers()))
+        await until(lambda: any(r["name"] == "k8s-shop-split-0" for r in gw.routes()))
         await until(lambda: len(urls(gw)) == 2)
         seen = [(await get(port, "/split"))[1] for _ in range(80)]
         assert set(seen) == {b"stable", b"canary"}
