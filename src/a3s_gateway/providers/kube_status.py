@@ -88,6 +88,7 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self.written: set[Key] = set()  # Ingresses whose status this writer set
         self.patches = 0
+        self.error = ""  # the last failure ("" once a pass succeeds)
 
     def wake(self) -> None:
         self._wake.set()
@@ -100,11 +101,14 @@ class StatusWriter:
                 await self.write(client)
             except KubeError as e:
                 delay = self.backoff.next()
-                log.warning("kubernetes: writing Ingress status failed: %s; retrying in %.1fs", e, delay)
+                if str(e) != self.error:  # logged when it starts or changes, not on every retry
+                    log.warning("kubernetes: writing Ingress status failed: %s; retrying in %.1fs", e, delay)
+                self.error = str(e)
                 await asyncio.sleep(delay)
                 self._wake.set()
             else:
                 self.backoff.reset()
+                self.error = ""
 
     async def write(self, client: KubeClient) -> None:
         """One pass: PATCH every Ingress whose status differs from what it should be."""
