@@ -382,7 +382,7 @@ class Gateway:
         providers = self._providers
         if providers is None:
             return base
-        contributions = providers.contributions(base.providers)
+        contributions = providers.contributions(base)
         if not contributions:
             return base
         from .providers.merge import merge

@@ -37,7 +37,9 @@ Handler = Callable[[Request, asyncio.StreamWriter], Awaitable[None]]
 def response(status: int, body: Any = b"", headers: Sequence[tuple[str, str]] = ()) -> bytes:
     """A raw response with Content-Length; ``body`` bytes as is, anything else as JSON."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    head = [f"HTTP/1.1 {status} X", *(f"{n}: {v}" for n, v in headers), f"Content-Length: {len(data)}"]
+    # one request per connection (the server closes it after the handler): say so, or a pooling client reuses it
+    head = [f"HTTP/1.1 {status} X", *(f"{n}: {v}" for n, v in headers), f"Content-Length: {len(data)}",
+            "Connection: close"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data
 
 

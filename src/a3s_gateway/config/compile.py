@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 #: with "not supported yet" (SPEC §13.3) until its issue lands.
 SUPPORTED_FEATURES: frozenset[str] = frozenset(
     {"max_connections", "trusted_ips", "providers.file.watch", "providers.file.directory", "providers.dns",
-     "providers.discovery", "admin", "access_log",
+     "providers.discovery", "providers.kubernetes", "admin", "access_log",
      "tracing", "admin.middlewares", "health_check", "passive health", "sticky", "failover", "mirror", "revisions",
      "scaling", "executor process", "executor static", "executor box", "executor kubernetes", "rollout",
      "tls", "redirect", "tcp entrypoint", "udp entrypoint", "tcp_allowed_ips", "middleware tcp-filter", "http2",

@@ -465,13 +465,16 @@ class DnsProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class KubernetesProviderConfig:
-    """Kubernetes Ingress / IngressRoute (§12.5). ``namespace`` "" = all."""
+    """Kubernetes Ingress / IngressRoute (§12.5). ``namespace`` "" = all. ``publish_service`` / ``publish_address``
+    (not in SPEC; both empty = off) say what the served Ingresses' ``status.loadBalancer.ingress`` reads."""
 
     namespace: str = ""
     label_selector: str = ""
     ingress_class: str = "a3s-gateway"
     ingress_route_crd: bool = False
     kubeconfig: str = ""
+    publish_service: str = ""  # "namespace/name": Ingress status copies this Service's address
+    publish_address: tuple[str, ...] = ()  # IPs / hostnames written to the served Ingresses' status
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from .._aio import cancel_and_wait
-from ..config.model import DiscoveryProviderConfig, DnsProviderConfig, ProvidersConfig
+from ..config.model import (
+    DiscoveryProviderConfig,
+    DnsProviderConfig,
+    GatewayConfig,
+    KubernetesProviderConfig,
+    ProvidersConfig,
+)
 from .merge import Contribution
 
 log = logging.getLogger("a3s_gateway.providers")
@@ -30,7 +36,7 @@ class Provider(Protocol):
 
     async def close(self) -> None: ...
 
-    def contribution(self) -> Contribution: ...
+    def contribution(self, base: GatewayConfig | None = None) -> Contribution: ...
 
 
 #: (kind, configuration block) -> a provider; the key of a running provider
@@ -44,6 +50,11 @@ def _make(key: Key, changed: Callable[[], None]) -> Provider:
 
         assert isinstance(cfg, DnsProviderConfig)
         return DnsProvider(cfg, changed)
+    if kind == "kubernetes":
+        from .kubernetes import KubernetesProvider
+
+        assert isinstance(cfg, KubernetesProviderConfig)
+        return KubernetesProvider(cfg, changed)
     from .wellknown import WellKnownProvider
 
     assert isinstance(cfg, DiscoveryProviderConfig)
@@ -55,6 +66,8 @@ def wanted(config: ProvidersConfig) -> list[Key]:
     keys: list[Key] = [("dns", d) for d in config.dns]
     if config.discovery is not None:
         keys.append(("discovery", config.discovery))
+    if config.kubernetes is not None:
+        keys.append(("kubernetes", config.kubernetes))
     return keys
 
 
@@ -74,9 +87,10 @@ class Providers:
         self._closed = False
         self._warned: set[str] = set()  # skip warnings already logged (each reload merges again)
 
-    def contributions(self, config: ProvidersConfig) -> list[Contribution]:
-        """What the running providers of ``config`` contribute now (providers the block no longer has: nothing)."""
-        return [self.running[key].contribution() for key in wanted(config) if key in self.running]
+    def contributions(self, base: GatewayConfig) -> list[Contribution]:
+        """What the running providers of ``base.providers`` contribute now to the file configuration ``base``
+        (providers the block no longer has: nothing)."""
+        return [self.running[key].contribution(base) for key in wanted(base.providers) if key in self.running]
 
     def warn(self, warnings: list[str]) -> None:
         """Log the merge warnings not logged before (a warning that went away is logged again if it returns)."""

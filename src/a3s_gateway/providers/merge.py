@@ -174,7 +174,9 @@ class RunningProvider:
         self._contribution = Contribution(source)
         self._task: asyncio.Task[None] | None = None
 
-    def contribution(self) -> Contribution:
+    def contribution(self, base: GatewayConfig | None = None) -> Contribution:
+        """What the provider adds now; ``base`` is the file configuration being merged (Kubernetes translates
+        against it)."""
         return self._contribution
 
     def start(self) -> None:

@@ -721,7 +721,9 @@ def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
 
-def test_provider_defaults(tmp_path: Path) -> None:
+def test_provider_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "kubeconfig").write_text("")  # the kubernetes provider needs a connection source (SPEC §12.5)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     from a3s_gateway.config.model import (
         DiscoveryProviderConfig,
         DnsProviderConfig,

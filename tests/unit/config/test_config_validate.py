@@ -833,7 +833,9 @@ routers "db" { rule = "HostSNI(`*`)"; service = "t" }
 # --- legacy spellings and warnings (§1.3, §2.6) --------------------------------------------------------------------
 
 
-def test_legacy_spellings_are_accepted_with_warnings() -> None:
+def test_legacy_spellings_are_accepted_with_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "kubeconfig").write_text("")  # the kubernetes provider needs a connection source (SPEC §12.5)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
     text = """
 shutdown_timeout_secs = 45
 entrypoints "tcp" { address = ":9000"; protocol = "tcp" }

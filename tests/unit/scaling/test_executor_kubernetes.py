@@ -18,6 +18,7 @@ import pytest
 from fake_scale_api import FakeApi, Request, Sink, response
 
 from a3s_gateway.config.model import KubernetesExecutorConfig
+from a3s_gateway.http import kube as kube_client
 from a3s_gateway.scaling.executors import ExecutorError, kubernetes
 from a3s_gateway.scaling.executors.kubernetes import KubernetesExecutor
 
@@ -68,6 +69,7 @@ class Cluster:
         self.scale_status = 200
         # every watch: its request and the queue of raw body bytes the test sends (None closes the connection)
         self.watches: asyncio.Queue[tuple[Request, asyncio.Queue[bytes | None]]] = asyncio.Queue()
+        self.executors: list[KubernetesExecutor] = []  # closed at the end of the test
 
     async def handle(self, req: Request, writer: asyncio.StreamWriter) -> None:
         if req.method == "PATCH":
@@ -83,7 +85,8 @@ class Cluster:
         elif self.watch_status:
             writer.write(response(self.watch_status.pop(0), gone()))
         else:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                         b"Connection: close\r\n\r\n")
             stream: asyncio.Queue[bytes | None] = asyncio.Queue()
             self.watches.put_nowait((req, stream))
             while (data := await stream.get()) is not None:
@@ -103,6 +106,8 @@ async def cluster() -> AsyncIterator[Cluster]:
     async with FakeApi(cluster.handle) as api:
         cluster.api = api
         yield cluster
+        for executor in cluster.executors:  # their API client sessions
+            await executor.close()
 
 
 @pytest.fixture
@@ -117,7 +122,9 @@ def kube(cluster: Cluster, sink: Sink | None = None, token: Path | None = None, 
     cfg = KubernetesExecutorConfig(**{"namespace": "prod", "api_url": cluster.api.url,
                                       "token_file": str(token or "/nonexistent/token"),
                                       "ca_file": "/nonexistent/ca.crt", **settings})
-    return KubernetesExecutor(target, cfg, sink if sink is not None else Sink())
+    executor = KubernetesExecutor(target, cfg, sink if sink is not None else Sink())
+    cluster.executors.append(executor)
+    return executor
 
 
 @contextlib.asynccontextmanager
@@ -152,9 +159,9 @@ async def test_scale_patches_the_deployment_and_rereads_the_token(cluster: Clust
     first, second, third = cluster.api.requests
     assert (first.method, first.target) == ("PATCH", SCALE_PATH)
     assert first.header("Content-Type") == "application/merge-patch+json"
-    assert first.body == b'{"spec":{"replicas":3}}'
-    assert second.body == b'{"spec":{"replicas":0}}'
-    assert first.header("Content-Length") == "23"
+    assert json.loads(first.body) == {"spec": {"replicas": 3}}
+    assert json.loads(second.body) == {"spec": {"replicas": 0}}
+    assert first.header("Content-Length") == str(len(first.body))
     assert [r.header("Authorization") for r in (first, second, third)] == ["Bearer tok-1", "Bearer tok-2", None]
 
 
@@ -195,8 +202,8 @@ async def test_list_then_watch_follows_the_ready_endpoints(cluster: Cluster, tok
     async with running(kube(cluster, sink, token, port="http")) as errors:
         assert await sink.next() == ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]
         (listed,) = cluster.lists()
-        assert listed.target == ("/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices"
-                                 "?labelSelector=kubernetes.io%2Fservice-name%3Dweb")
+        assert listed.path == "/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices"
+        assert listed.query == {"labelSelector": "kubernetes.io/service-name=web"}
         assert listed.header("Authorization") == "Bearer tok-1"
 
         req, stream = await cluster.watch()
@@ -277,9 +284,10 @@ async def test_stream_end_relists_without_an_error(cluster: Cluster) -> None:
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        (b"zz\r\n", "invalid chunk size"),
-        (chunk(b'{"type": "ADDED"') + END, "body ended inside an event"),
-        (chunk(b'{"type": "ADDED"'), "reading events: the connection closed early"),  # no last chunk
+        # aiohttp does not hand a framing error in the middle of a body to the reader: the read timeout ends it
+        (b"zz\r\n", "no event or bookmark for 1s"),
+        (chunk(b'{"type": "ADDED"') + END, "the stream ended inside an event"),
+        (chunk(b'{"type": "ADDED"'), "reading events: Response payload is not completed"),  # no last chunk
         (chunk(b"not json\n"), "invalid JSON"),
         (chunk(event("ERROR", {"kind": "Status", "code": 500, "message": "internal error"})),
          "watch error 500: internal error"),
@@ -288,8 +296,9 @@ async def test_stream_end_relists_without_an_error(cluster: Cluster) -> None:
     ],
 )
 async def test_bad_watch_stream_is_an_error_and_relists_after_a_second(
-    cluster: Cluster, data: bytes, error: str
+    cluster: Cluster, data: bytes, error: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(kube_client, "WATCH_READ_TIMEOUT", 1.0)
     cluster.slices = [eps("web-a", ep("10.0.0.1"))]
     loop = asyncio.get_running_loop()
     async with running(kube(cluster)) as errors:
@@ -421,7 +430,8 @@ async def test_https_api_is_verified_with_the_ca_file(tmp_path: Path) -> None:
         assert errors == []
         with pytest.raises(ExecutorError, match="CERTIFICATE_VERIFY_FAILED"):
             await kube(cluster).scale(3, 1, "load")  # no CA file: the system store does not know the server
-    await executor.close()
+    for made in cluster.executors:
+        await made.close()
 
 
 async def test_unreadable_ca_file_raises(cluster: Cluster, tmp_path: Path) -> None:

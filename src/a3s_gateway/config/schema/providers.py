@@ -80,9 +80,29 @@ DNS: Final = schema(
 )
 
 
+def _check_publish_service(value: Any) -> str | None:
+    namespace, slash, name = value.partition("/")
+    if value and (not slash or not namespace or not name or "/" in name):
+        return f'invalid publish_service "{value}"; expected "namespace/name"'
+    return None
+
+
 def _build_k8s_provider(d: Decoded, ctx: Ctx) -> KubernetesProviderConfig:
+    from a3s_gateway.http.kube import find_source
+
     ctx.explicit.add("providers.kubernetes")
-    return KubernetesProviderConfig(**d.values)
+    kubeconfig = d.values["kubeconfig"]
+    if ctx.ok(f"{d.path}.kubeconfig") and find_source(kubeconfig) is None:
+        # no network is contacted: only whether a connection source exists (SPEC §12.5 order)
+        if kubeconfig:
+            ctx.error(ctx.at(f"{d.path}.kubeconfig", d.pos), f"{d.path}.kubeconfig",
+                      f'kubeconfig "{kubeconfig}" does not exist')
+        else:
+            ctx.error(d.pos, f"{d.path}.kubeconfig",
+                      "no Kubernetes connection: not in a cluster (no KUBERNETES_SERVICE_HOST and service-account "
+                      "token), and neither $KUBECONFIG nor ~/.kube/config exists",
+                      hint="set kubeconfig to a kubeconfig file, or run the gateway in the cluster")
+    return KubernetesProviderConfig(**{**d.values, "publish_address": tuple(d.values["publish_address"])})
 
 
 K8S_PROVIDER: Final = schema(
@@ -93,6 +113,8 @@ K8S_PROVIDER: Final = schema(
         K("ingress_class", STR),
         K("ingress_route_crd", BOOL),
         K("kubeconfig", STR, path=True),
+        K("publish_service", T.string(_check_publish_service)),
+        K("publish_address", T.list_of(T.string(check_nonempty))),
     ],
     _build_k8s_provider,
     legacy={
