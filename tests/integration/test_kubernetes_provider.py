@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from certs import make_san_cert
 from kube_fake import FakeCluster
-from support import Client, Request, gateway_port, ok, start_backend
 
 from a3s_gateway import Gateway
-from certs import make_san_cert
+from support import Client, Request, gateway_port, ok, start_backend
 
 pytestmark = pytest.mark.timeout(60)
 

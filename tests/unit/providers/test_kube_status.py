@@ -115,5 +115,7 @@ def test_publish_keys_and_connection_check(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ConfigError, match=r'providers\.kubernetes\.kubeconfig: kubeconfig ".*/nope" does not exist'):
         GatewayConfig.from_hcl(KUBE.format(body=f'kubeconfig = "{tmp_path}/nope"'))
     monkeypatch.delenv("KUBECONFIG")
-    with pytest.raises(ConfigError, match=r"providers\.kubernetes\.kubeconfig: no Kubernetes connection"):
-        GatewayConfig.from_hcl(KUBE.format(body=""))
+    # no connection source on this machine: valid (the file may be checked outside its cluster), with a warning
+    cfg = GatewayConfig.from_hcl(KUBE.format(body=""))
+    assert cfg.providers.kubernetes == KubernetesProviderConfig()
+    assert any("providers.kubernetes.kubeconfig: no Kubernetes connection here" in str(w) for w in cfg.warnings)

@@ -98,10 +98,13 @@ def _build_k8s_provider(d: Decoded, ctx: Ctx) -> KubernetesProviderConfig:
             ctx.error(ctx.at(f"{d.path}.kubeconfig", d.pos), f"{d.path}.kubeconfig",
                       f'kubeconfig "{kubeconfig}" does not exist')
         else:
-            ctx.error(d.pos, f"{d.path}.kubeconfig",
-                      "no Kubernetes connection: not in a cluster (no KUBERNETES_SERVICE_HOST and service-account "
-                      "token), and neither $KUBECONFIG nor ~/.kube/config exists",
-                      hint="set kubeconfig to a kubeconfig file, or run the gateway in the cluster")
+            # a warning, not an error: the file is valid and may be checked (validate, CI) outside the cluster it
+            # is meant for; the running provider logs the missing connection and retries (backoff)
+            ctx.warn(d.pos, f"{d.path}.kubeconfig",
+                     "no Kubernetes connection here: not in a cluster (no KUBERNETES_SERVICE_HOST and "
+                     "service-account token), and neither $KUBECONFIG nor ~/.kube/config exists; the provider "
+                     "retries until one appears",
+                     hint="set kubeconfig to a kubeconfig file, or run the gateway in the cluster")
     return KubernetesProviderConfig(**{**d.values, "publish_address": tuple(d.values["publish_address"])})
 
 
