@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ a3s-gateway [-c FILE] [--listen ADDR] [--admin ADDR] [--log-level LEVEL] [--log-
                                         run the gateway
 a3s-gateway validate [-c FILE] [--strict]  check a configuration
 a3s-gateway routes [-c FILE]               print the route table in matching order
+a3s-gateway routes --live ADDR            the route table of a running gateway (its admin API), providers' too
 a3s-gateway version [-v]                   print the version (-v: compiled modules too)
 """
 
@@ -73,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     v = sub.add_parser("validate", parents=[common], help="check a configuration")
     v.add_argument("--strict", action="store_true", help="warnings are errors")
-    sub.add_parser("routes", parents=[common], help="print the route table")
+    r = sub.add_parser("routes", parents=[common], help="print the route table")
+    r.add_argument("--live", metavar="ADDR",
+                   help="ask the running gateway's admin API at ADDR (host:port or URL) instead of reading the file")
     ver = sub.add_parser("version", help="print the version")
     ver.add_argument("-v", "--verbose", action="store_true", help="also list compiled modules")
     return p
@@ -128,7 +132,17 @@ def _cmd_validate(path: str, strict: bool) -> int:
     return int(code)
 
 
+ROUTE_COLUMNS = ("PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES", "SOURCE")
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
 def _cmd_routes(path: str) -> int:
+    """The file's routers; the items providers add at run time are only in ``routes --live``."""
     from .config.model import GatewayConfig
 
     try:
@@ -136,14 +150,43 @@ def _cmd_routes(path: str) -> int:
     except ConfigError as e:
         print(str(e))
         return EXIT_CONFIG
-    rows = [("PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES")]
+    rows = [ROUTE_COLUMNS]
     ordered = sorted(config.routers.values(), key=lambda r: (-r.effective_priority, r.name.encode()))
     for r in ordered:
         rows.append((str(r.effective_priority), r.name, ",".join(r.entrypoints) or "-", r.rule or "-", r.service,
-                     ",".join(r.middlewares) or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+                     ",".join(r.middlewares) or "-", "file"))
+    _print_table(rows)
+    p = config.providers
+    dynamic = [name for name, block in (("dns", p.dns), ("discovery", p.discovery), ("kubernetes", p.kubernetes))
+               if block]
+    if dynamic:
+        print(f"note: the {', '.join(dynamic)} provider(s) add routers at run time; "
+              "`a3s-gateway routes --live <admin address>` lists them", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_routes_live(address: str) -> int:
+    """``GET /api/gateway/routes`` of a running gateway, as the file table plus each router's source."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = address if "://" in address else f"http://{address}"
+    url = base.rstrip("/") + "/api/gateway/routes"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            routes = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        print(f"error: {url}: HTTP {e.code} {e.reason}")
+        return EXIT_STARTUP
+    except (OSError, ValueError) as e:
+        print(f"error: {url}: {getattr(e, 'reason', e)} (is the gateway running with its admin API on {address}?)")
+        return EXIT_STARTUP
+    rows = [ROUTE_COLUMNS]
+    for r in routes:
+        rows.append((str(r["priority"]), r["name"], ",".join(r["entrypoints"]) or "-", r["rule"] or "-",
+                     r["service"], ",".join(r["middlewares"]) or "-", r.get("provider", "file")))
+    _print_table(rows)
     return EXIT_OK
 
 
@@ -245,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     explicit = getattr(args, "config", None)
     path, tried = find_config(explicit)
+    if command == "routes" and getattr(args, "live", None):
+        return _cmd_routes_live(args.live)
     if command in ("validate", "routes"):
         if path is None:
             print(f"error: no configuration file found (tried: {', '.join(tried)})")

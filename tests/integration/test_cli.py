@@ -106,8 +106,13 @@ def test_routes_table(tmp_path: Path) -> None:
     out = cli("routes", "-c", str(cfg))
     assert out.returncode == 0
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES"]
+    assert lines[0].split() == ["PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES", "SOURCE"]
     assert lines[1].split()[:2] == ["17", "a"] and lines[2].split()[:2] == ["5", "b"]
+    assert lines[1].split()[-1] == "file" and out.stderr == ""
+    with cfg.open("a") as f:  # a provider adds routers at run time: the file's table says where to see them
+        f.write('providers { discovery { seeds = [{ url = "http://127.0.0.1:9" }] } }\n')
+    out = cli("routes", "-c", str(cfg))
+    assert out.returncode == 0 and "a3s-gateway routes --live <admin address>" in out.stderr
 
 
 def _get(url: str, data: bytes | None = None) -> tuple[int, bytes]:

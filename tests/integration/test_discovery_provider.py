@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,29 @@ async def test_seeds_route_by_highest_version_and_leave_after_three_strikes(
     assert routes(gw) == {"r": "file"}
     for seed in (old, new, never):
         await seed.backend.stop()
+
+
+async def test_routes_live_lists_provider_routers_with_their_source(start_gateway: Callable[..., Any]) -> None:
+    seed = await Seed({"name": "llm", "version": "1", "routes": [{"rule": "PathPrefix(`/v1`)"}]}, b"x").start()
+    gw: Gateway = await start_gateway(hcl([seed]), admin="127.0.0.1:0")
+    await until(lambda: "discovered-llm" in routes(gw))
+    host, admin_port = gw.admin_address()  # type: ignore[misc]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "a3s_gateway", "routes", "--live", f"{host}:{admin_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert lines[0].split() == ["PRIORITY", "NAME", "ENTRYPOINTS", "RULE", "SERVICE", "MIDDLEWARES", "SOURCE"]
+    table = {line.split()[1]: line.split()[-1] for line in lines[1:]}
+    assert table == {"r": "file", "discovered-llm": "discovery"}
+    # the file alone does not know the provider's routers, and says where to look
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "a3s_gateway", "routes", "--live", "127.0.0.1:9",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 3 and b"is the gateway running with its admin API on 127.0.0.1:9?" in out
+    await seed.backend.stop()
 
 
 async def test_invalid_and_colliding_items_are_skipped_without_blocking(
