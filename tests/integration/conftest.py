@@ -12,6 +12,23 @@ import uvloop
 from a3s_gateway import Gateway, GatewayConfig
 
 
+# Suites of the control plane (what produces configuration: ACME, the discovery providers, rollouts, the CLI, the
+# examples). They drive the data plane like every other suite but have no compiled/pure twin of their own, so
+# `make test` runs them once, on the compiled build; its second pass over the pure twins (`-m "not control_plane"`)
+# leaves them out.
+CONTROL_PLANE = frozenset({
+    "test_acme_e2e", "test_acme_dns01", "test_acme_tls_alpn", "test_acme_errors", "test_dns_provider",
+    "test_discovery_provider", "test_kubernetes_provider", "test_kube_translate_e2e", "test_rollout_e2e", "test_cli",
+    "test_examples", "test_readme_example",
+})
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in CONTROL_PLANE:
+            item.add_marker(pytest.mark.control_plane)
+
+
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from quickstart import QuickStart
 
+# the first test also pays for the session's `make binary` (PyInstaller: minutes on a loaded 2-core machine)
+pytestmark = pytest.mark.timeout(900)
+
 
 def _env(tmp_path: Path) -> dict[str, str]:
     """No virtual environment or checkout leaks in: no PYTHON*/A3S_* variables, a fresh cache directory."""
