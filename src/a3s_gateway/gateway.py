@@ -328,6 +328,11 @@ class Gateway:
             raise StartupError(f"access_log: cannot open {cfg.path}: {e.strerror or e}") from e
         return log_
 
+    @property
+    def reload_lock(self) -> asyncio.Lock:
+        """Held while a generation is built and swapped in (a supervisor holds it while it starts workers)."""
+        return self._reload_lock
+
     async def reload(self, new_config: GatewayConfig) -> None:
         """Swap in a new configuration (SPEC §13.6); on any error the running generation keeps serving.
 

@@ -11,7 +11,6 @@ import uvloop
 
 from a3s_gateway import Gateway, GatewayConfig
 
-
 # Suites of the control plane (what produces configuration: ACME, the discovery providers, rollouts, the CLI, the
 # examples). They drive the data plane like every other suite but have no compiled/pure twin of their own, so
 # `make test` runs them once, on the compiled build; its second pass over the pure twins (`-m "not control_plane"`)

@@ -7,6 +7,7 @@ admin API see. Processes are found through /proc (the supervisor's children).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import http.client
 import http.server
@@ -723,3 +724,57 @@ def test_the_supervisor_scrapes_model_servers_once_and_every_worker_balances_on_
     time.sleep(0.3)
     seen = [json.loads(body)["backend"] for _, body in many(gw.port, "/x", 20)]
     assert seen == ["a"] * 20
+
+
+def test_the_kubernetes_provider_runs_once_in_the_supervisor_and_every_worker_follows_it(
+        start_gateway, backends, tmp_path) -> None:
+    from kube_fake import FakeCluster  # tests/support: the fake API server (list/watch with resource versions)
+
+    a, b = backends("a"), backends("b")
+    loop = asyncio.new_event_loop()  # the fake API server runs on its own loop in a thread
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cluster = FakeCluster()
+
+    def in_cluster(fn: Callable[[], object]) -> None:
+        async def call() -> None:
+            fn()
+        asyncio.run_coroutine_threadsafe(call(), loop).result(5)
+
+    def slice_to(backend: Backend) -> dict[str, object]:
+        return {"metadata": {"namespace": "shop", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": backend.server_address[1]}],
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]}
+
+    asyncio.run_coroutine_threadsafe(cluster.__aenter__(), loop).result(5)
+    try:
+        in_cluster(lambda: cluster.put("services", {
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
+        in_cluster(lambda: cluster.put("endpointslices", slice_to(a)))
+        in_cluster(lambda: cluster.put("ingresses", {
+            "metadata": {"namespace": "shop", "name": "shop"},
+            "spec": {"rules": [{"http": {"paths": [{"path": "/shop", "pathType": "Prefix", "backend": {
+                "service": {"name": "web", "port": {"name": "http"}}}}]}}]}}))
+        kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig")
+        gw = start_gateway('entrypoints "web" { address = "127.0.0.1:0" }\n'
+                           f'providers {{ kubernetes {{ kubeconfig = "{kubeconfig}" }} }}\n')
+        assert len(gw.workers()) == 2
+
+        def served_by(name: str) -> bool:
+            replies = many(gw.port, "/shop/cart", 20)  # new connections: both workers answer some
+            return all(status == 200 and json.loads(body)["backend"] == name for status, body in replies)
+
+        wait_until(lambda: served_by("a"), 15, "the Ingress served by every worker")
+        routes = json.loads(gw.admin_get("/api/gateway/routes")[1])
+        assert [(r["name"], r["provider"]) for r in routes] == [("k8s-shop-shop-0-0", "kubernetes")]
+        in_cluster(lambda: cluster.put("endpointslices", slice_to(b)))
+        wait_until(lambda: served_by("b"), 15, "every worker following the EndpointSlice")
+        # one list of each resource: the provider runs in the supervisor only, not once per worker
+        assert len(cluster.calls("ingresses", watch=False)) == 1
+        assert len(cluster.calls("endpointslices", watch=False)) == 1
+    finally:
+        asyncio.run_coroutine_threadsafe(cluster.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -120,9 +120,12 @@ class Supervisor:
         if admin is not None:
             admin.refresh = self.refresh
         try:
-            self._shipped = self._concrete(self.gateway.config)
-            started = await asyncio.gather(*(self._spawn(i, self._shipped, self.gateway.generation)
-                                             for i in range(self.count)), return_exceptions=True)
+            # no reload commits while the workers start: a generation committed meanwhile (a provider's first
+            # contribution, a file save) would reach none of them, and they would serve the one they started on
+            async with self.gateway.reload_lock:
+                self._shipped = self._concrete(self.gateway.config)
+                started = await asyncio.gather(*(self._spawn(i, self._shipped, self.gateway.generation)
+                                                 for i in range(self.count)), return_exceptions=True)
             errors = [r for r in started if isinstance(r, BaseException)]
             if errors:
                 raise errors[0] if isinstance(errors[0], StartupError) else StartupError(str(errors[0]))
@@ -212,7 +215,8 @@ class Supervisor:
             if self.stopping:
                 return
             try:
-                await self._spawn(worker.index, self._shipped, self.gateway.generation)
+                async with self.gateway.reload_lock:  # as in start(): on the generation that runs when it is up
+                    await self._spawn(worker.index, self._shipped, self.gateway.generation)
                 return
             except StartupError as e:
                 failures += 1
