@@ -23,7 +23,7 @@ from a3s_gateway.middleware.chain import Middleware, Reply, Request, Response, j
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["BUCKET_SCRIPT", "LOG_INTERVAL", "RateLimitRedis"]
+__all__ = ["BUCKET_SCRIPT", "LOG_INTERVAL", "RateLimitRedis", "RedisFailureLog"]
 
 log = logging.getLogger("a3s_gateway.middleware")
 
@@ -71,6 +71,30 @@ def _ceil_secs(value: float) -> int:
     """``ceil`` ignoring float noise below ``_EPS``; never negative."""
     n = math.ceil(value - _EPS)
     return n if n > 0 else 0
+
+
+class RedisFailureLog:
+    """A Redis-backed middleware's failed calls: counted (``errors``) and logged at most once per LOG_INTERVAL per
+    instance, with the number of failures since the last message; ``who`` names the instance in the log."""
+
+    def __init__(self, who: str, failure_mode: str) -> None:
+        self.who = who
+        self.outcome = "rejected with 503" if failure_mode == "closed" else "admitted"
+        self.failure_mode = failure_mode
+        self.errors = 0
+        self._next_log = -math.inf
+        self._unlogged = 0
+
+    def failed(self, exc: BaseException, now: float) -> None:
+        self.errors += 1
+        if now < self._next_log:
+            self._unlogged += 1
+            return
+        self._next_log = now + LOG_INTERVAL
+        suppressed, self._unlogged = self._unlogged, 0
+        log.warning("%s: Redis failed (%s: %s); failure_mode=%s: requests are %s%s", self.who, type(exc).__name__,
+                    exc, self.failure_mode, self.outcome,
+                    f" ({suppressed} more failures since the last message)" if suppressed else "")
 
 
 class RateLimitRedis(Middleware):
@@ -121,11 +145,9 @@ class RateLimitRedis(Middleware):
         self._limit = b"%d" % self.burst
         self._closed = self.failure_mode == "closed"
 
-        self.errors = 0
+        self.failures = RedisFailureLog(f"rate-limit-redis {name!r} (router {router!r})", self.failure_mode)
         self.rejections = 0
         self._client: Redis | None = None
-        self._next_log = -math.inf
-        self._unlogged = 0
 
     def bucket_key(self, req: Request) -> bytes:
         """The Redis key of the request's bucket."""
@@ -201,23 +223,12 @@ class RateLimitRedis(Middleware):
         resp.set(b"RateLimit-Reset", reset)
 
     def _failed(self, exc: BaseException, now: float) -> None:
-        """Count a Redis failure; log it unless this instance logged less than LOG_INTERVAL ago."""
-        self.errors += 1
-        if now < self._next_log:
-            self._unlogged += 1
-            return
-        self._next_log = now + LOG_INTERVAL
-        suppressed, self._unlogged = self._unlogged, 0
-        log.warning(
-            "rate-limit-redis %r (router %r): Redis failed (%s: %s); failure_mode=%s: requests are %s%s",
-            self.name,
-            self.router,
-            type(exc).__name__,
-            exc,
-            self.failure_mode,
-            "rejected with 503" if self._closed else "admitted",
-            f" ({suppressed} more failures since the last message)" if suppressed else "",
-        )
+        self.failures.failed(exc, now)
+
+    @property
+    def errors(self) -> int:
+        """Redis failures so far (``gateway_ratelimit_redis_errors_total``)."""
+        return self.failures.errors
 
     async def close(self) -> None:
         """Close the Redis client and its connection pool."""

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .chain import Middleware, Reply, Request, Response, json_reply
+from .ratelimit_redis import RedisFailureLog
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -37,7 +38,6 @@ log: Final = logging.getLogger("a3s_gateway.middleware")
 
 EXCEEDED: Final = {"error": "Token limit exceeded"}
 UNAVAILABLE: Final = {"error": "Rate limiter unavailable"}
-LOG_INTERVAL: Final = 10.0  # seconds between two Redis error logs of one instance
 MAX_LIMIT: Final = 10_000_000_000  # a budget fits the 36 bits a shared-segment word gives it (with overdraft room)
 SHARED_KEYS: Final = 65536  # entries of a token-limit table in the shared segment (a power of two)
 
@@ -379,13 +379,11 @@ class TokenLimit(Middleware):
         elif key == "api_key":
             self.key_kind = _KEY_API_KEY
         self.rejections = 0  # gateway_token_limit_rejections_total
-        self.errors = 0  # Redis failures (gateway_ratelimit_redis_errors_total)
         self.redis_url = str(params["redis_url"])
         self.failure_mode = str(params["failure_mode"])
+        self.failures = RedisFailureLog(f"token-limit {name!r} (router {router!r})", self.failure_mode)
         self.budgets: LocalBudgets | None = None
         self.redis: RedisBudgets | None = None
-        self._next_log = -math.inf
-        self._unlogged = 0
         if self.redis_url:
             from ..errors import StartupError
 
@@ -525,19 +523,12 @@ class TokenLimit(Middleware):
         return int(inp + out if count == _COUNT_TOTAL else out if count == _COUNT_OUTPUT else inp)
 
     def _failed(self, exc: BaseException, now: float) -> None:
-        """Count a Redis failure; log it unless this instance logged less than LOG_INTERVAL ago."""
-        self.errors += 1
-        if now < self._next_log:
-            self._unlogged += 1
-            return
-        self._next_log = now + LOG_INTERVAL
-        suppressed, self._unlogged = self._unlogged, 0
-        log.warning(
-            "token-limit %r (router %r): Redis failed (%s: %s); failure_mode=%s: requests are %s%s",
-            self.name, self.router, type(exc).__name__, exc, self.failure_mode,
-            "rejected with 503" if self.failure_mode == "closed" else "admitted",
-            f" ({suppressed} more failures since the last message)" if suppressed else "",
-        )
+        self.failures.failed(exc, now)
+
+    @property
+    def errors(self) -> int:
+        """Redis failures so far (``gateway_ratelimit_redis_errors_total``)."""
+        return self.failures.errors
 
     async def close(self) -> None:
         store = self.redis
