@@ -7,6 +7,7 @@ when it is available; the backend and the load generator share the remaining cor
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import http.client
@@ -313,6 +314,30 @@ def wait_listening(proc: Proc, port: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise PeerError(f"{proc.name} did not listen on {HOST}:{port} within {timeout:.0f} s:\n{proc.log_tail()}")
         time.sleep(0.05)
+
+
+async def reply_server(reply: bytes, port: int = 0, host: str = HOST) -> asyncio.AbstractServer:
+    """An in-process keep-alive HTTP/1.1 backend answering every request with `reply` (on this event loop)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, host, port)
+
+
+async def ask_once(port: int, host: str = "a") -> bytes:
+    """One `GET /` with `Host: host` on a new connection to 127.0.0.1:`port`; the response body."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return (await reader.read()).rpartition(b"\r\n\r\n")[2]
+    finally:
+        writer.close()
 
 
 @dataclass

@@ -26,41 +26,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
+from _peers import ask_once, reply_server  # noqa: E402
 from dnsmasq import Dnsmasq  # noqa: E402
 
 from a3s_gateway import Gateway, GatewayConfig  # noqa: E402
 from a3s_gateway.providers import dns as dns_provider  # noqa: E402
 
 
-async def backend(host: str, port: int, reply: bytes) -> asyncio.AbstractServer:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(serve, host, port)
-
-
-async def ask(port: int) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        return (await reader.read()).rpartition(b"\r\n\r\n")[2]
-    finally:
-        writer.close()
-
-
 async def main(rounds: int) -> None:
     dns_provider.MIN_TTL = 1.0
     with tempfile.TemporaryDirectory() as tmp:
         server = Dnsmasq(Path(tmp), ttl=1).start()
-        one = await backend("127.0.0.1", 0, b"one")
+        one = await reply_server(b"one")
         port = one.sockets[0].getsockname()[1]
-        two = await backend("127.0.0.2", port, b"two")
+        two = await reply_server(b"two", port, "127.0.0.2")
         server.set("api.a3s.test", "127.0.0.1")
         gw = Gateway(GatewayConfig.from_hcl(f'''
 entrypoints "web" {{ address = "127.0.0.1:0" }}
@@ -80,7 +59,7 @@ providers {{ dns {{
         await gw.start()
         gport = gw.bound_addresses()["web"][1]
         try:
-            while await ask(gport) != b"one":
+            while await ask_once(gport) != b"one":
                 await asyncio.sleep(0.05)
             provider = next(iter(gw._providers.running.values()))  # type: ignore[union-attr]
             seen: list[float] = []
@@ -98,7 +77,7 @@ providers {{ dns {{
                 seen.clear()
                 changed_at = time.monotonic()
                 server.set("api.a3s.test", address)
-                while await ask(gport) != want:
+                while await ask_once(gport) != want:
                     await asyncio.sleep(0.002)
                 done = time.monotonic()
                 after_resolution.append((done - seen[0]) * 1000)

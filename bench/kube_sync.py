@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
+from _peers import ask_once, reply_server  # noqa: E402
 from kube_fake import FakeCluster  # noqa: E402
 
 from a3s_gateway import Gateway, GatewayConfig  # noqa: E402
@@ -39,28 +40,6 @@ def rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-async def backend(reply: bytes, port: int = 0, host: str = "127.0.0.1") -> asyncio.AbstractServer:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(serve, host, port)
-
-
-async def ask(port: int, host: str = "app0.example") -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        return (await reader.read()).rpartition(b"\r\n\r\n")[2]
-    finally:
-        writer.close()
 
 
 def objects(i: int, port: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -83,8 +62,8 @@ def hcl(kubeconfig: str) -> str:
 
 
 async def reaction(rounds: int, tmp: Path) -> list[float]:
-    one = await backend(b"one")
-    two = await backend(b"two")
+    one = await reply_server(b"one")
+    two = await reply_server(b"two")
     ports = [s.sockets[0].getsockname()[1] for s in (one, two)]
     async with FakeCluster() as cluster:
         service, slice_, ingress = objects(0, ports[0])
@@ -94,7 +73,7 @@ async def reaction(rounds: int, tmp: Path) -> list[float]:
         await gw.start()
         gport = gw.bound_addresses()["web"][1]
         try:
-            while await ask(gport) != b"one":
+            while await ask_once(gport, "app0.example") != b"one":
                 await asyncio.sleep(0.05)
             provider = next(iter(gw._providers.running.values()))  # type: ignore[union-attr]
             seen: list[float] = []
@@ -111,7 +90,7 @@ async def reaction(rounds: int, tmp: Path) -> list[float]:
                 await asyncio.sleep(0.3)
                 seen.clear()
                 cluster.put("endpointslices", objects(0, port)[1])
-                while await ask(gport) != want:
+                while await ask_once(gport, "app0.example") != want:
                     await asyncio.sleep(0.002)
                 took.append((time.monotonic() - seen[0]) * 1000)
             return took
@@ -122,7 +101,7 @@ async def reaction(rounds: int, tmp: Path) -> list[float]:
 
 
 async def sync(count: int, tmp: Path) -> dict[str, float]:
-    app = await backend(b"app")
+    app = await reply_server(b"app")
     port = app.sockets[0].getsockname()[1]
     async with FakeCluster() as cluster:
         for i in range(count):
@@ -146,7 +125,7 @@ async def sync(count: int, tmp: Path) -> dict[str, float]:
                 await asyncio.sleep(0.01)
             routed = time.monotonic() - started
             gport = gw.bound_addresses()["web"][1]
-            assert await ask(gport, f"app{count - 1}.example") == b"app"
+            assert await ask_once(gport, f"app{count - 1}.example") == b"app"
             return {"sync_s": synced, "routes_s": routed, "rss_bare": bare, "rss_before": before,
                     "rss_after": rss_mib()}
         finally:
