@@ -103,8 +103,8 @@ class UsageMeter:
 
     __slots__ = (
         "cr", "data", "data_bytes", "events", "first_at", "head", "input_tokens", "json", "json_bytes", "last_at",
-        "line", "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out", "responded",
-        "sent", "sent_at", "source", "strip_usage", "tail",
+        "learn", "line", "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out",
+        "responded", "sent", "sent_at", "source", "strip_usage", "tail",
     )
 
     def __init__(self, model_stats: ModelStats | None) -> None:
@@ -134,6 +134,7 @@ class UsageMeter:
         # ``head`` + a JSON string body + ``tail`` is the same event with other text
         self.head = b""
         self.tail = b""
+        self.learn = True  # a template may be learned: none yet, or the last one matched (False: it never did)
         self.reported_in = -1
         self.reported_out = -1
         self.first_at = 0.0
@@ -159,6 +160,7 @@ class UsageMeter:
                         start = len(head)
                         end = len(piece) - len(self.tail)
                         if end >= start and end - start < MAX_EVENT and _string_end(piece, start, end) == end:
+                            self.learn = True
                             if end > start:
                                 self._content(now)
                             continue
@@ -236,7 +238,7 @@ class UsageMeter:
             return False
         start = 6 if piece[5] == 0x20 else 5
         at = self._data(piece, start, end, now)
-        if at >= 0:
+        if at >= 0 and self.learn:  # not again and again for a server whose events differ outside their text
             self._learn(piece, at)
         return True
 
@@ -253,6 +255,7 @@ class UsageMeter:
                 and tail.find(_TEXT) < 0):
             self.head = head
             self.tail = tail
+            self.learn = False
 
     def _data(self, buf: bytes, start: int, end: int, now: float) -> int:
         """An event's data ``buf[start:end]`` (``buf`` holds nothing else that looks like JSON): the usage it

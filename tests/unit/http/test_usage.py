@@ -337,3 +337,14 @@ def test_an_event_with_other_content_members_is_no_template(choices: Any) -> Non
     assert reference(b"".join(pieces))[2] == 4  # every event carries text in its other choice
     m = feed_all(pieces)
     assert m.events == 4
+
+
+def test_events_that_differ_outside_their_text_are_counted_each() -> None:
+    # OpenAI's per-chunk "obfuscation" member (no template ever matches), then llama.cpp's "created" that changes
+    # between reads (the template is learned again); empty texts among them are no content events
+    texts = ["a", "", "b", "c", "", "d", "e", "f"]
+    events = [vllm_chunk(t, obfuscation="x" * (i % 3 + 1)) for i, t in enumerate(texts)]
+    events += [dict(vllm_chunk(t), created=2 + i // 3) for i, t in enumerate(texts)]
+    pieces = compact(*events)
+    assert reference(b"".join(pieces))[2] == 12
+    assert feed_all(pieces).events == 12
