@@ -2,8 +2,11 @@
 
 A :class:`UsageMeter` is fed the decoded body pieces (chunk framing removed, before any response filter) in the
 order the client gets them; it never changes or holds a byte. JSON responses are kept (up to ``MAX_JSON`` bytes)
-and parsed at the end; SSE responses are split into lines and events across piece boundaries (an event may arrive
-one byte at a time, a ``\\r\\n`` may straddle two pieces), each event's ``data`` parsed with orjson.
+and parsed at the end. SSE responses are split into lines and events across piece boundaries (an event may arrive
+one byte at a time, a ``\\r\\n`` may straddle two pieces); a piece that is one whole ``data:`` event (what a model
+server writes per token) is taken as it is. An event's JSON is parsed only when it may carry usage; content events
+are told apart by bytes where the JSON is compact (``UsageMeter._data``), and a stream's repeated content event by
+its learned template (the bytes around the text), so a token costs a few compares (bench/README.md).
 
 Usage members, the last reported value of each winning: ``usage.prompt_tokens`` / ``usage.completion_tokens``
 (OpenAI), ``usage.input_tokens`` / ``usage.output_tokens`` (Responses API, Anthropic), the ``usage`` object being
