@@ -19,6 +19,7 @@ MYPYC_MODULES: dict[str, str] = {
     "router": "a3s_gateway.routing.router",
     "balancer": "a3s_gateway.service.balancer",
     "request counters": "a3s_gateway.observability.stats",
+    "usage meter": "a3s_gateway.http.usage",
     "middleware chain": "a3s_gateway.middleware.chain",
     "cors": "a3s_gateway.middleware.cors",
     "headers middleware": "a3s_gateway.middleware.headers",

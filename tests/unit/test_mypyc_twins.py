@@ -16,7 +16,7 @@ SUITES = [
     "tests/unit/middleware/test_mw_local.py", "tests/unit/middleware/test_mw_cors.py",
     "tests/unit/middleware/test_mw_breaker.py", "tests/integration/test_middlewares.py",
     "tests/unit/service/test_balancer.py", "tests/integration/test_proxy_http1.py",
-    "tests/unit/proxy/test_timer_wheel.py",
+    "tests/unit/proxy/test_timer_wheel.py", "tests/unit/http/test_usage.py",
 ]
 
 

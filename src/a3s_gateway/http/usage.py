@@ -2,8 +2,11 @@
 
 A :class:`UsageMeter` is fed the decoded body pieces (chunk framing removed, before any response filter) in the
 order the client gets them; it never changes or holds a byte. JSON responses are kept (up to ``MAX_JSON`` bytes)
-and parsed at the end; SSE responses are split into lines and events across piece boundaries (an event may arrive
-one byte at a time, a ``\\r\\n`` may straddle two pieces), each event's ``data`` parsed with orjson.
+and parsed at the end. SSE responses are split into lines and events across piece boundaries (an event may arrive
+one byte at a time, a ``\\r\\n`` may straddle two pieces); a piece that is one whole ``data:`` event (what a model
+server writes per token) is taken as it is. An event's JSON is parsed only when it may carry usage; content events
+are told apart by bytes where the JSON is compact (``UsageMeter._data``), and a stream's repeated content event by
+its learned template (the bytes around the text), so a token costs a few compares (bench/README.md).
 
 Usage members, the last reported value of each winning: ``usage.prompt_tokens`` / ``usage.completion_tokens``
 (OpenAI), ``usage.input_tokens`` / ``usage.output_tokens`` (Responses API, Anthropic), the ``usage`` object being
@@ -25,7 +28,12 @@ MAX_JSON: Final = 4 * 1024 * 1024  # a larger JSON response is not parsed: usage
 MAX_EVENT: Final = 1024 * 1024  # an SSE event's data beyond this is dropped (never parsed)
 _JSON_TYPE: Final = b"application/json"
 _SSE_TYPE: Final = b"text/event-stream"
-_DONE: Final = b"[DONE]"
+# byte patterns of an event's data (JSON as servers write it: compact, keys unescaped)
+_USAGE: Final = b'"usage"'
+_DELTA_CONTENT: Final = b'"delta":{"content":"'
+_DELTA_EMPTY: Final = b'"delta":{"content":""'
+_CONTENT: Final = b'"content"'
+_TEXT: Final = b'"text"'
 
 _NONE: Final = 0
 _JSON: Final = 1
@@ -51,6 +59,29 @@ def _has_text(value: object) -> bool:
     return isinstance(value, str) and value != ""
 
 
+def _object(text: bytes) -> dict[str, Any] | None:
+    """An event's data as a JSON object, else None."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _string_end(buf: bytes, i: int, end: int) -> int:
+    """Where the JSON string body starting at ``buf[i]`` ends before ``end``: the index of its first unescaped ``"``
+    or raw control character, ``end`` if none; -1 when an escape runs past ``end``."""
+    while i < end:
+        b = buf[i]
+        if b == 0x5C:  # backslash: the next byte is escaped
+            i += 2
+        elif b == 0x22 or b < 0x20:
+            return i
+        else:
+            i += 1
+    return end if i == end else -1
+
+
 def _is_content(event: dict[str, Any]) -> bool:
     """An event carrying generated text: a choice's non-empty ``delta.content`` / ``delta.text`` (or ``text``, the
     completions API), or a top-level ``delta.text`` (Anthropic ``content_block_delta``)."""
@@ -74,9 +105,9 @@ class UsageMeter:
     ``input_tokens`` / ``output_tokens`` (None: unknown) and ``source`` (``reported`` | ``estimated`` | None)."""
 
     __slots__ = (
-        "cr", "data", "data_bytes", "events", "first_at", "input_tokens", "json", "json_bytes", "last_at", "line",
-        "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out", "responded", "sent",
-        "sent_at", "source", "strip_usage",
+        "cr", "data", "data_bytes", "events", "first_at", "head", "input_tokens", "json", "json_bytes", "last_at",
+        "learn", "line", "line_bytes", "mode", "model_stats", "output_tokens", "reported_in", "reported_out",
+        "responded", "sent", "sent_at", "source", "strip_usage", "tail",
     )
 
     def __init__(self, model_stats: ModelStats | None) -> None:
@@ -102,6 +133,11 @@ class UsageMeter:
         self.data: list[bytes] = []  # the current event's data lines
         self.data_bytes = 0
         self.events = 0  # content events (the estimate of output tokens)
+        # the bytes around the text of the stream's last content event told apart by bytes (``_learn``): a read of
+        # ``head`` + a JSON string body + ``tail`` is the same event with other text
+        self.head = b""
+        self.tail = b""
+        self.learn = True  # a template may be learned: none yet, or the last one matched (False: it never did)
         self.reported_in = -1
         self.reported_out = -1
         self.first_at = 0.0
@@ -119,6 +155,20 @@ class UsageMeter:
         mode = self.mode
         if mode == _SSE:
             for piece in pieces:
+                if self.data_bytes == 0 and not self.line and not self.cr and piece.endswith(b"\n\n"):
+                    # no line or event held, and the piece ends an event: the read a model server streams
+                    head = self.head
+                    if head and piece.startswith(head) and piece.endswith(self.tail):
+                        # the last content event with other text (or none): no JSON to look at
+                        start = len(head)
+                        end = len(piece) - len(self.tail)
+                        if end >= start and end - start < MAX_EVENT and _string_end(piece, start, end) == end:
+                            self.learn = True
+                            if end > start:
+                                self._content(now)
+                            continue
+                    if piece.startswith(b"data:") and self._one_event(piece, now):
+                        continue
                 self._feed_sse(piece, now)
         elif mode == _JSON:
             for piece in pieces:
@@ -131,6 +181,7 @@ class UsageMeter:
 
     # -- SSE -----------------------------------------------------------------------------------------------------
     def _feed_sse(self, piece: bytes, now: float) -> None:
+        """Any piece: its lines, the partial line and the current event's data lines held across pieces."""
         if self.cr:
             self.cr = False
             if piece[:1] == b"\n":
@@ -180,25 +231,76 @@ class UsageMeter:
         if size > MAX_EVENT:
             return
         text = data[0] if len(data) == 1 else b"\n".join(data)
-        if text == _DONE:
+        self._data(text, 0, len(text), now)
+
+    def _one_event(self, piece: bytes, now: float) -> bool:
+        """A piece ``data:...\\n\\n`` that is one event of one data line: accounted (True), else left to the line
+        reader. A content event told apart by bytes becomes the stream's template (``head``, ``tail``)."""
+        end = len(piece) - 2
+        if piece.find(b"\n") != end or piece.find(b"\r") >= 0 or end >= MAX_EVENT:
+            return False
+        start = 6 if piece[5] == 0x20 else 5
+        at = self._data(piece, start, end, now)
+        if at >= 0 and self.learn:  # not again and again for a server whose events differ outside their text
+            self._learn(piece, at)
+        return True
+
+    def _learn(self, piece: bytes, at: int) -> None:
+        """Keep the bytes around the text of a content event (its string starts at ``at``) as the template of the
+        next ones, when nothing else in them could make an event a content event."""
+        close = _string_end(piece, at, len(piece))
+        if close < 0 or piece[close] != 0x22:
             return
-        try:
-            event = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(event, dict):
-            return
-        self._usage(event)
-        if _is_content(event):
-            self.events += 1
-            stats = self.model_stats
-            if self.first_at == 0.0:
-                self.first_at = now
-                if stats is not None:
-                    stats.ttft.observe(max(0.0, now - self.sent_at))
-            elif stats is not None:
-                stats.inter_token.observe(max(0.0, now - self.last_at))
-            self.last_at = now
+        head = piece[:at]
+        tail = piece[close:]
+        # the only "content" member is the one before the text (head ends with it), and no "text" member
+        if (head.find(_CONTENT) == at - 11 and head.find(_TEXT) < 0 and tail.find(_CONTENT) < 0
+                and tail.find(_TEXT) < 0):
+            self.head = head
+            self.tail = tail
+            self.learn = False
+
+    def _data(self, buf: bytes, start: int, end: int, now: float) -> int:
+        """An event's data ``buf[start:end]`` (``buf`` holds nothing else that looks like JSON): the usage it
+        reports, and whether it carries generated text. Returns where that text starts when bytes told it (a
+        compact ``"delta":{"content":"`` with a non-empty string), else -1.
+
+        Only an event that can hold usage is parsed: one with a ``"usage"`` member other than the ``"usage":null``
+        OpenAI puts in every chunk of an ``include_usage`` stream. The others are told apart by bytes: the compact
+        content delta above is a content event; without a ``"content"`` or ``"text"`` member none is (``[DONE]``,
+        role and finish chunks, ``reasoning_content``); any other form is parsed."""
+        u = buf.find(_USAGE)
+        if u >= 0 and (buf[u + 7 : u + 12] != b":null" or buf.find(_USAGE, u + 12) >= 0):
+            event = _object(buf if start == 0 and end == len(buf) else buf[start:end])
+            if event is not None:
+                self._usage(event)
+                if _is_content(event):
+                    self._content(now)
+            return -1
+        c = buf.find(_DELTA_CONTENT)
+        if c >= 0:
+            c += len(_DELTA_CONTENT)
+            if c < end and buf[c] != 0x22:
+                self._content(now)
+                return c
+        elif buf.find(_CONTENT) < 0 and buf.find(_TEXT) < 0:
+            return -1
+        event = _object(buf if start == 0 and end == len(buf) else buf[start:end])
+        if event is not None and _is_content(event):
+            self._content(now)
+        return -1
+
+    def _content(self, now: float) -> None:
+        """A content event at ``now``: the estimate counts it; time to first token, or the gap since the last."""
+        self.events += 1
+        stats = self.model_stats
+        if self.first_at == 0.0:
+            self.first_at = now
+            if stats is not None:
+                stats.ttft.observe(now - self.sent_at if now > self.sent_at else 0.0)
+        elif stats is not None:
+            stats.inter_token.observe(now - self.last_at if now > self.last_at else 0.0)
+        self.last_at = now
 
     def _usage(self, obj: dict[str, Any]) -> None:
         """The usage members of a response object or event (top level, ``response``, ``message``)."""
