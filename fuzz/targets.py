@@ -411,11 +411,11 @@ class Sse:
     """The SSE event reassembler of the usage accounting (``http/usage.py``, SPEC §16.2).
 
     Input: a flags byte (the cut points' random seed; the request body size of the estimate), then the stream.
-    ``UsageMeter``: the same stream fed whole, in one-byte pieces (short streams), at random cut points (one piece
-    per ``feed`` call, and all pieces in one call) gives the same tokens, source, content-event count and model
-    counters. ``UsageEventFilter``: fed at any cut points, its output is the stream without exactly its usage-only
-    events (cut as ``sse_events``); a usage-only event with token counts means the meter reports usage (what the
-    filter hides from the client, the gateway has read). Neither raises.
+    ``UsageMeter``: the same stream fed whole, in one-byte pieces (streams up to 64 bytes), at 1-8 random cut
+    points (one piece per ``feed`` call, and all pieces in one call) gives the same tokens, source, content-event
+    count and model counters. ``UsageEventFilter``: fed at any cut points, its output is the stream without exactly
+    its usage-only events (cut as ``sse_events``); a usage-only event with token counts means the meter reports
+    usage (what the filter hides from the client, the gateway has read). Neither raises.
     """
 
     def __init__(self) -> None:
@@ -451,7 +451,7 @@ class Sse:
         cuts = sorted(rng.sample(range(len(stream) + 1), min(len(stream) + 1, rng.randint(1, 8))))
         pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
         splits = [pieces]
-        if len(stream) <= 512:
+        if len(stream) <= 64:  # every cut at once (longer streams: the random cuts move at each input)
             splits.append([stream[i : i + 1] for i in range(len(stream))])
         request_bytes = data[0] * 7
         whole = self.meter([stream], request_bytes, False)
