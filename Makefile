@@ -68,7 +68,7 @@ bench: $(DEVSTAMP)
 # Each atheris fuzz target (fuzz/targets.py) for FUZZ_SECONDS on the compiled build; stops at the first finding,
 # saved as crash-*/timeout-* here (RELIABILITY.md). `make test` runs a few seconds of each (test_fuzz_smoke.py).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= http1 chunked config rules jwt h2head
+FUZZ_TARGETS ?= http1 chunked config rules jwt h2head sse
 fuzz: $(DEVSTAMP)
 	@mkdir -p build; for t in $(FUZZ_TARGETS); do echo "== fuzz $$t ($(FUZZ_SECONDS) s, log build/fuzz-$$t.log)"; \
 	  $(PY) fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) > build/fuzz-$$t.log 2>&1; rc=$$?; \

@@ -23,7 +23,8 @@ import atheris
 
 HERE = Path(__file__).resolve().parent
 # -max_len per target
-DEFAULTS = {"http1": 4096, "chunked": 4096, "config": 8192, "rules": 512, "jwt": 4096, "h2head": 4096}
+DEFAULTS = {"http1": 4096, "chunked": 4096, "config": 8192, "rules": 512, "jwt": 4096, "h2head": 4096,
+            "sse": 4096}
 
 
 def main(argv: list[str]) -> None:

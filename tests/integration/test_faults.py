@@ -6,6 +6,8 @@ these failures and checks the process's open fd count and RSS come back."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import socket
@@ -213,6 +215,45 @@ async def test_backend_killed_mid_websocket_closes_the_client(start_gateway) -> 
     server.close()
 
 
+@pytest.mark.parametrize("how", ["fin", "rst"])
+async def test_backend_killed_mid_websocket_frame_frees_the_tunnel(start_gateway, how: str) -> None:
+    """A backend killed half-way through a frame while the client keeps sending: the client's connection ends
+    without a close frame (1006), both sockets of the tunnel are freed, and a new WebSocket works."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        writer.write(b"\x81\x05hello" + b"\x82\x7e\x03\xe8" + b"b" * 400)  # a frame, then 400 of 1,000 bytes
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        kill(writer, how)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    backend_port = server.sockets[0].getsockname()[1]
+    gw = await start_gateway(config([f"http://127.0.0.1:{backend_port}"]))
+    port = gateway_port(gw)
+    fds0 = open_fds({port, backend_port})
+    async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        assert await ws.recv() == "hello"
+        with pytest.raises(websockets.exceptions.ConnectionClosedError):
+            for i in range(200):  # the client goes on sending until the tunnel ends
+                await ws.send(f"message {i}")
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1006  # no close frame: the connection just ended
+    for _ in range(50):
+        if open_fds({port, backend_port}) <= fds0:
+            break
+        await asyncio.sleep(0.05)
+    assert open_fds({port, backend_port}) <= fds0
+    async with connect(f"ws://127.0.0.1:{port}/ws") as ws:  # the gateway keeps serving
+        assert await ws.recv() == "hello"
+    server.close()
+
+
 # --- the client fails -------------------------------------------------------------------------------------------
 
 
@@ -375,6 +416,8 @@ async def test_client_that_never_reads_100mb_keeps_gateway_memory_bounded(start_
 
     backend = await start_backend(handler)
     gw = await start_gateway(config([backend.url]))
+    await still_serves(gw)  # warm-up
+    rss0 = rss_kib()
     c = await Client.connect(gateway_port(gw))
     c.writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     c.writer.transport.pause_reading()
@@ -382,6 +425,7 @@ async def test_client_that_never_reads_100mb_keeps_gateway_memory_bounded(start_
     await asyncio.wait_for(paused.wait(), 10)
     await asyncio.sleep(0.3)
     assert written < 16 * 1024 * 1024  # socket buffers and the 64 KiB high-water marks, never the body
+    assert rss_kib() - rss0 < 48 * 1024, f"RSS {rss0} -> {rss_kib()} KiB"  # the process holds no body
     await still_serves(gw)  # other clients are served meanwhile
     c.writer.transport.abort()
     await asyncio.wait_for(done.wait(), 5)  # the backend connection is closed, its writer released

@@ -515,6 +515,74 @@ H2_VECTORS = [
                                              (":authority", "u@a"))), Reset()),
 ]
 
+
+
+def h2_pseudo(**pseudo: str) -> H2:
+    """A request whose pseudo-headers are the defaults (GET, http, /, a) with ``pseudo`` replaced (``_`` for ``:``)."""
+    fields = {":method": "GET", ":scheme": "http", ":path": "/", ":authority": "a"}
+    fields.update({":" + k: v for k, v in pseudo.items()})
+    return H2(tuple(fields.items()))
+
+
+# issue 25's HTTP/2 → HTTP/1.1 families, more of each: content-length against DATA, connection-specific fields
+# (in the head and in trailers), TE other than trailers, :authority against Host, CR/LF/NUL and controls in every
+# place a field can be, pseudo-header errors. RFC 9113 §8.1.1, §8.2.1-2, §8.3.1; SPEC §9.1.
+H2_MORE_VECTORS = [
+    Vector("h2 content-length short over frames", h2(("content-length", "10"), data=(b"hel", b"lo")), Reset()),
+    Vector("h2 content-length long over frames", h2(("content-length", "3"), data=(b"he", b"llo")), Reset()),
+    Vector("h2 content-length with no data", h2(("content-length", "5")), Reset()),
+    Vector("h2 content-length zero with data", h2(("content-length", "0"), data=(b"x",)), Reset()),
+    Vector("h2 content-length plus sign", h2(("content-length", "+5"), data=(b"hello",)), Reset()),
+    Vector("h2 content-length overflow", h2(("content-length", "99999999999999999999"), data=(b"hello",)), Reset()),
+    Vector("h2 content-length space inside", h2(("content-length", "5 5"), data=(b"hello",)), Reset()),
+    # HTTP/1.1 merges an identical list ("cl identical list merged"); over HTTP/2 the field is one number
+    Vector("h2 content-length list of one value", h2(("content-length", "5, 5"), data=(b"hello",)), Reset()),
+    Vector("h2 content-length leading zeros", h2(("content-length", "005"), data=(b"hello",)),
+           Forward("POST", "/", b"hello", headers=(("host", "a"),))),
+    Vector("h2 content-length in trailers", h2(data=(b"hello",), trailers=(("content-length", "999"),)),
+           Forward("POST", "/", b"hello", chunked=True, headers=(("host", "a"),))),
+    Vector("h2 transfer-encoding in trailers", h2(data=(b"hello",), trailers=(("transfer-encoding", "chunked"),)),
+           Reset()),
+    Vector("h2 connection in trailers", h2(data=(b"hello",), trailers=(("connection", "close"),)), Reset()),
+    Vector("h2 connection close", h2(("connection", "close")), Reset()),
+    Vector("h2 connection naming a field", h2(("connection", "x-a"), ("x-a", "1")), Reset()),
+    Vector("h2 transfer-encoding identity", h2(("transfer-encoding", "identity")), Reset()),
+    Vector("h2 transfer-encoding with content-length", h2(("content-length", "5"), ("transfer-encoding", "chunked"),
+                                                          data=(b"hello",)), Reset()),
+    Vector("h2 upgrade h2c", h2(("upgrade", "h2c")), Reset()),
+    Vector("h2 keep-alive empty", h2(("keep-alive", "")), Reset()),
+    Vector("h2 te trailers and gzip", h2(("te", "trailers, gzip")), Reset()),
+    Vector("h2 te chunked", h2(("te", "chunked")), Reset()),
+    Vector("h2 te empty", h2(("te", "")), Reset()),
+    Vector("h2 host differs by port", h2(("host", "a:80")), Reset()),
+    Vector("h2 two host fields", h2(("host", "a"), ("host", "b")), Reset()),
+    Vector("h2 host with crlf", h2(("host", "a\r\nx-injected: 1")), Reset()),
+    Vector("h2 invalid host without authority", H2(((":method", "GET"), (":scheme", "http"),
+                                                                 (":path", "/"), ("host", "a b"))), Reset()),
+    Vector("h2 authority with a path", h2_pseudo(authority="a/x"), Reset()),
+    Vector("h2 authority with a space", h2_pseudo(authority="a b"), Reset()),
+    Vector("h2 crlf in authority", h2_pseudo(authority="a\r\nx-injected: 1"), Reset()),
+    Vector("h2 cr in value", h2(("x-a", "1\rx-b: 2")), Reset()),
+    Vector("h2 nul in name", h2(("x-a\x00", "1")), Reset()),
+    Vector("h2 lf in name", h2(("x\na", "1")), Reset()),
+    Vector("h2 crlf in cookie", h2(("cookie", "a=1\r\nx-injected: 1")), Reset()),
+    Vector("h2 crlf in trailer value", h2(data=(b"hello",), trailers=(("x-t", "1\r\nx-b: 2"),)), Reset()),
+    Vector("h2 nul in trailer value", h2(data=(b"hello",), trailers=(("x-t", "1\x00"),)), Reset()),
+    Vector("h2 control character in value", h2(("x-a", "1\x01")), Reset()),
+    Vector("h2 del in value", h2(("x-a", "1\x7f")), Reset()),
+    Vector("h2 leading space in value", h2(("x-a", " 1")), Reset()),
+    Vector("h2 tab inside a value", h2(("x-a", "1\t2")),
+           Forward("GET", "/", headers=(("host", "a"), ("x-a", "1\t2")))),
+    Vector("h2 crlf in method", h2_pseudo(method="GET\r\nx: y"), Reset()),
+    Vector("h2 nul in path", h2_pseudo(path="/a\x00"), Reset()),
+    Vector("h2 lf in path", h2_pseudo(path="/a\nb"), Reset()),
+    Vector("h2 empty method", h2_pseudo(method=""), Reset()),
+    Vector("h2 duplicate method", h2((":method", "POST"),), Reset()),
+    Vector("h2 duplicate scheme", h2((":scheme", "https"),), Reset()),
+    Vector("h2 empty pseudo-header name", h2((":", "x"),), Reset()),
+    Vector("h2 pseudo-header between fields", h2(("x-a", "1"), (":scheme", "http")), Reset()),
+]
+
 # --- a hostile backend: response splitting and framing tricks ------------------------------------------------------
 OK2 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhacked"
@@ -570,5 +638,5 @@ RESPONSE_VECTORS = [
 
 VECTORS: list[Vector] = [
     *CLTE_VECTORS, *TE_VECTORS, *CL_VECTORS, *CHUNK_VECTORS, *LINE_VECTORS, *HEAD_VECTORS, *HOST_VECTORS,
-    *HOP_VECTORS, *UPGRADE_VECTORS, *PIPELINE_VECTORS, *H2_VECTORS, *RESPONSE_VECTORS,
+    *HOP_VECTORS, *UPGRADE_VECTORS, *PIPELINE_VECTORS, *H2_VECTORS, *H2_MORE_VECTORS, *RESPONSE_VECTORS,
 ]
