@@ -52,8 +52,8 @@ def implementations() -> list[tuple[str, str, bool]]:
         mod = load(role)
         rows.append((role, mod.__name__, is_compiled(mod)))
     for role, (name, fallback) in NATIVE_MODULES.items():
-        mod = native(role)
-        rows.append((role, name if mod is not None else fallback, mod is not None))
+        built = native(role) is not None
+        rows.append((role, name if built else fallback, built))
     for role, name in MYPYC_MODULES.items():
         mod = importlib.import_module(name)
         rows.append((role, name, is_compiled(mod)))

@@ -116,6 +116,8 @@ cdef extern from "nghttp2/nghttp2.h":
 
     ctypedef int (*nghttp2_on_frame_recv_callback)(nghttp2_session *session, const nghttp2_frame *frame,
                                                    void *user_data) noexcept
+    ctypedef int (*nghttp2_on_begin_frame_callback)(nghttp2_session *session, const nghttp2_frame_hd *hd,
+                                                    void *user_data) noexcept
     ctypedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *session, const nghttp2_frame *frame,
                                                       void *user_data) noexcept
     ctypedef int (*nghttp2_on_header_callback)(nghttp2_session *session, const nghttp2_frame *frame,
@@ -130,6 +132,8 @@ cdef extern from "nghttp2/nghttp2.h":
     void nghttp2_session_callbacks_del(nghttp2_session_callbacks *callbacks)
     void nghttp2_session_callbacks_set_on_frame_recv_callback(nghttp2_session_callbacks *cbs,
                                                               nghttp2_on_frame_recv_callback cb)
+    void nghttp2_session_callbacks_set_on_begin_frame_callback(nghttp2_session_callbacks *cbs,
+                                                               nghttp2_on_begin_frame_callback cb)
     void nghttp2_session_callbacks_set_on_begin_headers_callback(nghttp2_session_callbacks *cbs,
                                                                  nghttp2_on_begin_headers_callback cb)
     void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *cbs,

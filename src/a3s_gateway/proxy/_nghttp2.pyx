@@ -114,6 +114,8 @@ cdef class NgServerSession:
     cdef bint settings_patched
     cdef bint dead  # nghttp2 failed fatally: nothing more is read or sent (but self.out)
     cdef bint goaway_sent
+    cdef int32_t highest  # the highest stream id the client opened (or tried to, after our GOAWAY)
+    cdef list late  # streams opened after our GOAWAY, to refuse
     cdef object error  # an exception raised inside a callback, re-raised by receive()
     cdef list _drained
     cdef readonly int max_streams
@@ -143,6 +145,7 @@ cdef class NgServerSession:
         self.streams = {}
         self.block = []
         self._drained = []
+        self.late = []
         self.out = b""
         self.max_streams = max_concurrent_streams
         self.max_header_bytes = max_header_bytes
@@ -151,6 +154,7 @@ cdef class NgServerSession:
         self.floods[0] = self.floods[1] = self.floods[2] = 0
         if nghttp2_session_callbacks_new(&cbs) != 0:
             raise MemoryError()
+        nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, _on_begin_frame)
         nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _on_begin_headers)
         nghttp2_session_callbacks_set_on_header_callback(cbs, _on_header)
         nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _on_frame_recv)
@@ -208,6 +212,10 @@ cdef class NgServerSession:
         else:
             view = data
             rv = nghttp2_session_mem_recv(self.session, &view[0], <size_t>view.shape[0]) if view.shape[0] else 0
+        if self.late:
+            for sid in self.late:
+                nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_REFUSED_STREAM)
+            self.late = []
         events = self.events
         self.events = []
         if self.error is not None:
@@ -503,6 +511,23 @@ cdef bytes _goaway_frame(int32_t last, uint32_t code):
 
 
 # -- nghttp2 callbacks (the GIL is held: nghttp2 is only entered from the methods above) --------------------------
+cdef int _on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *user_data) noexcept:
+    cdef NgServerSession self = <NgServerSession>user_data
+    cdef int32_t sid = hd.stream_id
+    if hd.type == NGHTTP2_HEADERS and sid & 1 and sid > self.highest:
+        self.highest = sid
+        if self.goaway_sent and sid > nghttp2_session_get_last_proc_stream_id(session):
+            # a stream opened after our GOAWAY, beyond its last stream id: nghttp2 ignores it; the client learns at
+            # once that it was not processed (RFC 9113 §6.8) and may retry it elsewhere. Reset once nghttp2 has
+            # seen the frame (it drops a reset of a stream it thinks idle).
+            try:
+                self.late.append(sid)
+            except BaseException as e:
+                self.error = e
+                return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
 cdef int _on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) noexcept:
     cdef NgServerSession self = <NgServerSession>user_data
     cdef int32_t sid = frame.hd.stream_id
