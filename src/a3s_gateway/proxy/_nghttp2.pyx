@@ -116,6 +116,13 @@ cdef class NgServerSession:
     cdef bint goaway_sent
     cdef int32_t highest  # the highest stream id the client opened (or tried to, after our GOAWAY)
     cdef list late  # streams opened after our GOAWAY, to refuse
+    # input framing (see _scan)
+    cdef Py_ssize_t magic  # bytes of the client preface not read yet
+    cdef Py_ssize_t skip  # payload bytes of the current frame still to pass
+    cdef Py_ssize_t need  # bytes held back (a split frame header, or a whole candidate frame) once complete
+    cdef bytearray hold
+    cdef bint in_block
+    cdef int fatal  # nghttp2's fatal error code, 0: none
     cdef object error  # an exception raised inside a callback, re-raised by receive()
     cdef list _drained
     cdef readonly int max_streams
@@ -146,6 +153,8 @@ cdef class NgServerSession:
         self.block = []
         self._drained = []
         self.late = []
+        self.magic = 24
+        self.hold = bytearray()
         self.out = b""
         self.max_streams = max_concurrent_streams
         self.max_header_bytes = max_header_bytes
@@ -202,17 +211,16 @@ cdef class NgServerSession:
     def receive(self, data):
         """Process bytes received from the client; the events they produced, in order."""
         cdef const uint8_t[::1] view
-        cdef Py_ssize_t rv
         cdef list events
         if self.dead:
             return []
         if type(data) is bytes:
-            rv = nghttp2_session_mem_recv(self.session, <const uint8_t *>PyBytes_AS_STRING(data),
-                                          <size_t>PyBytes_GET_SIZE(data))
+            self._scan(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         else:
             view = data
-            rv = nghttp2_session_mem_recv(self.session, &view[0], <size_t>view.shape[0]) if view.shape[0] else 0
-        if self.late:
+            if view.shape[0]:
+                self._scan(&view[0], view.shape[0])
+        if self.late and not self.dead:
             for sid in self.late:
                 nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_REFUSED_STREAM)
             self.late = []
@@ -222,9 +230,117 @@ cdef class NgServerSession:
             error, self.error = self.error, None
             self.dead = True
             raise error
-        if rv < 0:
-            self._fatal(<int>rv, events)
+        if self.fatal:
+            self._fatal(self.fatal, events)
         return events
+
+    # Frames whose error RFC 9113 makes a stream error where nghttp2 makes it a connection error: a stream's
+    # WINDOW_UPDATE with a 0 increment (§6.9) and a PRIORITY frame of the wrong length (§6.3) or depending on its
+    # own stream (§5.3.1). _scan follows the frame boundaries of the input (cheaply: headers only, payloads
+    # skipped) and takes those frames out, answering them with RST_STREAM; everything else goes to nghttp2
+    # unchanged. Inside a header block they stay (a connection error there).
+    cdef void _scan(self, const uint8_t *p, Py_ssize_t n):
+        cdef Py_ssize_t i = 0, start = 0, take, length
+        cdef const uint8_t *h
+        cdef bytearray hold
+        while i < n and not self.dead and not self.fatal:
+            if self.magic or self.skip:  # the client preface (nghttp2 checks it), a frame's payload
+                take = min(self.magic + self.skip, n - i)
+                i += take
+                if self.magic:
+                    self.magic -= take
+                else:
+                    self.skip -= take
+                continue
+            if self.need:  # a frame header, or a whole candidate frame, split across reads
+                hold = self.hold
+                take = min(self.need - len(hold), n - i)
+                hold += (<const char *>p)[i : i + take]
+                i += take
+                start = i
+                if len(hold) < self.need:
+                    continue
+                h = <const uint8_t *>(<char *>hold)
+                length = (h[0] << 16) | (h[1] << 8) | h[2]
+                if len(hold) == 9 and length and _candidate(h, length, self.in_block):
+                    self.need = 9 + length  # now its payload
+                    continue
+                self.need = 0
+                self.hold = bytearray()
+                if not _candidate(h, length, self.in_block):
+                    self._track(h)
+                    self.skip = length
+                    self._feed(h, 9)
+                elif self._decide(h, length):
+                    self._cut(h, length)
+                else:
+                    self._feed(h, 9 + length)
+                continue
+            if n - i < 9:
+                self._feed(p + start, i - start)
+                self.hold = bytearray((<const char *>p)[i:n])
+                self.need = 9
+                start = n
+                break
+            h = p + i
+            length = (h[0] << 16) | (h[1] << 8) | h[2]
+            if not _candidate(h, length, self.in_block):
+                self._track(h)
+                i += 9
+                self.skip = length
+                continue
+            self._feed(p + start, i - start)  # what precedes it is processed first (the streams it opened)
+            start = i
+            if n - i < 9 + length:
+                self.hold = bytearray((<const char *>p)[i:n])
+                self.need = 9 + length
+                start = n
+                break
+            if self._decide(h, length):
+                self._cut(h, length)
+                start = i + 9 + length
+            i += 9 + length
+        if start < n:
+            self._feed(p + start, n - start)
+
+    cdef inline void _track(self, const uint8_t *h):
+        """Whether the frames that follow are inside a header block (HEADERS / PUSH_PROMISE without END_HEADERS,
+        until a CONTINUATION with it)."""
+        if h[3] == NGHTTP2_HEADERS or h[3] == NGHTTP2_PUSH_PROMISE or h[3] == NGHTTP2_CONTINUATION:
+            self.in_block = not (h[4] & NGHTTP2_FLAG_END_HEADERS)
+
+    cdef void _feed(self, const uint8_t *p, Py_ssize_t n):
+        cdef Py_ssize_t rv
+        if n <= 0 or self.dead or self.fatal:
+            return
+        rv = nghttp2_session_mem_recv(self.session, p, <size_t>n)
+        if rv < 0:
+            self.fatal = <int>rv
+
+    cdef bint _decide(self, const uint8_t *h, Py_ssize_t length):
+        """True when this candidate frame (whole at ``h``) is one to take out."""
+        cdef int32_t sid = ((h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8]
+        cdef uint32_t word
+        if h[3] == NGHTTP2_PRIORITY:
+            if length != 5:
+                return True
+            word = ((h[9] & 0x7F) << 24) | (h[10] << 16) | (h[11] << 8) | h[12]
+            return <int32_t>word == sid
+        word = ((h[9] & 0x7F) << 24) | (h[10] << 16) | (h[11] << 8) | h[12]
+        # an idle stream's WINDOW_UPDATE stays a connection error (§5.1): nghttp2 says so
+        return word == 0 and sid <= self.highest
+
+    cdef void _cut(self, const uint8_t *h, Py_ssize_t length):
+        """Answer the candidate frame at ``h`` that _decide took out."""
+        cdef int32_t sid = ((h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8]
+        cdef uint32_t code
+        code = NGHTTP2_PROTOCOL_ERROR if h[3] != NGHTTP2_PRIORITY or length == 5 else NGHTTP2_FRAME_SIZE_ERROR
+        if nghttp2_session_get_stream_local_close(self.session, sid) >= 0:
+            nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, sid, code)  # an open stream
+        elif sid > self.highest and h[3] == NGHTTP2_PRIORITY:
+            # a PRIORITY frame may name an idle stream (nghttp2 would not reset a stream it thinks idle)
+            self.out += _rst_frame(sid, code)
+        # a closed stream: the frame is ignored
 
     cdef void _fatal(self, int rv, list events):
         """nghttp2 gave up on the connection without queueing a GOAWAY: send ours (RFC 9113 §5.4.1)."""
@@ -503,6 +619,17 @@ cdef nghttp2_nv *_nv_array(list fields) except NULL:
         free(nva)
         raise
     return nva
+
+
+cdef inline bint _candidate(const uint8_t *h, Py_ssize_t length, bint in_block) noexcept:
+    """A stream's PRIORITY (of a readable size) or 4-byte WINDOW_UPDATE outside a header block."""
+    if in_block or not (h[5] & 0x7F or h[6] or h[7] or h[8]):
+        return False
+    return (h[3] == NGHTTP2_WINDOW_UPDATE and length == 4) or (h[3] == NGHTTP2_PRIORITY and length <= 16384)
+
+
+cdef bytes _rst_frame(int32_t sid, uint32_t code):
+    return b"\x00\x00\x04\x03\x00" + (sid & 0x7FFFFFFF).to_bytes(4, "big") + (<object>code).to_bytes(4, "big")
 
 
 cdef bytes _goaway_frame(int32_t last, uint32_t code):

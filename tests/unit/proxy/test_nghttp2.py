@@ -550,3 +550,78 @@ def test_frame_errors_are_connection_errors_with_the_rfc_code() -> None:
     server, _ = raw_session()
     server.receive(raw(SETTINGS_T, 0, 0, b"\x00\x04\x00\x00\x01"))  # length not a multiple of 6: FRAME_SIZE_ERROR
     assert goaway_of(server.data_to_send())[1] == 0x6
+
+
+# -- stream errors nghttp2 would make connection errors (RFC 9113 §5.3.1, §6.3, §6.9) -----------------------------
+PRIORITY_T, FRAME_SIZE_ERROR = 2, 6
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (raw(PRIORITY_T, 0, 1, b"\x00\x00\x00\x01\x10"), PROTOCOL_ERROR),  # depends on itself
+    (raw(PRIORITY_T, 0, 1, b"\x00\x00\x00\x03"), FRAME_SIZE_ERROR),  # not 5 bytes
+    (raw(WINDOW_UPDATE_T, 0, 1, b"\x00\x00\x00\x00"), PROTOCOL_ERROR),  # a 0 increment
+], ids=["priority-self", "priority-length", "window-update-0"])
+def test_stream_level_frame_errors_reset_that_stream_only(frame: bytes, code: int) -> None:
+    server, _ = raw_session()
+    enc = hpack.Encoder()
+    events = server.receive(headers_frame(1, request("/up", "POST"), end_stream=False, encoder=enc) + frame
+                            + headers_frame(3, request("/other"), encoder=enc))
+    out = server.data_to_send()
+    assert resets_of(out) == {1: code}
+    assert not [t for t, _, _, _ in frames(out) if t == GOAWAY_T]
+    assert [e[1] for e in events if e[0] == ng.REQUEST] == [1, 3]
+    assert server.submit_response(3, [(b":status", b"200")], True)
+    assert [s for t, _, s, _ in frames(server.data_to_send()) if t == HEADERS_T] == [3]
+
+
+def test_priority_of_the_wrong_length_on_an_idle_stream_is_reset_too() -> None:
+    server, _ = raw_session()
+    server.receive(raw(PRIORITY_T, 0, 9, b"\x00\x00\x00\x03"))
+    assert resets_of(server.data_to_send()) == {9: FRAME_SIZE_ERROR}
+    assert server.want_read()
+
+
+def test_window_update_0_on_an_idle_stream_is_a_connection_error() -> None:
+    server, _ = raw_session()
+    server.receive(raw(WINDOW_UPDATE_T, 0, 9, b"\x00\x00\x00\x00"))
+    assert goaway_of(server.data_to_send())[1] == PROTOCOL_ERROR
+
+
+def test_priority_inside_a_header_block_is_a_connection_error() -> None:
+    server, _ = raw_session()
+    server.receive(headers_frame(1, request("/"), end_headers=False) + raw(PRIORITY_T, 0, 1, b"\x00\x00\x00\x03"))
+    assert goaway_of(server.data_to_send())[1] == PROTOCOL_ERROR
+
+
+def test_input_split_anywhere_gives_the_same_events() -> None:
+    enc = hpack.Encoder()
+    block = enc.encode(request("/split", "POST", [("x-pad", "p" * 40)]))
+    wire = (PREFACE + raw(SETTINGS_T, 0, 0) + raw(HEADERS_T, 0, 1, block[:10]) + raw(CONTINUATION_T, 0x4, 1, block[10:])
+            + raw(DATA_T, 0, 1, b"a" * 30) + raw(WINDOW_UPDATE_T, 0, 1, b"\x00\x00\x10\x00")
+            + raw(PRIORITY_T, 0, 1, b"\x00\x00\x00\x00\x10") + raw(PRIORITY_T, 0, 5, b"\x00\x00")
+            + raw(PING_T, 0, 0, b"12345678") + headers_frame(3, request("/b"), end_stream=False, encoder=enc)
+            + raw(WINDOW_UPDATE_T, 0, 3, b"\x00\x00\x00\x00") + raw(DATA_T, 0x1, 1, b"b" * 7))
+
+    def run(sizes: int) -> tuple[list[Any], dict[int, int], list[int]]:
+        server = ng.NgServerSession()
+        events: list[Any] = []
+        out = b""
+        for at in range(0, len(wire), sizes):
+            events += server.receive(wire[at : at + sizes])
+            out += server.data_to_send()
+            events += server.sent_events()
+        merged: list[Any] = [e for e in events if e[0] == ng.CLOSED]  # when the reset went out differs
+        for e in events:  # DATA arrives in as many pieces as the input was cut into
+            if e[0] == ng.CLOSED:
+                continue
+            if e[0] == ng.DATA and merged and merged[-1][0] == ng.DATA and merged[-1][1] == e[1]:
+                merged[-1] = (ng.DATA, e[1], merged[-1][2] + e[2], None)
+            else:
+                merged.append(e)
+        return merged, resets_of(out), [t for t, _, _, _ in frames(out) if t in (GOAWAY_T, PING_T)]
+
+    whole = run(len(wire))
+    assert whole[1] == {5: FRAME_SIZE_ERROR, 3: PROTOCOL_ERROR} and whole[2] == [PING_T]
+    assert [e[0] for e in whole[0]] == [ng.CLOSED, ng.REQUEST, ng.DATA, ng.REQUEST, ng.DATA, ng.END]
+    for size in (1, 2, 5, 9, 10, 13, 17):
+        assert run(size) == whole, size
