@@ -86,6 +86,8 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_FLAG_END_STREAM
         NGHTTP2_FLAG_END_HEADERS
         NGHTTP2_FLAG_ACK
+        NGHTTP2_FLAG_PADDED
+        NGHTTP2_FLAG_PRIORITY
     enum:
         NGHTTP2_DATA_FLAG_NONE
         NGHTTP2_DATA_FLAG_EOF

@@ -123,6 +123,7 @@ cdef class NgServerSession:
     cdef bytearray hold
     cdef bint in_block
     cdef int fatal  # nghttp2's fatal error code, 0: none
+    cdef int32_t poison  # the stream whose HEADERS depended on itself: reset, never a request
     cdef object error  # an exception raised inside a callback, re-raised by receive()
     cdef list _drained
     cdef readonly int max_streams
@@ -235,8 +236,8 @@ cdef class NgServerSession:
         return events
 
     # Frames whose error RFC 9113 makes a stream error where nghttp2 makes it a connection error: a stream's
-    # WINDOW_UPDATE with a 0 increment (§6.9) and a PRIORITY frame of the wrong length (§6.3) or depending on its
-    # own stream (§5.3.1). _scan follows the frame boundaries of the input (cheaply: headers only, payloads
+    # WINDOW_UPDATE with a 0 increment (§6.9), a PRIORITY frame of the wrong length (§6.3), a PRIORITY or HEADERS
+    # frame making a stream depend on itself (§5.3.1). _scan follows the frame boundaries of the input (cheaply: headers only, payloads
     # skipped) and takes those frames out, answering them with RST_STREAM; everything else goes to nghttp2
     # unchanged. Inside a header block they stay (a connection error there).
     cdef void _scan(self, const uint8_t *p, Py_ssize_t n):
@@ -275,6 +276,7 @@ cdef class NgServerSession:
                     self._cut(h, length)
                 else:
                     self._feed(h, 9 + length)
+                self._track(h)
                 continue
             if n - i < 9:
                 self._feed(p + start, i - start)
@@ -299,6 +301,7 @@ cdef class NgServerSession:
             if self._decide(h, length):
                 self._cut(h, length)
                 start = i + 9 + length
+            self._track(h)
             i += 9 + length
         if start < n:
             self._feed(p + start, n - start)
@@ -321,6 +324,13 @@ cdef class NgServerSession:
         """True when this candidate frame (whole at ``h``) is one to take out."""
         cdef int32_t sid = ((h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8]
         cdef uint32_t word
+        cdef Py_ssize_t at
+        if h[3] == NGHTTP2_HEADERS:
+            at = 10 if h[4] & NGHTTP2_FLAG_PADDED else 9
+            if length < at - 9 + 5:
+                return False  # nghttp2 finds it too short
+            word = ((h[at] & 0x7F) << 24) | (h[at + 1] << 16) | (h[at + 2] << 8) | h[at + 3]
+            return <int32_t>word == sid
         if h[3] == NGHTTP2_PRIORITY:
             if length != 5:
                 return True
@@ -334,6 +344,18 @@ cdef class NgServerSession:
         """Answer the candidate frame at ``h`` that _decide took out."""
         cdef int32_t sid = ((h[5] & 0x7F) << 24) | (h[6] << 16) | (h[7] << 8) | h[8]
         cdef uint32_t code
+        cdef bytearray copy
+        cdef Py_ssize_t at
+        if h[3] == NGHTTP2_HEADERS:
+            # its header block must still be decoded (the HPACK context is shared): nghttp2 gets it without the
+            # dependency, and _on_begin_headers resets the stream
+            copy = bytearray((<const char *>h)[: 9 + length])
+            at = 10 if h[4] & NGHTTP2_FLAG_PADDED else 9
+            copy[at] = copy[at + 1] = copy[at + 2] = copy[at + 3] = 0
+            self.poison = sid
+            self._feed(<const uint8_t *>(<char *>copy), 9 + length)
+            self.poison = 0
+            return
         code = NGHTTP2_PROTOCOL_ERROR if h[3] != NGHTTP2_PRIORITY or length == 5 else NGHTTP2_FRAME_SIZE_ERROR
         if nghttp2_session_get_stream_local_close(self.session, sid) >= 0:
             nghttp2_submit_rst_stream(self.session, NGHTTP2_FLAG_NONE, sid, code)  # an open stream
@@ -622,10 +644,12 @@ cdef nghttp2_nv *_nv_array(list fields) except NULL:
 
 
 cdef inline bint _candidate(const uint8_t *h, Py_ssize_t length, bint in_block) noexcept:
-    """A stream's PRIORITY (of a readable size) or 4-byte WINDOW_UPDATE outside a header block."""
-    if in_block or not (h[5] & 0x7F or h[6] or h[7] or h[8]):
+    """Outside a header block: a stream's PRIORITY (of a readable size), 4-byte WINDOW_UPDATE, or HEADERS with a
+    priority."""
+    if in_block or not (h[5] & 0x7F or h[6] or h[7] or h[8]) or length > 16384:
         return False
-    return (h[3] == NGHTTP2_WINDOW_UPDATE and length == 4) or (h[3] == NGHTTP2_PRIORITY and length <= 16384)
+    return ((h[3] == NGHTTP2_WINDOW_UPDATE and length == 4) or h[3] == NGHTTP2_PRIORITY
+            or (h[3] == NGHTTP2_HEADERS and h[4] & NGHTTP2_FLAG_PRIORITY))
 
 
 cdef bytes _rst_frame(int32_t sid, uint32_t code):
@@ -662,6 +686,10 @@ cdef int _on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
         self.block = []
         self.block_bytes = 0
         if frame.hd.type != NGHTTP2_HEADERS:
+            self.block_known = False
+            return 0
+        if sid == self.poison:  # RFC 9113 §5.3.1: a stream depending on itself is a stream error
+            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_PROTOCOL_ERROR)
             self.block_known = False
             return 0
         if frame.headers.cat == NGHTTP2_HCAT_REQUEST:

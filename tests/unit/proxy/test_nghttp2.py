@@ -574,6 +574,28 @@ def test_stream_level_frame_errors_reset_that_stream_only(frame: bytes, code: in
     assert [s for t, _, s, _ in frames(server.data_to_send()) if t == HEADERS_T] == [3]
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_headers_depending_on_their_own_stream_reset_that_stream_only(padded: bool) -> None:
+    server, _ = raw_session()
+    enc = hpack.Encoder()
+    block = enc.encode(request("/self"))
+    payload = b"\x00\x00\x00\x01\x10" + block  # exclusive 0, depends on 1, weight 17
+    flags = 0x1 | 0x4 | 0x20 | (0x8 if padded else 0)
+    frame = raw(HEADERS_T, flags, 1, (b"\x02" + payload + b"\x00\x00") if padded else payload)
+    events = server.receive(frame + headers_frame(3, request("/next", extra=[("x-same", "1")]), encoder=enc))
+    out = server.data_to_send()
+    assert resets_of(out) == {1: PROTOCOL_ERROR}
+    assert not [t for t, _, _, _ in frames(out) if t == GOAWAY_T]
+    (req,) = [e for e in events if e[0] == ng.REQUEST]  # the block of 1 was decoded: 3's refers to its entries
+    assert req[1] == 3 and (b":path", b"/next") in req[2]
+
+
+def test_headers_with_a_priority_on_another_stream_are_served() -> None:
+    server, _ = raw_session()
+    frame = raw(HEADERS_T, 0x1 | 0x4 | 0x20, 3, b"\x00\x00\x00\x01\x10" + hpack.Encoder().encode(request("/p")))
+    assert [e[:2] for e in server.receive(frame)] == [(ng.REQUEST, 3)]
+
+
 def test_priority_of_the_wrong_length_on_an_idle_stream_is_reset_too() -> None:
     server, _ = raw_session()
     server.receive(raw(PRIORITY_T, 0, 9, b"\x00\x00\x00\x03"))
