@@ -474,7 +474,7 @@ cdef class NgServerSession:
             if status[:1] == b"1":
                 rv = nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, sid, NULL, nva, n, NULL)
             elif end:
-                st.responding = True
+                st.responding = st.ended = True
                 rv = nghttp2_submit_response(self.session, sid, nva, n, NULL)
             else:
                 st.responding = True

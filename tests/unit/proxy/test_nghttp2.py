@@ -204,6 +204,7 @@ def test_response_without_body_ends_with_its_headers() -> None:
     pair.client.send_headers(1, request(), end_stream=True)
     pair.pump()
     pair.server.submit_response(1, [(b":status", b"204")], True)
+    assert pair.server.send_data(1, b"no body") == -1 and not pair.server.submit_trailers(1, [(b"x", b"1")])
     pair.pump()
     assert len(pair.client_of(h2.events.StreamEnded, 1)) == 1
     assert not pair.client_of(h2.events.DataReceived)
