@@ -648,3 +648,17 @@ def test_input_split_anywhere_gives_the_same_events() -> None:
     assert [e[0] for e in whole[0]] == [ng.CLOSED, ng.REQUEST, ng.DATA, ng.REQUEST, ng.DATA, ng.END]
     for size in (1, 2, 5, 9, 10, 13, 17):
         assert run(size) == whole, size
+
+
+def test_type_stub_matches_the_module() -> None:
+    import ast
+    from pathlib import Path
+
+    stub = ast.parse((Path(ng.__file__).parent / "_nghttp2.pyi").read_text())
+    names = {t.target.id for t in stub.body if isinstance(t, ast.AnnAssign) and isinstance(t.target, ast.Name)}
+    assert names and all(hasattr(ng, n) for n in names), sorted(n for n in names if not hasattr(ng, n))
+    (cls,) = [c for c in stub.body if isinstance(c, ast.ClassDef) and c.name == "NgServerSession"]
+    members = {f.name for f in cls.body if isinstance(f, ast.FunctionDef)} - {"__init__"}
+    members |= {a.target.id for a in cls.body if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)}
+    session = ng.NgServerSession()
+    assert all(hasattr(session, m) for m in members), sorted(m for m in members if not hasattr(session, m))
