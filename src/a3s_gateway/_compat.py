@@ -11,11 +11,12 @@ import os
 from types import ModuleType
 from typing import Final
 
-from ._modules import CYTHON_MODULES, MYPYC_MODULES
+from ._modules import CYTHON_MODULES, MYPYC_MODULES, NATIVE_MODULES
 
 NO_EXTENSIONS: Final = os.environ.get("A3S_GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
 
-__all__ = ["CYTHON_MODULES", "MYPYC_MODULES", "NO_EXTENSIONS", "implementations", "is_compiled", "load"]
+__all__ = ["CYTHON_MODULES", "MYPYC_MODULES", "NATIVE_MODULES", "NO_EXTENSIONS", "implementations", "is_compiled",
+           "load", "native"]
 
 
 def load(role: str) -> ModuleType:
@@ -29,6 +30,16 @@ def load(role: str) -> ModuleType:
     return importlib.import_module(pure)
 
 
+def native(role: str) -> ModuleType | None:
+    """The native module of ``role`` (a wrapped C library), or None: disabled, or not built (library missing)."""
+    if NO_EXTENSIONS:
+        return None
+    try:
+        return importlib.import_module(NATIVE_MODULES[role][0])
+    except ImportError:
+        return None
+
+
 def is_compiled(module: ModuleType) -> bool:
     """True when ``module`` was loaded from a native extension."""
     return (getattr(module, "__file__", None) or "").endswith((".so", ".pyd"))
@@ -40,6 +51,9 @@ def implementations() -> list[tuple[str, str, bool]]:
     for role in CYTHON_MODULES:
         mod = load(role)
         rows.append((role, mod.__name__, is_compiled(mod)))
+    for role, (name, fallback) in NATIVE_MODULES.items():
+        built = native(role) is not None
+        rows.append((role, name if built else fallback, built))
     for role, name in MYPYC_MODULES.items():
         mod = importlib.import_module(name)
         rows.append((role, name, is_compiled(mod)))

@@ -11,6 +11,12 @@ CYTHON_MODULES: dict[str, tuple[str, str]] = {
     "shared segment": ("a3s_gateway._segment_c", "a3s_gateway._segment_py"),
 }
 
+#: role -> (native module, the pure implementation used without it): a Cython wrapper of a C library found at build
+#: time (setup.py skips it when the library is missing); its fallback is another implementation, not a twin.
+NATIVE_MODULES: dict[str, tuple[str, str]] = {
+    "http2 engine": ("a3s_gateway.proxy._nghttp2", "h2"),  # libnghttp2; without it proxy/http2.py runs on h2
+}
+
 #: role -> module compiled by mypyc in one group (the same .py runs interpreted in a pure build). The connection
 #: protocols are plain classes (no asyncio.Protocol base) so that mypyc makes them native.
 MYPYC_MODULES: dict[str, str] = {

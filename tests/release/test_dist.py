@@ -43,9 +43,10 @@ def test_dist_holds_an_sdist_and_a_manylinux_wheel(dist_dir: Path) -> None:
     compiled = [f for f in files if f.endswith(".so")]
     # the C head scanner + Cython modules, and the mypyc group library with one shim per compiled module
     assert any(f.startswith("a3s_gateway_hot__mypyc") for f in compiled), compiled
-    for module in ("http/_parser_c", "http/_headers_c", "http/_framing_c", "_segment_c", "proxy/http1",
-                   "routing/router"):
+    for module in ("http/_parser_c", "http/_headers_c", "http/_framing_c", "_segment_c", "proxy/_nghttp2",
+                   "proxy/http1", "routing/router"):
         assert any(f.startswith(f"a3s_gateway/{module}.") for f in compiled), (module, compiled)
+    assert any(f.startswith("a3s_gateway.libs/libnghttp2") for f in files), "libnghttp2 not bundled (auditwheel)"
     assert any(f.startswith("a3s_gateway/config/_hcl_grammar-") for f in files), "grammar tables not shipped"
     assert not [f for f in files if f.startswith(("tests/", "bench/"))]
 
@@ -54,6 +55,8 @@ def test_dist_holds_an_sdist_and_a_manylinux_wheel(dist_dir: Path) -> None:
         members = {m.name.split("/", 1)[1] for m in t.getmembers() if "/" in m.name}
     for needed in ("setup.py", "pyproject.toml", "csrc/http1.c", "csrc/http1.h", "csrc/segment.c", "csrc/segment.h",
                    "src/a3s_gateway/http/_parser_c.pyx", "src/a3s_gateway/_segment_c.pyx",
+                   "src/a3s_gateway/proxy/_nghttp2.pyx", "src/a3s_gateway/proxy/_nghttp2.pxd",
+                   "deploy/build-nghttp2.sh",
                    "tests/unit/test_compiled.py", "cibuildwheel.toml"):
         assert needed in members, f"{needed} missing from the sdist (MANIFEST.in)"
     assert not [m for m in members if m.endswith(".so")]

@@ -11,7 +11,8 @@ import pytest
 from a3s_gateway import _compat
 
 BUILD_HINT = (
-    "the compiled extensions did not load: build them with `make build` (pip install --no-build-isolation -e .)"
+    "the compiled extensions did not load: build them with `make build` (pip install --no-build-isolation -e .; "
+    "the http2 engine also needs libnghttp2 found by pkg-config: apt-get install -y libnghttp2-dev pkg-config)"
 )
 
 
@@ -42,7 +43,7 @@ def test_version_verbose_lists_every_module() -> None:
     from a3s_gateway.cli import version_text
 
     text = version_text(True)
-    for role in list(_compat.CYTHON_MODULES) + list(_compat.MYPYC_MODULES):
+    for role in list(_compat.CYTHON_MODULES) + list(_compat.NATIVE_MODULES) + list(_compat.MYPYC_MODULES):
         assert role in text
     assert ("pure-python" in text) or ("compiled" in text)
 
@@ -53,6 +54,13 @@ def test_both_twins_importable(role: str) -> None:
     importlib.import_module(pure)
     if not _compat.NO_EXTENSIONS:
         assert _compat.is_compiled(importlib.import_module(compiled)), BUILD_HINT
+
+
+def test_native_module_follows_the_no_extensions_flag() -> None:
+    code = "from a3s_gateway import _compat; print([r for r in _compat.implementations() if r[0] == 'http2 engine'])"
+    env = {"A3S_GATEWAY_NO_EXTENSIONS": "1", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert eval(out) == [("http2 engine", "h2", False)]  # the pure h2 implementation serves HTTP/2
 
 
 def test_selector_modules_export_the_chosen_twin() -> None:
