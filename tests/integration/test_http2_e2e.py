@@ -421,3 +421,57 @@ async def test_h2_responses_leave_the_exchange_as_fields_never_as_http1_text(sta
     finally:
         client.close()
     assert rendered == []
+
+
+async def test_a_stream_with_a_closed_window_pauses_its_upstream_only(start_gateway) -> None:
+    """Flow control with the response as fields: a client that stops reading one stream (its window closed) stops
+    the gateway reading that stream's backend response; its other streams are answered meanwhile."""
+    sent = [0]
+    total = 64 << 20
+
+    async def huge(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if req.target != "/huge":
+            w.write(ok(b"other"))
+            return True
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        piece = b"h" * 65536
+        try:
+            while sent[0] < total:
+                w.write(piece)
+                await w.drain()
+                sent[0] += len(piece)
+        except (ConnectionError, OSError):
+            pass
+        return False
+
+    backend = await start_backend(huge)
+    gw = await start_gateway(config(backend.url))
+    client = await H2Client.connect(gateway_port(gw))
+    client.conn.increment_flow_control_window(1 << 30)  # the connection's window stays open: the stream's closes
+    held: set[int] = set()
+    real_ack = client.conn.acknowledge_received_data
+
+    def ack(length: int, sid: int) -> None:
+        if sid not in held:
+            real_ack(length, sid)
+
+    client.conn.acknowledge_received_data = ack  # type: ignore[method-assign]
+    try:
+        sid = client.start("GET", "/huge")
+        held.add(sid)
+        for _ in range(200):
+            if len(client.streams[sid]["body"]) >= 65535:
+                break
+            await asyncio.sleep(0.01)
+        assert len(client.streams[sid]["body"]) == 65535  # the stream's window (not acknowledged)
+        for i in range(3):  # other streams of the connection go on
+            r = await client.request("GET", f"/o{i}")
+            assert r["body"] == b"other"
+        await asyncio.sleep(0.5)
+        before = sent[0]
+        await asyncio.sleep(0.5)
+        assert sent[0] == before < total // 2  # the backend is not read: it cannot send more
+        assert not client.streams[sid]["done"].is_set()
+        client.reset(sid)
+    finally:
+        client.close()

@@ -5,9 +5,12 @@ the stream's request is handed to it as fields, never as text — a head built f
 (:func:`~a3s_gateway.http.h2_head.request_head`: the head of the equivalent HTTP/1.1 request, ``:authority`` as
 ``Host``, cookies joined) and DATA as body bytes (a body without ``content-length`` ends with END_STREAM, its
 trailers with it) — so routing, middlewares, dispatch (sticky, revisions, the cold-start queue, failover, retry),
-upstream pools, metrics and the access log are exactly those of HTTP/1.1. What that connection writes back — the
-response head, then the body in whatever framing — is parsed once and sent as HEADERS / DATA / trailers on the
-stream (the response side is still HTTP/1.1 text: the next step gives the exchange a response sink).
+upstream pools, metrics and the access log are exactly those of HTTP/1.1. The response comes back as fields as
+well: the stream's exchange has the :class:`StreamTransport` as its ``sink``
+(:class:`~a3s_gateway.proxy.upstream.FieldSink`), which the upstream relay and the exchange's own answers call with
+the status, fields, body pieces and trailers where an HTTP/1.1 client gets text; it sends them as HEADERS / DATA /
+trailers through the engine calls of :class:`H2Protocol` (``send_headers``, ``send_data``, ``end_stream``,
+``reset``, ``window``, ``acknowledge``, ``flush``).
 
 Flow control both ways: DATA received is acknowledged as the stream's connection consumes it (its pause_reading
 stops the acknowledgements, so the client's window closes); DATA sent waits for the peer's window, and while it
@@ -525,7 +528,7 @@ class H2Protocol(asyncio.Protocol):
         self.loop = server.loop
         self.transport = transport
         limits = server.entry.limits
-        # inbound fields are validated (RFC 9113 §8.2); what we send is built from a parsed HTTP/1.1 head already
+        # inbound fields are validated (RFC 9113 §8.2); what we send is built from parsed or the gateway's own fields
         config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
         self.h2 = _ServerConnection(config, limits.max_header_bytes)
