@@ -475,3 +475,64 @@ async def test_a_stream_with_a_closed_window_pauses_its_upstream_only(start_gate
         client.reset(sid)
     finally:
         client.close()
+
+
+async def test_gateway_answers_and_transformed_bodies_on_h2_streams(start_gateway) -> None:
+    """The exchange's own answers reach a stream as fields with the values an HTTP/1.1 client gets: a middleware's
+    403 (and to HEAD without body), 413 for a streamed body over the limit, 431 for a refused head; a compressed
+    body goes out without content-length and ends with the stream."""
+    import gzip
+
+    async def text(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        body = b"word " * 1000
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return True
+
+    backend = await start_backend(text)
+    hcl = f'''
+entrypoints "web" {{
+  address = "127.0.0.1:0"
+  max_headers = 20
+}}
+middlewares "deny" {{
+  type = "ip-allow"
+  allowed_ips = ["10.0.0.0/8"]
+}}
+middlewares "limit" {{
+  type = "body-limit"
+  max_body_bytes = 1000
+}}
+middlewares "zip" {{
+  type = "compress"
+}}
+routers "deny" {{
+  rule        = "PathPrefix(`/deny`)"
+  service     = "s"
+  middlewares = ["deny"]
+}}
+routers "rest" {{
+  rule        = "PathPrefix(`/`)"
+  service     = "s"
+  middlewares = ["limit", "zip"]
+}}
+services "s" {{
+  load_balancer {{ servers = [{{ url = "{backend.url}" }}] }}
+}}
+'''
+    gw = await start_gateway(hcl)
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        r = await client.request("GET", "/deny")
+        assert r["headers"][b":status"] == b"403" and r["body"] == b'{"error":"Forbidden"}'
+        assert r["headers"][b"content-length"] == b"21" and r["headers"][b"content-type"] == b"application/json"
+        r = await client.request("HEAD", "/deny")
+        assert r["headers"][b":status"] == b"403" and r["body"] == b"" and not r["reset"]
+        r = await client.request("POST", "/up", b"x" * 5000, length=False)
+        assert r["headers"][b":status"] == b"413" and b"Request body too large" in r["body"]
+        r = await client.request("GET", "/many", headers=[(f"x-{i}", "1") for i in range(30)])
+        assert r["headers"][b":status"] == b"431" and r["body"] == b'{"error":"Request header fields too large"}'
+        r = await client.request("GET", "/zip", headers=[("accept-encoding", "gzip")])
+        assert r["headers"][b":status"] == b"200" and r["headers"][b"content-encoding"] == b"gzip"
+        assert b"content-length" not in r["headers"] and gzip.decompress(r["body"]) == b"word " * 1000
+    finally:
+        client.close()
