@@ -270,3 +270,25 @@ async def test_a_reload_replaces_the_scraper_and_keeps_the_readings(start_gatewa
         assert (await c.request(chat(f"after reload {i}"))).status == 200
     assert len(a.prompts) == 0 and len(b.prompts) == 5
     c.close()
+
+
+async def test_a_queued_stream_on_http2_gets_its_comments_and_error_event(start_gateway) -> None:
+    """queued_keepalive on an HTTP/2 stream: the gateway's 200 head, the comments and the error event go out as
+    HEADERS and DATA (issue 17: no HTTP/1.1 text on a stream), the stream ending after the event."""
+    from h2frames import H2Conn, data, request_fields
+
+    gw = await start_gateway(scaled("--never-ready", "300ms", "buffer_timeout_secs = 2"))
+    body = json.dumps({"model": "llama", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    fields = request_fields("/v1/chat/completions", "POST", "m",
+                            [("content-type", "application/json"), ("content-length", str(len(body)))])
+
+    def run() -> Any:
+        with H2Conn(gateway_port(gw), timeout=10) as conn:
+            conn.send(conn.headers(1, fields, end_stream=False), data(1, body, True))
+            return conn.response(1, 10)
+
+    resp = await asyncio.to_thread(run)
+    assert resp.status == 200 and resp.reset is None
+    assert resp.header(b"content-type") == b"text/event-stream" and resp.header(b"x-a3s-cold-start") == b"1"
+    assert resp.body.count(b": queued") >= 3 and resp.body.count(b"event: error") == 1
+    assert resp.body.endswith(b'event: error\ndata: {"error":"Backend scale-up timed out"}\n\n'), resp.body

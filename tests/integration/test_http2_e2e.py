@@ -294,3 +294,245 @@ async def test_h2_requests_reach_the_exchange_as_fields_never_as_http1_text(star
     finally:
         client.close()
     assert heads == [] and decoders == []
+
+
+async def fields_backend(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    if req.target == "/many":  # 99 fields and Content-Length: the most the HTTP/1.1 parser takes (100)
+        fields = b"".join(b"X-F%d: v%d\r\n" % (i, i) for i in range(99))
+        w.write(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 4\r\n\r\nmany")
+    elif req.target == "/204":
+        w.write(b"HTTP/1.1 204 No Content\r\nX-Kind: none\r\n\r\n")
+    elif req.target == "/zero":
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    elif req.target == "/hints":
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+                b"Keep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n4\r\nbody\r\n0\r\nx-sum: 7\r\n\r\n")
+    else:
+        w.write(ok(b"plain"))
+    return True
+
+
+def fields_config(backend: str, entry: str = "") -> str:
+    return f'''
+entrypoints "web" {{
+  address = "127.0.0.1:0"
+  {entry}
+}}
+middlewares "hdr" {{
+  type = "headers"
+  response_headers = {{ "X-Served-By" = "a3s" }}
+}}
+routers "r" {{
+  rule        = "PathPrefix(`/`)"
+  service     = "s"
+  middlewares = ["hdr"]
+}}
+services "s" {{
+  load_balancer {{ servers = [{{ url = "{backend}" }}] }}
+}}
+'''
+
+
+async def test_a_response_head_larger_than_an_http1_head_reaches_the_h2_client(start_gateway) -> None:
+    """Issue 17: the response reaches the stream as fields. A backend head at the parser's limit (100 fields), with
+    the field a middleware adds, is one field more than an HTTP/1.1 head the gateway parses may hold: rendered as
+    text and parsed back, that stream was reset (INTERNAL_ERROR)."""
+    backend = await start_backend(fields_backend)
+    gw = await start_gateway(fields_config(backend.url))
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        r = await client.request("GET", "/many")
+        assert not r["reset"] and r["body"] == b"many"
+        headers = r["headers"]
+        assert headers[b":status"] == b"200" and headers[b"x-served-by"] == b"a3s"
+        assert [headers[b"x-f%d" % i] for i in range(99)] == [b"v%d" % i for i in range(99)]
+        assert headers[b"content-length"] == b"4"
+    finally:
+        client.close()
+
+
+async def test_bodiless_responses_free_their_stream_at_once(start_gateway) -> None:
+    """A response that ends with its HEADERS (204, HEAD, Content-Length: 0) ends its stream's exchange at once: the
+    stream no longer counts against ``max_concurrent_streams`` (it did until ``idle_timeout``: more sequential
+    requests than the limit on one connection were refused)."""
+    backend = await start_backend(fields_backend)
+    gw = await start_gateway(fields_config(backend.url, "max_concurrent_streams = 2"))
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        for method, path, status in [("GET", "/204", b"204"), ("HEAD", "/x", b"200"), ("GET", "/zero", b"200")] * 2:
+            r = await client.request(method, path)
+            assert not r["reset"] and r["headers"][b":status"] == status and r["body"] == b"", (method, path)
+            assert r["headers"][b"x-served-by"] == b"a3s"
+        assert r["headers"][b"content-length"] == b"0"
+        r = await client.request("GET", "/204")
+        assert b"content-length" not in r["headers"] and r["headers"][b"x-kind"] == b"none"
+    finally:
+        client.close()
+
+
+async def test_h2_responses_leave_the_exchange_as_fields_never_as_http1_text(start_gateway, monkeypatch) -> None:
+    """Issue 17: no response head, chunk framing or gateway answer is written as HTTP/1.1 text for a stream; what
+    the client gets is what it got before: 103 relayed (100 not), hop-by-hop fields and those Connection names
+    out, trailers, the gateway's JSON errors."""
+    from a3s_gateway.proxy import http2, responses, upstream
+
+    rendered: list[str] = []
+
+    def spy(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            rendered.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for name in ("response_head", "interim_head", "chunk_frames", "last_chunk"):
+        spy(upstream, name)
+    for name in ("error_response", "grpc_error_response", "redirect_response"):
+        spy(responses, name)
+    if hasattr(http2, "_parser"):  # the old response side parsed the text back
+        spy(http2._parser, "parse_response")
+    backend = await start_backend(fields_backend)
+    hcl = fields_config(backend.url).replace('rule        = "PathPrefix(`/`)"', 'rule        = "PathPrefix(`/h`)"')
+    gw = await start_gateway(hcl)
+    client = await H2Client.connect(gateway_port(gw))
+    interim: list[list[tuple[bytes, bytes]]] = []
+    real_receive = client.conn.receive_data
+
+    def receive(data: bytes) -> list[object]:
+        events = real_receive(data)
+        interim.extend(e.headers for e in events if isinstance(e, h2.events.InformationalResponseReceived))
+        return events
+
+    client.conn.receive_data = receive  # type: ignore[method-assign]
+    try:
+        r = await client.request("GET", "/hints", headers=[("te", "trailers")])
+        assert r["body"] == b"body" and r["trailers"] == {b"x-sum": b"7"}
+        assert interim == [[(b":status", b"103"), (b"link", b"</a.css>; rel=preload")]]
+        headers = r["headers"]
+        assert headers[b"x-kept"] == b"yes" and headers[b"x-served-by"] == b"a3s"
+        assert not {b"x-hop", b"keep-alive", b"connection", b"transfer-encoding"} & set(headers)
+        r = await client.request("GET", "/nowhere")  # no route: the gateway's own 404
+        assert r["headers"][b":status"] == b"404" and r["body"] == b'{"error":"No route matched"}'
+        assert r["headers"][b"content-type"] == b"application/json" and r["headers"][b"content-length"] == b"28"
+        assert b"date" in r["headers"]
+    finally:
+        client.close()
+    assert rendered == []
+
+
+async def test_a_stream_with_a_closed_window_pauses_its_upstream_only(start_gateway) -> None:
+    """Flow control with the response as fields: a client that stops reading one stream (its window closed) stops
+    the gateway reading that stream's backend response; its other streams are answered meanwhile."""
+    sent = [0]
+    total = 64 << 20
+
+    async def huge(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if req.target != "/huge":
+            w.write(ok(b"other"))
+            return True
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        piece = b"h" * 65536
+        try:
+            while sent[0] < total:
+                w.write(piece)
+                await w.drain()
+                sent[0] += len(piece)
+        except (ConnectionError, OSError):
+            pass
+        return False
+
+    backend = await start_backend(huge)
+    gw = await start_gateway(config(backend.url))
+    client = await H2Client.connect(gateway_port(gw))
+    client.conn.increment_flow_control_window(1 << 30)  # the connection's window stays open: the stream's closes
+    held: set[int] = set()
+    real_ack = client.conn.acknowledge_received_data
+
+    def ack(length: int, sid: int) -> None:
+        if sid not in held:
+            real_ack(length, sid)
+
+    client.conn.acknowledge_received_data = ack  # type: ignore[method-assign]
+    try:
+        sid = client.start("GET", "/huge")
+        held.add(sid)
+        for _ in range(200):
+            if len(client.streams[sid]["body"]) >= 65535:
+                break
+            await asyncio.sleep(0.01)
+        assert len(client.streams[sid]["body"]) == 65535  # the stream's window (not acknowledged)
+        for i in range(3):  # other streams of the connection go on
+            r = await client.request("GET", f"/o{i}")
+            assert r["body"] == b"other"
+        await asyncio.sleep(0.5)
+        before = sent[0]
+        await asyncio.sleep(0.5)
+        assert sent[0] == before < total // 2  # the backend is not read: it cannot send more
+        assert not client.streams[sid]["done"].is_set()
+        client.reset(sid)
+    finally:
+        client.close()
+
+
+async def test_gateway_answers_and_transformed_bodies_on_h2_streams(start_gateway) -> None:
+    """The exchange's own answers reach a stream as fields with the values an HTTP/1.1 client gets: a middleware's
+    403 (and to HEAD without body), 413 for a streamed body over the limit, 431 for a refused head; a compressed
+    body goes out without content-length and ends with the stream."""
+    import gzip
+
+    async def text(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        body = b"word " * 1000
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return True
+
+    backend = await start_backend(text)
+    hcl = f'''
+entrypoints "web" {{
+  address = "127.0.0.1:0"
+  max_headers = 20
+}}
+middlewares "deny" {{
+  type = "ip-allow"
+  allowed_ips = ["10.0.0.0/8"]
+}}
+middlewares "limit" {{
+  type = "body-limit"
+  max_body_bytes = 1000
+}}
+middlewares "zip" {{
+  type = "compress"
+}}
+routers "deny" {{
+  rule        = "PathPrefix(`/deny`)"
+  service     = "s"
+  middlewares = ["deny"]
+}}
+routers "rest" {{
+  rule        = "PathPrefix(`/`)"
+  service     = "s"
+  middlewares = ["limit", "zip"]
+}}
+services "s" {{
+  load_balancer {{ servers = [{{ url = "{backend.url}" }}] }}
+}}
+'''
+    gw = await start_gateway(hcl)
+    client = await H2Client.connect(gateway_port(gw))
+    try:
+        r = await client.request("GET", "/deny")
+        assert r["headers"][b":status"] == b"403" and r["body"] == b'{"error":"Forbidden"}'
+        assert r["headers"][b"content-length"] == b"21" and r["headers"][b"content-type"] == b"application/json"
+        r = await client.request("HEAD", "/deny")
+        assert r["headers"][b":status"] == b"403" and r["body"] == b"" and not r["reset"]
+        r = await client.request("POST", "/up", b"x" * 5000, length=False)
+        assert r["headers"][b":status"] == b"413" and b"Request body too large" in r["body"]
+        r = await client.request("GET", "/many", headers=[(f"x-{i}", "1") for i in range(30)])
+        assert r["headers"][b":status"] == b"431" and r["body"] == b'{"error":"Request header fields too large"}'
+        r = await client.request("GET", "/zip", headers=[("accept-encoding", "gzip")])
+        assert r["headers"][b":status"] == b"200" and r["headers"][b"content-encoding"] == b"gzip"
+        assert b"content-length" not in r["headers"] and gzip.decompress(r["body"]) == b"word " * 1000
+    finally:
+        client.close()

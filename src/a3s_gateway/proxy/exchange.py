@@ -34,7 +34,7 @@ from ..middleware.retry import parse_retry_after
 from ..netaddr import normalize_ip, parse_ip
 from ..routing.router import NEEDS_MODEL
 from . import responses
-from .upstream import HIGH_WATER, Client, Pool, UpstreamConnection
+from .upstream import HIGH_WATER, Client, FieldSink, Pool, UpstreamConnection
 
 if TYPE_CHECKING:
     from ..observability.stats import RouteStats
@@ -539,6 +539,7 @@ class Exchange(Client):
         if self.ka_interval <= 0.0 or self.stats is None or conn.gone():
             return
         chunked = self.head.version == 1
+        sink = self.sink
         out = b""
         if not self.head_sent:
             if self.held is None or not self._wants_stream():
@@ -548,13 +549,20 @@ class Exchange(Client):
             self.head_sent = True
             self.resp_started = True
             self.status = 200
-            out = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" + _COLD
-                   + responses.date_line()
-                   + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Connection: close\r\n\r\n"))
+            if sink is not None:
+                sink.start(200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                                 (b"x-a3s-cold-start", b"1"), (b"date", responses.date_value())], False)
+            else:
+                out = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" + _COLD
+                       + responses.date_line()
+                       + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Connection: close\r\n\r\n"))
         comment = b": queued %ds\n\n" % int(conn.loop.time() - self.t0)
         self.bytes_out += len(comment)
-        out += b"%x\r\n%s\r\n" % (len(comment), comment) if chunked else comment
-        conn.transport.write(out)
+        if sink is not None:
+            sink.data([comment])
+        else:
+            out += b"%x\r\n%s\r\n" % (len(comment), comment) if chunked else comment
+            conn.transport.write(out)
         self.ka_timer = conn.loop.call_later(self.ka_interval, self._keepalive)
 
     def _stop_keepalive(self) -> None:
@@ -574,7 +582,12 @@ class Exchange(Client):
         if stats is not None:
             stats.sse_errors += 1
         self.bytes_out += len(event)
-        conn.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event) if chunked else event)
+        sink = self.sink
+        if sink is not None:
+            sink.data([event])
+            sink.end([])
+        else:
+            conn.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event) if chunked else event)
         self._record(True)
         self._after_local(not chunked or self._close_after_local())
 
@@ -1210,7 +1223,11 @@ class Exchange(Client):
         conn = self.conn
         if not self.resp_started and conn.transport is not None:
             self.status = status
-            conn.transport.write(responses.error_response(status, message, close=True))
+            if self.sink is not None:
+                fields, body = responses.error_fields(message)
+                self.send_fields(status, fields, body)
+            else:
+                conn.transport.write(responses.error_response(status, message, close=True))
         self._record(self.status != 0)
         conn.close()
 
@@ -1272,7 +1289,12 @@ class Exchange(Client):
         self.resp_started = True
         self.status = status
         head_only = head.method == b"HEAD"
-        conn.transport.write(responses.error_response(status, message, extra=extra, close=close, head_only=head_only))
+        if self.sink is not None:
+            fields, body = responses.error_fields(message, extra)
+            self.send_fields(status, fields, b"" if head_only else body)
+        else:
+            conn.transport.write(
+                responses.error_response(status, message, extra=extra, close=close, head_only=head_only))
         if not head_only:
             self.bytes_out = responses.error_body_length(message)
         self._record(True)
@@ -1292,7 +1314,10 @@ class Exchange(Client):
         """A gateway error for a gRPC request: trailers-only, HTTP 200 with grpc-status (SPEC §9.2)."""
         self.resp_started = True
         self.status = status
-        self.conn.transport.write(responses.grpc_error_response(status, message, extra))
+        if self.sink is not None:
+            self.send_fields(200, responses.grpc_error_fields(status, message, extra), b"")
+        else:
+            self.conn.transport.write(responses.grpc_error_response(status, message, extra))
         self._record(True)
         self._after_local(True)
 
@@ -1334,7 +1359,10 @@ class Exchange(Client):
         close = self._close_after_local()
         self.resp_started = True
         self.status = redirect[0]
-        self.conn.transport.write(responses.redirect_response(redirect[0], location, close=close))
+        if self.sink is not None:
+            self.send_fields(redirect[0], responses.redirect_fields(location), b"")
+        else:
+            self.conn.transport.write(responses.redirect_response(redirect[0], location, close=close))
         self._record(True)
         self._after_local(close)
 
@@ -1356,6 +1384,8 @@ class Exchange(Client):
                 self._grpc_error(status, message, extra)
                 return
         close = self._close_after_local()
+        sink = self.sink
+        fields: list[tuple[bytes, bytes]] = []
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, responses.reason(status))]
         for name, value in headers:
             low = name.lower()
@@ -1364,24 +1394,42 @@ class Exchange(Client):
                 continue
             if low == b"content-length" or low == b"transfer-encoding":
                 continue
-            parts.append(name + b": " + value + b"\r\n")
+            if sink is not None:
+                fields.append((name, value))
+            else:
+                parts.append(name + b": " + value + b"\r\n")
         head_only = head.method == b"HEAD"
         if status == 204 or status == 304:
             body = b""  # no content, and no Content-Length (RFC 9110 §8.6)
+        elif sink is not None:
+            fields.append((b"content-length", b"%d" % len(body)))
         else:
             parts.append(b"Content-Length: %d\r\n" % len(body))
-        parts.append(responses.date_line())
-        if close:
-            parts.append(b"Connection: close\r\n")
-        parts.append(b"\r\n")
         if not head_only:
-            parts.append(body)
             self.bytes_out = len(body)
         self.resp_started = True
         self.status = status
-        conn.transport.write(b"".join(parts))
+        if sink is not None:
+            fields.append((b"date", responses.date_value()))
+            self.send_fields(status, fields, b"" if head_only else body)
+        else:
+            parts.append(responses.date_line())
+            if close:
+                parts.append(b"Connection: close\r\n")
+            parts.append(b"\r\n")
+            if not head_only:
+                parts.append(body)
+            conn.transport.write(b"".join(parts))
         self._record(True)
         self._after_local(close)
+
+    def send_fields(self, status: int, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response of the gateway's own to a client that takes fields (``sink``, an HTTP/2 stream)."""
+        sink = cast("FieldSink", self.sink)
+        sink.start(status, fields, not body)
+        if body:
+            sink.data([body])
+            sink.end([])
 
     # -- end of an exchange: counters, access log, span, process log --------------------------------------------
     def _log_failure(self, status: int, message: str, backend: str | None, detail: str) -> None:

@@ -452,7 +452,11 @@ class HttpConnection(Downstream):
     def _refuse(self, e: ProtocolError, method: bytes) -> None:
         extra = _ALLOW_405 if e.status == 405 else b""
         if self.transport is not None:
-            self.transport.write(responses.error_response(e.status, e.message, extra=extra, close=True))
+            if self.ex.sink is not None:  # a stream of an HTTP/2 connection: the answer as fields
+                fields, body = responses.error_fields(e.message, extra)
+                self.ex.send_fields(e.status, fields, body)
+            else:
+                self.transport.write(responses.error_response(e.status, e.message, extra=extra, close=True))
         if 0 < len(method) <= 32:
             # the request line was read: the rejection is counted and logged like any other response (SPEC §11.3)
             entry = self.server.entry

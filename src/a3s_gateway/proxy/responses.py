@@ -29,6 +29,11 @@ def date_line() -> bytes:
     return _date_line
 
 
+def date_value() -> bytes:
+    """The ``Date`` value for the current second."""
+    return date_line()[6:-2]
+
+
 def reason(status: int) -> bytes:
     """Reason phrase for a status the gateway generates."""
     return _REASONS.get(status, b"Unknown")
@@ -64,6 +69,25 @@ def grpc_error_response(status: int, message: str, extra: bytes = b"") -> bytes:
     )
 
 
+def grpc_error_fields(status: int, message: str, extra: bytes = b"") -> list[tuple[bytes, bytes]]:
+    """:func:`grpc_error_response` as fields, for a client that takes fields (an HTTP/2 stream): the same values."""
+    code = _GRPC_STATUS.get(status, 2)
+    text = quote(message, safe=" !#$&'()*+,/:;=?@[]~").encode("ascii")
+    return [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code), (b"grpc-message", text),
+            *line_fields(extra), (b"content-length", b"0"), (b"date", date_value())]
+
+
+def line_fields(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """Header lines the gateway adds (``Name: value`` CRLF each: sticky cookie, cold start, Retry-After) as
+    fields."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in lines.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            fields.append((name, value.strip(b" \t")))
+    return fields
+
+
 def error_message(body: bytes) -> str:
     """The ``error`` text of a JSON error body (a middleware's reply), else the body as text."""
     try:
@@ -83,6 +107,11 @@ def redirect_response(status: int, location: bytes, *, close: bool = False, head
         + date_line()
         + b"\r\n"
     )
+
+
+def redirect_fields(location: bytes) -> list[tuple[bytes, bytes]]:
+    """:func:`redirect_response`'s fields (for an HTTP/2 stream)."""
+    return [(b"location", location), (b"content-length", b"0"), (b"date", date_value())]
 
 
 _prefix_cache: dict[tuple[int, str, bytes, bool], tuple[bytes, bytes]] = {}
@@ -110,3 +139,10 @@ def error_response(
             _prefix_cache[key] = cached
     prefix, body = cached
     return prefix + date_line() + b"\r\n" + (b"" if head_only else body)
+
+
+def error_fields(message: str, extra: bytes = b"") -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """:func:`error_response` as fields and body (for an HTTP/2 stream): the same values."""
+    body = orjson.dumps({"error": message})
+    return ([(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *line_fields(extra),
+             (b"date", date_value())], body)

@@ -1,5 +1,6 @@
-"""The transport side of an HTTP/2 stream seen by an HTTP/1.1 protocol object (downstream streams in http2.py,
-upstream streams in upstream_h2.py): an HTTP/1.1 message written to it is parsed head first, then body."""
+"""The transport side of an upstream HTTP/2 stream seen by an HTTP/1.1 protocol object (upstream_h2.py): an HTTP/1.1
+message written to it is parsed head first, then body. (Downstream streams take the response as fields:
+http2.StreamTransport.)"""
 
 from __future__ import annotations
 

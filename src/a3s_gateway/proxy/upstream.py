@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from .._aio import timeout
 from ..errors import ProtocolError
@@ -64,6 +64,32 @@ def _content_type(headers: list[tuple[bytes, bytes]], header_ids: bytes) -> byte
     return b""
 
 
+class FieldSink(Protocol):
+    """A client that takes the response as fields, not HTTP/1.1 text: a stream of an HTTP/2 connection (proxy/http2.py,
+    SPEC §9.1). The relay and the exchange's own answers call these instead of writing to the client transport; what
+    they pass is what the HTTP/1.1 head would carry (the backend's parsed fields, the gateway's added lines), the
+    sink turns it into HEADERS / DATA / trailers (RFC 9113 §8.2.2: no connection-specific field)."""
+
+    def interim(self, status: int, headers: list[tuple[bytes, bytes]], header_ids: bytes) -> None:
+        """A 1xx response other than 100 (103 Early Hints), relayed as received."""
+
+    def head(self, status: int, headers: list[tuple[bytes, bytes]], header_ids: bytes,
+             connection_tokens: tuple[bytes, ...], content_length: int, extra: bytes, end: bool) -> None:
+        """The response head: the backend's fields as the response phase left them (``header_ids`` classify them,
+        ``connection_tokens`` name more hop-by-hop fields), ``content_length`` (-1: none announced), ``extra`` the
+        gateway's header lines (``Name: value`` CRLF, sticky cookie, cold start); ``end``: no body follows."""
+
+    def data(self, pieces: list[bytes]) -> None:
+        """Body bytes (sent as the peer's windows allow)."""
+
+    def end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The body is complete; ``trailers`` (maybe empty) end the stream after it."""
+
+    def start(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        """A head of the gateway's own (error, redirect, middleware reply, queued keep-alive stream); ``end``: no
+        body follows."""
+
+
 class Client:
     """What an upstream connection reports to: the exchange of the client request it serves (proxy/exchange.py).
 
@@ -71,7 +97,7 @@ class Client:
     exchange decides (retry, response phase, accounting) and writes to its client. A base class rather than a
     Protocol so that mypyc calls it natively; the exchange overrides every method."""
 
-    __slots__ = ("deadline_at", "head", "head_sent", "meter", "response_extra", "upgrade")
+    __slots__ = ("deadline_at", "head", "head_sent", "meter", "response_extra", "sink", "upgrade")
 
     def __init__(self) -> None:
         self.head: Any = None  # the client's parsed request head (method, version, keep_alive, te_trailers)
@@ -82,6 +108,8 @@ class Client:
         # the gateway already answered 200 text/event-stream while the request was queued (queued_keepalive,
         # §16.3): the backend's head is dropped and its body relayed as the rest of that stream
         self.head_sent = False
+        # the client takes the response as fields (an HTTP/2 stream, SPEC §9.1); None: HTTP/1.1 text written to it
+        self.sink: FieldSink | None = None
 
     def write(self, data: bytes) -> None:
         """Bytes for the client."""
@@ -178,6 +206,7 @@ class UpstreamConnection:
         "reader",
         "reused",
         "sent_at",
+        "sink",
         "sse",
         "state",
         "te_trailers",
@@ -210,6 +239,7 @@ class UpstreamConnection:
         self.filtered = 0  # body bytes sent to the client after the filter
         self.meter: UsageMeter | None = None  # the client's usage meter while its response body is relayed
         self.multiplexed = False  # one stream of an HTTP/2 connection (never pooled: the next request is a new stream)
+        self.sink: FieldSink | None = None  # the client's response sink while its response body is relayed
 
     # -- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -237,7 +267,11 @@ class UpstreamConnection:
             client.upstream_failed(502, "Upstream closed connection")
         elif state == _BODY:
             if self.reader.mode == UNTIL_CLOSE:
-                if self.client_chunked:
+                sink = self.sink
+                if sink is not None:
+                    self.sink = None
+                    sink.end([])
+                elif self.client_chunked:
                     client.write(last_chunk([]))
                 client.response_end(self.client_chunked, self.reader.received)
             else:
@@ -298,9 +332,13 @@ class UpstreamConnection:
                 client.upstream_failed(502, "Upstream protocol error")
                 return
             if status != 100 and head.version == 1:
-                client.write(
-                    interim_head(b"HTTP/1.1 %d %s\r\n" % (status, resp.reason), resp.headers, resp.header_ids)
-                )
+                sink = client.sink
+                if sink is not None:
+                    sink.interim(status, resp.headers, resp.header_ids)
+                else:
+                    client.write(
+                        interim_head(b"HTTP/1.1 %d %s\r\n" % (status, resp.reason), resp.headers, resp.header_ids)
+                    )
         self.buf = b""
         if resp.chunked and not _only_chunked(resp.headers, resp.header_ids):
             # codings before chunked (gzip, chunked): re-framing would hand the client gzip bytes unannounced
@@ -436,6 +474,10 @@ class UpstreamConnection:
         self.meter = meter
         if meter is not None:  # an inspected request (§16.2): what its response body is
             meter.begin(_content_type(resp.headers, resp.header_ids), self.sent_at)
+        sink = client.sink
+        if sink is not None:
+            self._start_fields(client, sink, resp, headers, header_ids, rest)
+            return
         out = response_head(
             b"HTTP/1.1 %d %s\r\n" % (status, resp.reason),
             headers,
@@ -462,11 +504,41 @@ class UpstreamConnection:
         self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
         self._arm()
         if rest:
-            self._relay(client, rest, out)
+            self._relay(client, rest, out, len(out) > 0)
         elif out:
             client.write(out)
 
-    def _relay(self, client: Client, data: bytes, head: bytes = b"") -> None:
+    def _start_fields(self, client: Client, sink: FieldSink, resp: Any, headers: list[tuple[bytes, bytes]],
+                      header_ids: bytes, rest: bytes) -> None:
+        """``_start_body`` for a client that takes fields (HTTP/2): the same decisions, the head as fields, the body
+        as pieces; ``client_chunked`` then means the stream's end delimits the body (no chunk framing is written)."""
+        self.sink = sink
+        reader = self.reader
+        mode = reader.mode
+        # the Content-Length the HTTP/1.1 head would announce: a body without one, or relayed at its own length
+        length = resp.content_length if mode == 0 or (mode == LENGTH and not self.client_chunked) else -1
+        client.start_response(resp.status, client.keeps_alive())
+        now = self.loop.time()
+        if reader.done or rest:
+            client.first_byte(now - self.sent_at)
+            self.last_at = now
+        else:
+            self.last_at = 0.0
+        if not client.head_sent:
+            sink.head(resp.status, headers, header_ids, resp.connection_tokens, length, client.response_extra,
+                      reader.done and self.filter is None)
+        if reader.done:
+            if rest:
+                self.keep_alive = False
+            self._finish(client)
+            return
+        self._tkind = _T_STREAM
+        self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
+        self._arm()
+        if rest:
+            self._relay(client, rest, b"", True)
+
+    def _relay(self, client: Client, data: bytes, head: bytes = b"", opening: bool = False) -> None:
         reader = self.reader
         try:
             pieces, consumed = reader.feed(data)
@@ -484,20 +556,25 @@ class UpstreamConnection:
             out = self.filter.feed(b"".join(pieces)) if pieces else b""
             self.filtered += len(out)
             pieces = [out] if out else []
-        if self.client_chunked:
-            pieces = chunk_frames(pieces)
-        if head:
-            # the response head and the first body bytes leave in one write: one buffer when small (a plain
-            # write() costs less than writev() of two buffers), else head + pieces as one writelines()
-            if len(pieces) == 1 and len(pieces[0]) <= _JOIN_LIMIT:
-                pieces[0] = head + pieces[0]
-            else:
-                pieces.insert(0, head)
-        if len(pieces) == 1:
-            client.write(pieces[0])
-        elif pieces:
-            client.writelines(pieces)
-        if not head:
+        sink = self.sink
+        if sink is not None:
+            if pieces:
+                sink.data(pieces)
+        else:
+            if self.client_chunked:
+                pieces = chunk_frames(pieces)
+            if head:
+                # the response head and the first body bytes leave in one write: one buffer when small (a plain
+                # write() costs less than writev() of two buffers), else head + pieces as one writelines()
+                if len(pieces) == 1 and len(pieces[0]) <= _JOIN_LIMIT:
+                    pieces[0] = head + pieces[0]
+                else:
+                    pieces.insert(0, head)
+            if len(pieces) == 1:
+                client.write(pieces[0])
+            elif pieces:
+                client.writelines(pieces)
+        if not opening:
             # time to first body byte, then the gaps between body pieces (time between tokens for streams)
             now = self.loop.time()
             last = self.last_at
@@ -522,8 +599,15 @@ class UpstreamConnection:
             self.filtered += len(tail)
             bytes_out = self.filtered
             if tail:
-                client.writelines(chunk_frames([tail]))
-        if self.client_chunked:
+                if self.sink is not None:
+                    self.sink.data([tail])
+                else:
+                    client.writelines(chunk_frames([tail]))
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            sink.end(self.reader.trailers() if self.te_trailers else [])
+        elif self.client_chunked:
             client.write(last_chunk(self.reader.trailers() if self.te_trailers else []))
         self.client = None
         self._tkind = _T_NONE
@@ -537,6 +621,8 @@ class UpstreamConnection:
     def _truncate(self, client: Client) -> None:
         """The backend failed after the response head went out (SPEC §5.4)."""
         sse = self.sse
+        sink = self.sink
+        self.sink = None
         client.stream_failed(sse, self.reader.received)
         if sse:
             body_filter = self.filter
@@ -544,8 +630,15 @@ class UpstreamConnection:
                 self.filter = None
                 tail = body_filter.finish()
                 if tail:
-                    client.writelines(chunk_frames([tail]))
-            client.write(_SSE_ERROR_CHUNK)
+                    if sink is not None:
+                        sink.data([tail])
+                    else:
+                        client.writelines(chunk_frames([tail]))
+            if sink is not None:
+                sink.data([SSE_ERROR])
+                sink.end([])
+            else:
+                client.write(_SSE_ERROR_CHUNK)
         client.response_end(sse, self.reader.received)
 
     # -- used by the exchange ----------------------------------------------------------------------------------
