@@ -79,14 +79,45 @@ def length_mask(lows: Iterable[bytes]) -> int:
     return mask
 
 
+class _Joined:
+    """One remembered concatenation ``a + b``: the header ids of the requests (or responses) of a route repeat
+    request after request, and two short comparisons cost less than allocating the bytes again."""
+
+    __slots__ = ("a", "ab", "b")
+
+    def __init__(self) -> None:
+        self.a = b""
+        self.b = b""
+        self.ab = b""
+
+    def join(self, a: bytes, b: bytes) -> bytes:
+        if a == self.a and b == self.b:
+            return self.ab
+        ab = a + b
+        self.a = a
+        self.b = b
+        self.ab = ab
+        return ab
+
+
+# one for the requests' ids, one for the responses', one for appended ids (a response's second batch)
+_REQUEST_IDS: Final = _Joined()
+_RESPONSE_IDS: Final = _Joined()
+_ADDED_IDS: Final = _Joined()
+# ``[None] * n`` for the notes of a chain of n middlewares, copied (a plain copy is cheaper than a repetition)
+_NOTES_MAX: Final = 16
+_NOTES: Final[list[list[Any]]] = [[None] * n for n in range(_NOTES_MAX + 1)]
+
+
 class HeaderEdits:
     """Headers set together, prepared once: their lower-case names, ids and length mask. The names must be
     distinct (ignoring case): ``set_many`` appends them all."""
 
-    __slots__ = ("bits", "ids", "items", "lows", "mask")
+    __slots__ = ("bits", "ids", "items", "listed", "lows", "mask")
 
     def __init__(self, items: tuple[tuple[bytes, bytes], ...]) -> None:
         self.items = items
+        self.listed = list(items)  # for ``shared + listed``: a shared list's copy and the appended headers at once
         self.lows = tuple(lower_name(name) for name, _ in items)
         if len(set(self.lows)) != len(self.lows):
             raise ValueError("HeaderEdits: header names must be distinct")
@@ -124,7 +155,7 @@ class _Fields:
                 return base_ids
             added = self._added
             if base + len(added) == len(headers):
-                return base_ids + added
+                return (_REQUEST_IDS if isinstance(self, Request) else _RESPONSE_IDS).join(base_ids, added)
             return base_ids + b"".join([name_id(n) for n, _ in headers[base:]])
         names = NAMES
         return bytes([names.get(low, 0) for low in self._names()])
@@ -196,12 +227,13 @@ class _Fields:
     def add(self, name: bytes, value: bytes) -> None:
         """Append ``name: value`` (other same-named headers stay)."""
         if self._shared:
-            self.headers = list(self.headers)
+            self.headers = self.headers.copy()
             self._shared = False
         self.headers.append((name, value))
         if self._base >= 0:
             added = self._added
-            self._added = added + name_id(name) if added else name_id(name)  # the first: the cached id itself
+            # the first: the cached id itself
+            self._added = _ADDED_IDS.join(added, name_id(name)) if len(added) else name_id(name)
         if self._lens_ok:
             n = len(name)
             self._lens |= 1 << (n if n < 61 else 61)
@@ -222,6 +254,10 @@ class _Fields:
         if self.has_any(edits.lows, edits.mask):
             for name, value in edits.items:
                 self.set(name, value)
+        elif self._shared:
+            self.headers = self.headers + edits.listed  # one allocation (a copy, then an extend, takes two)
+            self._shared = False
+            self._appended(edits.lows, edits.ids, edits.mask)
         else:
             self.append_new(edits.items, edits.lows, edits.ids, edits.mask)
 
@@ -255,12 +291,17 @@ class _Fields:
         """Append ``items``, headers with distinct names ``lows`` (lower-case) that ``has_any`` found in none of the
         list's headers; ``ids``: their ``hdrs`` ids (``name_id``); ``mask``: ``length_mask(lows)``."""
         if self._shared:
-            self.headers = list(self.headers)
+            self.headers = self.headers.copy()
             self._shared = False
         self.headers.extend(items)
+        self._appended(lows, ids, mask)
+
+    def _appended(self, lows: tuple[bytes, ...], ids: bytes, mask: int) -> None:
+        """The bookkeeping of ``append_new`` once the headers are in the list."""
         if self._base >= 0:
             added = self._added
-            self._added = added + ids if added else ids  # the first batch: the prepared ids themselves
+            # the first batch: the prepared ids themselves
+            self._added = _ADDED_IDS.join(added, ids) if len(added) else ids
         self._lens |= mask
         known = self._lows
         if known is not None:
@@ -283,7 +324,14 @@ class Request(_Fields):
     def __init__(self, method: bytes, path: bytes, query: bytes | None, host: bytes,
                  headers: list[tuple[bytes, bytes]], client_ip: str, router: str, proto: bytes,
                  body_length: int, slots: int, trusted: bool = False, peer: str = "") -> None:
-        super().__init__(headers, True)
+        # ``_Fields.__init__(headers, shared=True)``, inlined (one call less per request)
+        self.headers = headers
+        self._shared = True
+        self._lows = None
+        self._base = len(headers)
+        self._added = b""
+        self._lens = 0
+        self._lens_ok = False
         self.method = method
         self.path = path
         self.query = query
@@ -298,7 +346,7 @@ class Request(_Fields):
         # bit ``1 << id`` of every ``hdrs`` id set or removed through ``set``/``remove``/``set_many``: forwarding
         # headers a middleware set or deleted are sent as it left them (SPEC §5.2, §6.8)
         self.edited = 0
-        self.notes: list[Any] = [None] * slots
+        self.notes: list[Any] = _NOTES[slots].copy() if slots <= _NOTES_MAX else [None] * slots
         # what earlier middlewares established, for token-limit keys (SPEC §16.4): the claims of a verified JWT, the
         # key an api-key middleware accepted
         self.claims: dict[str, Any] | None = None

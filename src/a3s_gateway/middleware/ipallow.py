@@ -69,9 +69,16 @@ class IpAllow(Middleware):
         self.trusted: IPSet | None = IPSet(proxies) if proxies else None
         self.depth = int(params["depth"])
         self._seen: dict[str, bool] = {}
+        # the address decided last and its decision: a keep-alive connection asks about one address again and again
+        self._last = ""
+        self._last_allowed = False
 
     def request(self, req: Request, now: float) -> Reply | None:
         address = pick_address(req, self.trusted, self.depth)
+        if address == self._last and address:
+            if self._last_allowed:
+                return None
+            return json_reply(403, _FORBIDDEN)
         allowed = self._seen.get(address)
         if allowed is None:
             # parsing an address costs microseconds: decisions are remembered (a bounded table, cleared when full)
@@ -79,6 +86,8 @@ class IpAllow(Middleware):
             if len(self._seen) >= _SEEN_MAX:
                 self._seen.clear()
             self._seen[address] = allowed
+        self._last = address
+        self._last_allowed = allowed
         if allowed:
             return None
         return json_reply(403, _FORBIDDEN)

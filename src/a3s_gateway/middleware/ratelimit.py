@@ -22,7 +22,8 @@ _LIMIT: Final = b"RateLimit-Limit"
 _REMAINING: Final = b"RateLimit-Remaining"
 _RESET: Final = b"RateLimit-Reset"
 _RETRY_AFTER: Final = b"Retry-After"
-_LOWS: Final = (lower_name(_LIMIT), lower_name(_REMAINING), lower_name(_RESET))
+# (typed as variable-length tuples: compiled, a fixed-length tuple constant is stored unboxed and re-boxed per use)
+_LOWS: Final[tuple[bytes, ...]] = (lower_name(_LIMIT), lower_name(_REMAINING), lower_name(_RESET))
 _IDS: Final = name_id(_LIMIT) + name_id(_REMAINING) + name_id(_RESET)
 _MASK: Final = length_mask(_LOWS)
 _EXCEEDED: Final = {"error": "Rate limit exceeded"}
@@ -171,6 +172,10 @@ class RateLimit(Middleware):
         self.remaining_item: Any = (_REMAINING, b"")
         self.reset_n = -1
         self.reset_item: Any = (_RESET, b"")
+        # the three items for the token count of the last response (-1.0: none yet): a bucket kept full, or empty,
+        # leaves the same count request after request, so the items are reused without any arithmetic
+        self.items_tokens = -1.0
+        self.items: tuple[tuple[bytes, bytes], ...] = ()
 
     def share(self, segment: Any, table: int, capacity: int) -> None:
         """Keep the buckets in a table of the workers' shared segment from now on (SPEC §13.4)."""
@@ -213,6 +218,18 @@ class RateLimit(Middleware):
         if note is None:
             return
         tokens: float = note  # unboxed once: the arithmetic below stays native
+        if tokens != self.items_tokens:
+            self.items = self.header_items(tokens)
+            self.items_tokens = tokens
+        items = self.items
+        if resp.has_any(_LOWS, _MASK):  # the backend sent its own: replaced
+            for name, value in items:
+                resp.set(name, value)
+        else:
+            resp.append_new(items, _LOWS, _IDS, _MASK)
+
+    def header_items(self, tokens: float) -> tuple[tuple[bytes, bytes], ...]:
+        """Limit, Remaining and Reset for ``tokens`` left after the decision."""
         n = int(tokens + _EPS)
         if n != self.remaining_n:
             self.remaining_n = n
@@ -221,9 +238,4 @@ class RateLimit(Middleware):
         if n != self.reset_n:
             self.reset_n = n
             self.reset_item = (_RESET, int_bytes(n))
-        items = (self.limit_item, self.remaining_item, self.reset_item)
-        if resp.has_any(_LOWS, _MASK):  # the backend sent its own: replaced
-            for name, value in items:
-                resp.set(name, value)
-        else:
-            resp.append_new(items, _LOWS, _IDS, _MASK)
+        return (self.limit_item, self.remaining_item, self.reset_item)

@@ -70,6 +70,43 @@ def test_header_ids_after_adds_and_removals() -> None:
     assert resp.header_ids(base) == _ids(resp.headers)
 
 
+def test_remembered_id_joins_follow_each_head() -> None:
+    """The ids of requests and responses (their base ids plus the appended ones) are remembered for the last head:
+    heads that alternate, with other base ids or other appended headers, still get their own ids."""
+    edits = HeaderEdits(((b"X-Env", b"bench"), (b"Connection", b"close")))
+    other = HeaderEdits(((b"X-Served-By", b"a3s"), (b"Upgrade", b"h2c")))
+    heads = [[(b"Host", b"h"), (b"Accept", b"*/*")], [(b"Host", b"h"), (b"TE", b"trailers"), (b"X-A", b"1")]]
+    for round_ in range(3):
+        for headers in heads:
+            req = _request(headers)
+            req.set_many(edits)
+            assert req.header_ids(_ids(headers)) == _ids(req.headers)
+            resp = Response(200, list(headers), False)
+            resp.set_many(edits)
+            resp.set_many(other if round_ % 2 else HeaderEdits(((b"X-B", b"2"),)))  # a second batch, joined
+            assert resp.header_ids(_ids(headers)) == _ids(resp.headers)
+            assert headers == heads[heads.index(headers)] and len(headers) in (2, 3)  # parsed lists untouched
+
+
+def test_batch_set_on_the_shared_list_keeps_every_lookup_right() -> None:
+    """A batch set on a request that still shares the parsed list copies it once, with the new headers; lower-case
+    names computed before (``get_all``) stay in step."""
+    parsed = [(b"Host", b"h"), (b"X-Forwarded-For", b"1.2.3.4")]
+    req = _request(parsed)
+    assert req.get_all(b"x-forwarded-for") == [b"1.2.3.4"]  # lower-case names computed now
+    edits = HeaderEdits(((b"X-Env", b"bench"), (b"X-Two", b"2")))
+    req.set_many(edits)
+    assert parsed == [(b"Host", b"h"), (b"X-Forwarded-For", b"1.2.3.4")]
+    assert req.headers == [*parsed, (b"X-Env", b"bench"), (b"X-Two", b"2")] and req.changed
+    assert edits.listed == [(b"X-Env", b"bench"), (b"X-Two", b"2")]  # the prepared list is not the request's
+    assert req.get(b"x-two") == b"2" and req.get_all(b"X-ENV") == [b"bench"]
+    assert req.header_ids(_ids(parsed)) == _ids(req.headers)
+    req.set_many(edits)  # present now: replaced, not appended again
+    assert req.headers == [*parsed, (b"X-Env", b"bench"), (b"X-Two", b"2")]
+    assert req.remove(b"x-env") and req.headers == [*parsed, (b"X-Two", b"2")]
+    assert req.header_ids(_ids(parsed)) == _ids(req.headers)
+
+
 def test_header_edits_need_distinct_names() -> None:
     with pytest.raises(ValueError):
         HeaderEdits(((b"X-A", b"1"), (b"x-a", b"2")))
@@ -156,6 +193,25 @@ def test_rate_limit_header_values_follow_the_bucket() -> None:
     assert [h[b"RateLimit-Remaining"] for h in seen] == [b"2", b"1", b"0"]
     assert [h[b"RateLimit-Reset"] for h in seen] == [b"1", b"2", b"3"]
     assert {h[b"RateLimit-Limit"] for h in seen} == {b"3"}
+
+
+def test_rate_limit_header_items_follow_the_token_count() -> None:
+    """The three items are remembered for the last token count: a count seen again after others (a refill) and a
+    count that rounds to the same Remaining with another Reset each get their own values."""
+    mw = RateLimit("m", "r", params("rate-limit", 'rate = 1\nperiod = "2s"\nburst = 3'))  # 0.5 token/s
+
+    def headers_at(now: float) -> dict[bytes, bytes]:
+        req = _request([])
+        assert mw.request(req, now) is None
+        resp = Response(200, [], False)
+        mw.response(req, resp, now)
+        return dict(resp.headers)
+
+    got = [headers_at(t) for t in (50.0, 50.0, 53.0, 57.0, 57.0)]
+    # tokens left: 2, 1, 1.5 (Remaining 1 again, another Reset), 2 (refilled to 3), 1 (a count seen before)
+    assert [h[b"RateLimit-Remaining"] for h in got] == [b"2", b"1", b"1", b"2", b"1"]
+    assert [h[b"RateLimit-Reset"] for h in got] == [b"2", b"4", b"3", b"2", b"4"]
+    assert {h[b"RateLimit-Limit"] for h in got} == {b"3"}
 
 
 def test_request_edited_bits_name_what_middlewares_set_or_deleted() -> None:

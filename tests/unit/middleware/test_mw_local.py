@@ -167,6 +167,17 @@ def test_ip_allow_uses_the_client_ip(client_ip: str, ok: bool) -> None:
     assert allowed(mw, client_ip) is ok
 
 
+def test_ip_allow_decisions_in_a_row_keep_their_own_answer() -> None:
+    """The decision for the address asked last is reused: alternating and repeated addresses, allowed or denied,
+    an empty address and a table cleared when full all keep the right answer."""
+    mw = ip_allow('allowed_ips = ["10.0.0.0/8"]')
+    order = ["10.1.1.1", "10.1.1.1", "11.0.0.1", "11.0.0.1", "10.1.1.1", "", "", "10.2.2.2", "not-an-ip", "10.2.2.2"]
+    assert [allowed(mw, ip) for ip in order] == [True, True, False, False, True, False, False, True, False, True]
+    for i in range(5000):  # past the table's bound: cleared, the last decision stays right
+        assert allowed(mw, f"11.{i >> 8 & 255}.{i & 255}.1") is False
+    assert allowed(mw, "10.1.1.1") and not allowed(mw, "11.0.0.1") and allowed(mw, "10.1.1.1")
+
+
 def test_ip_allow_mapped_networks_match_ipv4_clients() -> None:
     mw = ip_allow('allowed_ips = ["::ffff:10.0.0.0/104"]')
     assert allowed(mw, "10.200.0.1")
