@@ -550,8 +550,10 @@ class UpstreamConnection:
             self._truncate(client)
             return
         meter = self.meter
+        now = 0.0  # one clock read per read serves the usage meter and the body-gap timing below
         if meter is not None and pieces:
-            meter.feed(pieces, self.loop.time())
+            now = self.loop.time()
+            meter.feed(pieces, now)
         if self.filter is not None:
             out = self.filter.feed(b"".join(pieces)) if pieces else b""
             self.filtered += len(out)
@@ -576,7 +578,8 @@ class UpstreamConnection:
                 client.writelines(pieces)
         if not opening:
             # time to first body byte, then the gaps between body pieces (time between tokens for streams)
-            now = self.loop.time()
+            if now == 0.0:
+                now = self.loop.time()
             last = self.last_at
             if last == 0.0:
                 client.first_byte(now - self.sent_at)
