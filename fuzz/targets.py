@@ -462,17 +462,11 @@ class Sse:
                     raise Finding(f"meter: {stream!r} whole {whole!r}, in pieces {split!r} {got!r}")
         events, rest = sse_events(stream)
         expected = b"".join(e for e in events if not sse_usage_only(e)) + (b"" if sse_usage_only(rest) else rest)
-        # KNOWN (RELIABILITY.md §6; tests/unit/http/test_usage_findings.py, xfail): the filter misses an event end
-        # whose line ends mix styles ("\n\r\n", "\r\r\n", "\n\r" + a line), and then depends on the cut points
-        mixed = b"\n\r" in stream or b"\r\r\n" in stream
-        for split in [] if mixed else [[stream], *splits]:
+        for split in [[stream], *splits]:
             out = self.filtered(split)
             if out != expected:
                 raise Finding(f"filter: {stream!r} in pieces {split!r} gives {out!r}, expected {expected!r}")
-        # KNOWN (RELIABILITY.md §6; tests/unit/http/test_usage_findings.py, xfail): a usage event the stream ends
-        # in, with an unfinished line after its data, is taken out by the filter and not read by the meter
-        ended = [*events, rest] if rest[-1:] in (b"\n", b"\r") else events
-        counted = any(sse_counts(e) for e in ended if sse_usage_only(e))
+        counted = any(sse_counts(e) for e in [*events, rest] if sse_usage_only(e))
         if counted and whole[2] != self.usage.REPORTED:
             raise Finding(f"filter took a usage event with token counts out of {stream!r}; the meter has {whole!r}")
 

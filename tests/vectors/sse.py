@@ -69,4 +69,8 @@ def streams() -> list[bytes]:
         out.append(eol.encode().join(lines))
     out.append(event(chunk("a")) + b'data: {"cho')  # an unfinished event at the end
     out.append(event(chunk("a")) + event(USAGE)[:-1])  # the usage event without its blank line
+    usage = b"data: " + json.dumps(USAGE).encode()
+    # line ends mixing styles, a blank line where an event starts (RELIABILITY.md §6)
+    out.append(event(chunk("a")) + b"\r\n" + usage + b"\n\r\ndata: x\r\r\n" + usage + b"\n\rdata: [DONE]\r\r")
+    out.append(event(chunk("a")) + usage + b"\nda")  # the stream ends in the line after the usage event's data
     return out

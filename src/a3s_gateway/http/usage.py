@@ -332,8 +332,11 @@ class UsageMeter:
         mode = self.mode
         self.mode = _NONE
         if mode == _SSE:
-            if not self.line:  # a last event without its blank line (the stream ended after it)
-                self._event(self.last_at)
+            # the stream's end ends its last line and event, as the usage-event filter takes them (its ``finish``):
+            # an unfinished usage event the client does not get is counted
+            if self.line_bytes:
+                self._feed_sse(b"\n", self.last_at)
+            self._event(self.last_at)
         elif mode == _JSON and self.json:
             body = b"".join(self.json)
             self.json = []
@@ -360,8 +363,10 @@ class UsageMeter:
             stats.tokens_per_second.observe(self.output_tokens / span)
 
 
-# the end of an SSE event: a blank line (the line ends servers write; a lone "\r" line end before "\n" is waited for)
-_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r(?!\n)")
+# the end of an SSE event (WHATWG): a line end, then a blank line; a line ends at CRLF, LF or CR (a CR before LF is
+# not a line end by itself). The blank line's CR is taken when a byte follows (not LF): one ending a read may be a
+# CRLF's start, so the event is held until the next byte
+_EVENT_END: Final = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?=[^\n]))")
 
 
 def _usage_only(event: bytes) -> bool:
@@ -379,9 +384,17 @@ def _usage_only(event: bytes) -> bool:
     return isinstance(value, dict) and value.get("choices") == [] and isinstance(value.get("usage"), dict)
 
 
+def _blank_start(event: bytes) -> bytes:
+    """The blank line a usage-only event's bytes start with, if any: an event of its own, which the client gets (one
+    line end: a second would have ended the event before)."""
+    return event[: len(event) - len(event.lstrip(b"\r\n"))]
+
+
 class UsageEventFilter:
     """A response body filter (``chain.BodyFilter``) for ``stream_usage`` (SPEC §16.2): relays an SSE stream event by
-    event, unchanged, except the usage-only events the gateway asked for. An event is held until its blank line."""
+    event, unchanged, except the usage-only events the gateway asked for. An event is held until its blank line (a CR
+    ending a read: until the next byte, which may make it a CRLF); a blank line where an event starts is relayed as an
+    event of its own."""
 
     __slots__ = ("held",)
 
@@ -400,6 +413,8 @@ class UsageEventFilter:
             event = buf[start:end]
             if not _usage_only(event):
                 out.append(event)
+            elif event[0] == 0x0A or event[0] == 0x0D:
+                out.append(_blank_start(event))
             start = end
         self.held = buf[start:]
         if not out:
@@ -407,10 +422,11 @@ class UsageEventFilter:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def finish(self) -> bytes:
-        """The bytes of an event the stream did not end (relayed as they came)."""
+        """The bytes of an event the stream did not end: relayed as they came, unless they are a usage-only event (the
+        stream's end ending its last line), which ``UsageMeter.finish`` counts the same way."""
         held = self.held
         self.held = b""
-        return held if not _usage_only(held) else b""
+        return held if not _usage_only(held) else _blank_start(held)
 
 
 class ThenFilter:
