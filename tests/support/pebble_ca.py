@@ -43,10 +43,26 @@ START_TIMEOUT = 15.0
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1, kind)[0]
+
+
+def free_ports(count: int, kind: int = socket.SOCK_STREAM, avoid: tuple[int, ...] = ()) -> list[int]:
+    """``count`` distinct free loopback ports: every socket stays bound until all are chosen (one at a time, the
+    kernel may hand the same port out twice), and none of ``avoid``."""
+    held: list[socket.socket] = []  # an avoided port stays bound too, so it is not handed out again
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket(socket.AF_INET, kind)
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -92,11 +108,13 @@ class Pebble:
         self.pebble = require_tool("pebble", "pebble")
         self.challtestsrv = require_tool("pebble-challtestsrv", "pebble")
         self.http_port = http_port
-        self.tls_port = tls_port or free_port()
-        self.acme_port = acme_port or free_port()
-        self.management_port = free_port()
+        # four TCP ports chosen together (distinct, and none of the given ones): a port taken twice made pebble's
+        # listener fail with "address already in use" against challtestsrv's management server
+        given = tuple(p for p in (http_port, tls_port, acme_port) if p)
+        tls, acme, self.management_port, self.challtest_management_port = free_ports(4, avoid=given)
+        self.tls_port = tls_port or tls
+        self.acme_port = acme_port or acme
         self.dns_port = free_port(socket.SOCK_DGRAM)
-        self.challtest_management_port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="a3s-pebble-")
         self.dir = Path(self._dir.name)
         ca, cert, key = make_ca_and_server(self.dir)
