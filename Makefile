@@ -57,11 +57,11 @@ services:
 	  else echo "note:$$missing not found (apt-get install -y$$missing): the tests that need them will skip"; fi; fi
 
 # The whole suite on the compiled build (unit tests also run every pure twin), then the end-to-end tests of the
-# data plane again with the pure-Python twins of the Cython modules selected at run time (the control-plane suites
-# — ACME, providers, rollouts, CLI, examples — have no twin of their own: tests/integration/conftest.py).
+# data plane again with the pure-Python twins of the Cython modules selected at run time (suites with nothing to
+# check against the twins — control plane, HTTP/2 server — run once: tests/integration/conftest.py SINGLE_PASS).
 test: $(DEVSTAMP) services
 	$(PY) -m pytest -q tests
-	A3S_GATEWAY_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not control_plane" tests/integration
+	A3S_GATEWAY_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not single_pass" tests/integration
 
 # The whole suite again against the pure-Python twins of the Cython modules.
 test-pure: $(DEVSTAMP)

@@ -11,21 +11,24 @@ import uvloop
 
 from a3s_gateway import Gateway, GatewayConfig
 
-# Suites of the control plane (what produces configuration: ACME, the discovery providers, rollouts, the CLI, the
-# examples). They drive the data plane like every other suite but have no compiled/pure twin of their own, so
-# `make test` runs them once, on the compiled build; its second pass over the pure twins (`-m "not control_plane"`)
-# leaves them out.
-CONTROL_PLANE = frozenset({
+# Suites with nothing of their own to check against the pure twins of the Cython modules (parser, header filter,
+# body framing, shared segment): the control plane (ACME, discovery providers, rollouts, the CLI, the examples) and
+# the HTTP/2 server's frame-level suites (their subject, the HTTP/2 layer, has no twin; the HTTP/1 upstream side they
+# also drive is what the HTTP/1 suites check in both passes). They drive the data plane like every other suite, so
+# `make test` runs them once, on the compiled build; its second pass over the pure twins (`-m "not single_pass"`)
+# leaves them out. The twins themselves are unit-tested in both builds (tests/unit/test_mypyc_twins.py and the
+# differential parser tests).
+SINGLE_PASS = frozenset({
     "test_acme_e2e", "test_acme_dns01", "test_acme_tls_alpn", "test_acme_errors", "test_dns_provider",
     "test_discovery_provider", "test_kubernetes_provider", "test_kube_translate_e2e", "test_rollout_e2e", "test_cli",
-    "test_examples", "test_readme_example",
+    "test_examples", "test_readme_example", "test_h2_conformance", "test_http2_abuse", "test_faults_h2",
 })
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rpartition(".")[2] in CONTROL_PLANE:
-            item.add_marker(pytest.mark.control_plane)
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in SINGLE_PASS:
+            item.add_marker(pytest.mark.single_pass)
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
