@@ -22,6 +22,7 @@ SINGLE_PASS = frozenset({
     "test_acme_e2e", "test_acme_dns01", "test_acme_tls_alpn", "test_acme_errors", "test_dns_provider",
     "test_discovery_provider", "test_kubernetes_provider", "test_kube_translate_e2e", "test_rollout_e2e", "test_cli",
     "test_examples", "test_readme_example", "test_h2_conformance", "test_http2_abuse", "test_faults_h2",
+    "test_workers",  # its twin, the shared segment, is unit-tested in both builds (tests/unit/test_segment.py)
 })
 
 
