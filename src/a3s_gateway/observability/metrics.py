@@ -48,25 +48,25 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LE = [repr(b) for b in BUCKETS] + ["+Inf"]  # "0.005" ... "600.0", as prometheus-client writes them
 
 
-def _buckets(h: Histogram) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    total = 0
-    for le, n in zip(_LE, h.counts, strict=True):
-        total += n
-        out.append((le, total))
-    return out
-
-
 _RATE_LE = [repr(b) for b in RATE_BUCKETS] + ["+Inf"]
 
 
-def _rate_buckets(h: RateHistogram) -> list[tuple[str, float]]:
+def _cumulative(bounds: list[str], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus's cumulative ``le`` buckets."""
     out: list[tuple[str, float]] = []
     total = 0
-    for le, n in zip(_RATE_LE, h.counts, strict=True):
+    for le, n in zip(bounds, counts, strict=True):
         total += n
         out.append((le, total))
     return out
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    return _cumulative(_LE, h.counts)
+
+
+def _rate_buckets(h: RateHistogram) -> list[tuple[str, float]]:
+    return _cumulative(_RATE_LE, h.counts)
 
 
 def _llm_families(route_stats: list[Any]) -> list[Metric]:
