@@ -487,6 +487,27 @@ class UpstreamConnection:
             client.response_extra,
         ) if not client.head_sent else b""
         client.start_response(status, client_keep_alive)
+        self._body_begins(client, rest, out)
+
+    def _start_fields(self, client: Client, sink: FieldSink, resp: Any, headers: list[tuple[bytes, bytes]],
+                      header_ids: bytes, rest: bytes) -> None:
+        """``_start_body`` for a client that takes fields (HTTP/2): the same decisions, the head as fields, the body
+        as pieces; ``client_chunked`` then means the stream's end delimits the body (no chunk framing is written)."""
+        self.sink = sink
+        reader = self.reader
+        mode = reader.mode
+        # the Content-Length the HTTP/1.1 head would announce: a body without one, or relayed at its own length
+        length = resp.content_length if mode == 0 or (mode == LENGTH and not self.client_chunked) else -1
+        client.start_response(resp.status, client.keeps_alive())
+        if not client.head_sent:
+            sink.head(resp.status, headers, header_ids, resp.connection_tokens, length, client.response_extra,
+                      reader.done and self.filter is None)
+        self._body_begins(client, rest, b"")
+
+    def _body_begins(self, client: Client, rest: bytes, out: bytes) -> None:
+        """The response head is decided (``out``: its HTTP/1.1 text, or b"" when it went as fields or before, while
+        queued): time to first byte, then the body — finished already, or relayed from ``rest`` on."""
+        reader = self.reader
         now = self.loop.time()
         if reader.done or rest:
             client.first_byte(now - self.sent_at)  # the head alone, or the head with the first body bytes
@@ -504,39 +525,9 @@ class UpstreamConnection:
         self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
         self._arm()
         if rest:
-            self._relay(client, rest, out, len(out) > 0)
+            self._relay(client, rest, out, True)  # its first byte is timed above
         elif out:
             client.write(out)
-
-    def _start_fields(self, client: Client, sink: FieldSink, resp: Any, headers: list[tuple[bytes, bytes]],
-                      header_ids: bytes, rest: bytes) -> None:
-        """``_start_body`` for a client that takes fields (HTTP/2): the same decisions, the head as fields, the body
-        as pieces; ``client_chunked`` then means the stream's end delimits the body (no chunk framing is written)."""
-        self.sink = sink
-        reader = self.reader
-        mode = reader.mode
-        # the Content-Length the HTTP/1.1 head would announce: a body without one, or relayed at its own length
-        length = resp.content_length if mode == 0 or (mode == LENGTH and not self.client_chunked) else -1
-        client.start_response(resp.status, client.keeps_alive())
-        now = self.loop.time()
-        if reader.done or rest:
-            client.first_byte(now - self.sent_at)
-            self.last_at = now
-        else:
-            self.last_at = 0.0
-        if not client.head_sent:
-            sink.head(resp.status, headers, header_ids, resp.connection_tokens, length, client.response_extra,
-                      reader.done and self.filter is None)
-        if reader.done:
-            if rest:
-                self.keep_alive = False
-            self._finish(client)
-            return
-        self._tkind = _T_STREAM
-        self._deadline = now + self.pool.transport_cfg.stream_idle_timeout
-        self._arm()
-        if rest:
-            self._relay(client, rest, b"", True)
 
     def _relay(self, client: Client, data: bytes, head: bytes = b"", opening: bool = False) -> None:
         reader = self.reader
